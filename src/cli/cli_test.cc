@@ -1,0 +1,145 @@
+// The command line's handling of bad input: each case is one clear line and a non-zero status,
+// decided before KVM is touched (so these run on hosts without /dev/kvm).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "cli/exit_codes.h"
+#include "cli/main_cli.h"
+
+namespace clonevm::cli {
+namespace {
+
+struct Outcome {
+  int status;
+  std::string stderr_text;
+};
+
+Outcome RunClone(std::vector<std::string> args) {
+  args.insert(args.begin(), "clone");
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  testing::internal::CaptureStderr();
+  int status = Main(static_cast<int>(args.size()), argv.data());
+  return {status, testing::internal::GetCapturedStderr()};
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/clone-cli-test-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    not_a_kernel_ = dir_ + "/notakernel";
+    std::ofstream(not_a_kernel_) << std::string(8192, 'x');
+  }
+  void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
+  std::string dir_;
+  std::string not_a_kernel_;
+};
+
+TEST_F(CliTest, UnknownFlagIsAUsageError) {
+  auto r = RunClone({"run", "--kernel", not_a_kernel_, "--bogus"});
+  EXPECT_EQ(r.status, kExitUsage);
+  EXPECT_NE(r.stderr_text.find("--bogus"), std::string::npos) << r.stderr_text;
+}
+
+TEST_F(CliTest, MissingSubcommandOrKernelIsAUsageError) {
+  EXPECT_EQ(RunClone({}).status, kExitUsage);
+  auto r = RunClone({"run"});
+  EXPECT_EQ(r.status, kExitUsage);
+  EXPECT_NE(r.stderr_text.find("--kernel"), std::string::npos) << r.stderr_text;
+}
+
+TEST_F(CliTest, NonNumericValuesAreUsageErrors) {
+  EXPECT_EQ(RunClone({"run", "--kernel", not_a_kernel_, "--vcpus", "two"}).status, kExitUsage);
+  EXPECT_EQ(RunClone({"run", "--kernel", not_a_kernel_, "--mem-mb", "-5"}).status, kExitUsage);
+}
+
+TEST_F(CliTest, VcpuAndMemoryBounds) {
+  auto zero = RunClone({"run", "--kernel", not_a_kernel_, "--vcpus", "0"});
+  EXPECT_EQ(zero.status, kExitUsage);
+  EXPECT_NE(zero.stderr_text.find("--vcpus 0"), std::string::npos);
+  auto many = RunClone({"run", "--kernel", not_a_kernel_, "--vcpus", "1000"});
+  EXPECT_EQ(many.status, kExitUsage);
+  EXPECT_NE(many.stderr_text.find("too many"), std::string::npos);
+  auto small = RunClone({"run", "--kernel", not_a_kernel_, "--mem-mb", "8"});
+  EXPECT_EQ(small.status, kExitUsage);
+  EXPECT_NE(small.stderr_text.find("too small"), std::string::npos);
+  auto large = RunClone({"run", "--kernel", not_a_kernel_, "--mem-mb", "1000000"});
+  EXPECT_EQ(large.status, kExitUsage);
+  EXPECT_NE(large.stderr_text.find("too large"), std::string::npos);
+}
+
+TEST_F(CliTest, MissingKernel) {
+  auto r = RunClone({"run", "--kernel", dir_ + "/nope"});
+  EXPECT_EQ(r.status, kExitError);
+  EXPECT_NE(r.stderr_text.find("cannot read kernel: open: No such file or directory"), std::string::npos) << r.stderr_text;
+}
+
+TEST_F(CliTest, UnreadableKernel) {
+  if (geteuid() == 0) {
+    // root reads anything; a directory is unreadable as a kernel for everyone.
+    auto r = RunClone({"run", "--kernel", dir_});
+    EXPECT_EQ(r.status, kExitError);
+    EXPECT_NE(r.stderr_text.find("is a directory"), std::string::npos) << r.stderr_text;
+    return;
+  }
+  std::string path = dir_ + "/noperm";
+  std::ofstream(path) << "x";
+  chmod(path.c_str(), 0);
+  auto r = RunClone({"run", "--kernel", path});
+  EXPECT_EQ(r.status, kExitError);
+  EXPECT_NE(r.stderr_text.find("Permission denied"), std::string::npos);
+}
+
+TEST_F(CliTest, FileThatIsNotAKernel) {
+  auto r = RunClone({"run", "--kernel", not_a_kernel_});
+  EXPECT_EQ(r.status, kExitError);
+  EXPECT_NE(r.stderr_text.find("not a Linux kernel"), std::string::npos) << r.stderr_text;
+}
+
+TEST_F(CliTest, MalformedAndWrongSha256) {
+  auto bad = RunClone({"run", "--kernel", not_a_kernel_, "--kernel-sha256", "xyz"});
+  EXPECT_EQ(bad.status, kExitUsage);
+  EXPECT_NE(bad.stderr_text.find("64 hexadecimal digits"), std::string::npos);
+  // A real bzImage header so the format check passes and the hash check decides.
+  std::string kernel = dir_ + "/fake-bzimage";
+  std::string bytes(8192, '\0');
+  bytes[0x1fe] = 0x55;
+  bytes[0x1ff] = static_cast<char>(0xaa);
+  bytes.replace(0x202, 4, "HdrS");
+  std::ofstream(kernel) << bytes;
+  auto wrong = RunClone({"run", "--kernel", kernel, "--kernel-sha256", std::string(64, '0')});
+  EXPECT_EQ(wrong.status, kExitError);
+  EXPECT_NE(wrong.stderr_text.find("refusing to boot"), std::string::npos) << wrong.stderr_text;
+}
+
+TEST_F(CliTest, MissingInitrd) {
+  std::string kernel = dir_ + "/fake-bzimage";
+  std::string bytes(8192, '\0');
+  bytes[0x1fe] = 0x55;
+  bytes[0x1ff] = static_cast<char>(0xaa);
+  bytes.replace(0x202, 4, "HdrS");
+  std::ofstream(kernel) << bytes;
+  auto r = RunClone({"run", "--kernel", kernel, "--initrd", dir_ + "/missing.img"});
+  EXPECT_EQ(r.status, kExitError);
+  EXPECT_NE(r.stderr_text.find("cannot read initrd"), std::string::npos) << r.stderr_text;
+}
+
+TEST_F(CliTest, HelpExplainsRun) {
+  testing::internal::CaptureStdout();
+  auto r = RunClone({"run", "--help"});
+  std::string out = testing::internal::GetCapturedStdout();
+  EXPECT_EQ(r.status, 0);
+  EXPECT_NE(out.find("--kernel-sha256"), std::string::npos);
+  EXPECT_NE(out.find("Examples"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace clonevm::cli

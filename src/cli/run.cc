@@ -1,0 +1,133 @@
+#include "cli/run.h"
+
+#include <unistd.h>
+
+#include "arch/x86/kernel_loader.h"
+#include "arch/x86/layout.h"
+#include "base/fd.h"
+#include "base/log.h"
+#include "base/sha256.h"
+#include "base/terminal.h"
+#include "cli/exit_codes.h"
+
+namespace clonevm::cli {
+namespace {
+
+constexpr uint32_t kMaxVcpus = 254;  // xAPIC IDs 0..253; the IOAPIC takes the next ID
+
+std::vector<uint8_t> ToBytes(std::string s) { return std::vector<uint8_t>(s.begin(), s.end()); }
+
+int ExitStatusFor(const VmExit& exit) {
+  switch (exit.reason) {
+    case VmExitReason::kPowerOff:
+      return kExitOk;
+    case VmExitReason::kReset:
+      return kExitGuestReboot;
+    case VmExitReason::kCrash:
+      return kExitGuestCrash;
+    case VmExitReason::kSignal:
+      return kExitSignalBase + exit.signal;
+    case VmExitReason::kError:
+      return kExitError;
+  }
+  return kExitError;
+}
+
+}  // namespace
+
+void AddRunCommand(CLI::App& app, RunOptions& o) {
+  auto* run = app.add_subcommand("run", "Boot a Linux kernel in a new VM, console on this terminal");
+  run->footer(
+      "Examples:\n"
+      "  clone run --kernel /boot/vmlinuz --initrd initrd.img\n"
+      "  clone run --kernel vmlinuz --initrd initrd.img --vcpus 2 --mem-mb 1024 --cmdline 'console=ttyS0'\n"
+      "Exit status: 0 guest powered off, 1 VMM error, 2 usage error, 3 guest rebooted,\n"
+      "4 guest crashed, 128+N stopped by signal N.");
+  run->add_option("--kernel", o.kernel, "Kernel image: bzImage or ELF vmlinux (PVH entry used if present)")->required();
+  run->add_option("--initrd", o.initrd, "Initial ramdisk (cpio, optionally compressed)");
+  run->add_option("--cmdline", o.cmdline, "Kernel command line")->capture_default_str();
+  run->add_option("--mem-mb", o.mem_mb, "Guest RAM in MiB (committed on first touch)")->capture_default_str();
+  run->add_option("--vcpus", o.vcpus, "Number of vCPUs")->capture_default_str();
+  run->add_option("--kernel-sha256", o.kernel_sha256, "Refuse to boot unless the kernel's SHA-256 is this (hex)");
+  run->add_flag("--boot-timing", o.boot_timing, "Print VMM phase timings and the time to the first guest output");
+}
+
+Result<void> ValidateRunOptions(const RunOptions& o) {
+  uint64_t min_mb = x86::kMinRamBytes / x86::kMiB;
+  uint64_t max_mb = x86::kMaxRamBytes / x86::kMiB;
+  if (o.mem_mb < min_mb) return Fail("--mem-mb {}: too small (minimum {})", o.mem_mb, min_mb);
+  if (o.mem_mb > max_mb) return Fail("--mem-mb {}: too large (maximum {})", o.mem_mb, max_mb);
+  if (o.vcpus == 0) return Fail("--vcpus 0: a VM needs at least one vCPU");
+  if (o.vcpus > kMaxVcpus) return Fail("--vcpus {}: too many (maximum {})", o.vcpus, kMaxVcpus);
+  if (!o.kernel_sha256.empty() && !IsSha256Hex(o.kernel_sha256)) {
+    return Fail("--kernel-sha256: expected 64 hexadecimal digits, got '{}'", o.kernel_sha256);
+  }
+  return {};
+}
+
+Result<VmConfig> PrepareVmConfig(const RunOptions& o) {
+  VmConfig config;
+  auto kernel = ReadFile(o.kernel);
+  if (!kernel) return Fail(kernel.error().Wrap("cannot read kernel"));
+  config.kernel = ToBytes(std::move(*kernel));
+  if (x86::DetectKernelFormat(config.kernel) == x86::KernelFormat::kUnknown) {
+    return Fail("{}: not a Linux kernel (neither a bzImage nor an ELF vmlinux)", o.kernel);
+  }
+  if (!o.kernel_sha256.empty()) {
+    std::string actual = Sha256Hex(config.kernel);
+    std::string expected = o.kernel_sha256;
+    std::transform(expected.begin(), expected.end(), expected.begin(), ::tolower);
+    if (actual != expected) return Fail("{}: SHA-256 is {}, expected {}; refusing to boot", o.kernel, actual, expected);
+  }
+  if (!o.initrd.empty()) {
+    auto initrd = ReadFile(o.initrd);
+    if (!initrd) return Fail(initrd.error().Wrap("cannot read initrd"));
+    config.initrd = ToBytes(std::move(*initrd));
+  }
+  config.cmdline = o.cmdline;
+  config.mem_bytes = o.mem_mb * x86::kMiB;
+  config.vcpus = o.vcpus;
+  config.console_in = STDIN_FILENO;
+  config.console_out = STDOUT_FILENO;
+  return config;
+}
+
+int RunCommand(const RunOptions& o, BootTimer& timer) {
+  if (auto valid = ValidateRunOptions(o); !valid) {
+    Log(LogLevel::kError, "{}", valid.error().message());
+    return kExitUsage;
+  }
+  auto config = PrepareVmConfig(o);
+  if (!config) {
+    Log(LogLevel::kError, "{}", config.error().message());
+    return kExitError;
+  }
+  timer.Mark("images read");
+  auto vm = Vm::Create(*config, &timer);
+  if (!vm) {
+    Log(LogLevel::kError, "{}", vm.error().message());
+    return kExitError;
+  }
+  VmExit exit;
+  {
+    RawTerminal terminal(STDIN_FILENO);
+    auto result = (*vm)->Run();
+    if (!result) {
+      exit = {VmExitReason::kError, result.error().message(), 0};
+    } else {
+      exit = *result;
+    }
+  }
+  vm->reset();
+  int status = ExitStatusFor(exit);
+  LogLevel level = status == kExitOk ? LogLevel::kInfo : LogLevel::kWarn;
+  if (exit.reason == VmExitReason::kError) level = LogLevel::kError;
+  Log(level, "{} (exit status {})", exit.detail, status);
+  if (o.boot_timing) {
+    std::string line = fmt::format("clone: boot timing: {}\n", timer.Summary());
+    [[maybe_unused]] auto r = WriteAll(STDERR_FILENO, line.data(), line.size());
+  }
+  return status;
+}
+
+}  // namespace clonevm::cli

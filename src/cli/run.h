@@ -1,0 +1,36 @@
+// `clone run`: boot a kernel in a new VM in the foreground, console on stdin/stdout.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "base/result.h"
+#include "vmm/vm.h"
+
+namespace clonevm::cli {
+
+inline constexpr const char* kDefaultCmdline = "console=ttyS0 quiet pci=off";
+
+struct RunOptions {
+  std::string kernel;
+  std::string initrd;
+  std::string cmdline = kDefaultCmdline;
+  uint64_t mem_mb = 512;
+  uint32_t vcpus = 1;
+  std::string kernel_sha256;
+  bool boot_timing = false;
+};
+
+void AddRunCommand(CLI::App& app, RunOptions& options);
+
+// Checks the values that need no file access (sizes, counts, formats).
+[[nodiscard]] Result<void> ValidateRunOptions(const RunOptions& options);
+// Reads and verifies the kernel and initrd: everything a bad file can break, before KVM is opened.
+[[nodiscard]] Result<VmConfig> PrepareVmConfig(const RunOptions& options);
+
+// Runs the VM; returns the process exit status.
+int RunCommand(const RunOptions& options, BootTimer& timer);
+
+}  // namespace clonevm::cli

@@ -1,0 +1,231 @@
+#include "kvm/kvm.h"
+
+#include "kvm/uapi.h"
+
+#include <fcntl.h>
+#include <sys/ioctl.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+
+namespace clonevm::kvm {
+namespace {
+
+constexpr int kKvmApiVersion = 12;
+
+struct RequiredCap {
+  int cap;
+  const char* name;
+};
+constexpr RequiredCap kRequiredCaps[] = {
+    {KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"},          {KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"},
+    {KVM_CAP_SET_TSS_ADDR, "KVM_CAP_SET_TSS_ADDR"}, {KVM_CAP_EXT_CPUID, "KVM_CAP_EXT_CPUID"},
+    {KVM_CAP_PIT2, "KVM_CAP_PIT2"},                {KVM_CAP_IRQFD, "KVM_CAP_IRQFD"},
+    {KVM_CAP_IOEVENTFD, "KVM_CAP_IOEVENTFD"},      {KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"},
+};
+
+Error OpenError(const std::string& path, int err) {
+  std::string hint;
+  if (err == ENOENT) {
+    hint = "KVM is not available on this host (no vmx/svm CPU support, or the kvm-intel/kvm-amd module is not "
+           "loaded); without KVM, run Clone inside the nested lab: tools/lab/run-in-lab";
+  } else if (err == EACCES || err == EPERM) {
+    hint = "no permission; add your user to the 'kvm' group or run as root";
+  }
+  Error e = Error::FromErrno("open", err, path);
+  if (hint.empty()) return e;
+  return Error(fmt::format("{}: {}", e.message(), hint), err);
+}
+
+}  // namespace
+
+Result<Kvm> Kvm::Open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) return Fail(OpenError(path, errno));
+  Fd kvm_fd(fd);
+  int version = ::ioctl(fd, KVM_GET_API_VERSION, 0);
+  if (version != kKvmApiVersion) return Fail("{}: unsupported KVM API version {} (need {})", path, version, kKvmApiVersion);
+  for (const auto& req : kRequiredCaps) {
+    if (::ioctl(fd, KVM_CHECK_EXTENSION, req.cap) <= 0) return Fail("KVM lacks a required capability: {}", req.name);
+  }
+  int mmap_size = ::ioctl(fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+  if (mmap_size <= 0) return FailErrno("KVM_GET_VCPU_MMAP_SIZE");
+  return Kvm(std::move(kvm_fd), static_cast<size_t>(mmap_size));
+}
+
+int Kvm::CheckExtension(int cap) const {
+  int r = ::ioctl(fd_.get(), KVM_CHECK_EXTENSION, cap);
+  return r < 0 ? 0 : r;
+}
+
+int Kvm::MaxVcpus() const {
+  int max = CheckExtension(KVM_CAP_MAX_VCPUS);
+  if (max > 0) return max;
+  max = CheckExtension(KVM_CAP_NR_VCPUS);
+  return max > 0 ? max : 4;
+}
+
+Result<std::vector<kvm_cpuid_entry2>> Kvm::SupportedCpuid() const {
+  for (uint32_t n = 128; n <= 4096; n *= 2) {
+    std::vector<uint8_t> buf(uapi::kCpuidEntriesOffset + n * sizeof(kvm_cpuid_entry2), 0);
+    uapi::CpuidHeader header{n, 0};
+    std::memcpy(buf.data(), &header, sizeof(header));
+    if (::ioctl(fd_.get(), uapi::kGetSupportedCpuid, buf.data()) == 0) {
+      std::memcpy(&header, buf.data(), sizeof(header));
+      std::vector<kvm_cpuid_entry2> entries(header.nent);
+      std::memcpy(entries.data(), buf.data() + uapi::kCpuidEntriesOffset, header.nent * sizeof(kvm_cpuid_entry2));
+      return entries;
+    }
+    if (errno != E2BIG) return FailErrno("KVM_GET_SUPPORTED_CPUID");
+  }
+  return Fail("KVM_GET_SUPPORTED_CPUID: too many entries");
+}
+
+Result<VmFd> Kvm::CreateVm() const {
+  int fd;
+  do {
+    fd = ::ioctl(fd_.get(), KVM_CREATE_VM, 0);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) return FailErrno("KVM_CREATE_VM");
+  return VmFd(Fd(fd));
+}
+
+Result<void> VmFd::SetTssAddress(uint64_t gpa) {
+  if (::ioctl(fd_.get(), KVM_SET_TSS_ADDR, gpa) != 0) return FailErrno("KVM_SET_TSS_ADDR", fmt::format("{:#x}", gpa));
+  return {};
+}
+
+Result<void> VmFd::SetIdentityMapAddress(uint64_t gpa) {
+  if (::ioctl(fd_.get(), KVM_SET_IDENTITY_MAP_ADDR, &gpa) != 0) {
+    return FailErrno("KVM_SET_IDENTITY_MAP_ADDR", fmt::format("{:#x}", gpa));
+  }
+  return {};
+}
+
+Result<void> VmFd::CreateIrqchip() {
+  if (::ioctl(fd_.get(), KVM_CREATE_IRQCHIP, 0) != 0) return FailErrno("KVM_CREATE_IRQCHIP");
+  return {};
+}
+
+Result<void> VmFd::CreatePit() {
+  kvm_pit_config config{};
+  config.flags = KVM_PIT_SPEAKER_DUMMY;
+  if (::ioctl(fd_.get(), KVM_CREATE_PIT2, &config) != 0) return FailErrno("KVM_CREATE_PIT2");
+  return {};
+}
+
+Result<void> VmFd::SetUserMemoryRegion(uint32_t slot, uint64_t gpa, uint64_t size, void* host, uint32_t flags) {
+  kvm_userspace_memory_region region{};
+  region.slot = slot;
+  region.flags = flags;
+  region.guest_phys_addr = gpa;
+  region.memory_size = size;
+  region.userspace_addr = reinterpret_cast<uint64_t>(host);
+  if (::ioctl(fd_.get(), KVM_SET_USER_MEMORY_REGION, &region) != 0) {
+    return FailErrno("KVM_SET_USER_MEMORY_REGION", fmt::format("slot {}, {:#x}+{}MiB", slot, gpa, size >> 20));
+  }
+  return {};
+}
+
+Result<void> VmFd::SetIrqLine(uint32_t gsi, bool level) {
+  kvm_irq_level irq{};
+  irq.irq = gsi;
+  irq.level = level ? 1 : 0;
+  if (::ioctl(fd_.get(), KVM_IRQ_LINE, &irq) != 0) return FailErrno("KVM_IRQ_LINE", fmt::format("gsi {}", gsi));
+  return {};
+}
+
+Result<void> VmFd::RegisterIrqfd(int eventfd, uint32_t gsi) {
+  kvm_irqfd irqfd{};
+  irqfd.fd = static_cast<uint32_t>(eventfd);
+  irqfd.gsi = gsi;
+  if (::ioctl(fd_.get(), KVM_IRQFD, &irqfd) != 0) return FailErrno("KVM_IRQFD", fmt::format("gsi {}", gsi));
+  return {};
+}
+
+Result<void> VmFd::RegisterIoeventfd(int eventfd, uint64_t gpa, uint32_t len, uint64_t datamatch) {
+  kvm_ioeventfd io{};
+  io.datamatch = datamatch;
+  io.addr = gpa;
+  io.len = len;
+  io.fd = eventfd;
+  io.flags = KVM_IOEVENTFD_FLAG_DATAMATCH;
+  if (::ioctl(fd_.get(), KVM_IOEVENTFD, &io) != 0) return FailErrno("KVM_IOEVENTFD", fmt::format("{:#x}", gpa));
+  return {};
+}
+
+Result<VcpuFd> VmFd::CreateVcpu(uint32_t id, size_t mmap_size) {
+  int fd = ::ioctl(fd_.get(), KVM_CREATE_VCPU, id);
+  if (fd < 0) return FailErrno("KVM_CREATE_VCPU", fmt::format("vcpu {}", id));
+  Fd vcpu_fd(fd);
+  Mmap run = CLONE_TRY(Mmap::Map(mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  return VcpuFd(std::move(vcpu_fd), std::move(run), id);
+}
+
+Result<uint32_t> VcpuFd::Run() {
+  if (::ioctl(fd_.get(), KVM_RUN, 0) != 0) return FailErrno("KVM_RUN", fmt::format("vcpu {}", id_));
+  return run()->exit_reason;
+}
+
+Result<kvm_regs> VcpuFd::GetRegs() const {
+  kvm_regs regs{};
+  if (::ioctl(fd_.get(), KVM_GET_REGS, &regs) != 0) return FailErrno("KVM_GET_REGS");
+  return regs;
+}
+
+Result<void> VcpuFd::SetRegs(const kvm_regs& regs) {
+  if (::ioctl(fd_.get(), KVM_SET_REGS, &regs) != 0) return FailErrno("KVM_SET_REGS");
+  return {};
+}
+
+Result<kvm_sregs> VcpuFd::GetSregs() const {
+  kvm_sregs sregs{};
+  if (::ioctl(fd_.get(), KVM_GET_SREGS, &sregs) != 0) return FailErrno("KVM_GET_SREGS");
+  return sregs;
+}
+
+Result<void> VcpuFd::SetSregs(const kvm_sregs& sregs) {
+  if (::ioctl(fd_.get(), KVM_SET_SREGS, &sregs) != 0) return FailErrno("KVM_SET_SREGS");
+  return {};
+}
+
+Result<void> VcpuFd::SetFpu(const kvm_fpu& fpu) {
+  if (::ioctl(fd_.get(), KVM_SET_FPU, &fpu) != 0) return FailErrno("KVM_SET_FPU");
+  return {};
+}
+
+Result<void> VcpuFd::SetCpuid(const std::vector<kvm_cpuid_entry2>& entries) {
+  std::vector<uint8_t> buf(uapi::kCpuidEntriesOffset + entries.size() * sizeof(kvm_cpuid_entry2), 0);
+  uapi::CpuidHeader header{static_cast<uint32_t>(entries.size()), 0};
+  std::memcpy(buf.data(), &header, sizeof(header));
+  std::memcpy(buf.data() + uapi::kCpuidEntriesOffset, entries.data(), entries.size() * sizeof(kvm_cpuid_entry2));
+  if (::ioctl(fd_.get(), uapi::kSetCpuid2, buf.data()) != 0) return FailErrno("KVM_SET_CPUID2", fmt::format("vcpu {}", id_));
+  return {};
+}
+
+Result<void> VcpuFd::SetMsrs(const std::vector<kvm_msr_entry>& msrs) {
+  std::vector<uint8_t> buf(uapi::kMsrEntriesOffset + msrs.size() * sizeof(kvm_msr_entry), 0);
+  uapi::MsrsHeader header{static_cast<uint32_t>(msrs.size()), 0};
+  std::memcpy(buf.data(), &header, sizeof(header));
+  std::memcpy(buf.data() + uapi::kMsrEntriesOffset, msrs.data(), msrs.size() * sizeof(kvm_msr_entry));
+  int n = ::ioctl(fd_.get(), uapi::kSetMsrs, buf.data());
+  if (n < 0) return FailErrno("KVM_SET_MSRS", fmt::format("vcpu {}", id_));
+  if (static_cast<size_t>(n) != msrs.size()) {
+    return Fail("KVM_SET_MSRS: KVM refused MSR {:#x} (vcpu {})", msrs[n].index, id_);
+  }
+  return {};
+}
+
+Result<kvm_lapic_state> VcpuFd::GetLapic() const {
+  kvm_lapic_state lapic{};
+  if (::ioctl(fd_.get(), KVM_GET_LAPIC, &lapic) != 0) return FailErrno("KVM_GET_LAPIC");
+  return lapic;
+}
+
+Result<void> VcpuFd::SetLapic(const kvm_lapic_state& lapic) {
+  if (::ioctl(fd_.get(), KVM_SET_LAPIC, &lapic) != 0) return FailErrno("KVM_SET_LAPIC");
+  return {};
+}
+
+}  // namespace clonevm::kvm

@@ -1,0 +1,100 @@
+// Typed, RAII wrappers over the KVM ioctl API (Documentation/virt/kvm/api.rst).
+//
+// Kvm (the /dev/kvm system fd) creates VmFds; a VmFd creates VcpuFds. Every failing ioctl returns
+// an Error naming the ioctl and its context. Objects are move-only and close their fds.
+// Thread-safety: VmFd ioctls may be issued from any thread (the kernel serialises them);
+// a VcpuFd belongs to the thread that runs it (vmm/ kicks it out of KVM_RUN with a signal).
+#pragma once
+
+#include <linux/kvm.h>
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/fd.h"
+#include "base/mmap.h"
+#include "base/result.h"
+
+namespace clonevm::kvm {
+
+class VmFd;
+class VcpuFd;
+
+class Kvm {
+ public:
+  // Opens /dev/kvm (or `path`) and checks the API version and the capabilities Clone needs. The
+  // error explains what to do when KVM is missing or not accessible.
+  [[nodiscard]] static Result<Kvm> Open(const std::string& path = "/dev/kvm");
+
+  int fd() const { return fd_.get(); }
+  // KVM_CHECK_EXTENSION; 0 when unsupported.
+  int CheckExtension(int cap) const;
+  // Largest number of vCPUs a VM may have (KVM_CAP_MAX_VCPUS, falling back to NR_VCPUS).
+  int MaxVcpus() const;
+  size_t vcpu_mmap_size() const { return vcpu_mmap_size_; }
+
+  [[nodiscard]] Result<std::vector<kvm_cpuid_entry2>> SupportedCpuid() const;
+  [[nodiscard]] Result<VmFd> CreateVm() const;
+
+ private:
+  Kvm(Fd fd, size_t mmap_size) : fd_(std::move(fd)), vcpu_mmap_size_(mmap_size) {}
+  Fd fd_;
+  size_t vcpu_mmap_size_ = 0;
+};
+
+class VmFd {
+ public:
+  int fd() const { return fd_.get(); }
+
+  [[nodiscard]] Result<void> SetTssAddress(uint64_t gpa);
+  [[nodiscard]] Result<void> SetIdentityMapAddress(uint64_t gpa);
+  // In-kernel IOAPIC + PIC + LAPICs.
+  [[nodiscard]] Result<void> CreateIrqchip();
+  // In-kernel PIT (i8254) with the port-0x61 speaker emulated in the kernel too.
+  [[nodiscard]] Result<void> CreatePit();
+  [[nodiscard]] Result<void> SetUserMemoryRegion(uint32_t slot, uint64_t gpa, uint64_t size, void* host, uint32_t flags = 0);
+  // Drives a GSI of the in-kernel irqchip to `level` (KVM_IRQ_LINE).
+  [[nodiscard]] Result<void> SetIrqLine(uint32_t gsi, bool level);
+  // Raises `gsi` edge-style whenever `eventfd` is signalled (KVM_IRQFD).
+  [[nodiscard]] Result<void> RegisterIrqfd(int eventfd, uint32_t gsi);
+  // Signals `eventfd` when the guest writes `datamatch` (4 bytes) to MMIO address `gpa`.
+  [[nodiscard]] Result<void> RegisterIoeventfd(int eventfd, uint64_t gpa, uint32_t len, uint64_t datamatch);
+  [[nodiscard]] Result<VcpuFd> CreateVcpu(uint32_t id, size_t mmap_size);
+
+ private:
+  friend class Kvm;
+  explicit VmFd(Fd fd) : fd_(std::move(fd)) {}
+  Fd fd_;
+};
+
+class VcpuFd {
+ public:
+  uint32_t id() const { return id_; }
+  kvm_run* run() const { return reinterpret_cast<kvm_run*>(run_.data()); }  // SAFETY: KVM maps a kvm_run at offset 0.
+
+  // KVM_RUN. Returns the exit reason, or an error; EINTR/EAGAIN are reported as an Error whose
+  // error_number() is that errno so the caller can treat them as "kicked".
+  [[nodiscard]] Result<uint32_t> Run();
+
+  [[nodiscard]] Result<kvm_regs> GetRegs() const;
+  [[nodiscard]] Result<void> SetRegs(const kvm_regs& regs);
+  [[nodiscard]] Result<kvm_sregs> GetSregs() const;
+  [[nodiscard]] Result<void> SetSregs(const kvm_sregs& sregs);
+  [[nodiscard]] Result<void> SetFpu(const kvm_fpu& fpu);
+  [[nodiscard]] Result<void> SetCpuid(const std::vector<kvm_cpuid_entry2>& entries);
+  // Sets every MSR in `msrs`; fails naming the first one KVM refused.
+  [[nodiscard]] Result<void> SetMsrs(const std::vector<kvm_msr_entry>& msrs);
+  [[nodiscard]] Result<kvm_lapic_state> GetLapic() const;
+  [[nodiscard]] Result<void> SetLapic(const kvm_lapic_state& lapic);
+
+ private:
+  friend class VmFd;
+  VcpuFd(Fd fd, Mmap run, uint32_t id) : fd_(std::move(fd)), run_(std::move(run)), id_(id) {}
+  Fd fd_;
+  Mmap run_;
+  uint32_t id_ = 0;
+};
+
+}  // namespace clonevm::kvm

@@ -1,0 +1,71 @@
+// GuestMemory: the guest's RAM as host mappings, with checked guest-physical accessors.
+//
+// RAM is anonymous MAP_NORESERVE memory (pages are committed on first touch) marked
+// MADV_MERGEABLE for KSM. It is split around the 32-bit MMIO hole: [0, low_end) and, when the
+// guest has more RAM than fits below the hole, [4 GiB, 4 GiB + rest).
+//
+// Every access by guest physical address is range-checked: a guest-controlled address that falls
+// outside RAM (or straddles two regions) yields an empty span / an error, never a host fault.
+// Thread-safety: the region table is immutable after Create(); the bytes are shared with the guest
+// and with other threads, so callers copy guest-controlled data before validating it.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#include "base/mmap.h"
+#include "base/result.h"
+
+namespace clonevm {
+
+struct MemoryRegion {
+  uint64_t gpa = 0;
+  uint64_t size = 0;
+  Mmap mapping;
+
+  uint64_t end() const { return gpa + size; }
+  uint8_t* host() const { return mapping.data(); }
+};
+
+class GuestMemory {
+ public:
+  // Lays out `ram_bytes` of RAM: below `hole_start`, then from `high_start` upward.
+  [[nodiscard]] static Result<GuestMemory> Create(uint64_t ram_bytes, uint64_t hole_start, uint64_t high_start);
+
+  const std::vector<MemoryRegion>& regions() const { return regions_; }
+  uint64_t ram_bytes() const { return ram_bytes_; }
+  // End of the RAM below the MMIO hole.
+  uint64_t low_end() const { return regions_.empty() ? 0 : regions_[0].end(); }
+
+  // The host bytes for [gpa, gpa+len), or an empty span if any byte is outside one RAM region.
+  std::span<uint8_t> Span(uint64_t gpa, uint64_t len) const;
+  bool Contains(uint64_t gpa, uint64_t len) const { return len == 0 || !Span(gpa, len).empty(); }
+
+  [[nodiscard]] Result<void> WriteBytes(uint64_t gpa, std::span<const uint8_t> data) const;
+  [[nodiscard]] Result<void> ReadBytes(uint64_t gpa, std::span<uint8_t> out) const;
+
+  template <typename T>
+  [[nodiscard]] Result<void> Write(uint64_t gpa, const T& value) const {
+    static_assert(std::is_trivially_copyable_v<T>);
+    // SAFETY: T is trivially copyable; its object representation is its bytes.
+    return WriteBytes(gpa, std::span(reinterpret_cast<const uint8_t*>(&value), sizeof(T)));
+  }
+
+  template <typename T>
+  [[nodiscard]] Result<T> Read(uint64_t gpa) const {
+    static_assert(std::is_trivially_copyable_v<T>);
+    T value;
+    // SAFETY: T is trivially copyable; any byte pattern read from the guest is copied, not aliased.
+    CLONE_TRY_VOID(ReadBytes(gpa, std::span(reinterpret_cast<uint8_t*>(&value), sizeof(T))));
+    return value;
+  }
+
+ private:
+  std::vector<MemoryRegion> regions_;
+  uint64_t ram_bytes_ = 0;
+};
+
+}  // namespace clonevm

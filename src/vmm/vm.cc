@@ -1,0 +1,305 @@
+#include "vmm/vm.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "acpi/tables.h"
+#include "arch/x86/cpu_setup.h"
+#include "arch/x86/layout.h"
+#include "base/log.h"
+#include "devices/legacy/cmos.h"
+#include "devices/legacy/power.h"
+
+namespace clonevm {
+namespace {
+
+// The signal that kicks a vCPU thread out of KVM_RUN. Its handler does nothing: the point is the
+// EINTR, together with kvm_run::immediate_exit for a kick that lands outside KVM_RUN.
+constexpr int kKickSignal = SIGUSR1;
+
+void InstallKickHandler() {
+  struct sigaction sa {};
+  sa.sa_handler = [](int) {};
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // no SA_RESTART: KVM_RUN must return EINTR
+  sigaction(kKickSignal, &sa, nullptr);
+}
+
+constexpr uint32_t kLapicLvtLint0 = 0x350;
+constexpr uint32_t kLapicLvtLint1 = 0x360;
+constexpr uint32_t kDeliveryModeExtInt = 7;
+constexpr uint32_t kDeliveryModeNmi = 4;
+
+void SetLvt(kvm_lapic_state* lapic, uint32_t reg, uint32_t mode) {
+  uint32_t value;
+  std::memcpy(&value, lapic->regs + reg, 4);
+  value = (value & ~0x700u) | (mode << 8);
+  std::memcpy(lapic->regs + reg, &value, 4);
+}
+
+}  // namespace
+
+struct Vm::Vcpu {
+  explicit Vcpu(kvm::VcpuFd fd) : vcpu(std::move(fd)) {}
+  kvm::VcpuFd vcpu;
+  std::thread thread;
+};
+
+Result<std::unique_ptr<Vm>> Vm::Create(const VmConfig& config, BootTimer* timer) {
+  std::unique_ptr<Vm> vm(new Vm());
+  vm->timer_ = timer;
+  vm->console_in_ = config.console_in;
+  vm->console_out_ = config.console_out;
+  vm->kvm_ = CLONE_TRY(kvm::Kvm::Open());
+  if (config.vcpus > static_cast<uint32_t>(vm->kvm_->MaxVcpus())) {
+    return Fail("--vcpus {}: this host's KVM supports at most {}", config.vcpus, vm->kvm_->MaxVcpus());
+  }
+  vm->vm_fd_ = CLONE_TRY(vm->kvm_->CreateVm());
+  timer->Mark("kvm");
+  CLONE_TRY_VOID(vm->vm_fd_->SetTssAddress(x86::kKvmTssAddr));
+  CLONE_TRY_VOID(vm->vm_fd_->SetIdentityMapAddress(x86::kKvmIdentityMapAddr));
+  CLONE_TRY_VOID(vm->SetUpMemory(config));
+  timer->Mark("memory");
+  CLONE_TRY_VOID(vm->vm_fd_->CreateIrqchip());
+  CLONE_TRY_VOID(vm->vm_fd_->CreatePit());
+  timer->Mark("irqchip");
+  vm->loop_ = CLONE_TRY(EventLoop::Create());
+  CLONE_TRY_VOID(vm->SetUpDevices(config));
+  timer->Mark("devices");
+  CLONE_TRY_VOID(vm->LoadGuest(config));
+  timer->Mark("kernel loaded");
+  CLONE_TRY_VOID(vm->CreateVcpus(config.vcpus));
+  timer->Mark("vcpus");
+  return vm;
+}
+
+Vm::~Vm() { StopVcpus(); }
+
+Result<void> Vm::SetUpMemory(const VmConfig& config) {
+  memory_ = CLONE_TRY(GuestMemory::Create(config.mem_bytes, x86::kMmioHoleStart, x86::kHighRamStart));
+  uint32_t slot = 0;
+  for (const auto& region : memory_->regions()) {
+    CLONE_TRY_VOID(vm_fd_->SetUserMemoryRegion(slot++, region.gpa, region.size, region.host()));
+  }
+  return {};
+}
+
+Result<void> Vm::SetUpDevices(const VmConfig&) {
+  auto power = [this](PowerEvent event) {
+    if (event == PowerEvent::kPowerOff) {
+      RequestExit({VmExitReason::kPowerOff, "the guest powered off", 0});
+    } else {
+      RequestExit({VmExitReason::kReset, "the guest requested a reboot", 0});
+    }
+  };
+  int out = console_out_;
+  serial_ = std::make_shared<Serial>(
+      [this, out](std::span<const uint8_t> bytes) {
+        if (!first_output_seen_.exchange(true)) timer_->Mark("first guest output");
+        // A closed or broken console must not stop the guest; its output is then dropped.
+        [[maybe_unused]] auto r = WriteAll(out, bytes.data(), bytes.size());
+      },
+      [this](bool level) {
+        if (auto r = vm_fd_->SetIrqLine(x86::kCom1Irq, level); !r) {
+          CLONE_LOG_RATELIMITED(LogLevel::kError, "serial interrupt: {}", r.error().message());
+        }
+      });
+  CLONE_TRY_VOID(pio_bus_.Insert(x86::kCom1Port, 8, serial_));
+  CLONE_TRY_VOID(pio_bus_.Insert(x86::kCmosPort, 2, std::make_shared<Cmos>()));
+  // One device over 0x60-0x64; 0x61 (PIT speaker) is served inside KVM and never reaches it.
+  CLONE_TRY_VOID(pio_bus_.Insert(x86::kI8042DataPort, x86::kI8042CommandPort - x86::kI8042DataPort + 1,
+                                 std::make_shared<I8042>(power)));
+  CLONE_TRY_VOID(pio_bus_.Insert(x86::kAcpiPmPort, x86::kAcpiPmPortLen, std::make_shared<AcpiPm>(power)));
+  return {};
+}
+
+Result<void> Vm::LoadGuest(const VmConfig& config) {
+  acpi::AcpiConfig acpi_config;
+  acpi_config.num_cpus = config.vcpus;
+  acpi_config.ioapic_id = static_cast<uint8_t>(config.vcpus);
+  acpi_config.lapic_addr = static_cast<uint32_t>(x86::kLapicAddr);
+  acpi_config.ioapic_addr = static_cast<uint32_t>(x86::kIoapicAddr);
+  acpi_config.pm_io_base = x86::kAcpiPmPort;
+  auto tables = CLONE_TRY(acpi::BuildAcpiTables(acpi_config, x86::kAcpiAddr, x86::kAcpiMax));
+  CLONE_TRY_VOID(memory_->WriteBytes(tables.base_gpa, tables.bytes));
+  x86::BootInputs inputs{config.kernel, config.initrd, config.cmdline, tables.rsdp_gpa};
+  boot_setup_ = CLONE_TRY(x86::LoadKernel(*memory_, inputs));
+  CLONE_TRY_VOID(x86::WritePageTables(*memory_));
+  CLONE_TRY_VOID(x86::WriteGdt(*memory_));
+  return {};
+}
+
+Result<void> Vm::CreateVcpus(uint32_t count) {
+  auto supported = CLONE_TRY(kvm_->SupportedCpuid());
+  for (uint32_t i = 0; i < count; ++i) {
+    auto fd = CLONE_TRY(vm_fd_->CreateVcpu(i, kvm_->vcpu_mmap_size()));
+    auto vcpu = std::make_unique<Vcpu>(std::move(fd));
+    CLONE_TRY_VOID(vcpu->vcpu.SetCpuid(x86::VcpuCpuid(supported, i, count)));
+    CLONE_TRY_VOID(vcpu->vcpu.SetMsrs(x86::BootMsrs()));
+    auto lapic = CLONE_TRY(vcpu->vcpu.GetLapic());
+    SetLvt(&lapic, kLapicLvtLint0, kDeliveryModeExtInt);
+    SetLvt(&lapic, kLapicLvtLint1, kDeliveryModeNmi);
+    CLONE_TRY_VOID(vcpu->vcpu.SetLapic(lapic));
+    if (i == 0) {
+      // The BSP starts at the kernel entry; APs wait in the LAPIC for INIT/SIPI from the guest.
+      auto sregs = CLONE_TRY(vcpu->vcpu.GetSregs());
+      CLONE_TRY_VOID(vcpu->vcpu.SetSregs(x86::BootSregs(sregs, boot_setup_.protocol)));
+      CLONE_TRY_VOID(vcpu->vcpu.SetRegs(x86::BootRegs(boot_setup_)));
+      CLONE_TRY_VOID(vcpu->vcpu.SetFpu(x86::BootFpu()));
+    }
+    vcpus_.push_back(std::move(vcpu));
+  }
+  return {};
+}
+
+Result<void> Vm::WatchConsoleInput() {
+  if (console_in_ < 0) return {};
+  int fd = console_in_;
+  auto added = loop_->Add(fd, EPOLLIN, [this, fd](uint32_t) {
+    uint8_t buf[256];
+    ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n <= 0) {
+      if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+      loop_->Remove(fd);  // EOF: the guest keeps running without input
+      return;
+    }
+    size_t accepted = serial_->EnqueueInput(std::span(buf, static_cast<size_t>(n)));
+    if (accepted < static_cast<size_t>(n)) CLONE_LOG_RATELIMITED(LogLevel::kWarn, "console input dropped: guest is not reading");
+  });
+  // A regular file or /dev/null cannot be polled (EPERM): the guest then simply gets no input.
+  if (!added && added.error().error_number() == EPERM) return {};
+  return added;
+}
+
+Result<VmExit> Vm::Run() {
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  int sfd = ::signalfd(-1, &stop_signals, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (sfd < 0) return FailErrno("signalfd");
+  Fd signal_fd(sfd);
+  CLONE_TRY_VOID(loop_->Add(sfd, EPOLLIN, [this, sfd](uint32_t) {
+    signalfd_siginfo info{};
+    if (::read(sfd, &info, sizeof(info)) != sizeof(info)) return;
+    int sig = static_cast<int>(info.ssi_signo);
+    RequestExit({VmExitReason::kSignal, fmt::format("stopped by {}", sig == SIGINT ? "SIGINT" : "SIGTERM"), sig});
+  }));
+  CLONE_TRY_VOID(WatchConsoleInput());
+  InstallKickHandler();
+  for (auto& vcpu : vcpus_) {
+    Vcpu* v = vcpu.get();
+    v->thread = std::thread([this, v] { VcpuLoop(*v); });
+  }
+  timer_->Mark("vcpus running");
+  auto loop_result = loop_->Run();
+  StopVcpus();
+  if (!loop_result) return Fail(loop_result.error());
+  std::lock_guard lock(exit_mu_);
+  return exit_;
+}
+
+void Vm::RequestExit(VmExit exit) {
+  {
+    std::lock_guard lock(exit_mu_);
+    if (exiting_) return;
+    exiting_ = true;
+    exit_ = std::move(exit);
+  }
+  if (loop_) loop_->Stop();
+}
+
+void Vm::StopVcpus() {
+  exiting_ = true;
+  for (auto& v : vcpus_) {
+    if (!v->thread.joinable()) continue;
+    v->vcpu.run()->immediate_exit = 1;
+    pthread_kill(v->thread.native_handle(), kKickSignal);
+  }
+  for (auto& v : vcpus_) {
+    if (v->thread.joinable()) v->thread.join();
+  }
+}
+
+void Vm::VcpuLoop(Vcpu& v) {
+  while (!exiting_) {
+    auto reason = v.vcpu.Run();
+    if (!reason) {
+      int err = reason.error().error_number();
+      if (err == EINTR || err == EAGAIN) {
+        v.vcpu.run()->immediate_exit = 0;
+        continue;
+      }
+      RequestExit({VmExitReason::kError, reason.error().message(), 0});
+      return;
+    }
+    if (!HandleExit(v, *reason)) return;
+  }
+}
+
+// Serves one KVM exit. Returns false when this vCPU must stop.
+bool Vm::HandleExit(Vcpu& v, uint32_t reason) {
+  kvm_run* run = v.vcpu.run();
+  switch (reason) {
+    case KVM_EXIT_IO: {
+      // SAFETY: KVM places io.count items of io.size bytes at io.data_offset inside the run page.
+      uint8_t* data = reinterpret_cast<uint8_t*>(run) + run->io.data_offset;
+      for (uint32_t i = 0; i < run->io.count; ++i) {
+        std::span<uint8_t> item(data + i * run->io.size, run->io.size);
+        if (run->io.direction == KVM_EXIT_IO_OUT) {
+          pio_bus_.Write(run->io.port, item);
+        } else {
+          pio_bus_.Read(run->io.port, item);
+        }
+      }
+      return true;
+    }
+    case KVM_EXIT_MMIO: {
+      std::span<uint8_t> data(run->mmio.data, std::min<uint32_t>(run->mmio.len, sizeof(run->mmio.data)));
+      if (run->mmio.is_write) {
+        mmio_bus_.Write(run->mmio.phys_addr, data);
+      } else {
+        mmio_bus_.Read(run->mmio.phys_addr, data);
+      }
+      return true;
+    }
+    case KVM_EXIT_HLT:
+      return true;  // with the in-kernel LAPIC, HLT is handled by KVM; spurious exits are harmless
+    case KVM_EXIT_SHUTDOWN:
+      RequestExit({VmExitReason::kCrash, fmt::format("vcpu {}: triple fault (KVM_EXIT_SHUTDOWN)", v.vcpu.id()), 0});
+      return false;
+    case KVM_EXIT_SYSTEM_EVENT:
+      switch (run->system_event.type) {
+        case KVM_SYSTEM_EVENT_SHUTDOWN:
+          RequestExit({VmExitReason::kPowerOff, "the guest powered off", 0});
+          break;
+        case KVM_SYSTEM_EVENT_RESET:
+          RequestExit({VmExitReason::kReset, "the guest requested a reboot", 0});
+          break;
+        default:
+          RequestExit({VmExitReason::kCrash, fmt::format("vcpu {}: system event {}", v.vcpu.id(), run->system_event.type), 0});
+      }
+      return false;
+    case KVM_EXIT_FAIL_ENTRY:
+      RequestExit({VmExitReason::kCrash,
+                   fmt::format("vcpu {}: VM entry failed (reason {:#x})", v.vcpu.id(),
+                               run->fail_entry.hardware_entry_failure_reason),
+                   0});
+      return false;
+    case KVM_EXIT_INTERNAL_ERROR:
+      RequestExit({VmExitReason::kCrash,
+                   fmt::format("vcpu {}: KVM internal error (suberror {})", v.vcpu.id(), run->internal.suberror), 0});
+      return false;
+    default:
+      RequestExit({VmExitReason::kCrash, fmt::format("vcpu {}: unhandled KVM exit {}", v.vcpu.id(), reason), 0});
+      return false;
+  }
+}
+
+}  // namespace clonevm

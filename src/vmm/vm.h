@@ -1,0 +1,92 @@
+// Vm: one virtual machine — KVM VM fd, guest memory, buses and devices, vCPU threads and the event
+// loop that serves the console and signals.
+//
+// Lifecycle: Create() builds everything and loads the kernel (nothing runs yet); Run() starts one
+// thread per vCPU, runs the event loop on the calling thread until the guest powers off, resets,
+// crashes, or a SIGINT/SIGTERM arrives, then stops and joins the vCPUs and returns why it ended.
+// The first exit reason wins; later ones are ignored.
+#pragma once
+
+#include <atomic>
+#include <mutex>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/event_loop.h"
+#include "base/result.h"
+#include "devices/bus.h"
+#include "devices/legacy/serial.h"
+#include "kvm/kvm.h"
+#include "memory/guest_memory.h"
+#include "vmm/boot_timer.h"
+#include "arch/x86/kernel_loader.h"
+
+namespace clonevm {
+
+struct VmConfig {
+  std::vector<uint8_t> kernel;  // the image bytes, already read and verified
+  std::vector<uint8_t> initrd;
+  std::string cmdline;
+  uint64_t mem_bytes = 0;
+  uint32_t vcpus = 1;
+  int console_in = 0;   // fd the serial console reads from (-1: none)
+  int console_out = 1;  // fd guest serial output goes to
+};
+
+enum class VmExitReason { kPowerOff, kReset, kCrash, kSignal, kError };
+
+struct VmExit {
+  VmExitReason reason = VmExitReason::kError;
+  std::string detail;  // human-readable: what happened
+  int signal = 0;      // for kSignal
+};
+
+class Vm {
+ public:
+  [[nodiscard]] static Result<std::unique_ptr<Vm>> Create(const VmConfig& config, BootTimer* timer);
+  ~Vm();
+  Vm(const Vm&) = delete;
+  Vm& operator=(const Vm&) = delete;
+
+  // Runs the VM to its end. Blocks SIGINT/SIGTERM in the calling thread (and so in the vCPU
+  // threads it starts) and receives them through a signalfd.
+  [[nodiscard]] Result<VmExit> Run();
+
+  // Ends the VM with `exit` unless it is already ending. Any thread.
+  void RequestExit(VmExit exit);
+
+ private:
+  struct Vcpu;
+  Vm() = default;
+  [[nodiscard]] Result<void> SetUpMemory(const VmConfig& config);
+  [[nodiscard]] Result<void> SetUpDevices(const VmConfig& config);
+  [[nodiscard]] Result<void> LoadGuest(const VmConfig& config);
+  [[nodiscard]] Result<void> CreateVcpus(uint32_t count);
+  [[nodiscard]] Result<void> WatchConsoleInput();
+  void VcpuLoop(Vcpu& vcpu);
+  bool HandleExit(Vcpu& vcpu, uint32_t reason);
+  void StopVcpus();
+
+  BootTimer* timer_ = nullptr;
+  std::optional<kvm::Kvm> kvm_;
+  std::optional<kvm::VmFd> vm_fd_;
+  std::optional<GuestMemory> memory_;
+  Bus pio_bus_;
+  Bus mmio_bus_;
+  std::shared_ptr<Serial> serial_;
+  std::vector<std::unique_ptr<Vcpu>> vcpus_;
+  std::unique_ptr<EventLoop> loop_;
+  x86::BootSetup boot_setup_;
+  int console_in_ = -1;
+  int console_out_ = 1;
+  std::atomic<bool> first_output_seen_{false};
+  std::atomic<bool> exiting_{false};
+  std::mutex exit_mu_;
+  VmExit exit_;
+};
+
+}  // namespace clonevm

@@ -1,0 +1,57 @@
+# shellcheck shell=bash
+# Shared helpers for end-to-end tests. Source it first thing in a *_test.sh:
+#   source "$(dirname "$0")/lib.sh"; e2e_enter_lab "$0" "$@"
+# A test script runs twice: on the host (to prepare guest images into $E2E_WORK, under the repo so
+# the lab shares it) and then, through tools/lab/run-in-lab, where /dev/kvm is real (L1 of the
+# nested lab, or directly on a KVM host) with CLONE_E2E_INSIDE=1.
+set -euo pipefail
+
+E2E_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
+CLONE_BIN=${CLONE_BIN:-$E2E_ROOT/build/clone}
+export CLONE_BIN
+E2E_FAILURES=0
+
+# The lab kernels (LAB_GENERIC_KERNEL, LAB_CLOUD_KERNEL, ...).
+# shellcheck source=../../tools/lab/lab-env
+source "$E2E_ROOT/tools/lab/lab-env"
+
+e2e_enter_lab() {
+  local script=$1
+  shift
+  if [[ ${CLONE_E2E_INSIDE:-0} == 1 ]]; then return 0; fi
+  [[ -x $CLONE_BIN ]] || { echo "e2e: $CLONE_BIN not built (scripts/build)" >&2; exit 1; }
+  local name
+  name=$(basename "$script" .sh)
+  E2E_WORK="$E2E_ROOT/build/e2e/$name"
+  rm -rf "$E2E_WORK"
+  mkdir -p "$E2E_WORK"
+  export E2E_WORK
+  if declare -F e2e_prepare >/dev/null; then e2e_prepare; fi
+  CLONE_E2E_INSIDE=1 exec "$E2E_ROOT/tools/lab/run-in-lab" --timeout "${E2E_TIMEOUT:-1200}" \
+    --env E2E_WORK --env CLONE_BIN --env CLONE_E2E_INSIDE=1 -- bash "$script" "$@"
+}
+
+# mkinitrd OUT INIT [SRC:DEST...]
+e2e_initrd() { "$E2E_ROOT/tests/guest/mkinitrd" "$@" >/dev/null; }
+
+pass() { printf 'PASS: %s\n' "$*"; }
+fail() {
+  printf 'FAIL: %s\n' "$*"
+  E2E_FAILURES=$((E2E_FAILURES + 1))
+}
+check() { # check DESCRIPTION COMMAND...
+  local what=$1
+  shift
+  if "$@"; then pass "$what"; else fail "$what"; fi
+}
+
+# Field of a "CLONE-REPORT k=v ..." line: report_field FILE KEY
+report_field() { grep -a '^CLONE-REPORT ' "$1" | tr -d '\r' | tr ' ' '\n' | sed -n "s/^$2=//p" | head -1; }
+
+e2e_finish() {
+  if ((E2E_FAILURES > 0)); then
+    echo "$E2E_FAILURES check(s) failed"
+    exit 1
+  fi
+  echo "all checks passed"
+}
