@@ -11,7 +11,7 @@
 
 namespace clonevm::cli {
 
-inline constexpr const char* kDefaultCmdline = "console=ttyS0 quiet pci=off";
+inline constexpr const char* kDefaultCmdline = "console=ttyS0 quiet";
 
 struct RunOptions {
   std::string kernel;

@@ -14,6 +14,7 @@
 #include "base/log.h"
 #include "devices/legacy/cmos.h"
 #include "devices/legacy/power.h"
+#include "devices/pci/pci_root.h"
 
 namespace clonevm {
 namespace {
@@ -114,6 +115,7 @@ Result<void> Vm::SetUpDevices(const VmConfig&) {
   // One device over 0x60-0x64; 0x61 (PIT speaker) is served inside KVM and never reaches it.
   CLONE_TRY_VOID(pio_bus_.Insert(x86::kI8042DataPort, x86::kI8042CommandPort - x86::kI8042DataPort + 1,
                                  std::make_shared<I8042>(power)));
+  CLONE_TRY_VOID(pio_bus_.Insert(PciRoot::kConfigAddressPort, PciRoot::kPortCount, std::make_shared<PciRoot>()));
   CLONE_TRY_VOID(pio_bus_.Insert(x86::kAcpiPmPort, x86::kAcpiPmPortLen, std::make_shared<AcpiPm>(power)));
   return {};
 }

@@ -19,7 +19,7 @@ boot() { # boot KERNEL VCPUS [extra cmdline] -> status in $status, console in $o
   local kernel=$1 vcpus=$2 extra=${3:-}
   status=0
   timeout 180 "$CLONE_BIN" run --kernel "$kernel" --initrd "$initrd" --mem-mb "$mem_mb" --vcpus "$vcpus" \
-    --cmdline "console=ttyS0 quiet pci=off $extra" </dev/null >"$out" 2>"$out.err" || status=$?
+    --cmdline "console=ttyS0 quiet panic=-1 $extra" </dev/null >"$out" 2>"$out.err" || status=$?
 }
 
 check_report() { # check_report LABEL VCPUS
@@ -61,7 +61,7 @@ sock=$E2E_WORK/tmux.sock
 rm -f "$E2E_WORK/tty.status" "$E2E_WORK/stty.after"
 tmux -S "$sock" new-session -d -x 120 -y 30 \
   "stty -a > $E2E_WORK/stty.before; $CLONE_BIN run --kernel $LAB_CLOUD_KERNEL --initrd $initrd --mem-mb $mem_mb \
-   --cmdline 'console=ttyS0 quiet pci=off clone.action=wait' > $E2E_WORK/tty.out 2>$E2E_WORK/tty.err; \
+   --cmdline 'console=ttyS0 quiet panic=-1 clone.action=wait' > $E2E_WORK/tty.out 2>$E2E_WORK/tty.err; \
    echo \$? > $E2E_WORK/tty.status; stty -a > $E2E_WORK/stty.after; sleep 30"
 for _ in $(seq 1 120); do grep -q CLONE-INIT-DONE "$E2E_WORK/tty.out" 2>/dev/null && break; sleep 1; done
 check "sigterm: guest reached init under a terminal" grep -q CLONE-INIT-DONE "$E2E_WORK/tty.out"
