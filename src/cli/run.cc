@@ -41,6 +41,7 @@ void AddRunCommand(CLI::App& app, RunOptions& o) {
       "Examples:\n"
       "  clone run --kernel /boot/vmlinuz --initrd initrd.img\n"
       "  clone run --kernel vmlinuz --initrd initrd.img --vcpus 2 --mem-mb 1024 --cmdline 'console=ttyS0'\n"
+      "On a terminal, Ctrl-A x stops the VM.\n"
       "Exit status: 0 guest powered off, 1 VMM error, 2 usage error, 3 guest rebooted,\n"
       "4 guest crashed, 128+N stopped by signal N.");
   run->add_option("--kernel", o.kernel, "Kernel image: bzImage or ELF vmlinux (PVH entry used if present)")->required();

@@ -159,10 +159,14 @@ Result<void> Vm::CreateVcpus(uint32_t count) {
   return {};
 }
 
+// Console escape on a terminal: Ctrl-A x stops the VM, Ctrl-A Ctrl-A sends one Ctrl-A.
+constexpr uint8_t kEscapeByte = 0x01;
+
 Result<void> Vm::WatchConsoleInput() {
   if (console_in_ < 0) return {};
   int fd = console_in_;
-  auto added = loop_->Add(fd, EPOLLIN, [this, fd](uint32_t) {
+  bool tty = ::isatty(fd) == 1;
+  auto added = loop_->Add(fd, EPOLLIN, [this, fd, tty](uint32_t) {
     uint8_t buf[256];
     ssize_t n = ::read(fd, buf, sizeof(buf));
     if (n <= 0) {
@@ -170,12 +174,39 @@ Result<void> Vm::WatchConsoleInput() {
       loop_->Remove(fd);  // EOF: the guest keeps running without input
       return;
     }
-    size_t accepted = serial_->EnqueueInput(std::span(buf, static_cast<size_t>(n)));
-    if (accepted < static_cast<size_t>(n)) CLONE_LOG_RATELIMITED(LogLevel::kWarn, "console input dropped: guest is not reading");
+    std::span<const uint8_t> input(buf, static_cast<size_t>(n));
+    std::vector<uint8_t> filtered;
+    if (tty) {
+      filtered = FilterConsoleEscape(input);
+      input = filtered;
+    }
+    size_t accepted = serial_->EnqueueInput(input);
+    if (accepted < input.size()) CLONE_LOG_RATELIMITED(LogLevel::kWarn, "console input dropped: guest is not reading");
   });
   // A regular file or /dev/null cannot be polled (EPERM): the guest then simply gets no input.
   if (!added && added.error().error_number() == EPERM) return {};
   return added;
+}
+
+std::vector<uint8_t> Vm::FilterConsoleEscape(std::span<const uint8_t> input) {
+  std::vector<uint8_t> out;
+  for (uint8_t byte : input) {
+    if (!escape_pending_) {
+      if (byte == kEscapeByte) {
+        escape_pending_ = true;
+      } else {
+        out.push_back(byte);
+      }
+      continue;
+    }
+    escape_pending_ = false;
+    if (byte == 'x' || byte == 'X') {
+      RequestExit({VmExitReason::kSignal, "stopped from the console (Ctrl-A x)", SIGINT});
+    } else if (byte == kEscapeByte) {
+      out.push_back(kEscapeByte);
+    }
+  }
+  return out;
 }
 
 Result<VmExit> Vm::Run() {

@@ -67,6 +67,7 @@ class Vm {
   [[nodiscard]] Result<void> LoadGuest(const VmConfig& config);
   [[nodiscard]] Result<void> CreateVcpus(uint32_t count);
   [[nodiscard]] Result<void> WatchConsoleInput();
+  std::vector<uint8_t> FilterConsoleEscape(std::span<const uint8_t> input);
   void VcpuLoop(Vcpu& vcpu);
   bool HandleExit(Vcpu& vcpu, uint32_t reason);
   void StopVcpus();
@@ -84,6 +85,7 @@ class Vm {
   int console_in_ = -1;
   int console_out_ = 1;
   std::atomic<bool> first_output_seen_{false};
+  bool escape_pending_ = false;  // event-loop thread only
   std::atomic<bool> exiting_{false};
   std::mutex exit_mu_;
   VmExit exit_;
