@@ -143,3 +143,19 @@ TEST_F(CliTest, HelpExplainsRun) {
 
 }  // namespace
 }  // namespace clonevm::cli
+
+#include "vmm/vm.h"
+
+namespace clonevm {
+namespace {
+
+TEST(PlatformCmdlineTest, AppendsTheRebootMethodUnlessChosen) {
+  EXPECT_EQ(PlatformCmdline("console=ttyS0"), "console=ttyS0 reboot=acpi");
+  EXPECT_EQ(PlatformCmdline(""), "reboot=acpi");
+  EXPECT_EQ(PlatformCmdline("console=ttyS0 reboot=k"), "console=ttyS0 reboot=k");
+  EXPECT_EQ(PlatformCmdline("reboot=t quiet"), "reboot=t quiet");
+  EXPECT_EQ(PlatformCmdline("noreboot=x"), "noreboot=x reboot=acpi");
+}
+
+}  // namespace
+}  // namespace clonevm

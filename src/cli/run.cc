@@ -46,7 +46,8 @@ void AddRunCommand(CLI::App& app, RunOptions& o) {
       "4 guest crashed, 128+N stopped by signal N.");
   run->add_option("--kernel", o.kernel, "Kernel image: bzImage or ELF vmlinux (PVH entry used if present)")->required();
   run->add_option("--initrd", o.initrd, "Initial ramdisk (cpio, optionally compressed)");
-  run->add_option("--cmdline", o.cmdline, "Kernel command line")->capture_default_str();
+  run->add_option("--cmdline", o.cmdline, "Kernel command line ('reboot=acpi' is appended unless it sets reboot=)")
+      ->capture_default_str();
   run->add_option("--mem-mb", o.mem_mb, "Guest RAM in MiB (committed on first touch)")->capture_default_str();
   run->add_option("--vcpus", o.vcpus, "Number of vCPUs")->capture_default_str();
   run->add_option("--kernel-sha256", o.kernel_sha256, "Refuse to boot unless the kernel's SHA-256 is this (hex)");
@@ -85,7 +86,7 @@ Result<VmConfig> PrepareVmConfig(const RunOptions& o) {
     if (!initrd) return Fail(initrd.error().Wrap("cannot read initrd"));
     config.initrd = ToBytes(std::move(*initrd));
   }
-  config.cmdline = o.cmdline;
+  config.cmdline = PlatformCmdline(o.cmdline);
   config.mem_bytes = o.mem_mb * x86::kMiB;
   config.vcpus = o.vcpus;
   config.console_in = STDIN_FILENO;

@@ -45,6 +45,12 @@ void SetLvt(kvm_lapic_state* lapic, uint32_t reg, uint32_t mode) {
 
 }  // namespace
 
+std::string PlatformCmdline(const std::string& user_cmdline) {
+  bool has_reboot = user_cmdline.starts_with("reboot=") || user_cmdline.find(" reboot=") != std::string::npos;
+  if (has_reboot) return user_cmdline;
+  return user_cmdline.empty() ? "reboot=acpi" : user_cmdline + " reboot=acpi";
+}
+
 struct Vm::Vcpu {
   explicit Vcpu(kvm::VcpuFd fd) : vcpu(std::move(fd)) {}
   kvm::VcpuFd vcpu;
@@ -256,7 +262,13 @@ void Vm::StopVcpus() {
     pthread_kill(v->thread.native_handle(), kKickSignal);
   }
   for (auto& v : vcpus_) {
-    if (v->thread.joinable()) v->thread.join();
+    if (!v->thread.joinable()) continue;
+    v->thread.join();
+    if (CurrentLogLevel() >= LogLevel::kDebug) {
+      if (auto regs = v->vcpu.GetRegs()) {
+        Log(LogLevel::kDebug, "vcpu {} stopped at rip {:#x} rsp {:#x}", v->vcpu.id(), regs->rip, regs->rsp);
+      }
+    }
   }
 }
 
@@ -285,20 +297,22 @@ bool Vm::HandleExit(Vcpu& v, uint32_t reason) {
       uint8_t* data = reinterpret_cast<uint8_t*>(run) + run->io.data_offset;
       for (uint32_t i = 0; i < run->io.count; ++i) {
         std::span<uint8_t> item(data + i * run->io.size, run->io.size);
-        if (run->io.direction == KVM_EXIT_IO_OUT) {
-          pio_bus_.Write(run->io.port, item);
-        } else {
-          pio_bus_.Read(run->io.port, item);
+        bool claimed = run->io.direction == KVM_EXIT_IO_OUT ? pio_bus_.Write(run->io.port, item)
+                                                            : pio_bus_.Read(run->io.port, item);
+        if (!claimed) {
+          CLONE_LOG_RATELIMITED(LogLevel::kDebug, "unclaimed port {} {:#x} ({} bytes)",
+                                run->io.direction == KVM_EXIT_IO_OUT ? "write" : "read", run->io.port, run->io.size);
         }
       }
       return true;
     }
     case KVM_EXIT_MMIO: {
       std::span<uint8_t> data(run->mmio.data, std::min<uint32_t>(run->mmio.len, sizeof(run->mmio.data)));
-      if (run->mmio.is_write) {
-        mmio_bus_.Write(run->mmio.phys_addr, data);
-      } else {
-        mmio_bus_.Read(run->mmio.phys_addr, data);
+      bool claimed = run->mmio.is_write ? mmio_bus_.Write(run->mmio.phys_addr, data)
+                                        : mmio_bus_.Read(run->mmio.phys_addr, data);
+      if (!claimed) {
+        CLONE_LOG_RATELIMITED(LogLevel::kDebug, "unclaimed MMIO {} {:#x} ({} bytes)", run->mmio.is_write ? "write" : "read",
+                              run->mmio.phys_addr, data.size());
       }
       return true;
     }

@@ -37,6 +37,11 @@ struct VmConfig {
   int console_out = 1;  // fd guest serial output goes to
 };
 
+// The kernel command line the guest gets: the user's, plus what Clone's platform needs unless the
+// user chose otherwise. Today that is "reboot=acpi": on hardware-reduced ACPI without EFI, Linux
+// otherwise picks the EFI reboot method, falls back to a BIOS real-mode jump and hangs.
+std::string PlatformCmdline(const std::string& user_cmdline);
+
 enum class VmExitReason { kPowerOff, kReset, kCrash, kSignal, kError };
 
 struct VmExit {

@@ -61,7 +61,7 @@ check "reboot: exit status 3" test "$status" = 3
 check "reboot: reason printed" grep -q "requested a reboot" "$out.err"
 
 # SIGTERM while the guest runs, on a terminal (tmux): clean exit 143, terminal restored.
-sock=$E2E_WORK/tmux.sock
+sock=/tmp/clone-e2e-tmux.sock  # 9p (the shared repo) cannot hold sockets
 rm -f "$E2E_WORK/tty.status" "$E2E_WORK/stty.after"
 tmux -S "$sock" new-session -d -x 120 -y 30 \
   "stty -a > $E2E_WORK/stty.before; $CLONE_BIN run --kernel $LAB_CLOUD_KERNEL --initrd $initrd --mem-mb $mem_mb \

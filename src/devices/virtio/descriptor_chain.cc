@@ -1,6 +1,8 @@
 #include "devices/virtio/descriptor_chain.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 

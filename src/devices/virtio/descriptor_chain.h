@@ -57,8 +57,9 @@ class DescriptorChain {
 
  private:
   friend class Queue;
+  // Created owing nothing; Queue sets owed_ once the whole chain is valid.
   DescriptorChain(const Queue* owner, uint32_t generation, uint16_t head)
-      : owner_(owner), generation_(generation), head_(head), owed_(true) {}
+      : owner_(owner), generation_(generation), head_(head) {}
 
   // Adds a validated buffer; readable buffers must all be added before writable ones.
   void AddBuffer(GuestBuffer buffer, bool writable);

@@ -1,0 +1,158 @@
+// Test-only helpers for the block layer: temp dirs, file bytes, and the real `qemu-img`.
+//
+// A missing qemu-img is a test failure (install Debian's qemu-utils), never a skip: running it is
+// the proof that QEMU and other tools read the images Clone writes, and that Clone reads theirs.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <random>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace clonevm::blocktest {
+
+inline constexpr char kQemuImgMissing[] = "qemu-img not found: install Debian's qemu-utils";
+
+// A private directory under $TMPDIR (or /tmp), removed with its contents on destruction.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "clone-block-XXXXXX").string();
+    if (::mkdtemp(pattern.data()) != nullptr) path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  std::string File(std::string_view name) const { return (path_ / name).string(); }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr, interleaved
+};
+
+inline CommandResult RunCommand(const std::string& command) {
+  CommandResult result;
+  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) return result;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), pipe)) > 0) result.output.append(buf, n);
+  const int status = ::pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+inline std::string Quote(const std::string& s) { return "'" + s + "'"; }
+
+inline bool HaveQemuImg() { return RunCommand("command -v qemu-img").exit_code == 0; }
+
+// Runs `qemu-img <args>`; the caller asserts on the result.
+inline CommandResult QemuImg(const std::string& args) { return RunCommand("qemu-img " + args); }
+
+// Fails the current test unless qemu-img runs `args` successfully.
+#define CLONE_QEMU_IMG_OK(args)                                                    \
+  do {                                                                            \
+    ASSERT_TRUE(::clonevm::blocktest::HaveQemuImg()) << ::clonevm::blocktest::kQemuImgMissing; \
+    auto _qemu = ::clonevm::blocktest::QemuImg(args);                               \
+    ASSERT_EQ(_qemu.exit_code, 0) << "qemu-img " << (args) << "\n" << _qemu.output; \
+  } while (0)
+
+// `qemu-img check` finds no errors and no leaks.
+inline void ExpectCheckClean(const std::string& path) {
+  ASSERT_TRUE(HaveQemuImg()) << kQemuImgMissing;
+  const CommandResult r = QemuImg("check -f qcow2 " + Quote(path));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("No errors were found"), std::string::npos) << r.output;
+}
+
+inline std::vector<uint8_t> ReadBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+inline void WriteBytes(const std::string& path, std::span<const uint8_t> bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+}
+
+// Overwrites bytes of an existing file in place.
+inline void PatchBytes(const std::string& path, uint64_t offset, std::span<const uint8_t> bytes) {
+  std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+}
+
+inline void PatchBe64(const std::string& path, uint64_t offset, uint64_t value) {
+  uint8_t b[8];
+  for (int i = 0; i < 8; ++i) b[i] = static_cast<uint8_t>(value >> (56 - 8 * i));
+  PatchBytes(path, offset, b);
+}
+
+inline void PatchBe32(const std::string& path, uint64_t offset, uint32_t value) {
+  uint8_t b[4];
+  for (int i = 0; i < 4; ++i) b[i] = static_cast<uint8_t>(value >> (24 - 8 * i));
+  PatchBytes(path, offset, b);
+}
+
+inline uint64_t ReadBe64(const std::string& path, uint64_t offset) {
+  const std::vector<uint8_t> bytes = ReadBytes(path);
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | bytes.at(offset + i);
+  return v;
+}
+
+// Deterministic non-zero-ish bytes that differ per seed and position.
+inline std::vector<uint8_t> Pattern(size_t n, uint32_t seed) {
+  std::vector<uint8_t> out(n);
+  std::mt19937 rng(seed);
+  for (auto& b : out) b = static_cast<uint8_t>(rng() | 1);
+  return out;
+}
+
+// `qemu-img convert -O raw` of an image, as bytes.
+inline std::vector<uint8_t> ConvertToRaw(const TempDir& dir, const std::string& image) {
+  const std::string out = dir.File("converted.raw");
+  const CommandResult r = QemuImg("convert -O raw " + Quote(image) + " " + Quote(out));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  std::vector<uint8_t> bytes = ReadBytes(out);
+  std::filesystem::remove(out);
+  return bytes;
+}
+
+// Index of the first differing byte, or -1 (for readable failure messages on large buffers).
+inline int64_t FirstDifference(std::span<const uint8_t> a, std::span<const uint8_t> b) {
+  const size_t n = std::min(a.size(), b.size());
+  for (size_t i = 0; i < n; ++i) {
+    if (a[i] != b[i]) return static_cast<int64_t>(i);
+  }
+  return a.size() == b.size() ? -1 : static_cast<int64_t>(n);
+}
+
+inline uint64_t AllocatedBytes(const std::string& path) {
+  struct stat st {};
+  ::stat(path.c_str(), &st);
+  return static_cast<uint64_t>(st.st_blocks) * 512;
+}
+
+}  // namespace clonevm::blocktest
