@@ -69,7 +69,8 @@ tmux -S "$sock" new-session -d -x 120 -y 30 \
    echo \$? > $E2E_WORK/tty.status; stty -a > $E2E_WORK/stty.after; sleep 30"
 for _ in $(seq 1 120); do grep -q CLONE-INIT-DONE "$E2E_WORK/tty.out" 2>/dev/null && break; sleep 1; done
 check "sigterm: guest reached init under a terminal" grep -q CLONE-INIT-DONE "$E2E_WORK/tty.out"
-pkill -TERM -f "clone run --kernel $LAB_CLOUD_KERNEL" || true
+# Anchor on the binary: the tmux shell's own command line also contains "clone run".
+pkill -TERM -f "^$CLONE_BIN run --kernel" || true
 for _ in $(seq 1 30); do [[ -s $E2E_WORK/tty.status ]] && break; sleep 1; done
 check "sigterm: exit status 143" test "$(cat "$E2E_WORK/tty.status" 2>/dev/null)" = 143
 check "sigterm: reason printed" grep -q "stopped by SIGTERM" "$E2E_WORK/tty.err"
