@@ -116,7 +116,7 @@ Result<std::unique_ptr<Qcow2Backend>> Qcow2Backend::Open(ImageFile file, Access 
 }
 
 Qcow2Backend::~Qcow2Backend() {
-  if (read_only()) return;
+  if (read_only() || !refcounts_) return;  // read-only, or a failed Open()
   if (auto r = Flush(); !r) Log(LogLevel::kError, "closing {}: {}", file_.path, r.error().message());
 }
 

@@ -100,8 +100,8 @@ Result<void> CheckTables(const Header& h, uint64_t file_size) {
       return Fail("L1 table offset 0x{:x} is not a non-zero multiple of the cluster size 0x{:x}", h.l1_table_offset, cs);
     }
     if (h.l1_table_offset > file_size || h.l1_size * uint64_t{8} > file_size - h.l1_table_offset) {
-      return Fail("L1 table at 0x{:x} ({} entries) lies past the end of the file (0x{:x} bytes)", h.l1_table_offset,
-                  h.l1_size, file_size);
+      return Fail("L1 table 0x{:x}+0x{:x} lies past the end of the file (0x{:x} bytes)", h.l1_table_offset,
+                  h.l1_size * uint64_t{8}, file_size);
     }
   }
   if (h.refcount_table_offset == 0 || (h.refcount_table_offset & mask) != 0) {
@@ -113,8 +113,8 @@ Result<void> CheckTables(const Header& h, uint64_t file_size) {
                 kMaxRefTableBytes / cs);
   }
   if (h.refcount_table_offset > file_size || h.refcount_table_clusters * cs > file_size - h.refcount_table_offset) {
-    return Fail("refcount table at 0x{:x} ({} clusters) lies past the end of the file (0x{:x} bytes)",
-                h.refcount_table_offset, h.refcount_table_clusters, file_size);
+    return Fail("refcount table 0x{:x}+0x{:x} lies past the end of the file (0x{:x} bytes)",
+                h.refcount_table_offset, h.refcount_table_clusters * cs, file_size);
   }
   if (h.nb_snapshots > 0 && ((h.snapshots_offset & mask) != 0 || h.snapshots_offset >= file_size)) {
     return Fail("snapshot table offset 0x{:x} is misaligned or past the end of the file", h.snapshots_offset);

@@ -35,13 +35,15 @@ Result<bool> Qcow2Backend::WritableInPlace(uint64_t entry, uint64_t guest_offset
   return CLONE_TRY(Classify(entry, guest_offset)) == Kind::kData && (entry & kOflagCopied) != 0;
 }
 
-// Guards against an image whose L2 entries point into its own header or top-level tables.
+// Guards against a corrupt image whose L2 entries point into its header or top-level tables, or
+// past the allocated area (where later allocations would alias them).
 Result<void> Qcow2Backend::CheckDataWrite(uint64_t host, uint64_t length) const {
   auto overlaps = [&](uint64_t start, uint64_t bytes) { return host < start + bytes && start < host + length; };
   if (overlaps(0, cluster_size_) || overlaps(header_.l1_table_offset, uint64_t{header_.l1_size} * 8) ||
-      overlaps(refcounts_->table_offset(), refcounts_->table_bytes())) [[unlikely]] {
+      overlaps(refcounts_->table_offset(), refcounts_->table_bytes()) || host + length > refcounts_->end())
+      [[unlikely]] {
     return tl::unexpected(Error(
-        fmt::format("{}: corrupt qcow2 image: data cluster at 0x{:x} overlaps image metadata", file_.path, host), EIO));
+        fmt::format("{}: corrupt qcow2 image: data cluster at 0x{:x} overlaps image metadata or lies past the allocated area", file_.path, host), EIO));
   }
   return {};
 }
@@ -172,12 +174,11 @@ Result<void> Qcow2Backend::ZeroRange(uint64_t offset, uint64_t length, ZeroMode 
   const uint64_t full_begin = (offset + mask) & ~mask;
   // The disk's last cluster may extend past size(): zeroing up to size() covers all of it.
   const uint64_t full_end = end == size() ? (end + mask) & ~mask : end & ~mask;
-  if (full_begin >= full_end) {
-    return mode == ZeroMode::kWriteZeroes ? ZeroPartial(offset, length) : Result<void>{};
-  }
-  if (mode == ZeroMode::kWriteZeroes && offset < full_begin) CLONE_TRY_VOID(ZeroPartial(offset, full_begin - offset));
-  CLONE_TRY_VOID(ZeroClusters(full_begin, (full_end - full_begin) >> cluster_bits_));
-  if (mode == ZeroMode::kWriteZeroes && full_end < end) CLONE_TRY_VOID(ZeroPartial(full_end, end - full_end));
+  const uint64_t head_end = std::min(end, full_begin);
+  const uint64_t tail_begin = std::max(full_end, head_end);
+  if (mode == ZeroMode::kWriteZeroes && offset < head_end) CLONE_TRY_VOID(ZeroPartial(offset, head_end - offset));
+  if (full_begin < full_end) CLONE_TRY_VOID(ZeroClusters(full_begin, (full_end - full_begin) >> cluster_bits_));
+  if (mode == ZeroMode::kWriteZeroes && tail_begin < end) CLONE_TRY_VOID(ZeroPartial(tail_begin, end - tail_begin));
   return {};
 }
 

@@ -39,6 +39,16 @@ class CliTest : public ::testing::Test {
     std::ofstream(not_a_kernel_) << std::string(8192, 'x');
   }
   void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
+  // A file with just enough of a bzImage header to pass the format check (it would not boot).
+  std::string FakeBzImage() {
+    std::string path = dir_ + "/fake-bzimage";
+    std::string bytes(8192, '\0');
+    bytes[0x1fe] = 0x55;
+    bytes[0x1ff] = static_cast<char>(0xaa);
+    bytes.replace(0x202, 4, "HdrS");
+    std::ofstream(path) << bytes;
+    return path;
+  }
   std::string dir_;
   std::string not_a_kernel_;
 };
@@ -108,25 +118,15 @@ TEST_F(CliTest, MalformedAndWrongSha256) {
   auto bad = RunClone({"run", "--kernel", not_a_kernel_, "--kernel-sha256", "xyz"});
   EXPECT_EQ(bad.status, kExitUsage);
   EXPECT_NE(bad.stderr_text.find("64 hexadecimal digits"), std::string::npos);
-  // A real bzImage header so the format check passes and the hash check decides.
-  std::string kernel = dir_ + "/fake-bzimage";
-  std::string bytes(8192, '\0');
-  bytes[0x1fe] = 0x55;
-  bytes[0x1ff] = static_cast<char>(0xaa);
-  bytes.replace(0x202, 4, "HdrS");
-  std::ofstream(kernel) << bytes;
+  // A bzImage header so the format check passes and the hash check decides.
+  std::string kernel = FakeBzImage();
   auto wrong = RunClone({"run", "--kernel", kernel, "--kernel-sha256", std::string(64, '0')});
   EXPECT_EQ(wrong.status, kExitError);
   EXPECT_NE(wrong.stderr_text.find("refusing to boot"), std::string::npos) << wrong.stderr_text;
 }
 
 TEST_F(CliTest, MissingInitrd) {
-  std::string kernel = dir_ + "/fake-bzimage";
-  std::string bytes(8192, '\0');
-  bytes[0x1fe] = 0x55;
-  bytes[0x1ff] = static_cast<char>(0xaa);
-  bytes.replace(0x202, 4, "HdrS");
-  std::ofstream(kernel) << bytes;
+  std::string kernel = FakeBzImage();
   auto r = RunClone({"run", "--kernel", kernel, "--initrd", dir_ + "/missing.img"});
   EXPECT_EQ(r.status, kExitError);
   EXPECT_NE(r.stderr_text.find("cannot read initrd"), std::string::npos) << r.stderr_text;

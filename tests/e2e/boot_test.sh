@@ -60,6 +60,10 @@ boot "$LAB_CLOUD_KERNEL" 1 clone.action=reboot
 check "reboot: exit status 3" test "$status" = 3
 check "reboot: reason printed" grep -q "requested a reboot" "$out.err"
 
+# reboot through the i8042 reset line (the kernel's "reboot=k" method) -> the same status 3.
+boot "$LAB_CLOUD_KERNEL" 1 "clone.action=reboot reboot=k"
+check "reboot via i8042: exit status 3" test "$status" = 3
+
 # SIGTERM while the guest runs, on a terminal (tmux): clean exit 143, terminal restored.
 sock=/tmp/clone-e2e-tmux.sock  # 9p (the shared repo) cannot hold sockets
 rm -f "$E2E_WORK/tty.status" "$E2E_WORK/stty.after"
