@@ -31,8 +31,8 @@ using clonevm::virtio::Queue;
 constexpr uint64_t kRamBytes = 64 * 1024;
 constexpr size_t kHeader = 8;
 
-#define FUZZ_ASSERT(cond) \
-  do {                    \
+#define FUZZ_ASSERT(cond)          \
+  do {                             \
     if (!(cond)) __builtin_trap(); \
   } while (0)
 

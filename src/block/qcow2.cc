@@ -73,7 +73,7 @@ Qcow2Backend::Qcow2Backend(ImageFile file, Access access, qcow2::Header header, 
       csize_mask_((uint64_t{1} << (header_.cluster_bits - 8)) - 1),
       coffset_mask_((uint64_t{1} << (62 - (header_.cluster_bits - 8))) - 1),
       l2_cache_(file_.fd.get(), file_.path, header_.cluster_size(), l2_cache_capacity,
-                [this]() { return WriteRefcountsForL2(); }) {}
+                [this]() { return PrepareL2Writeback(); }) {}
 
 Result<std::unique_ptr<Qcow2Backend>> Qcow2Backend::Open(ImageFile file, Access access, size_t l2_cache_bytes,
                                                          const BackingOpener& open_backing) {
@@ -131,7 +131,7 @@ Result<void> Qcow2Backend::LoadL1() {
     if ((e & qcow2::kL1ReservedMask) != 0 || (offset & (cluster_size_ - 1)) != 0) {
       return tl::unexpected(Corrupt(file_.path, fmt::format("L1 entry {} is invalid: 0x{:016x}", i, e)));
     }
-    if (offset != 0 && (offset > file_.size || cluster_size_ > file_.size - offset)) {
+    if (offset >= file_.size && offset != 0) {
       return tl::unexpected(Corrupt(
           file_.path, fmt::format("L1 entry {} points past the end of the file: L2 table at 0x{:x}", i, offset)));
     }
@@ -264,8 +264,9 @@ Result<void> Qcow2Backend::Barrier() {
   return {};
 }
 
-// Makes the data and refcounts an L2 table may point to durable: run before any L2 write.
-Result<void> Qcow2Backend::WriteRefcountsForL2() {
+// Writes dirty refcount blocks, then (after a barrier) the refcount table entries that point to
+// new blocks. Increments only: safe to write at any time.
+Result<void> Qcow2Backend::WriteRefcounts() {
   if (refcounts_->blocks_dirty()) {
     CLONE_TRY_VOID(refcounts_->WriteDirtyBlocks());
     needs_sync_ = true;
@@ -275,26 +276,29 @@ Result<void> Qcow2Backend::WriteRefcountsForL2() {
     CLONE_TRY_VOID(refcounts_->WriteDirtyTable());
     needs_sync_ = true;
   }
-  CLONE_TRY_VOID(Barrier());
-  needs_sync_ = true;  // the caller writes an L2 table next
   return {};
 }
 
+// Run before the L2 cache evicts a dirty table: the data and refcounts it points to must be
+// durable first.
+Result<void> Qcow2Backend::PrepareL2Writeback() {
+  CLONE_TRY_VOID(WriteRefcounts());
+  CLONE_TRY_VOID(Barrier());
+  needs_sync_ = true;  // the cache writes the table next
+  return {};
+}
+
+// Data + refcount blocks | refcount table | L2 tables | L1 table, with a barrier between layers.
 Result<void> Qcow2Backend::WriteMetadata() {
-  const bool l1_dirty = l1_dirty_end_ > l1_dirty_begin_;
-  if (l2_cache_.has_dirty() || l1_dirty) {
-    CLONE_TRY_VOID(WriteRefcountsForL2());
-    CLONE_TRY_VOID(l2_cache_.WriteDirty());
-    if (l1_dirty) {
-      CLONE_TRY_VOID(Barrier());
-      CLONE_TRY_VOID(WriteL1());
-      needs_sync_ = true;
-    }
-  } else if (refcounts_->blocks_dirty() || refcounts_->table_dirty()) {
-    CLONE_TRY_VOID(refcounts_->WriteDirtyBlocks());
-    needs_sync_ = true;
+  CLONE_TRY_VOID(WriteRefcounts());
+  if (l2_cache_.has_dirty()) {
     CLONE_TRY_VOID(Barrier());
-    CLONE_TRY_VOID(refcounts_->WriteDirtyTable());
+    CLONE_TRY_VOID(l2_cache_.WriteDirty());
+    needs_sync_ = true;
+  }
+  if (l1_dirty_end_ > l1_dirty_begin_) {
+    CLONE_TRY_VOID(Barrier());
+    CLONE_TRY_VOID(WriteL1());
     needs_sync_ = true;
   }
   return Barrier();

@@ -88,7 +88,8 @@ class Qcow2Backend final : public BlockBackend {
 
   // Metadata write-back (qcow2.cc).
   [[nodiscard]] Result<void> Barrier();
-  [[nodiscard]] Result<void> WriteRefcountsForL2();
+  [[nodiscard]] Result<void> WriteRefcounts();
+  [[nodiscard]] Result<void> PrepareL2Writeback();
   [[nodiscard]] Result<void> WriteMetadata();
   [[nodiscard]] Result<void> WriteL1();
   void MarkL1Dirty(uint64_t index);

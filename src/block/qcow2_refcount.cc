@@ -33,7 +33,7 @@ Result<std::unique_ptr<Refcounts>> Refcounts::Load(int fd, const std::string& pa
   for (size_t i = 0; i < r->table_.size(); ++i) {
     const uint64_t e = LoadBe64(&raw[i * 8]);
     if (e == 0) continue;
-    if ((e & kRefTableReservedMask) != 0 || (e & (cs - 1)) != 0 || e > file_size || cs > file_size - e) {
+    if ((e & kRefTableReservedMask) != 0 || (e & (cs - 1)) != 0 || e >= file_size) {
       return Fail("corrupt refcount table entry {}: 0x{:x} (misaligned or past the end of the file)", i, e);
     }
     r->table_[i] = e;
@@ -78,8 +78,11 @@ void Refcounts::QueueFree(uint64_t offset, uint64_t length) {
 }
 
 Result<void> Refcounts::ApplyPendingFrees() {
-  auto pending = std::move(pending_);
-  pending_.clear();
+  // Whatever happens, a batch is applied at most once: after an error its rest leaks.
+  struct ClearPending {
+    std::vector<std::pair<uint64_t, uint64_t>>& pending;
+    ~ClearPending() { pending.clear(); }  // keeps the capacity for the next batch
+  } clear_pending{pending_};
   uint64_t run_start = 0;
   uint64_t run_length = 0;  // consecutive clusters that reached zero, punched together
   auto punch_run = [&]() -> Result<void> {
@@ -87,7 +90,7 @@ Result<void> Refcounts::ApplyPendingFrees() {
     run_length = 0;
     return {};
   };
-  for (const auto& [first, count] : pending) {
+  for (const auto& [first, count] : pending_) {
     for (uint64_t c = first; c < first + count; ++c) {
       if (CLONE_TRY(Adjust(c, -1)) != 0) continue;
       if (run_length > 0 && run_start + run_length == c) {

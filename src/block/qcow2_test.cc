@@ -334,6 +334,10 @@ struct RandomCase {
   bool backing;
 };
 
+void PrintTo(const RandomCase& c, std::ostream* os) {
+  *os << "cluster " << c.cluster << ", refcount_bits " << c.refcount_bits << (c.backing ? ", backing" : "");
+}
+
 class RandomOpsTest : public ::testing::TestWithParam<RandomCase> {};
 
 // Random writes, discards, zeroing, flushes and reopenings against a byte model, with an L2 cache

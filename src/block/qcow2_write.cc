@@ -85,11 +85,23 @@ Result<uint64_t> Qcow2Backend::WriteStep(uint64_t offset, std::span<const uint8_
 // Writes `data` (starting inside cluster `l2_index` of table `l1_index`, spanning `clusters`
 // clusters) into new clusters appended to the file, completing the first and last cluster with
 // their old contents, then points the L2 entries at them and releases the old clusters.
+// Old contents that are zeros are not written: a new cluster lies past everything ever written
+// to the file, so the bytes left out are holes that read as zeros.
 Result<uint64_t> Qcow2Backend::WriteNewClusters(uint64_t offset, std::span<const uint8_t> data, uint64_t l1_index,
                                                 uint64_t l2_index, uint64_t clusters) {
-  const uint64_t head = offset & (cluster_size_ - 1);
-  const uint64_t end_in_cluster = (head + data.size()) & (cluster_size_ - 1);
-  const uint64_t tail = end_in_cluster == 0 ? 0 : cluster_size_ - end_in_cluster;
+  const uint8_t* old_table = l2_cache_.data(CLONE_TRY(l2_cache_.Get(l1_[l1_index] & kOffsetMask)));
+  auto reads_as_zero = [&](uint64_t index) {
+    const uint64_t entry = LoadBe64(old_table + index * 8);
+    return (entry & kOflagCompressed) == 0 && ((entry & kOflagZero) || (entry == 0 && !backing_));
+  };
+  const bool head_is_zero = reads_as_zero(l2_index);
+  const bool tail_is_zero = reads_as_zero(l2_index + clusters - 1);
+  uint64_t head = offset & (cluster_size_ - 1);
+  const uint64_t end_in_cluster = (offset + data.size()) & (cluster_size_ - 1);
+  uint64_t tail = end_in_cluster == 0 ? 0 : cluster_size_ - end_in_cluster;
+  const uint64_t skipped_head = head_is_zero ? head : 0;
+  if (head_is_zero) head = 0;
+  if (tail_is_zero) tail = 0;
   if (head > 0) CLONE_TRY_VOID(ReadAt(offset - head, std::span(cow_head_).first(head)));
   if (tail > 0) CLONE_TRY_VOID(ReadAt(offset + data.size(), std::span(cow_tail_).first(tail)));
   const uint64_t host = CLONE_TRY(refcounts_->Allocate(clusters));
@@ -99,7 +111,7 @@ Result<uint64_t> Qcow2Backend::WriteNewClusters(uint64_t offset, std::span<const
       {const_cast<uint8_t*>(data.data()), data.size()},
       {cow_tail_.data(), tail},
   };
-  CLONE_TRY_VOID(PwritevFull(file_.fd.get(), host, iov, file_.path));
+  CLONE_TRY_VOID(PwritevFull(file_.fd.get(), host + skipped_head, iov, file_.path));
   needs_sync_ = true;
 
   // The reads above may have evicted the table; look it up again.

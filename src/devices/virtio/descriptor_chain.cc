@@ -60,8 +60,7 @@ DescriptorChain& DescriptorChain::operator=(DescriptorChain&& other) noexcept {
 DescriptorChain::~DescriptorChain() {
   if (!owed_) return;
 #ifndef NDEBUG
-  std::fprintf(stderr, "clone: internal error: descriptor chain (head %u) destroyed without AddUsed/Abandon\n",
-               head_);
+  std::fprintf(stderr, "clone: internal error: descriptor chain (head %u) destroyed without AddUsed/Abandon\n", head_);
   std::abort();
 #else
   CLONE_LOG_RATELIMITED(LogLevel::kError, "virtio: descriptor chain (head {}) leaked by a device", head_);

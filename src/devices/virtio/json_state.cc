@@ -8,8 +8,7 @@ Result<int> StateVersion(const nlohmann::json& state, int supported, std::string
   if (it == state.end() || !it->is_number_integer()) return Fail("restoring {}: no integer \"version\"", what);
   int version = it->get<int>();
   if (version < 1 || version > supported) {
-    return Fail("restoring {}: state version {} is not supported (this build reads 1..{})", what, version,
-                supported);
+    return Fail("restoring {}: state version {} is not supported (this build reads 1..{})", what, version, supported);
   }
   return version;
 }

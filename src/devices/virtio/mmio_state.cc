@@ -18,8 +18,9 @@ namespace {
 constexpr int kStateVersion = 1;
 
 nlohmann::json QueueToJson(const QueueConfig& c) {
-  return {{"size", c.size},           {"ready", c.ready},           {"desc_addr", c.desc_addr},
-          {"avail_addr", c.avail_addr}, {"used_addr", c.used_addr}, {"next_avail", c.next_avail},
+  return {{"size", c.size},           {"ready", c.ready},
+          {"desc_addr", c.desc_addr}, {"avail_addr", c.avail_addr},
+          {"used_addr", c.used_addr}, {"next_avail", c.next_avail},
           {"next_used", c.next_used}};
 }
 

@@ -182,8 +182,8 @@ void MmioTransport::WriteRegister(uint64_t offset, uint32_t value) {
     case kRegShmSel:
       return;  // no shared memory regions; any selection reads as absent
     default:
-      CLONE_LOG_RATELIMITED(LogLevel::kWarn, "virtio-mmio: write {:#x} to read-only or reserved register {:#x}",
-                            value, offset);
+      CLONE_LOG_RATELIMITED(LogLevel::kWarn, "virtio-mmio: write {:#x} to read-only or reserved register {:#x}", value,
+                            offset);
   }
 }
 
@@ -197,9 +197,7 @@ void MmioTransport::WriteDriverFeatures(uint32_t value) {
   SetHalf(regs_.driver_features, regs_.driver_features_sel, value);
 }
 
-Queue* MmioTransport::SelectedQueue() {
-  return regs_.queue_sel < queues_.size() ? &queues_[regs_.queue_sel] : nullptr;
-}
+Queue* MmioTransport::SelectedQueue() { return regs_.queue_sel < queues_.size() ? &queues_[regs_.queue_sel] : nullptr; }
 
 void MmioTransport::WriteQueueRegister(uint64_t offset, uint32_t value) {
   Queue* queue = SelectedQueue();

@@ -45,11 +45,11 @@ namespace clonevm::virtio {
 
 class MmioTransport : public BusDevice {
  public:
-  static constexpr uint32_t kMagic = 0x74726976;     // "virt"
+  static constexpr uint32_t kMagic = 0x74726976;  // "virt"
   static constexpr uint32_t kVersion = 2;
   static constexpr uint32_t kVendorId = 0x454E4C43;  // "CLNE" read as little-endian bytes
   static constexpr uint64_t kConfigOffset = 0x100;
-  static constexpr uint64_t kMmioSize = 0x1000;      // one slot; config space ends with it
+  static constexpr uint64_t kMmioSize = 0x1000;  // one slot; config space ends with it
 
   // `memory` must outlive the transport. Fails only if an eventfd cannot be created.
   [[nodiscard]] static Result<std::shared_ptr<MmioTransport>> Create(const GuestMemory& memory,

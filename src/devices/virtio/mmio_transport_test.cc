@@ -116,8 +116,8 @@ TEST_F(MmioTransportTest, OffersDeviceAndTransportFeatures) {
 }
 
 TEST_F(MmioTransportTest, FeaturesOkNeedsVersion1AndASubset) {
-  EXPECT_FALSE(driver_.Negotiate(kDeviceFeature));                      // no VERSION_1
-  EXPECT_FALSE(driver_.Negotiate(kFeatureVersion1 | (1ull << 40)));     // not offered
+  EXPECT_FALSE(driver_.Negotiate(kDeviceFeature));                   // no VERSION_1
+  EXPECT_FALSE(driver_.Negotiate(kFeatureVersion1 | (1ull << 40)));  // not offered
   EXPECT_TRUE(driver_.Negotiate(kFeatureVersion1));
   driver_.DriverOk();
   EXPECT_EQ(calls_.activate, 1);
@@ -214,8 +214,8 @@ TEST_F(MmioTransportTest, IoeventfdNotificationsProcessTheQueue) {
   EXPECT_EQ(calls_.process, 1);
   EXPECT_EQ(queue0_.UsedIdx(), 1);
   EXPECT_EQ(transport_->queue_eventfd(0).Drain(), 0u);  // drained by the handler
-  transport_->HandleQueueNotify(1);                      // queue 1 is not ready: nothing to do
-  driver_.Notify(7);                                     // no such queue: ignored
+  transport_->HandleQueueNotify(1);                     // queue 1 is not ready: nothing to do
+  driver_.Notify(7);                                    // no such queue: ignored
   EXPECT_EQ(calls_.process, 1);
 }
 

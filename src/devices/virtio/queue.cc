@@ -159,7 +159,8 @@ Result<DescriptorChain> Queue::ParseChain(uint16_t head) const {
     }
     bool writable = (d.flags & kDescFlagWrite) != 0;
     if (d.len == 0) return Fail("zero-length descriptor {}", index);
-    if (!writable && chain.buffers_.size() > chain.num_readable_) return Fail("readable descriptor after a writable one");
+    if (!writable && chain.buffers_.size() > chain.num_readable_)
+      return Fail("readable descriptor after a writable one");
     if (chain.buffers_.size() >= kMaxChainLength) return Fail("descriptor chain longer than {}", kMaxChainLength);
     std::span<uint8_t> host = memory_->Span(d.addr, d.len);
     if (host.empty()) return Fail("buffer {:#x}+{:#x} outside guest RAM", d.addr, d.len);
@@ -190,7 +191,7 @@ bool Queue::NeedsNotification() {
   // Our used index store must be globally visible before we read the driver's suppression state.
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (!event_idx_) return (LoadU16(avail_, 0) & kAvailFlagNoInterrupt) == 0;  // guest-controlled flags
-  uint16_t used_event = LoadU16(avail_, AvailRingBytes(config_.size) - 2);  // guest-controlled
+  uint16_t used_event = LoadU16(avail_, AvailRingBytes(config_.size) - 2);    // guest-controlled
   uint16_t old_used = signalled_used_;
   bool valid = signalled_used_valid_;
   signalled_used_ = config_.next_used;

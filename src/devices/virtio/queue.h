@@ -33,11 +33,11 @@ namespace clonevm::virtio {
 // advertise request limits inside it (e.g. virtio-blk seg_max <= kMaxChainLength - 2).
 inline constexpr uint32_t kMaxChainLength = 1024;
 
-// Per-queue configuration written by the driver, plus the device's ring positions. Plain data for
-// snapshots; all fields except max_size are guest-controlled.
+// Per-queue configuration written by the driver (size, ready, addresses: guest-controlled), plus the
+// device's own ring positions. Plain data for snapshots.
 struct QueueConfig {
-  uint16_t size = 0;  // QueueNum: must be a power of two, 1..max_size (checked by Activate)
-  bool ready = false;  // QueueReady
+  uint16_t size = 0;        // QueueNum: must be a power of two, 1..max_size (checked by Activate)
+  bool ready = false;       // QueueReady
   uint64_t desc_addr = 0;   // descriptor table, 16-byte aligned
   uint64_t avail_addr = 0;  // "driver area", 2-byte aligned
   uint64_t used_addr = 0;   // "device area", 4-byte aligned
@@ -95,7 +95,7 @@ class Queue {
   std::span<uint8_t> desc_;
   std::span<uint8_t> avail_;
   std::span<uint8_t> used_;
-  uint16_t signalled_used_ = 0;       // next_used at the last NeedsNotification()
+  uint16_t signalled_used_ = 0;        // next_used at the last NeedsNotification()
   bool signalled_used_valid_ = false;  // false until the first NeedsNotification() after Activate
 };
 

@@ -284,8 +284,8 @@ TEST_F(QueueTest, LeakedChainsAbortInDebugBuilds) {
 
 TEST(NeedEventTest, WrapsAt16Bits) {
   EXPECT_TRUE(NeedEvent(0, 1, 0));
-  EXPECT_FALSE(NeedEvent(1, 1, 0));     // the driver asked for the entry after the new one
-  EXPECT_TRUE(NeedEvent(5, 10, 2));     // passed 5 while moving 2 -> 10
+  EXPECT_FALSE(NeedEvent(1, 1, 0));  // the driver asked for the entry after the new one
+  EXPECT_TRUE(NeedEvent(5, 10, 2));  // passed 5 while moving 2 -> 10
   EXPECT_FALSE(NeedEvent(10, 10, 2));
   EXPECT_TRUE(NeedEvent(0xffff, 0, 0xfffe));  // crossed the wrap
   EXPECT_TRUE(NeedEvent(0xfffe, 1, 0xfffe));
@@ -301,14 +301,14 @@ TEST_F(QueueTest, EventIdxDecidesNotifications) {
   for (int i = 0; i < 6; ++i) driver_.AddChain({{driver_.Alloc(4), 4, true}});
 
   driver_.SetUsedEvent(0xfffd);
-  queue_.AddUsed(PopChain(), 0);       // used 0xfffd -> 0xfffe
+  queue_.AddUsed(PopChain(), 0);            // used 0xfffd -> 0xfffe
   EXPECT_TRUE(queue_.NeedsNotification());  // the first check after activation always notifies
-  queue_.AddUsed(PopChain(), 0);       // 0xfffe -> 0xffff; event 0xfffd already passed
+  queue_.AddUsed(PopChain(), 0);            // 0xfffe -> 0xffff; event 0xfffd already passed
   EXPECT_FALSE(queue_.NeedsNotification());
-  driver_.SetUsedEvent(0);             // wants an interrupt once entry 0 is used
-  queue_.AddUsed(PopChain(), 0);       // 0xffff -> 0
+  driver_.SetUsedEvent(0);        // wants an interrupt once entry 0 is used
+  queue_.AddUsed(PopChain(), 0);  // 0xffff -> 0
   EXPECT_FALSE(queue_.NeedsNotification());
-  queue_.AddUsed(PopChain(), 0);       // 0 -> 1: passes event 0 across the wrap
+  queue_.AddUsed(PopChain(), 0);  // 0 -> 1: passes event 0 across the wrap
   EXPECT_TRUE(queue_.NeedsNotification());
   EXPECT_FALSE(queue_.NeedsNotification());  // nothing new
   queue_.AddUsed(PopChain(), 0);

@@ -37,7 +37,7 @@ struct DeviceContext {
   const GuestMemory& memory;
   std::span<Queue> queues;  // one per queue_max_sizes() entry; queues the driver left unready are inactive
   Interrupt& interrupt;
-  uint64_t features;        // the negotiated feature bits
+  uint64_t features;  // the negotiated feature bits
 };
 
 class VirtioDevice {
