@@ -72,11 +72,11 @@ inline bool HaveQemuImg() { return RunCommand("command -v qemu-img").exit_code =
 inline CommandResult QemuImg(const std::string& args) { return RunCommand("qemu-img " + args); }
 
 // Fails the current test unless qemu-img runs `args` successfully.
-#define CLONE_QEMU_IMG_OK(args)                                                    \
-  do {                                                                            \
+#define CLONE_QEMU_IMG_OK(args)                                                                \
+  do {                                                                                         \
     ASSERT_TRUE(::clonevm::blocktest::HaveQemuImg()) << ::clonevm::blocktest::kQemuImgMissing; \
-    auto _qemu = ::clonevm::blocktest::QemuImg(args);                               \
-    ASSERT_EQ(_qemu.exit_code, 0) << "qemu-img " << (args) << "\n" << _qemu.output; \
+    auto _qemu = ::clonevm::blocktest::QemuImg(args);                                          \
+    ASSERT_EQ(_qemu.exit_code, 0) << "qemu-img " << (args) << "\n" << _qemu.output;            \
   } while (0)
 
 // `qemu-img check` finds no errors and no leaks.

@@ -40,10 +40,9 @@ Result<void> PreadFull(int fd, uint64_t offset, std::span<uint8_t> out, PastEof 
         std::memset(out.data(), 0, out.size());
         return {};
       }
-      return tl::unexpected(
-          Error(fmt::format("pread: unexpected end of file ({} at 0x{:x}, 0x{:x} bytes missing)", path, offset,
-                            out.size()),
-                EIO));
+      return tl::unexpected(Error(
+          fmt::format("pread: unexpected end of file ({} at 0x{:x}, 0x{:x} bytes missing)", path, offset, out.size()),
+          EIO));
     }
     offset += static_cast<uint64_t>(n);
     out = out.subspan(static_cast<size_t>(n));
@@ -145,11 +144,11 @@ Result<void> LockImageFile(const ImageFile& file, Access access) {
   while (::flock(file.fd.get(), op) != 0) {
     if (errno == EINTR) continue;
     if (errno == EWOULDBLOCK) {
-      return tl::unexpected(Error(
-          fmt::format("{}: image is locked by another user ({}); a writable image cannot be shared, and a "
-                      "base image cannot be opened read-only while something writes it",
-                      file.path, access == Access::kReadOnly ? "a writer holds it" : "it is already open"),
-          EBUSY));
+      return tl::unexpected(
+          Error(fmt::format("{}: image is locked by another user ({}); a writable image cannot be shared, and a "
+                            "base image cannot be opened read-only while something writes it",
+                            file.path, access == Access::kReadOnly ? "a writer holds it" : "it is already open"),
+                EBUSY));
     }
     return tl::unexpected(Error::FromErrno("flock", errno, file.path));
   }

@@ -61,9 +61,12 @@ Result<Format> ProbeFormat(const std::string& path) {
 
 std::string_view FormatName(Format format) {
   switch (format) {
-    case Format::kAuto: return "auto";
-    case Format::kRaw: return "raw";
-    case Format::kQcow2: return "qcow2";
+    case Format::kAuto:
+      return "auto";
+    case Format::kRaw:
+      return "raw";
+    case Format::kQcow2:
+      return "qcow2";
   }
   return "?";
 }

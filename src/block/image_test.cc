@@ -1,9 +1,10 @@
+#include "block/image.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include "block/block_test_util.h"
-#include "block/image.h"
 
 namespace clonevm {
 namespace {
@@ -14,7 +15,7 @@ using blocktest::WriteBytes;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
-TEST(OpenImageTest, ProbesQcow2ByMagicAndRawOtherwise) {
+TEST(BlockOpenImageTest, ProbesQcow2ByMagicAndRawOtherwise) {
   TempDir dir;
   const std::string qcow = dir.File("disk.qcow2");
   const std::string raw = dir.File("disk.raw");
@@ -32,7 +33,7 @@ TEST(OpenImageTest, ProbesQcow2ByMagicAndRawOtherwise) {
   EXPECT_EQ((*r)->size(), 4096u);
 }
 
-TEST(OpenImageTest, AnExplicitFormatOverridesProbing) {
+TEST(BlockOpenImageTest, AnExplicitFormatOverridesProbing) {
   TempDir dir;
   const std::string qcow = dir.File("disk.qcow2");
   CLONE_QEMU_IMG_OK("create -q -f qcow2 " + Quote(qcow) + " 1M");
@@ -51,7 +52,7 @@ TEST(OpenImageTest, AnExplicitFormatOverridesProbing) {
   EXPECT_THAT(as_qcow.error().message(), HasSubstr(raw));
 }
 
-TEST(OpenImageTest, MissingUnreadableAndOddFilesAreClearErrors) {
+TEST(BlockOpenImageTest, MissingUnreadableAndOddFilesAreClearErrors) {
   TempDir dir;
   auto missing = OpenImage(dir.File("nope.img"));
   ASSERT_FALSE(missing);
@@ -76,7 +77,7 @@ TEST(OpenImageTest, MissingUnreadableAndOddFilesAreClearErrors) {
   }
 }
 
-TEST(OpenImageTest, TruncatedQcow2IsAnErrorAndEmptyFilesAreRaw) {
+TEST(BlockOpenImageTest, TruncatedQcow2IsAnErrorAndEmptyFilesAreRaw) {
   TempDir dir;
   const std::string truncated = dir.File("truncated.qcow2");
   WriteBytes(truncated, std::vector<uint8_t>{'Q', 'F', 'I', 0xfb, 0, 0, 0, 3, 0, 0});
@@ -92,7 +93,7 @@ TEST(OpenImageTest, TruncatedQcow2IsAnErrorAndEmptyFilesAreRaw) {
   EXPECT_EQ((*e)->size(), 0u);
 }
 
-TEST(OpenImageTest, FormatNames) {
+TEST(BlockOpenImageTest, FormatNames) {
   EXPECT_EQ(ParseFormatName("raw").value(), Format::kRaw);
   EXPECT_EQ(ParseFormatName("qcow2").value(), Format::kQcow2);
   auto vmdk = ParseFormatName("vmdk");
@@ -101,7 +102,7 @@ TEST(OpenImageTest, FormatNames) {
   EXPECT_EQ(FormatName(Format::kQcow2), "qcow2");
 }
 
-TEST(QemuImgTest, IsInstalled) { EXPECT_TRUE(blocktest::HaveQemuImg()) << blocktest::kQemuImgMissing; }
+TEST(BlockQemuImgTest, IsInstalled) { EXPECT_TRUE(blocktest::HaveQemuImg()) << blocktest::kQemuImgMissing; }
 
 }  // namespace
 }  // namespace clonevm

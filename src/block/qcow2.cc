@@ -16,12 +16,15 @@ using qcow2::StoreBe64;
 
 namespace {
 
+constexpr size_t kRefcountCacheBytes = 256 * 1024;  // refcount blocks; allocation is sequential
+
 Error Corrupt(std::string_view path, std::string_view what) {
   return Error(fmt::format("{}: corrupt qcow2 image: {}", path, what), EIO);
 }
 
 Result<std::string> ResolveBackingPath(const std::string& image_path, const std::string& name) {
-  if (name.starts_with("json:")) return Fail("backing file \"{}\" uses QEMU's json: syntax, which Clone does not support", name);
+  if (name.starts_with("json:"))
+    return Fail("backing file \"{}\" uses QEMU's json: syntax, which Clone does not support", name);
   return ResolveRelativeTo(image_path, name);
 }
 
@@ -41,17 +44,19 @@ Result<qcow2::Header> ReadHeader(const ImageFile& file) {
 // Refuses feature states that forbid writing, with the command that fixes them.
 Result<void> CheckWritable(const qcow2::Header& h, const std::string& path) {
   if (h.incompatible_features & qcow2::kIncompatDirty) {
-    return Fail("the image was not closed cleanly (dirty bit set, lazy refcounts) and its refcounts may be stale; "
-                "repair it with `qemu-img check -r all {}` or open it read-only",
-                path);
+    return Fail(
+        "the image was not closed cleanly (dirty bit set, lazy refcounts) and its refcounts may be stale; "
+        "repair it with `qemu-img check -r all {}` or open it read-only",
+        path);
   }
   if (h.incompatible_features & qcow2::kIncompatCorrupt) {
     return Fail("the image is marked corrupt; repair it with `qemu-img check -r all {}` or open it read-only", path);
   }
   if (h.version == 2) {
-    return Fail("qcow2 version 2 images are supported read-only; upgrade with `qemu-img amend -f qcow2 -o compat=1.1 "
-                "{}`",
-                path);
+    return Fail(
+        "qcow2 version 2 images are supported read-only; upgrade with `qemu-img amend -f qcow2 -o compat=1.1 "
+        "{}`",
+        path);
   }
   if (h.nb_snapshots > 0) {
     return Fail("the image has {} internal snapshot(s); Clone opens such images read-only", h.nb_snapshots);
@@ -90,7 +95,7 @@ Result<std::unique_ptr<Qcow2Backend>> Qcow2Backend::Open(ImageFile file, Access 
   std::unique_ptr<Qcow2Backend> q(new Qcow2Backend(std::move(file), access, std::move(*header), capacity));
   CLONE_TRY_VOID(q->LoadL1());
   if (access == Access::kReadWrite) {
-    auto refcounts = qcow2::Refcounts::Load(q->file_.fd.get(), path, q->header_, q->file_.size, 256 * 1024);
+    auto refcounts = qcow2::Refcounts::Load(q->file_.fd.get(), path, q->header_, q->file_.size, kRefcountCacheBytes);
     if (!refcounts) return wrap(refcounts.error());
     q->refcounts_ = std::move(*refcounts);
     CLONE_TRY_VOID(q->ClearAutoclearBits());
@@ -110,7 +115,6 @@ Result<std::unique_ptr<Qcow2Backend>> Qcow2Backend::Open(ImageFile file, Access 
     if (!backing) return wrap(backing.error().Wrap(fmt::format("backing file \"{}\"", q->header_.backing_file)));
     q->backing_ = std::move(*backing);
     q->backing_size_ = q->backing_->size();
-    q->backing_path_ = *resolved;
   }
   return q;
 }
@@ -214,9 +218,15 @@ Result<void> Qcow2Backend::ReadAt(uint64_t offset, std::span<uint8_t> out) {
     const Run run = CLONE_TRY(Map(offset, out.size()));
     const std::span<uint8_t> part = out.first(run.length);
     switch (run.kind) {
-      case Kind::kUnallocated: CLONE_TRY_VOID(ReadBacking(offset, part)); break;
-      case Kind::kZero: std::memset(part.data(), 0, part.size()); break;
-      case Kind::kData: CLONE_TRY_VOID(PreadFull(file_.fd.get(), run.host, part, PastEof::kZeroFill, file_.path)); break;
+      case Kind::kUnallocated:
+        CLONE_TRY_VOID(ReadBacking(offset, part));
+        break;
+      case Kind::kZero:
+        std::memset(part.data(), 0, part.size());
+        break;
+      case Kind::kData:
+        CLONE_TRY_VOID(PreadFull(file_.fd.get(), run.host, part, PastEof::kZeroFill, file_.path));
+        break;
       case Kind::kCompressed:
         CLONE_TRY_VOID(ReadCompressed(run.entry, offset & (cluster_size_ - 1), part));
         break;
@@ -228,7 +238,8 @@ Result<void> Qcow2Backend::ReadAt(uint64_t offset, std::span<uint8_t> out) {
 }
 
 Result<void> Qcow2Backend::ReadBacking(uint64_t offset, std::span<uint8_t> out) {
-  const uint64_t available = backing_ && offset < backing_size_ ? std::min<uint64_t>(out.size(), backing_size_ - offset) : 0;
+  const uint64_t available =
+      backing_ && offset < backing_size_ ? std::min<uint64_t>(out.size(), backing_size_ - offset) : 0;
   if (available > 0) CLONE_TRY_VOID(backing_->Read(offset, out.first(available)));
   std::memset(out.data() + available, 0, out.size() - available);
   return {};
@@ -244,9 +255,11 @@ Result<void> Qcow2Backend::ReadCompressed(uint64_t entry, uint64_t in_cluster, s
       decompressed_.resize(cluster_size_);
     }
     decompressed_entry_ = 0;
-    CLONE_TRY_VOID(PreadFull(file_.fd.get(), host, std::span(compressed_).first(length), PastEof::kZeroFill, file_.path));
+    CLONE_TRY_VOID(
+        PreadFull(file_.fd.get(), host, std::span(compressed_).first(length), PastEof::kZeroFill, file_.path));
     if (auto r = inflater_.Inflate(std::span(compressed_).first(length), decompressed_); !r) {
-      return tl::unexpected(Corrupt(file_.path, fmt::format("compressed cluster at 0x{:x}: {}", host, r.error().message())));
+      return tl::unexpected(
+          Corrupt(file_.path, fmt::format("compressed cluster at 0x{:x}: {}", host, r.error().message())));
     }
     decompressed_entry_ = entry;
   }

@@ -26,7 +26,6 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -47,9 +46,8 @@ class Qcow2Backend final : public BlockBackend {
   using BackingOpener = std::function<Result<std::unique_ptr<BlockBackend>>(const std::string& path, Format format)>;
 
   // Takes an opened and locked image file. Errors are prefixed with the image path.
-  [[nodiscard]] static Result<std::unique_ptr<Qcow2Backend>> Open(ImageFile file, Access access,
-                                                                   size_t l2_cache_bytes,
-                                                                   const BackingOpener& open_backing);
+  [[nodiscard]] static Result<std::unique_ptr<Qcow2Backend>> Open(ImageFile file, Access access, size_t l2_cache_bytes,
+                                                                  const BackingOpener& open_backing);
   ~Qcow2Backend() override;
 
   uint64_t size() const override { return header_.size; }
@@ -126,7 +124,6 @@ class Qcow2Backend final : public BlockBackend {
   std::unique_ptr<qcow2::Refcounts> refcounts_;  // read-write only
   std::unique_ptr<BlockBackend> backing_;
   uint64_t backing_size_ = 0;
-  std::string backing_path_;
   bool needs_sync_ = false;  // bytes written since the last fdatasync
 
   // Scratch buffers, allocated once (read-write) or on first use, so requests do not allocate.

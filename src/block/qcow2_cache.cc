@@ -8,8 +8,7 @@
 
 namespace clonevm::qcow2 {
 
-TableCache::TableCache(int fd, std::string path, size_t table_bytes, size_t capacity,
-                       BeforeWriteback before_writeback)
+TableCache::TableCache(int fd, std::string path, size_t table_bytes, size_t capacity, BeforeWriteback before_writeback)
     : fd_(fd),
       path_(std::move(path)),
       table_bytes_(table_bytes),

@@ -14,9 +14,9 @@
 namespace clonevm {
 namespace {
 
-using blocktest::Pattern;
 using blocktest::PatchBe32;
 using blocktest::PatchBe64;
+using blocktest::Pattern;
 using blocktest::Quote;
 using blocktest::ReadBe64;
 using blocktest::ReadBytes;
@@ -40,7 +40,8 @@ std::string EmptyImage(const TempDir& dir, const std::string& name = "disk.qcow2
 std::string DataImage(const TempDir& dir, bool compressed = false, const std::string& name = "data.qcow2") {
   const std::string raw = dir.File(name + ".raw");
   std::vector<uint8_t> bytes(kMiB);
-  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(compressed ? i / 4096 + 1 : i * 7 + i / 300);
+  for (size_t i = 0; i < bytes.size(); ++i)
+    bytes[i] = static_cast<uint8_t>(compressed ? i / 4096 + 1 : i * 7 + i / 300);
   WriteBytes(raw, bytes);
   const std::string path = dir.File(name);
   const auto r = blocktest::QemuImg(std::string("convert -f raw -O qcow2 -o cluster_size=4096 ") +
@@ -60,7 +61,7 @@ uint64_t L2TableOffset(const std::string& path) {
   return ReadBe64(path, l1) & qcow2::kOffsetMask;
 }
 
-TEST(Qcow2CorruptTest, HeaderFieldsAreValidated) {
+TEST(BlockQcow2CorruptTest, HeaderFieldsAreValidated) {
   ASSERT_TRUE(blocktest::HaveQemuImg()) << blocktest::kQemuImgMissing;
   TempDir dir;
   const std::string pristine = EmptyImage(dir, "pristine.qcow2");
@@ -82,21 +83,26 @@ TEST(Qcow2CorruptTest, HeaderFieldsAreValidated) {
       {"unknown incompatible bit", [&] { PatchBe64(path, 72, uint64_t{1} << 10); },
        "unsupported qcow2 incompatible feature(s): bit 10"},
       {"unknown incompatible bits", [&] { PatchBe64(path, 72, (uint64_t{1} << 63) | (1 << 5)); }, "bit 5, bit 63"},
-      {"L1 past EOF", [&] { PatchBe64(path, 40, 0x100000); },
-       "L1 table 0x100000+0x8 lies past the end of the file"},
+      {"L1 past EOF", [&] { PatchBe64(path, 40, 0x100000); }, "L1 table 0x100000+0x8 lies past the end of the file"},
       {"L1 misaligned", [&] { PatchBe64(path, 40, 0x30008); }, "L1 table offset 0x30008 is not a non-zero multiple"},
       {"L1 too small", [&] { PatchBe64(path, 24, uint64_t{1} << 40); }, "too few for the virtual size"},
       {"L1 huge", [&] { PatchBe32(path, 36, 0xffffffff); }, "exceeds the limit"},
       {"refcount table misaligned", [&] { PatchBe64(path, 48, 0x10200); },
        "refcount table offset 0x10200 is not a non-zero multiple of the cluster size 0x10000"},
       {"refcount table at 0", [&] { PatchBe64(path, 48, 0); }, "refcount table offset 0x0"},
-      {"refcount table past EOF", [&] { PatchBe64(path, 48, 0x400000); }, "refcount table 0x400000+0x10000 lies past the end"},
+      {"refcount table past EOF", [&] { PatchBe64(path, 48, 0x400000); },
+       "refcount table 0x400000+0x10000 lies past the end"},
       {"refcount table empty", [&] { PatchBe32(path, 56, 0); }, "refcount table size of 0 clusters"},
       {"header_length", [&] { PatchBe32(path, 100, 100); }, "invalid header_length 100"},
       {"refcount_order", [&] { PatchBe32(path, 96, 7); }, "invalid refcount_order 7"},
       {"encrypted", [&] { PatchBe32(path, 32, 1); }, "encrypted qcow2 images are not supported"},
       {"extension overrun", [&] { PatchBe32(path, 0x74, 0x10000); }, "overruns the header area"},
-      {"snapshot table", [&] { PatchBe32(path, 60, 1); PatchBe64(path, 64, 0x12345); }, "snapshot table offset"},
+      {"snapshot table",
+       [&] {
+         PatchBe32(path, 60, 1);
+         PatchBe64(path, 64, 0x12345);
+       },
+       "snapshot table offset"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
@@ -111,7 +117,7 @@ TEST(Qcow2CorruptTest, HeaderFieldsAreValidated) {
   EXPECT_THAT(OpenError(path, {}, Format::kQcow2), HasSubstr("not a qcow2 image: bad magic 0x12345678"));
 }
 
-TEST(Qcow2CorruptTest, UnknownFeatureBitsAreNamedFromTheImagesFeatureTable) {
+TEST(BlockQcow2CorruptTest, UnknownFeatureBitsAreNamedFromTheImagesFeatureTable) {
   TempDir dir;
   const std::string path = EmptyImage(dir);
   // Rename the table's "extended L2 entries" entry (incompatible bit 4) to bit 12, then set bit 12.
@@ -125,7 +131,7 @@ TEST(Qcow2CorruptTest, UnknownFeatureBitsAreNamedFromTheImagesFeatureTable) {
   EXPECT_THAT(OpenError(path, kReadOnly), HasSubstr("incompatible feature(s): bit 12 (\"extended L2 entries\")"));
 }
 
-TEST(Qcow2CorruptTest, UnsupportedFeaturesAreRefused) {
+TEST(BlockQcow2CorruptTest, UnsupportedFeaturesAreRefused) {
   TempDir dir;
   EXPECT_THAT(OpenError(EmptyImage(dir, "ext.qcow2", "-o data_file=" + Quote(dir.File("data.raw"))), kReadOnly),
               HasSubstr("external data file, which Clone does not support"));
@@ -135,7 +141,7 @@ TEST(Qcow2CorruptTest, UnsupportedFeaturesAreRefused) {
               HasSubstr("zstd compression; Clone supports only zlib"));
 }
 
-TEST(Qcow2CorruptTest, DirtyCorruptAndSnapshottedImagesOpenOnlyReadOnly) {
+TEST(BlockQcow2CorruptTest, DirtyCorruptAndSnapshottedImagesOpenOnlyReadOnly) {
   TempDir dir;
   const std::string dirty = EmptyImage(dir, "dirty.qcow2", "-o lazy_refcounts=on");
   PatchBe64(dirty, 72, qcow2::kIncompatDirty);
@@ -158,7 +164,7 @@ TEST(Qcow2CorruptTest, DirtyCorruptAndSnapshottedImagesOpenOnlyReadOnly) {
   EXPECT_EQ(buf[12345], static_cast<uint8_t>(12345 * 7 + 12345 / 300));
 }
 
-TEST(Qcow2CorruptTest, BackingChainProblemsAreClearErrors) {
+TEST(BlockQcow2CorruptTest, BackingChainProblemsAreClearErrors) {
   TempDir dir;
   // a -> b -> a
   const std::string b = EmptyImage(dir, "b.qcow2");
@@ -200,7 +206,7 @@ TEST(Qcow2CorruptTest, BackingChainProblemsAreClearErrors) {
   EXPECT_THAT(OpenError(long_name, kReadOnly), HasSubstr("invalid backing file name length 2000"));
 }
 
-TEST(Qcow2CorruptTest, BadTableEntriesFailRequestsNotTheProcess) {
+TEST(BlockQcow2CorruptTest, BadTableEntriesFailRequestsNotTheProcess) {
   TempDir dir;
   const std::string pristine = DataImage(dir);
   const std::vector<uint8_t> good = ReadBytes(pristine);
@@ -228,6 +234,14 @@ TEST(Qcow2CorruptTest, BadTableEntriesFailRequestsNotTheProcess) {
     EXPECT_TRUE((*disk)->Read(8192, std::span(buf).first(4096)));
     EXPECT_FALSE((*disk)->Write(4096, std::span(buf).first(10)));
     EXPECT_FALSE((*disk)->WriteZeroes(0, 3 * 4096));
+  }
+  {
+    // The failed requests changed nothing: cluster 0 still holds its data.
+    auto disk = OpenImage(path, kReadOnly);
+    ASSERT_TRUE(disk) << disk.error().message();
+    ASSERT_TRUE((*disk)->Read(0, std::span(buf).first(4096)));
+    EXPECT_EQ(buf[4000], static_cast<uint8_t>(4000 * 7 + 4000 / 300));
+    EXPECT_EQ(ReadBytes(path).size(), good.size());
   }
 
   // Clusters mapped past the end of the file read as zeros; writing them in place is refused.
@@ -264,7 +278,7 @@ TEST(Qcow2CorruptTest, BadTableEntriesFailRequestsNotTheProcess) {
   EXPECT_EQ(OpenError(path, kReadOnly), "<opened>");
 }
 
-TEST(Qcow2CorruptTest, GarbageCompressedDataIsAReadError) {
+TEST(BlockQcow2CorruptTest, GarbageCompressedDataIsAReadError) {
   TempDir dir;
   const std::string path = DataImage(dir, /*compressed=*/true);
   const uint64_t l2 = L2TableOffset(path);
@@ -285,7 +299,7 @@ TEST(Qcow2CorruptTest, GarbageCompressedDataIsAReadError) {
 }
 
 // Random header bytes: ParseHeader must reject or accept them without reading out of bounds.
-TEST(Qcow2CorruptTest, ParseHeaderSurvivesRandomBytes) {
+TEST(BlockQcow2CorruptTest, ParseHeaderSurvivesRandomBytes) {
   std::mt19937_64 rng(42);
   std::vector<uint8_t> bytes(4096);
   for (int i = 0; i < 4000; ++i) {
@@ -300,7 +314,7 @@ TEST(Qcow2CorruptTest, ParseHeaderSurvivesRandomBytes) {
 
 // Flipped bytes in the metadata of an image with data and a backing file: every operation either
 // works or fails with an Error. (Run under ASan to catch out-of-bounds accesses.)
-TEST(Qcow2CorruptTest, RandomMetadataCorruptionNeverCrashes) {
+TEST(BlockQcow2CorruptTest, RandomMetadataCorruptionNeverCrashes) {
   TempDir dir;
   WriteBytes(dir.File("base.raw"), Pattern(kMiB, 1));
   const std::string pristine = DataImage(dir, /*compressed=*/true);

@@ -50,8 +50,7 @@ Result<void> ParseExtensions(std::span<const uint8_t> data, uint64_t start, uint
         seen_feature_names = true;
         for (uint32_t off = 0; off + kFeatureNameEntryBytes <= length; off += kFeatureNameEntryBytes) {
           const char* name = reinterpret_cast<const char*>(body + off + 2);
-          h.feature_names.push_back(
-              {body[off], body[off + 1], std::string(name, strnlen(name, kFeatureNameBytes))});
+          h.feature_names.push_back({body[off], body[off + 1], std::string(name, strnlen(name, kFeatureNameBytes))});
         }
         break;
       default:
@@ -90,14 +89,16 @@ Result<void> CheckFeatures(const Header& h) {
 Result<void> CheckTables(const Header& h, uint64_t file_size) {
   const uint64_t cs = h.cluster_size();
   const uint64_t mask = cs - 1;
-  if (h.l1_size > kMaxL1Bytes / 8) return Fail("L1 table size {} entries exceeds the limit of {}", h.l1_size, kMaxL1Bytes / 8);
+  if (h.l1_size > kMaxL1Bytes / 8)
+    return Fail("L1 table size {} entries exceeds the limit of {}", h.l1_size, kMaxL1Bytes / 8);
   if (h.size > h.l1_size * h.l2_coverage()) {
     return Fail("L1 table has {} entries, too few for the virtual size {} (needs {})", h.l1_size, h.size,
                 h.l1_entries_needed());
   }
   if (h.l1_size > 0) {
     if (h.l1_table_offset == 0 || (h.l1_table_offset & mask) != 0) {
-      return Fail("L1 table offset 0x{:x} is not a non-zero multiple of the cluster size 0x{:x}", h.l1_table_offset, cs);
+      return Fail("L1 table offset 0x{:x} is not a non-zero multiple of the cluster size 0x{:x}", h.l1_table_offset,
+                  cs);
     }
     if (h.l1_table_offset > file_size || h.l1_size * uint64_t{8} > file_size - h.l1_table_offset) {
       return Fail("L1 table 0x{:x}+0x{:x} lies past the end of the file (0x{:x} bytes)", h.l1_table_offset,
@@ -113,8 +114,8 @@ Result<void> CheckTables(const Header& h, uint64_t file_size) {
                 kMaxRefTableBytes / cs);
   }
   if (h.refcount_table_offset > file_size || h.refcount_table_clusters * cs > file_size - h.refcount_table_offset) {
-    return Fail("refcount table 0x{:x}+0x{:x} lies past the end of the file (0x{:x} bytes)",
-                h.refcount_table_offset, h.refcount_table_clusters * cs, file_size);
+    return Fail("refcount table 0x{:x}+0x{:x} lies past the end of the file (0x{:x} bytes)", h.refcount_table_offset,
+                h.refcount_table_clusters * cs, file_size);
   }
   if (h.nb_snapshots > 0 && ((h.snapshots_offset & mask) != 0 || h.snapshots_offset >= file_size)) {
     return Fail("snapshot table offset 0x{:x} is misaligned or past the end of the file", h.snapshots_offset);

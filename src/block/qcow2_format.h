@@ -18,7 +18,7 @@
 
 namespace clonevm::qcow2 {
 
-inline constexpr uint32_t kMagic = 0x514649fb;  // "QFI\xfb"
+inline constexpr uint32_t kMagic = 0x514649fb;   // "QFI\xfb"
 inline constexpr uint32_t kMinClusterBits = 9;   // 512 B
 inline constexpr uint32_t kMaxClusterBits = 21;  // 2 MiB (QEMU's limit too)
 inline constexpr uint32_t kV2HeaderLength = 72;

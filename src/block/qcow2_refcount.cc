@@ -23,8 +23,8 @@ Refcounts::Refcounts(int fd, std::string path, const Header& h, size_t cache_cap
       table_clusters_(h.refcount_table_clusters),
       blocks_(fd, path_, h.cluster_size(), cache_capacity) {}
 
-Result<std::unique_ptr<Refcounts>> Refcounts::Load(int fd, const std::string& path, const Header& h,
-                                                    uint64_t file_size, size_t cache_bytes) {
+Result<std::unique_ptr<Refcounts>> Refcounts::Load(int fd, const std::string& path, const Header& h, uint64_t file_size,
+                                                   size_t cache_bytes) {
   const uint64_t cs = h.cluster_size();
   std::unique_ptr<Refcounts> r(new Refcounts(fd, path, h, std::max<size_t>(4, cache_bytes / cs)));
   std::vector<uint8_t> raw(h.refcount_table_clusters * cs);
@@ -59,7 +59,8 @@ Result<uint64_t> Refcounts::FindEnd(uint64_t file_size) {
 
 Result<uint64_t> Refcounts::Allocate(uint64_t count) {
   const uint64_t bytes = count << cluster_bits_;
-  if (next_free_ > kMaxHostOffset - bytes) return Fail("{}: image file would exceed the qcow2 maximum of 64 PiB", path_);
+  if (next_free_ > kMaxHostOffset - bytes)
+    return Fail("{}: image file would exceed the qcow2 maximum of 64 PiB", path_);
   const uint64_t offset = next_free_;
   next_free_ += bytes;
   for (uint64_t i = 0; i < count; ++i) CLONE_TRY(Adjust((offset >> cluster_bits_) + i, +1));
@@ -108,7 +109,8 @@ Result<void> Refcounts::ApplyPendingFrees() {
 Result<void> Refcounts::WriteDirtyTable() {
   if (!table_dirty()) return {};
   std::vector<uint8_t> raw((table_dirty_end_ - table_dirty_begin_) * 8);
-  for (size_t i = table_dirty_begin_; i < table_dirty_end_; ++i) StoreBe64(&raw[(i - table_dirty_begin_) * 8], table_[i]);
+  for (size_t i = table_dirty_begin_; i < table_dirty_end_; ++i)
+    StoreBe64(&raw[(i - table_dirty_begin_) * 8], table_[i]);
   CLONE_TRY_VOID(PwriteFull(fd_, table_offset_ + table_dirty_begin_ * 8, raw, path_));
   table_dirty_begin_ = table_dirty_end_ = 0;
   return {};
@@ -127,7 +129,8 @@ Result<uint64_t> Refcounts::Adjust(uint64_t cluster, int delta) {
   const uint64_t ti = cluster >> block_bits_;
   const uint64_t bi = cluster & ((uint64_t{1} << block_bits_) - 1);
   if (ti >= table_.size() || table_[ti] == 0) {
-    if (delta < 0) return Fail("{}: corrupt image: freeing cluster 0x{:x} that has no refcount", path_, cluster << cluster_bits_);
+    if (delta < 0)
+      return Fail("{}: corrupt image: freeing cluster 0x{:x} that has no refcount", path_, cluster << cluster_bits_);
     CLONE_TRY_VOID(EnsureBlock(ti));
   }
   const TableCache::Slot slot = CLONE_TRY(blocks_.Get(table_[ti]));
@@ -177,7 +180,8 @@ Result<void> Refcounts::GrowTable(uint64_t min_index) {
   const uint64_t needed = std::max(min_index, (next_free_ >> cluster_bits_) >> block_bits_) + 3;
   const uint64_t entries = std::max<uint64_t>(needed, table_.size() * 2);
   const uint64_t clusters = (entries * 8 + cs - 1) / cs;
-  if (clusters * cs > kMaxRefTableBytes) return Fail("{}: refcount table would exceed {} bytes", path_, kMaxRefTableBytes);
+  if (clusters * cs > kMaxRefTableBytes)
+    return Fail("{}: refcount table would exceed {} bytes", path_, kMaxRefTableBytes);
   const uint64_t old_offset = table_offset_;
   const uint64_t old_clusters = table_clusters_;
 
@@ -217,10 +221,14 @@ void Refcounts::MarkTableDirty(uint64_t index) {
 
 uint64_t Refcounts::GetEntry(const uint8_t* block, uint64_t index) const {
   switch (order_) {
-    case 3: return block[index];
-    case 4: return LoadBe16(block + index * 2);
-    case 5: return LoadBe32(block + index * 4);
-    case 6: return LoadBe64(block + index * 8);
+    case 3:
+      return block[index];
+    case 4:
+      return LoadBe16(block + index * 2);
+    case 5:
+      return LoadBe32(block + index * 4);
+    case 6:
+      return LoadBe64(block + index * 8);
     default: {  // 1, 2 or 4 bits; entry 0 is in the least significant bits of byte 0
       const uint32_t bits = 1u << order_;
       const uint64_t bit = index * bits;
@@ -231,10 +239,18 @@ uint64_t Refcounts::GetEntry(const uint8_t* block, uint64_t index) const {
 
 void Refcounts::SetEntry(uint8_t* block, uint64_t index, uint64_t value) const {
   switch (order_) {
-    case 3: block[index] = static_cast<uint8_t>(value); return;
-    case 4: StoreBe16(block + index * 2, static_cast<uint16_t>(value)); return;
-    case 5: StoreBe32(block + index * 4, static_cast<uint32_t>(value)); return;
-    case 6: StoreBe64(block + index * 8, value); return;
+    case 3:
+      block[index] = static_cast<uint8_t>(value);
+      return;
+    case 4:
+      StoreBe16(block + index * 2, static_cast<uint16_t>(value));
+      return;
+    case 5:
+      StoreBe32(block + index * 4, static_cast<uint32_t>(value));
+      return;
+    case 6:
+      StoreBe64(block + index * 8, value);
+      return;
     default: {
       const uint32_t bits = 1u << order_;
       const uint64_t bit = index * bits;

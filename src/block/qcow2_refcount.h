@@ -72,8 +72,8 @@ class Refcounts {
   int fd_;
   std::string path_;
   uint32_t cluster_bits_;
-  uint32_t order_;            // refcount width is 1 << order_ bits
-  uint32_t block_bits_;       // log2(refcount entries per block)
+  uint32_t order_;       // refcount width is 1 << order_ bits
+  uint32_t block_bits_;  // log2(refcount entries per block)
   uint64_t max_refcount_;
   std::vector<uint64_t> table_;  // host byte order
   uint64_t table_offset_;

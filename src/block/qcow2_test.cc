@@ -1,5 +1,7 @@
 // qcow2 interoperability with the real QEMU tools: images qemu-img makes are read and written by
 // Clone; images Clone writes pass `qemu-img check` and convert to the expected bytes.
+#include "block/qcow2.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -10,7 +12,6 @@
 
 #include "block/block_test_util.h"
 #include "block/image.h"
-#include "block/qcow2.h"
 
 namespace clonevm {
 namespace {
@@ -80,9 +81,9 @@ void ExpectConvertsTo(const TempDir& dir, const std::string& image, const std::v
   EXPECT_EQ(FirstDifference(raw, expected), -1) << "qemu-img convert of " << image << " differs";
 }
 
-class QemuCreatedImageTest : public ::testing::TestWithParam<uint64_t> {};
+class BlockQcow2QemuCreatedTest : public ::testing::TestWithParam<uint64_t> {};
 
-TEST_P(QemuCreatedImageTest, WritesReadBackAndPassQemuImgCheck) {
+TEST_P(BlockQcow2QemuCreatedTest, WritesReadBackAndPassQemuImgCheck) {
   const uint64_t cs = GetParam();
   const uint64_t size = 8 * kMiB;
   TempDir dir;
@@ -93,7 +94,8 @@ TEST_P(QemuCreatedImageTest, WritesReadBackAndPassQemuImgCheck) {
   ASSERT_EQ(m.disk->size(), size);
   ASSERT_TRUE(m.Matches());
   const std::pair<uint64_t, uint64_t> writes[] = {
-      {0, 100}, {cs - 7, 20}, {3 * cs + 5, 2 * cs + 100}, {size - 300, 300}, {50, 30}, {kMiB, kMiB}, {kMiB + cs / 2, 10},
+      {0, 100}, {cs - 7, 20}, {3 * cs + 5, 2 * cs + 100}, {size - 300, 300},
+      {50, 30}, {kMiB, kMiB}, {kMiB + cs / 2, 10},
   };
   uint32_t seed = 1;
   for (const auto& [offset, length] : writes) {
@@ -112,7 +114,7 @@ TEST_P(QemuCreatedImageTest, WritesReadBackAndPassQemuImgCheck) {
   ExpectConvertsTo(dir, path, m.model);
 }
 
-INSTANTIATE_TEST_SUITE_P(ClusterSizes, QemuCreatedImageTest, ::testing::Values(512, 4096, 65536, 2 * kMiB),
+INSTANTIATE_TEST_SUITE_P(ClusterSizes, BlockQcow2QemuCreatedTest, ::testing::Values(512, 4096, 65536, 2 * kMiB),
                          [](const auto& param_info) { return fmt::format("cluster{}", param_info.param); });
 
 // Raw source bytes with compressible data, incompressible data, holes and a partial last cluster.
@@ -125,9 +127,9 @@ std::vector<uint8_t> MixedContent(uint64_t size) {
   return bytes;
 }
 
-class QemuWrittenImageTest : public ::testing::TestWithParam<bool> {};
+class BlockQcow2QemuWrittenTest : public ::testing::TestWithParam<bool> {};
 
-TEST_P(QemuWrittenImageTest, ReadsQemuDataThenCopiesOnWrite) {
+TEST_P(BlockQcow2QemuWrittenTest, ReadsQemuDataThenCopiesOnWrite) {
   const bool compressed = GetParam();
   TempDir dir;
   const uint64_t size = 4 * kMiB;
@@ -148,10 +150,10 @@ TEST_P(QemuWrittenImageTest, ReadsQemuDataThenCopiesOnWrite) {
   m.disk.reset();
   m.disk = Open(path);
   ASSERT_TRUE(m.disk);
-  ASSERT_TRUE(m.Write(100, Pattern(50, 1)));           // partial: copy-on-write of the old cluster
-  ASSERT_TRUE(m.Write(8192 - 10, Pattern(8200, 2)));   // spans three clusters, partial at both ends
-  ASSERT_TRUE(m.Write(100, Pattern(10, 3)));           // now in place
-  ASSERT_TRUE(m.Write(2 * kMiB, Pattern(70000, 4)));   // over a hole and data
+  ASSERT_TRUE(m.Write(100, Pattern(50, 1)));          // partial: copy-on-write of the old cluster
+  ASSERT_TRUE(m.Write(8192 - 10, Pattern(8200, 2)));  // spans three clusters, partial at both ends
+  ASSERT_TRUE(m.Write(100, Pattern(10, 3)));          // now in place
+  ASSERT_TRUE(m.Write(2 * kMiB, Pattern(70000, 4)));  // over a hole and data
   ASSERT_TRUE(m.Zero(3 * kMiB + 10, 20000, /*discard=*/false));
   ASSERT_TRUE(m.DiscardAndResync(kMiB / 2, kMiB));
   ASSERT_TRUE(m.Matches());
@@ -160,10 +162,10 @@ TEST_P(QemuWrittenImageTest, ReadsQemuDataThenCopiesOnWrite) {
   ExpectConvertsTo(dir, path, m.model);
 }
 
-INSTANTIATE_TEST_SUITE_P(Compression, QemuWrittenImageTest, ::testing::Bool(),
+INSTANTIATE_TEST_SUITE_P(Compression, BlockQcow2QemuWrittenTest, ::testing::Bool(),
                          [](const auto& param_info) { return param_info.param ? "compressed" : "plain"; });
 
-TEST(Qcow2Test, BackingFilesSupplyUnwrittenDataAndStayUntouched) {
+TEST(BlockQcow2Test, BackingFilesSupplyUnwrittenDataAndStayUntouched) {
   TempDir dir;
   const std::string base = dir.File("base.raw");
   const std::string overlay = dir.File("overlay.qcow2");
@@ -177,12 +179,12 @@ TEST(Qcow2Test, BackingFilesSupplyUnwrittenDataAndStayUntouched) {
   ASSERT_TRUE(m.disk);
   EXPECT_THAT(m.disk->Describe(), HasSubstr("backing: raw " + base + " (2 MiB, read-only)"));
   ASSERT_TRUE(m.Matches());
-  ASSERT_TRUE(m.Write(4096 + 100, Pattern(5000, 1)));        // head and tail copied from the backing file
-  ASSERT_TRUE(m.Write(2 * kMiB - 10, Pattern(20, 2)));       // straddles the end of the backing file
+  ASSERT_TRUE(m.Write(4096 + 100, Pattern(5000, 1)));   // head and tail copied from the backing file
+  ASSERT_TRUE(m.Write(2 * kMiB - 10, Pattern(20, 2)));  // straddles the end of the backing file
   ASSERT_TRUE(m.Write(65536 * 5 - 1, Pattern(65536 + 2, 3)));
-  ASSERT_TRUE(m.Zero(kMiB, 3 * 65536, /*discard=*/false));   // must hide the backing data
+  ASSERT_TRUE(m.Zero(kMiB, 3 * 65536, /*discard=*/false));  // must hide the backing data
   ASSERT_TRUE(m.Zero(kMiB + 5 * 65536, 2 * 65536, /*discard=*/true));
-  std::memset(&m.model[kMiB + 5 * 65536], 0, 2 * 65536);    // whole clusters: zeros, not backing data
+  std::memset(&m.model[kMiB + 5 * 65536], 0, 2 * 65536);  // whole clusters: zeros, not backing data
   ASSERT_TRUE(m.Matches());
   m.disk.reset();
   ExpectCheckClean(overlay);
@@ -204,7 +206,7 @@ TEST(Qcow2Test, BackingFilesSupplyUnwrittenDataAndStayUntouched) {
   ExpectConvertsTo(dir, overlay, m.model);
 }
 
-TEST(Qcow2Test, ProbesBackingFormatWhenTheImageDoesNotRecordIt) {
+TEST(BlockQcow2Test, ProbesBackingFormatWhenTheImageDoesNotRecordIt) {
   TempDir dir;
   const std::string base = dir.File("base.qcow2");
   const std::string overlay = dir.File("overlay.qcow2");
@@ -216,7 +218,8 @@ TEST(Qcow2Test, ProbesBackingFormatWhenTheImageDoesNotRecordIt) {
   // Drop the backing format extension: make its type unknown (unknown extensions are skipped).
   const std::vector<uint8_t> header = ReadBytes(overlay);
   const uint8_t kBackingFormatExt[4] = {0xe2, 0x79, 0x2a, 0xca};
-  auto it = std::search(header.begin(), header.begin() + 4096, std::begin(kBackingFormatExt), std::end(kBackingFormatExt));
+  auto it =
+      std::search(header.begin(), header.begin() + 4096, std::begin(kBackingFormatExt), std::end(kBackingFormatExt));
   ASSERT_NE(it, header.begin() + 4096);
   blocktest::PatchBe32(overlay, static_cast<uint64_t>(it - header.begin()), 0x12345678);
   Modeled m{Open(overlay, OpenMode{.read_only = true}), bytes};
@@ -225,7 +228,7 @@ TEST(Qcow2Test, ProbesBackingFormatWhenTheImageDoesNotRecordIt) {
   EXPECT_TRUE(m.Matches());
 }
 
-TEST(Qcow2Test, CreatedImagesPassQemuImgInfoAndCheck) {
+TEST(BlockQcow2Test, CreatedImagesPassQemuImgInfoAndCheck) {
   TempDir dir;
   struct Case {
     uint64_t size;
@@ -233,8 +236,8 @@ TEST(Qcow2Test, CreatedImagesPassQemuImgInfoAndCheck) {
     uint64_t expected_size;
   };
   const Case cases[] = {
-      {64 * kMiB, 65536, 64 * kMiB}, {1ull << 30, 512, 1ull << 30}, {1000, 4096, 1024},
-      {0, 65536, 0},                 {100ull << 30, 2 * kMiB, 100ull << 30},
+      {64 * kMiB, 65536, 64 * kMiB},          {1ull << 30, 512, 1ull << 30}, {1000, 4096, 1024}, {0, 65536, 0},
+      {100ull << 30, 2 * kMiB, 100ull << 30},
   };
   int i = 0;
   for (const Case& c : cases) {
@@ -287,7 +290,7 @@ TEST(Qcow2Test, CreatedImagesPassQemuImgInfoAndCheck) {
   EXPECT_FALSE(std::filesystem::exists(dir.File("orphan.qcow2")));
 }
 
-TEST(Qcow2Test, DiscardAndWriteZeroesReturnSpaceWithoutLeaks) {
+TEST(BlockQcow2Test, DiscardAndWriteZeroesReturnSpaceWithoutLeaks) {
   TempDir dir;
   const std::string path = dir.File("disk.qcow2");
   ASSERT_TRUE(Qcow2Create(path, 16 * kMiB));
@@ -304,14 +307,14 @@ TEST(Qcow2Test, DiscardAndWriteZeroesReturnSpaceWithoutLeaks) {
   ASSERT_TRUE(m.disk->Flush());
   EXPECT_LE(blocktest::AllocatedBytes(path), full - 5 * kMiB) << "freed clusters were not punched out";
   ExpectCheckClean(path);
-  ASSERT_TRUE(m.Write(kMiB, Pattern(kMiB, 2)));  // reallocate part of the discarded range
+  ASSERT_TRUE(m.Write(kMiB, Pattern(kMiB, 2)));             // reallocate part of the discarded range
   ASSERT_TRUE(m.Zero(15 * kMiB, kMiB, /*discard=*/false));  // never written: nothing to do
   m.disk.reset();
   ExpectCheckClean(path);
   ExpectConvertsTo(dir, path, m.model);
 }
 
-TEST(Qcow2Test, RefcountTableGrowsWhenTheFileOutgrowsIt) {
+TEST(BlockQcow2Test, RefcountTableGrowsWhenTheFileOutgrowsIt) {
   TempDir dir;
   const std::string path = dir.File("small-clusters.qcow2");
   // 512-byte clusters: one refcount table cluster covers 64 blocks x 256 clusters = 8 MiB of file.
@@ -338,11 +341,11 @@ void PrintTo(const RandomCase& c, std::ostream* os) {
   *os << "cluster " << c.cluster << ", refcount_bits " << c.refcount_bits << (c.backing ? ", backing" : "");
 }
 
-class RandomOpsTest : public ::testing::TestWithParam<RandomCase> {};
+class BlockQcow2RandomOpsTest : public ::testing::TestWithParam<RandomCase> {};
 
 // Random writes, discards, zeroing, flushes and reopenings against a byte model, with an L2 cache
 // of two tables so that dirty tables are evicted mid-request.
-TEST_P(RandomOpsTest, MatchesModelAndQemu) {
+TEST_P(BlockQcow2RandomOpsTest, MatchesModelAndQemu) {
   const RandomCase c = GetParam();
   const uint64_t size = 4 * kMiB;
   TempDir dir;
@@ -366,13 +369,26 @@ TEST_P(RandomOpsTest, MatchesModelAndQemu) {
     const uint64_t offset = rng() % size;
     const uint64_t length = std::min<uint64_t>(size - offset, 1 + rng() % (3 * c.cluster + 5000));
     switch (rng() % 12) {
-      case 0: case 1: case 2: case 3: case 4:
+      case 0:
+      case 1:
+      case 2:
+      case 3:
+      case 4:
         ASSERT_TRUE(m.Write(offset, Pattern(length, static_cast<uint32_t>(op))));
         break;
-      case 5: ASSERT_TRUE(m.DiscardAndResync(offset, length)); break;
-      case 6: ASSERT_TRUE(m.Zero(offset, length, /*discard=*/false)); break;
-      case 7: case 8: ASSERT_TRUE(m.Matches(offset, length)); break;
-      case 9: ASSERT_TRUE(m.disk->Flush()); break;
+      case 5:
+        ASSERT_TRUE(m.DiscardAndResync(offset, length));
+        break;
+      case 6:
+        ASSERT_TRUE(m.Zero(offset, length, /*discard=*/false));
+        break;
+      case 7:
+      case 8:
+        ASSERT_TRUE(m.Matches(offset, length));
+        break;
+      case 9:
+        ASSERT_TRUE(m.disk->Flush());
+        break;
       case 10:
         if (rng() % 4 == 0) {
           m.disk.reset();
@@ -380,7 +396,9 @@ TEST_P(RandomOpsTest, MatchesModelAndQemu) {
           ASSERT_TRUE(m.disk);
         }
         break;
-      default: ASSERT_TRUE(m.Matches(0, size)); break;
+      default:
+        ASSERT_TRUE(m.Matches(0, size));
+        break;
     }
   }
   ASSERT_TRUE(m.Matches());
@@ -389,16 +407,17 @@ TEST_P(RandomOpsTest, MatchesModelAndQemu) {
   ExpectConvertsTo(dir, path, m.model);
 }
 
-INSTANTIATE_TEST_SUITE_P(Layouts, RandomOpsTest,
+INSTANTIATE_TEST_SUITE_P(Layouts, BlockQcow2RandomOpsTest,
                          ::testing::Values(RandomCase{512, 16, false}, RandomCase{512, 1, true},
                                            RandomCase{4096, 64, true}, RandomCase{65536, 8, true},
                                            RandomCase{65536, 16, false}),
                          [](const auto& param_info) {
-                           return fmt::format("cluster{}_refcount{}_{}", param_info.param.cluster, param_info.param.refcount_bits,
+                           return fmt::format("cluster{}_refcount{}_{}", param_info.param.cluster,
+                                              param_info.param.refcount_bits,
                                               param_info.param.backing ? "backing" : "standalone");
                          });
 
-TEST(Qcow2Test, AKilledWriterLeavesAConsistentImageWithItsFlushedData) {
+TEST(BlockQcow2Test, AKilledWriterLeavesAConsistentImageWithItsFlushedData) {
   TempDir dir;
   const std::string path = dir.File("disk.qcow2");
   ASSERT_TRUE(Qcow2Create(path, 8 * kMiB, 4096));
@@ -430,7 +449,7 @@ TEST(Qcow2Test, AKilledWriterLeavesAConsistentImageWithItsFlushedData) {
   EXPECT_EQ(back, flushed);
 }
 
-TEST(Qcow2Test, Version2ImagesAreReadOnly) {
+TEST(BlockQcow2Test, Version2ImagesAreReadOnly) {
   TempDir dir;
   const std::string raw = dir.File("source.raw");
   const std::string path = dir.File("v2.qcow2");
@@ -448,7 +467,7 @@ TEST(Qcow2Test, Version2ImagesAreReadOnly) {
   EXPECT_THAT(rw.error().message(), HasSubstr("qemu-img amend"));
 }
 
-TEST(Qcow2Test, ReadOnlyLockingAndRangeChecks) {
+TEST(BlockQcow2Test, ReadOnlyLockingAndRangeChecks) {
   TempDir dir;
   const std::string path = dir.File("disk.qcow2");
   ASSERT_TRUE(Qcow2Create(path, kMiB));
@@ -485,7 +504,7 @@ TEST(Qcow2Test, ReadOnlyLockingAndRangeChecks) {
   EXPECT_EQ(std::filesystem::file_size(path), 4 * 65536u);  // nothing was allocated
 }
 
-TEST(Qcow2Test, ClearsAutoclearBitsBeforeWritingAndIgnoresCompatibleOnes) {
+TEST(BlockQcow2Test, ClearsAutoclearBitsBeforeWritingAndIgnoresCompatibleOnes) {
   TempDir dir;
   const std::string path = dir.File("disk.qcow2");
   CLONE_QEMU_IMG_OK("create -q -f qcow2 -o lazy_refcounts=on " + Quote(path) + " 1M");

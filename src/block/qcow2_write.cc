@@ -43,7 +43,10 @@ Result<void> Qcow2Backend::CheckDataWrite(uint64_t host, uint64_t length) const 
       overlaps(refcounts_->table_offset(), refcounts_->table_bytes()) || host + length > refcounts_->end())
       [[unlikely]] {
     return tl::unexpected(Error(
-        fmt::format("{}: corrupt qcow2 image: data cluster at 0x{:x} overlaps image metadata or lies past the allocated area", file_.path, host), EIO));
+        fmt::format(
+            "{}: corrupt qcow2 image: data cluster at 0x{:x} overlaps image metadata or lies past the allocated area",
+            file_.path, host),
+        EIO));
   }
   return {};
 }
@@ -52,7 +55,9 @@ Result<void> Qcow2Backend::CheckDataWrite(uint64_t host, uint64_t length) const 
 // clusters contiguous on the host (one pwrite) or all clusters needing allocation (one pwritev).
 Result<uint64_t> Qcow2Backend::WriteStep(uint64_t offset, std::span<const uint8_t> data) {
   const uint64_t l1_index = offset >> l2_bits_;
-  if (l1_index >= l1_.size()) [[unlikely]] return Fail("{}: offset 0x{:x} is beyond the L1 table", file_.path, offset);
+  if (l1_index >= l1_.size()) [[unlikely]] {
+    return Fail("{}: offset 0x{:x} is beyond the L1 table", file_.path, offset);
+  }
   const uint64_t limit = std::min<uint64_t>(data.size(), ((l1_index + 1) << l2_bits_) - offset);
   const qcow2::TableCache::Slot slot = CLONE_TRY(L2ForWrite(l1_index));
   const uint8_t* table = l2_cache_.data(slot);
@@ -132,7 +137,9 @@ Result<uint64_t> Qcow2Backend::WriteNewClusters(uint64_t offset, std::span<const
 Result<qcow2::TableCache::Slot> Qcow2Backend::L2ForWrite(uint64_t l1_index) {
   const uint64_t l1_entry = l1_[l1_index];
   const uint64_t old_offset = l1_entry & kOffsetMask;
-  if (old_offset != 0 && (l1_entry & kOflagCopied)) [[likely]] return l2_cache_.Get(old_offset);
+  if (old_offset != 0 && (l1_entry & kOflagCopied)) [[likely]] {
+    return l2_cache_.Get(old_offset);
+  }
   const uint64_t new_offset = CLONE_TRY(refcounts_->Allocate(1));
   qcow2::TableCache::Slot slot;
   if (old_offset == 0) {
@@ -212,12 +219,15 @@ Result<void> Qcow2Backend::ZeroClusters(uint64_t offset, uint64_t count) {
     if ((l1_[l1_index] & kOffsetMask) != 0 || backing_) {
       const qcow2::TableCache::Slot slot = CLONE_TRY(L2ForWrite(l1_index));
       uint8_t* table = l2_cache_.data(slot);
+      // Validate every entry first so that a corrupt one leaves the table untouched.
+      for (uint64_t i = l2_index; i < l2_index + n; ++i) {
+        CLONE_TRY(Classify(LoadBe64(table + i * 8), (l1_index << l2_bits_) + (i << cluster_bits_)));
+      }
       uint64_t dirty_begin = l2_entries_;
       uint64_t dirty_end = 0;
       for (uint64_t i = l2_index; i < l2_index + n; ++i) {
         const uint64_t old = LoadBe64(table + i * 8);
         if (old == target || (old == kOflagZero && !backing_)) continue;
-        CLONE_TRY(Classify(old, (l1_index << l2_bits_) + (i << cluster_bits_)));
         StoreBe64(table + i * 8, target);
         Release(old);
         dirty_begin = std::min(dirty_begin, i);

@@ -20,8 +20,7 @@ std::unique_ptr<RawBackend> RawBackend::FromFile(ImageFile file, Access access) 
   return std::unique_ptr<RawBackend>(new RawBackend(std::move(file), access));
 }
 
-RawBackend::RawBackend(ImageFile file, Access access)
-    : file_(std::move(file)), access_(access), size_(file_.size) {}
+RawBackend::RawBackend(ImageFile file, Access access) : file_(std::move(file)), access_(access), size_(file_.size) {}
 
 RawBackend::~RawBackend() {
   if (!dirty_) return;

@@ -41,8 +41,8 @@ class RawBackend final : public BlockBackend {
   uint64_t size_;
   bool punch_supported_ = true;
   bool zero_range_supported_ = true;
-  bool dirty_ = false;             // written since the last Flush()
-  std::vector<uint8_t> zeros_;     // allocated on first use by WriteZeroBytes
+  bool dirty_ = false;          // written since the last Flush()
+  std::vector<uint8_t> zeros_;  // allocated on first use by WriteZeroBytes
 };
 
 }  // namespace clonevm

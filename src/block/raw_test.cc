@@ -33,7 +33,7 @@ std::unique_ptr<BlockBackend> OpenRaw(const std::string& path, bool read_only = 
   return disk ? std::move(*disk) : nullptr;
 }
 
-TEST(RawTest, ReadsBackWritesAtAnyOffsetAndPersistsThem) {
+TEST(BlockRawTest, ReadsBackWritesAtAnyOffsetAndPersistsThem) {
   TempDir dir;
   const std::string path = MakeSparseFile(dir, "disk.raw", kSize);
   std::vector<uint8_t> expected(kSize, 0);
@@ -57,14 +57,14 @@ TEST(RawTest, ReadsBackWritesAtAnyOffsetAndPersistsThem) {
   EXPECT_EQ(ReadBytes(path), expected);
 }
 
-TEST(RawTest, RejectsRangesOutsideTheDiskWithoutTouchingTheFile) {
+TEST(BlockRawTest, RejectsRangesOutsideTheDiskWithoutTouchingTheFile) {
   TempDir dir;
   const std::string path = MakeSparseFile(dir, "disk.raw", kSize);
   auto disk = OpenRaw(path);
   ASSERT_TRUE(disk);
   std::vector<uint8_t> buf(4096);
-  const std::pair<uint64_t, uint64_t> bad[] = {
-      {kSize, 1}, {kSize - 4095, 4096}, {kSize + 1, 0}, {UINT64_MAX, 1}, {UINT64_MAX - 1, 4096}, {1, UINT64_MAX}};
+  const std::pair<uint64_t, uint64_t> bad[] = {{kSize, 1},      {kSize - 4095, 4096},   {kSize + 1, 0},
+                                               {UINT64_MAX, 1}, {UINT64_MAX - 1, 4096}, {1, UINT64_MAX}};
   for (const auto& [offset, length] : bad) {
     SCOPED_TRACE(testing::Message() << "offset " << offset << " length " << length);
     const size_t n = static_cast<size_t>(std::min<uint64_t>(length, buf.size()));
@@ -85,7 +85,7 @@ TEST(RawTest, RejectsRangesOutsideTheDiskWithoutTouchingTheFile) {
   EXPECT_EQ(std::filesystem::file_size(path), kSize);
 }
 
-TEST(RawTest, ReadOnlyRefusesEveryChange) {
+TEST(BlockRawTest, ReadOnlyRefusesEveryChange) {
   TempDir dir;
   const std::string path = MakeSparseFile(dir, "disk.raw", kSize);
   auto disk = OpenRaw(path, /*read_only=*/true);
@@ -103,7 +103,7 @@ TEST(RawTest, ReadOnlyRefusesEveryChange) {
   EXPECT_EQ(buf, std::vector<uint8_t>(512, 0));
 }
 
-TEST(RawTest, DiscardAndWriteZeroesPunchHoles) {
+TEST(BlockRawTest, DiscardAndWriteZeroesPunchHoles) {
   TempDir dir;
   const std::string path = MakeSparseFile(dir, "disk.raw", kSize);
   auto disk = OpenRaw(path);
@@ -126,7 +126,7 @@ TEST(RawTest, DiscardAndWriteZeroesPunchHoles) {
   EXPECT_LE(blocktest::AllocatedBytes(path), full - kSize / 2 - 150000) << "holes were not punched";
 }
 
-TEST(RawTest, OneWriterExcludesEveryoneReadersShare) {
+TEST(BlockRawTest, OneWriterExcludesEveryoneReadersShare) {
   TempDir dir;
   const std::string path = MakeSparseFile(dir, "disk.raw", kSize);
   {
@@ -149,7 +149,7 @@ TEST(RawTest, OneWriterExcludesEveryoneReadersShare) {
   EXPECT_THAT(writer.error().message(), HasSubstr("locked"));
 }
 
-TEST(RawTest, DescribeNamesFormatPathSizeAndMode) {
+TEST(BlockRawTest, DescribeNamesFormatPathSizeAndMode) {
   TempDir dir;
   const std::string path = MakeSparseFile(dir, "disk.raw", 3 << 20);
   auto disk = OpenRaw(path, /*read_only=*/true);
@@ -157,7 +157,7 @@ TEST(RawTest, DescribeNamesFormatPathSizeAndMode) {
   EXPECT_EQ(disk->Describe(), "raw " + path + " (3 MiB, read-only)");
 }
 
-TEST(FormatBytesTest, UsesBinaryUnits) {
+TEST(BlockFormatBytesTest, UsesBinaryUnits) {
   EXPECT_EQ(FormatBytes(0), "0 B");
   EXPECT_EQ(FormatBytes(512), "512 B");
   EXPECT_EQ(FormatBytes(64 * 1024), "64 KiB");

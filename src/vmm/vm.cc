@@ -15,6 +15,7 @@
 #include "devices/legacy/cmos.h"
 #include "devices/legacy/power.h"
 #include "devices/pci/pci_root.h"
+#include "devices/virtio/rng.h"
 
 namespace clonevm {
 namespace {
@@ -96,7 +97,7 @@ Result<void> Vm::SetUpMemory(const VmConfig& config) {
   return {};
 }
 
-Result<void> Vm::SetUpDevices(const VmConfig&) {
+Result<void> Vm::SetUpDevices(const VmConfig& config) {
   auto power = [this](PowerEvent event) {
     if (event == PowerEvent::kPowerOff) {
       RequestExit({VmExitReason::kPowerOff, "the guest powered off", 0});
@@ -123,6 +124,26 @@ Result<void> Vm::SetUpDevices(const VmConfig&) {
                                  std::make_shared<I8042>(power)));
   CLONE_TRY_VOID(pio_bus_.Insert(PciRoot::kConfigAddressPort, PciRoot::kPortCount, std::make_shared<PciRoot>()));
   CLONE_TRY_VOID(pio_bus_.Insert(x86::kAcpiPmPort, x86::kAcpiPmPortLen, std::make_shared<AcpiPm>(power)));
+  if (config.rng) CLONE_TRY_VOID(AddVirtioDevice(std::make_unique<virtio::Rng>()));
+  return {};
+}
+
+Result<void> Vm::AddVirtioDevice(std::unique_ptr<virtio::VirtioDevice> device) {
+  uint32_t index = static_cast<uint32_t>(virtio_.size());
+  uint32_t gsi = x86::kFirstDeviceGsi + index;
+  if (gsi >= x86::kIoapicPins) return Fail("too many virtio devices (at most {})", x86::kIoapicPins - x86::kFirstDeviceGsi);
+  uint64_t base = x86::kVirtioMmioBase + index * x86::kVirtioMmioSlotSize;
+  auto transport = CLONE_TRY(virtio::MmioTransport::Create(*memory_, std::move(device)));
+  CLONE_TRY_VOID(mmio_bus_.Insert(base, virtio::MmioTransport::kMmioSize, transport));
+  CLONE_TRY_VOID(vm_fd_->RegisterIrqfd(transport->irq_eventfd().fd(), gsi));
+  uint64_t notify = base + *transport->QueueNotifyOffset();
+  for (size_t q = 0; q < transport->num_queues(); ++q) {
+    int fd = transport->queue_eventfd(q).fd();
+    CLONE_TRY_VOID(vm_fd_->RegisterIoeventfd(fd, notify, 4, q));
+    virtio::MmioTransport* t = transport.get();
+    CLONE_TRY_VOID(loop_->Add(fd, EPOLLIN, [t, q](uint32_t) { t->HandleQueueNotify(q); }));
+  }
+  virtio_.push_back({std::move(transport), base, gsi});
   return {};
 }
 
@@ -133,6 +154,9 @@ Result<void> Vm::LoadGuest(const VmConfig& config) {
   acpi_config.lapic_addr = static_cast<uint32_t>(x86::kLapicAddr);
   acpi_config.ioapic_addr = static_cast<uint32_t>(x86::kIoapicAddr);
   acpi_config.pm_io_base = x86::kAcpiPmPort;
+  for (const auto& slot : virtio_) {
+    acpi_config.virtio_mmio.push_back({slot.base, static_cast<uint32_t>(virtio::MmioTransport::kMmioSize), slot.gsi});
+  }
   auto tables = CLONE_TRY(acpi::BuildAcpiTables(acpi_config, x86::kAcpiAddr, x86::kAcpiMax));
   CLONE_TRY_VOID(memory_->WriteBytes(tables.base_gpa, tables.bytes));
   x86::BootInputs inputs{config.kernel, config.initrd, config.cmdline, tables.rsdp_gpa};

@@ -20,6 +20,7 @@
 #include "base/result.h"
 #include "devices/bus.h"
 #include "devices/legacy/serial.h"
+#include "devices/virtio/mmio_transport.h"
 #include "kvm/kvm.h"
 #include "memory/guest_memory.h"
 #include "vmm/boot_timer.h"
@@ -35,6 +36,7 @@ struct VmConfig {
   uint32_t vcpus = 1;
   int console_in = 0;   // fd the serial console reads from (-1: none)
   int console_out = 1;  // fd guest serial output goes to
+  bool rng = true;      // virtio-rng entropy device
 };
 
 // The kernel command line the guest gets: the user's, plus what Clone's platform needs unless the
@@ -69,6 +71,9 @@ class Vm {
   Vm() = default;
   [[nodiscard]] Result<void> SetUpMemory(const VmConfig& config);
   [[nodiscard]] Result<void> SetUpDevices(const VmConfig& config);
+  // Places a virtio device in the next MMIO slot with the next GSI and wires its irqfd and
+  // per-queue ioeventfds (served on the event loop).
+  [[nodiscard]] Result<void> AddVirtioDevice(std::unique_ptr<virtio::VirtioDevice> device);
   [[nodiscard]] Result<void> LoadGuest(const VmConfig& config);
   [[nodiscard]] Result<void> CreateVcpus(uint32_t count);
   [[nodiscard]] Result<void> WatchConsoleInput();
@@ -84,6 +89,12 @@ class Vm {
   Bus pio_bus_;
   Bus mmio_bus_;
   std::shared_ptr<Serial> serial_;
+  struct VirtioSlot {
+    std::shared_ptr<virtio::MmioTransport> transport;
+    uint64_t base;
+    uint32_t gsi;
+  };
+  std::vector<VirtioSlot> virtio_;
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::unique_ptr<EventLoop> loop_;
   x86::BootSetup boot_setup_;
