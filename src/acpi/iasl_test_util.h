@@ -6,6 +6,8 @@
 #pragma once
 
 #include <gtest/gtest.h>
+
+#include "base/testing/host_tools.h"
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -26,44 +28,14 @@ namespace clonevm::acpi::iasl {
 inline constexpr char kIaslMissing[] =
     "iasl not found (looked in PATH and /usr/bin/iasl): install Debian's acpica-tools";
 
-// A private directory under $TMPDIR (or /tmp), removed with its contents on destruction.
-class TempDir {
+using ::clonevm::host_tools::CommandResult;
+using ::clonevm::host_tools::RunCommand;
+
+// A private directory for this layer's tests, removed on destruction.
+class TempDir : public ::clonevm::host_tools::TempDir {
  public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "clone-acpi-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  bool ok() const { return !path_.empty(); }
-  std::string File(std::string_view name) const { return (path_ / name).string(); }
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
+  TempDir() : ::clonevm::host_tools::TempDir("clone-acpi") {}
 };
-
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr, interleaved
-};
-
-inline CommandResult RunCommand(const std::string& command) {
-  CommandResult result;
-  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return result;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), pipe)) > 0) result.output.append(buf, n);
-  const int status = ::pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
 
 // The iasl binary to run, or "" if there is none.
 inline std::string IaslPath() {
