@@ -10,6 +10,7 @@
 
 #include "cli/exit_codes.h"
 #include "cli/main_cli.h"
+#include "cli/run.h"
 
 namespace clonevm::cli {
 namespace {
@@ -130,6 +131,40 @@ TEST_F(CliTest, MissingInitrd) {
   auto r = RunClone({"run", "--kernel", kernel, "--initrd", dir_ + "/missing.img"});
   EXPECT_EQ(r.status, kExitError);
   EXPECT_NE(r.stderr_text.find("cannot read initrd"), std::string::npos) << r.stderr_text;
+}
+
+TEST_F(CliTest, BadBlockOptionsAreUsageErrors) {
+  auto r = RunClone({"run", "--kernel", not_a_kernel_, "--block", dir_ + "/d.img,rw"});
+  EXPECT_EQ(r.status, kExitUsage);
+  EXPECT_NE(r.stderr_text.find("unknown option 'rw'"), std::string::npos) << r.stderr_text;
+  auto f = RunClone({"run", "--kernel", not_a_kernel_, "--block", dir_ + "/d.img,format=vmdk"});
+  EXPECT_EQ(f.status, kExitUsage);
+  EXPECT_NE(f.stderr_text.find("unknown format"), std::string::npos) << f.stderr_text;
+  EXPECT_EQ(RunClone({"run", "--kernel", not_a_kernel_, "--block", ",ro"}).status, kExitUsage);
+}
+
+TEST_F(CliTest, MissingOrCorruptDiskImages) {
+  std::string kernel = FakeBzImage();
+  auto missing = RunClone({"run", "--kernel", kernel, "--block", dir_ + "/none.img"});
+  EXPECT_EQ(missing.status, kExitError);
+  EXPECT_NE(missing.stderr_text.find("cannot open disk"), std::string::npos) << missing.stderr_text;
+  std::string corrupt = dir_ + "/corrupt.qcow2";
+  std::ofstream(corrupt) << std::string("QFI\xfb", 4) << std::string(100, '\x07');
+  auto bad = RunClone({"run", "--kernel", kernel, "--block", corrupt});
+  EXPECT_EQ(bad.status, kExitError);
+  EXPECT_NE(bad.stderr_text.find("cannot open disk"), std::string::npos) << bad.stderr_text;
+}
+
+TEST_F(CliTest, BlockSpecParsing) {
+  auto spec = ParseBlockSpec("/x/disk.qcow2,ro,format=qcow2");
+  ASSERT_TRUE(spec) << spec.error().message();
+  EXPECT_EQ(spec->path, "/x/disk.qcow2");
+  EXPECT_TRUE(spec->read_only);
+  EXPECT_EQ(spec->format, Format::kQcow2);
+  auto plain = ParseBlockSpec("disk.img");
+  ASSERT_TRUE(plain);
+  EXPECT_FALSE(plain->read_only);
+  EXPECT_EQ(plain->format, Format::kAuto);
 }
 
 TEST_F(CliTest, HelpExplainsRun) {

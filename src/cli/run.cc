@@ -51,6 +51,9 @@ void AddRunCommand(CLI::App& app, RunOptions& o) {
   run->add_option("--mem-mb", o.mem_mb, "Guest RAM in MiB (committed on first touch)")->capture_default_str();
   run->add_option("--vcpus", o.vcpus, "Number of vCPUs")->capture_default_str();
   run->add_option("--kernel-sha256", o.kernel_sha256, "Refuse to boot unless the kernel's SHA-256 is this (hex)");
+  run->add_option("--block", o.blocks,
+                  "Attach a disk image as virtio-blk (repeatable; the first is /dev/vda): "
+                  "PATH[,ro][,format=raw|qcow2]; the format is probed when not given");
   run->add_flag("--boot-timing", o.boot_timing, "Print VMM phase timings and the time to the first guest output");
 }
 
@@ -61,10 +64,33 @@ Result<void> ValidateRunOptions(const RunOptions& o) {
   if (o.mem_mb > max_mb) return Fail("--mem-mb {}: too large (maximum {})", o.mem_mb, max_mb);
   if (o.vcpus == 0) return Fail("--vcpus 0: a VM needs at least one vCPU");
   if (o.vcpus > kMaxVcpus) return Fail("--vcpus {}: too many (maximum {})", o.vcpus, kMaxVcpus);
+  for (const auto& block : o.blocks) CLONE_TRY(ParseBlockSpec(block));
   if (!o.kernel_sha256.empty() && !IsSha256Hex(o.kernel_sha256)) {
     return Fail("--kernel-sha256: expected 64 hexadecimal digits, got '{}'", o.kernel_sha256);
   }
   return {};
+}
+
+Result<BlockSpec> ParseBlockSpec(const std::string& value) {
+  BlockSpec spec;
+  size_t comma = value.find(',');
+  spec.path = value.substr(0, comma);
+  if (spec.path.empty()) return Fail("--block '{}': missing the image path", value);
+  while (comma != std::string::npos) {
+    size_t next = value.find(',', comma + 1);
+    std::string option = value.substr(comma + 1, next == std::string::npos ? std::string::npos : next - comma - 1);
+    if (option == "ro") {
+      spec.read_only = true;
+    } else if (option.starts_with("format=")) {
+      auto format = ParseFormatName(option.substr(7));
+      if (!format || *format == Format::kAuto) return Fail("--block '{}': unknown format '{}' (raw or qcow2)", value, option.substr(7));
+      spec.format = *format;
+    } else {
+      return Fail("--block '{}': unknown option '{}' (expected ro or format=raw|qcow2)", value, option);
+    }
+    comma = next;
+  }
+  return spec;
 }
 
 Result<VmConfig> PrepareVmConfig(const RunOptions& o) {
@@ -86,6 +112,12 @@ Result<VmConfig> PrepareVmConfig(const RunOptions& o) {
     if (!initrd) return Fail(initrd.error().Wrap("cannot read initrd"));
     config.initrd = ToBytes(std::move(*initrd));
   }
+  for (size_t i = 0; i < o.blocks.size(); ++i) {
+    BlockSpec spec = CLONE_TRY(ParseBlockSpec(o.blocks[i]));
+    auto backend = OpenImage(spec.path, OpenMode{.read_only = spec.read_only}, spec.format);
+    if (!backend) return Fail(backend.error().Wrap(fmt::format("cannot open disk {}", spec.path)));
+    config.disks.push_back({std::move(*backend), fmt::format("clone-disk{}", i)});
+  }
   config.cmdline = PlatformCmdline(o.cmdline);
   config.mem_bytes = o.mem_mb * x86::kMiB;
   config.vcpus = o.vcpus;
@@ -105,7 +137,7 @@ int RunCommand(const RunOptions& o, BootTimer& timer) {
     return kExitError;
   }
   timer.Mark("images read");
-  auto vm = Vm::Create(*config, &timer);
+  auto vm = Vm::Create(std::move(*config), &timer);
   if (!vm) {
     Log(LogLevel::kError, "{}", vm.error().message());
     return kExitError;

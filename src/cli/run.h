@@ -5,8 +5,10 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "base/result.h"
+#include "block/image.h"
 #include "vmm/vm.h"
 
 namespace clonevm::cli {
@@ -21,7 +23,16 @@ struct RunOptions {
   uint32_t vcpus = 1;
   std::string kernel_sha256;
   bool boot_timing = false;
+  std::vector<std::string> blocks;  // --block PATH[,ro][,format=raw|qcow2]
 };
+
+// A parsed --block value.
+struct BlockSpec {
+  std::string path;
+  bool read_only = false;
+  Format format = Format::kAuto;
+};
+[[nodiscard]] Result<BlockSpec> ParseBlockSpec(const std::string& value);
 
 void AddRunCommand(CLI::App& app, RunOptions& options);
 

@@ -15,6 +15,7 @@
 #include "devices/legacy/cmos.h"
 #include "devices/legacy/power.h"
 #include "devices/pci/pci_root.h"
+#include "devices/virtio/block.h"
 #include "devices/virtio/rng.h"
 
 namespace clonevm {
@@ -58,7 +59,7 @@ struct Vm::Vcpu {
   std::thread thread;
 };
 
-Result<std::unique_ptr<Vm>> Vm::Create(const VmConfig& config, BootTimer* timer) {
+Result<std::unique_ptr<Vm>> Vm::Create(VmConfig config, BootTimer* timer) {
   std::unique_ptr<Vm> vm(new Vm());
   vm->timer_ = timer;
   vm->console_in_ = config.console_in;
@@ -97,7 +98,7 @@ Result<void> Vm::SetUpMemory(const VmConfig& config) {
   return {};
 }
 
-Result<void> Vm::SetUpDevices(const VmConfig& config) {
+Result<void> Vm::SetUpDevices(VmConfig& config) {
   auto power = [this](PowerEvent event) {
     if (event == PowerEvent::kPowerOff) {
       RequestExit({VmExitReason::kPowerOff, "the guest powered off", 0});
@@ -125,6 +126,10 @@ Result<void> Vm::SetUpDevices(const VmConfig& config) {
   CLONE_TRY_VOID(pio_bus_.Insert(PciRoot::kConfigAddressPort, PciRoot::kPortCount, std::make_shared<PciRoot>()));
   CLONE_TRY_VOID(pio_bus_.Insert(x86::kAcpiPmPort, x86::kAcpiPmPortLen, std::make_shared<AcpiPm>(power)));
   if (config.rng) CLONE_TRY_VOID(AddVirtioDevice(std::make_unique<virtio::Rng>()));
+  for (auto& disk : config.disks) {
+    auto block = CLONE_TRY(virtio::Block::Create(std::move(disk.backend), disk.serial));
+    CLONE_TRY_VOID(AddVirtioDevice(std::move(block)));
+  }
   return {};
 }
 

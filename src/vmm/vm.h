@@ -20,6 +20,7 @@
 #include "base/result.h"
 #include "devices/bus.h"
 #include "devices/legacy/serial.h"
+#include "block/block_backend.h"
 #include "devices/virtio/mmio_transport.h"
 #include "kvm/kvm.h"
 #include "memory/guest_memory.h"
@@ -27,6 +28,12 @@
 #include "arch/x86/kernel_loader.h"
 
 namespace clonevm {
+
+// A disk attached as a virtio-blk device, in order (the first is the guest's /dev/vda).
+struct DiskConfig {
+  std::unique_ptr<BlockBackend> backend;  // opened (and locked) before the VM is built
+  std::string serial;                     // VIRTIO_BLK_T_GET_ID, at most 20 bytes
+};
 
 struct VmConfig {
   std::vector<uint8_t> kernel;  // the image bytes, already read and verified
@@ -37,6 +44,7 @@ struct VmConfig {
   int console_in = 0;   // fd the serial console reads from (-1: none)
   int console_out = 1;  // fd guest serial output goes to
   bool rng = true;      // virtio-rng entropy device
+  std::vector<DiskConfig> disks;
 };
 
 // The kernel command line the guest gets: the user's, plus what Clone's platform needs unless the
@@ -54,7 +62,8 @@ struct VmExit {
 
 class Vm {
  public:
-  [[nodiscard]] static Result<std::unique_ptr<Vm>> Create(const VmConfig& config, BootTimer* timer);
+  // Takes the config by value: the VM owns the disks' backends from here on.
+  [[nodiscard]] static Result<std::unique_ptr<Vm>> Create(VmConfig config, BootTimer* timer);
   ~Vm();
   Vm(const Vm&) = delete;
   Vm& operator=(const Vm&) = delete;
@@ -70,7 +79,7 @@ class Vm {
   struct Vcpu;
   Vm() = default;
   [[nodiscard]] Result<void> SetUpMemory(const VmConfig& config);
-  [[nodiscard]] Result<void> SetUpDevices(const VmConfig& config);
+  [[nodiscard]] Result<void> SetUpDevices(VmConfig& config);
   // Places a virtio device in the next MMIO slot with the next GSI and wires its irqfd and
   // per-queue ioeventfds (served on the event loop).
   [[nodiscard]] Result<void> AddVirtioDevice(std::unique_ptr<virtio::VirtioDevice> device);
