@@ -9,6 +9,7 @@
 #include "base/sha256.h"
 #include "base/terminal.h"
 #include "cli/exit_codes.h"
+#include "image/rootfs_initrd.h"
 
 namespace clonevm::cli {
 namespace {
@@ -54,6 +55,14 @@ void AddRunCommand(CLI::App& app, RunOptions& o) {
   run->add_option("--block", o.blocks,
                   "Attach a disk image as virtio-blk (repeatable; the first is /dev/vda): "
                   "PATH[,ro][,format=raw|qcow2]; the format is probed when not given");
+  run->add_option("--rootfs", o.rootfs,
+                  "Boot from this disk image (ext4; becomes /dev/vda): Clone generates an initrd that "
+                  "mounts it and runs its /sbin/init");
+  run->add_flag("--overlay{tmpfs}", o.overlay,
+                "With --rootfs: open the image read-only (shareable by many VMs) and keep this VM's "
+                "changes in a tmpfs overlay, discarded at exit (--overlay or --overlay=tmpfs)");
+  run->add_option("--modules", o.modules,
+                  "With --rootfs: the kernel's modules directory (default /lib/modules/<kernel release>)");
   run->add_flag("--boot-timing", o.boot_timing, "Print VMM phase timings and the time to the first guest output");
 }
 
@@ -65,6 +74,13 @@ Result<void> ValidateRunOptions(const RunOptions& o) {
   if (o.vcpus == 0) return Fail("--vcpus 0: a VM needs at least one vCPU");
   if (o.vcpus > kMaxVcpus) return Fail("--vcpus {}: too many (maximum {})", o.vcpus, kMaxVcpus);
   for (const auto& block : o.blocks) CLONE_TRY(ParseBlockSpec(block));
+  if (!o.rootfs.empty() && !o.initrd.empty()) return Fail("--rootfs and --initrd cannot be used together");
+  if (o.rootfs.empty() && (!o.overlay.empty() || !o.modules.empty())) {
+    return Fail("--overlay and --modules need --rootfs");
+  }
+  if (!o.overlay.empty() && o.overlay != "tmpfs") {
+    return Fail("--overlay={}: only the tmpfs overlay is supported so far", o.overlay);
+  }
   if (!o.kernel_sha256.empty() && !IsSha256Hex(o.kernel_sha256)) {
     return Fail("--kernel-sha256: expected 64 hexadecimal digits, got '{}'", o.kernel_sha256);
   }
@@ -93,6 +109,25 @@ Result<BlockSpec> ParseBlockSpec(const std::string& value) {
   return spec;
 }
 
+// --rootfs: the image becomes the first disk and a generated initrd switches root into it.
+Result<void> AddRootfs(const RunOptions& o, VmConfig* config) {
+  bool overlay = !o.overlay.empty();
+  std::string modules = o.modules;
+  if (modules.empty()) {
+    auto release = KernelRelease(config->kernel);
+    if (!release) return Fail(release.error().Wrap(o.kernel));
+    modules = "/lib/modules/" + *release;
+  }
+  auto initrd = BuildRootfsInitrd(modules);
+  if (!initrd) return Fail(initrd.error().Wrap("generating the rootfs initrd"));
+  config->initrd = std::move(*initrd);
+  auto backend = OpenImage(o.rootfs, OpenMode{.read_only = overlay}, Format::kAuto);
+  if (!backend) return Fail(backend.error().Wrap(fmt::format("cannot open rootfs {}", o.rootfs)));
+  config->disks.push_back({std::move(*backend), "clone-rootfs"});
+  config->cmdline += " " + RootfsCmdline(overlay ? RootMode::kOverlayTmpfs : RootMode::kReadWrite);
+  return {};
+}
+
 Result<VmConfig> PrepareVmConfig(const RunOptions& o) {
   VmConfig config;
   auto kernel = ReadFile(o.kernel);
@@ -112,13 +147,14 @@ Result<VmConfig> PrepareVmConfig(const RunOptions& o) {
     if (!initrd) return Fail(initrd.error().Wrap("cannot read initrd"));
     config.initrd = ToBytes(std::move(*initrd));
   }
+  config.cmdline = PlatformCmdline(o.cmdline);
+  if (!o.rootfs.empty()) CLONE_TRY_VOID(AddRootfs(o, &config));
   for (size_t i = 0; i < o.blocks.size(); ++i) {
     BlockSpec spec = CLONE_TRY(ParseBlockSpec(o.blocks[i]));
     auto backend = OpenImage(spec.path, OpenMode{.read_only = spec.read_only}, spec.format);
     if (!backend) return Fail(backend.error().Wrap(fmt::format("cannot open disk {}", spec.path)));
-    config.disks.push_back({std::move(*backend), fmt::format("clone-disk{}", i)});
+    config.disks.push_back({std::move(*backend), fmt::format("clone-disk{}", config.disks.size())});
   }
-  config.cmdline = PlatformCmdline(o.cmdline);
   config.mem_bytes = o.mem_mb * x86::kMiB;
   config.vcpus = o.vcpus;
   config.console_in = STDIN_FILENO;

@@ -24,6 +24,9 @@ struct RunOptions {
   std::string kernel_sha256;
   bool boot_timing = false;
   std::vector<std::string> blocks;  // --block PATH[,ro][,format=raw|qcow2]
+  std::string rootfs;               // --rootfs IMG: boot from a disk image via a generated initrd
+  std::string overlay;              // --overlay[=tmpfs]: share the rootfs read-only under an overlay
+  std::string modules;              // --modules DIR: the kernel's modules (default /lib/modules/RELEASE)
 };
 
 // A parsed --block value.
