@@ -155,6 +155,22 @@ TEST_F(CliTest, MissingOrCorruptDiskImages) {
   EXPECT_NE(bad.stderr_text.find("cannot open disk"), std::string::npos) << bad.stderr_text;
 }
 
+TEST_F(CliTest, RootfsOptionConflicts) {
+  auto both = RunClone({"run", "--kernel", not_a_kernel_, "--rootfs", "a.img", "--initrd", "i.img"});
+  EXPECT_EQ(both.status, kExitUsage);
+  EXPECT_NE(both.stderr_text.find("cannot be used together"), std::string::npos) << both.stderr_text;
+  auto lone = RunClone({"run", "--kernel", not_a_kernel_, "--overlay"});
+  EXPECT_EQ(lone.status, kExitUsage);
+  EXPECT_NE(lone.stderr_text.find("need --rootfs"), std::string::npos) << lone.stderr_text;
+}
+
+TEST_F(CliTest, RootfsWithAMissingModulesDirectory) {
+  std::string kernel = FakeBzImage();
+  auto r = RunClone({"run", "--kernel", kernel, "--rootfs", dir_ + "/root.img", "--modules", dir_ + "/nomods"});
+  EXPECT_EQ(r.status, kExitError);
+  EXPECT_NE(r.stderr_text.find("nomods/modules.dep"), std::string::npos) << r.stderr_text;
+}
+
 TEST_F(CliTest, BlockSpecParsing) {
   auto spec = ParseBlockSpec("/x/disk.qcow2,ro,format=qcow2");
   ASSERT_TRUE(spec) << spec.error().message();

@@ -2,6 +2,11 @@
 
 #include <unistd.h>
 
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <optional>
+
 #include "arch/x86/kernel_loader.h"
 #include "arch/x86/layout.h"
 #include "base/fd.h"
@@ -9,12 +14,14 @@
 #include "base/sha256.h"
 #include "base/terminal.h"
 #include "cli/exit_codes.h"
+#include "block/qcow2.h"
 #include "image/rootfs_initrd.h"
 
 namespace clonevm::cli {
 namespace {
 
-constexpr uint32_t kMaxVcpus = 254;  // xAPIC IDs 0..253; the IOAPIC takes the next ID
+constexpr uint32_t kMaxVcpus = 254;
+constexpr uint64_t kOverlayDiskBytes = 2 * x86::kGiB;  // virtual size; qcow2 allocates on write  // xAPIC IDs 0..253; the IOAPIC takes the next ID
 
 std::vector<uint8_t> ToBytes(std::string s) { return std::vector<uint8_t>(s.begin(), s.end()); }
 
@@ -60,7 +67,9 @@ void AddRunCommand(CLI::App& app, RunOptions& o) {
                   "mounts it and runs its /sbin/init");
   run->add_flag("--overlay{tmpfs}", o.overlay,
                 "With --rootfs: open the image read-only (shareable by many VMs) and keep this VM's "
-                "changes in a tmpfs overlay, discarded at exit (--overlay or --overlay=tmpfs)");
+                "changes in an overlay: --overlay (=tmpfs, discarded at exit), --overlay=PATH.qcow2 "
+                "(persistent; created if missing), --overlay=auto (a temporary qcow2 under "
+                "~/.clone/overlays, removed at exit)");
   run->add_option("--modules", o.modules,
                   "With --rootfs: the kernel's modules directory (default /lib/modules/<kernel release>)");
   run->add_flag("--boot-timing", o.boot_timing, "Print VMM phase timings and the time to the first guest output");
@@ -77,9 +86,6 @@ Result<void> ValidateRunOptions(const RunOptions& o) {
   if (!o.rootfs.empty() && !o.initrd.empty()) return Fail("--rootfs and --initrd cannot be used together");
   if (o.rootfs.empty() && (!o.overlay.empty() || !o.modules.empty())) {
     return Fail("--overlay and --modules need --rootfs");
-  }
-  if (!o.overlay.empty() && o.overlay != "tmpfs") {
-    return Fail("--overlay={}: only the tmpfs overlay is supported so far", o.overlay);
   }
   if (!o.kernel_sha256.empty() && !IsSha256Hex(o.kernel_sha256)) {
     return Fail("--kernel-sha256: expected 64 hexadecimal digits, got '{}'", o.kernel_sha256);
@@ -109,6 +115,17 @@ Result<BlockSpec> ParseBlockSpec(const std::string& value) {
   return spec;
 }
 
+// The upper layer of --overlay=PATH: a qcow2 image, created (sparse, kOverlayDiskBytes) when missing.
+Result<std::unique_ptr<BlockBackend>> OpenOverlayDisk(const std::string& path) {
+  if (::access(path.c_str(), F_OK) != 0) {
+    auto created = Qcow2Create(path, kOverlayDiskBytes);
+    if (!created) return Fail(created.error().Wrap(fmt::format("cannot create overlay {}", path)));
+  }
+  auto backend = OpenImage(path, OpenMode{}, Format::kQcow2);
+  if (!backend) return Fail(backend.error().Wrap(fmt::format("cannot open overlay {}", path)));
+  return std::move(*backend);
+}
+
 // --rootfs: the image becomes the first disk and a generated initrd switches root into it.
 Result<void> AddRootfs(const RunOptions& o, VmConfig* config) {
   bool overlay = !o.overlay.empty();
@@ -124,8 +141,26 @@ Result<void> AddRootfs(const RunOptions& o, VmConfig* config) {
   auto backend = OpenImage(o.rootfs, OpenMode{.read_only = overlay}, Format::kAuto);
   if (!backend) return Fail(backend.error().Wrap(fmt::format("cannot open rootfs {}", o.rootfs)));
   config->disks.push_back({std::move(*backend), "clone-rootfs"});
-  config->cmdline += " " + RootfsCmdline(overlay ? RootMode::kOverlayTmpfs : RootMode::kReadWrite);
+  RootMode mode = RootMode::kReadWrite;
+  if (overlay && o.overlay == "tmpfs") {
+    mode = RootMode::kOverlayTmpfs;
+  } else if (overlay) {
+    mode = RootMode::kOverlayDisk;
+    config->disks.push_back({CLONE_TRY(OpenOverlayDisk(o.overlay)), "clone-overlay"});
+  }
+  config->cmdline += " " + RootfsCmdline(mode);
   return {};
+}
+
+// A temporary overlay path for --overlay=auto: ~/.clone/overlays/vm-<pid>-<time>.qcow2.
+Result<std::string> AutoOverlayPath() {
+  const char* home = std::getenv("HOME");
+  std::filesystem::path dir = std::filesystem::path(home != nullptr ? home : "/tmp") / ".clone" / "overlays";
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return Fail("cannot create {}: {}", dir.string(), ec.message());
+  auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+  return (dir / fmt::format("vm-{}-{}.qcow2", ::getpid(), now)).string();
 }
 
 Result<VmConfig> PrepareVmConfig(const RunOptions& o) {
@@ -162,10 +197,33 @@ Result<VmConfig> PrepareVmConfig(const RunOptions& o) {
   return config;
 }
 
-int RunCommand(const RunOptions& o, BootTimer& timer) {
-  if (auto valid = ValidateRunOptions(o); !valid) {
+// Removes a file when it goes out of scope (the --overlay=auto image, on every exit path).
+class RemoveOnExit {
+ public:
+  explicit RemoveOnExit(std::string path) : path_(std::move(path)) {}
+  ~RemoveOnExit() { ::unlink(path_.c_str()); }
+  RemoveOnExit(const RemoveOnExit&) = delete;
+  RemoveOnExit& operator=(const RemoveOnExit&) = delete;
+
+ private:
+  std::string path_;
+};
+
+int RunCommand(const RunOptions& options, BootTimer& timer) {
+  if (auto valid = ValidateRunOptions(options); !valid) {
     Log(LogLevel::kError, "{}", valid.error().message());
     return kExitUsage;
+  }
+  RunOptions o = options;
+  std::optional<RemoveOnExit> auto_overlay;
+  if (o.overlay == "auto") {
+    auto path = AutoOverlayPath();
+    if (!path) {
+      Log(LogLevel::kError, "{}", path.error().message());
+      return kExitError;
+    }
+    o.overlay = *path;
+    auto_overlay.emplace(*path);
   }
   auto config = PrepareVmConfig(o);
   if (!config) {

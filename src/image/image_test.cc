@@ -106,6 +106,7 @@ TEST_F(ModulesTest, BuildsAnInitrdWithBusyboxInitAndModulesInOrder) {
 TEST(RootfsCmdlineTest, NamesTheMode) {
   EXPECT_EQ(RootfsCmdline(RootMode::kReadWrite), "clone.root=rw");
   EXPECT_EQ(RootfsCmdline(RootMode::kOverlayTmpfs), "clone.root=overlay");
+  EXPECT_EQ(RootfsCmdline(RootMode::kOverlayDisk), "clone.root=overlay-disk");
 }
 
 }  // namespace

@@ -31,13 +31,21 @@ fail() { echo "clone-init: $*"; echo "clone-init: powering off"; poweroff -f; }
 mkdir -p /newroot
 case $mode in
   rw) mount -o rw /dev/vda /newroot || fail "cannot mount /dev/vda read-write" ;;
-  overlay)
+  overlay|overlay-disk)
     mkdir -p /lower /rw
     # A base last used read-write may have an ext4 journal to replay, which a read-only disk
     # cannot do: mount it without replaying (noload) rather than fail.
     mount -o ro /dev/vda /lower 2>/dev/null || mount -t ext4 -o ro,noload /dev/vda /lower ||
       fail "cannot mount /dev/vda read-only"
-    mount -t tmpfs -o mode=0755 tmpfs /rw
+    if [ "$mode" = overlay ]; then
+      mount -t tmpfs -o mode=0755 tmpfs /rw
+    else
+      [ -b /dev/vdb ] || fail "no overlay disk /dev/vdb"
+      if ! mount -t ext4 /dev/vdb /rw 2>/dev/null; then
+        echo "clone-init: formatting the new overlay disk"
+        mke2fs /dev/vdb >/dev/null 2>&1 && mount -t ext4 /dev/vdb /rw || fail "cannot format the overlay disk"
+      fi
+    fi
     mkdir -p /rw/upper /rw/work
     mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /newroot ||
       fail "cannot mount the overlay (is the overlay module available?)" ;;
@@ -48,7 +56,7 @@ for d in dev proc sys; do mkdir -p /newroot/$d; mount --move /$d /newroot/$d; do
 exec switch_root /newroot /sbin/init
 )INIT";
 
-constexpr const char* kApplets[] = {"sh", "mount", "insmod", "cat", "mkdir", "sleep", "switch_root", "poweroff", "echo"};
+constexpr const char* kApplets[] = {"sh", "mount", "insmod", "cat", "mkdir", "sleep", "switch_root", "poweroff", "echo", "mke2fs"};
 
 std::string NormalizeModuleName(std::string name) {
   std::replace(name.begin(), name.end(), '-', '_');
@@ -172,7 +180,15 @@ Result<std::vector<uint8_t>> BuildRootfsInitrd(const std::string& modules_dir) {
 }
 
 std::string RootfsCmdline(RootMode mode) {
-  return mode == RootMode::kReadWrite ? "clone.root=rw" : "clone.root=overlay";
+  switch (mode) {
+    case RootMode::kReadWrite:
+      return "clone.root=rw";
+    case RootMode::kOverlayTmpfs:
+      return "clone.root=overlay";
+    case RootMode::kOverlayDisk:
+      return "clone.root=overlay-disk";
+  }
+  return "clone.root=rw";
 }
 
 }  // namespace clonevm

@@ -32,7 +32,10 @@ inline constexpr const char* kRootfsModules[] = {"virtio_mmio", "virtio_blk", "c
 [[nodiscard]] Result<std::vector<std::string>> ResolveModules(const std::string& modules_dir,
                                                               std::span<const char* const> names);
 
-enum class RootMode { kReadWrite, kOverlayTmpfs };
+// kReadWrite: /dev/vda mounted read-write. kOverlayTmpfs: /dev/vda read-only under a tmpfs upper
+// layer. kOverlayDisk: /dev/vda read-only under an upper layer on /dev/vdb, formatted (ext2, by
+// the guest's busybox mke2fs) the first time it is used.
+enum class RootMode { kReadWrite, kOverlayTmpfs, kOverlayDisk };
 
 // Builds the initrd (an uncompressed newc cpio) for a kernel whose modules are in `modules_dir`.
 [[nodiscard]] Result<std::vector<uint8_t>> BuildRootfsInitrd(const std::string& modules_dir);

@@ -19,6 +19,7 @@ case $action in
   write) echo persisted > /data.txt && sync && echo "CLONE-ROOTFS wrote" ;;
   read) echo "CLONE-ROOTFS data=$(cat /data.txt 2>/dev/null)" ;;
   overlay) echo scratch > /overlay.txt && sync && echo "CLONE-ROOTFS overlay=$(cat /overlay.txt)" ;;
+  read-overlay) echo "CLONE-ROOTFS overlayfile=$(cat /overlay.txt 2>/dev/null)" ;;
 esac
 echo CLONE-INIT-DONE
 poweroff -f
@@ -70,6 +71,22 @@ done
 check "overlay: the base image is unchanged" test "$(md5sum <"$w/rw.img")" = "$before"
 check "overlay: the VMs' files are not in the base" \
   bash -c "! debugfs -R 'stat /overlay.txt' '$w/rw.img' 2>&1 | grep -q 'Inode:'"
+
+# Persistent qcow2 overlay: created and formatted on first use, keeps writes across boots.
+status=0; vm "$LAB_CLOUD_KERNEL" "$LAB_CLOUD_MODULES" "$out" overlay --rootfs "$w/rw.img" --overlay="$w/vm1.qcow2" || status=$?
+show "$out"
+check "qcow2 overlay: created and used" grep -q "overlay=scratch" "$out"
+check "qcow2 overlay: qemu-img check is clean" qemu-img check -q "$w/vm1.qcow2"
+status=0; vm "$LAB_CLOUD_KERNEL" "$LAB_CLOUD_MODULES" "$out" read-overlay --rootfs "$w/rw.img" --overlay="$w/vm1.qcow2" || status=$?
+show "$out"
+check "qcow2 overlay: the write survives a reboot" grep -q "overlayfile=scratch" "$out"
+check "qcow2 overlay: the base image is still unchanged" test "$(md5sum <"$w/rw.img")" = "$before"
+
+# --overlay=auto: a temporary qcow2 under ~/.clone/overlays, gone after exit.
+rm -rf "$HOME/.clone/overlays"
+status=0; vm "$LAB_CLOUD_KERNEL" "$LAB_CLOUD_MODULES" "$out" overlay --rootfs "$w/rw.img" --overlay=auto || status=$?
+check "auto overlay: booted and wrote" grep -q "overlay=scratch" "$out"
+check "auto overlay: removed at exit" test -z "$(ls -A "$HOME/.clone/overlays" 2>/dev/null)"
 
 # Bad input: a missing modules directory is a clear error before anything boots.
 status=0
