@@ -10,6 +10,7 @@
 
 #include "cli/exit_codes.h"
 #include "cli/main_cli.h"
+#include "cli/rootfs.h"
 #include "cli/run.h"
 
 namespace clonevm::cli {
@@ -190,6 +191,53 @@ TEST_F(CliTest, HelpExplainsRun) {
   EXPECT_EQ(r.status, 0);
   EXPECT_NE(out.find("--kernel-sha256"), std::string::npos);
   EXPECT_NE(out.find("Examples"), std::string::npos);
+}
+
+TEST_F(CliTest, RootfsCreateUsageErrors) {
+  const std::string out = dir_ + "/out.img";
+  EXPECT_EQ(RunClone({"rootfs"}).status, kExitUsage);
+  EXPECT_EQ(RunClone({"rootfs", "create", "--from-dir", dir_, "-o", out}).status, kExitUsage);  // no --size
+  EXPECT_EQ(RunClone({"rootfs", "create", "--from-dir", dir_, "--size", "1G"}).status, kExitUsage);  // no -o
+  auto none = RunClone({"rootfs", "create", "--size", "1G", "-o", out});
+  EXPECT_EQ(none.status, kExitUsage);
+  EXPECT_NE(none.stderr_text.find("exactly one of --from-dir, --from-tar, --distro"), std::string::npos);
+  EXPECT_EQ(RunClone({"rootfs", "create", "--from-dir", dir_, "--from-tar", "x", "--size", "1G", "-o", out}).status,
+            kExitUsage);
+  auto small = RunClone({"rootfs", "create", "--from-dir", dir_, "--size", "8M", "-o", out});
+  EXPECT_EQ(small.status, kExitUsage);
+  EXPECT_NE(small.stderr_text.find("too small"), std::string::npos) << small.stderr_text;
+  EXPECT_EQ(RunClone({"rootfs", "create", "--from-dir", dir_, "--size", "1G", "-o", out, "--format", "vmdk"}).status,
+            kExitUsage);
+  EXPECT_EQ(RunClone({"rootfs", "create", "--distro", "gentoo", "--size", "1G", "-o", out}).status, kExitUsage);
+  EXPECT_EQ(RunClone({"rootfs", "create", "--from-dir", dir_, "--size", "1G", "-o", out, "--hostname", "a b"}).status,
+            kExitUsage);
+  EXPECT_EQ(access(out.c_str(), F_OK), -1);
+}
+
+TEST_F(CliTest, RootfsCreateErrorsAreOneLineAndStatusOne) {
+  auto missing = RunClone({"rootfs", "create", "--from-dir", dir_ + "/nope", "--size", "64M", "-o", dir_ + "/o.img"});
+  EXPECT_EQ(missing.status, kExitError);
+  EXPECT_EQ(missing.stderr_text, "clone: error: rootfs create: source directory " + dir_ + "/nope does not exist\r\n");
+  auto exists = RunClone({"rootfs", "create", "--from-dir", dir_, "--size", "64M", "-o", not_a_kernel_});
+  EXPECT_EQ(exists.status, kExitError);
+  EXPECT_NE(exists.stderr_text.find("exists (use --force to replace it)"), std::string::npos) << exists.stderr_text;
+}
+
+TEST(RootfsOptionsTest, DistroDefaults) {
+  RootfsOptions o;
+  o.distro = "debian";
+  o.size = "2G";
+  o.output = "debian.qcow2";
+  o.format = "qcow2";
+  auto c = ToRootfsCreateOptions(o);
+  ASSERT_TRUE(c) << c.error().message();
+  EXPECT_EQ(c->source, RootfsSource::kDebian);
+  EXPECT_EQ(c->size_bytes, 2ull << 30);
+  EXPECT_EQ(c->format, Format::kQcow2);
+  EXPECT_EQ(c->hostname, "clone");
+  EXPECT_EQ(DebootstrapArgv(c->suite, "/stage", c->mirror),
+            (std::vector<std::string>{"debootstrap", "--variant=minbase", "bookworm", "/stage",
+                                      "http://deb.debian.org/debian"}));
 }
 
 }  // namespace

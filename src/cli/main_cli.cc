@@ -6,6 +6,7 @@
 
 #include "base/log.h"
 #include "cli/exit_codes.h"
+#include "cli/rootfs.h"
 #include "cli/run.h"
 
 namespace clonevm::cli {
@@ -19,6 +20,8 @@ int Main(int argc, char** argv) {
   app.set_version_flag("--version", "clone 0.1.0");
   RunOptions run_options;
   AddRunCommand(app, run_options);
+  RootfsOptions rootfs_options;
+  AddRootfsCommand(app, rootfs_options);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -32,6 +35,7 @@ int Main(int argc, char** argv) {
     return kExitUsage;
   }
   if (app.got_subcommand("run")) return RunCommand(run_options, timer);
+  if (app.got_subcommand("rootfs")) return RootfsCreateCommand(rootfs_options);
   return kExitUsage;
 }
 

@@ -14,7 +14,7 @@ e2e_prepare() {
 export PATH=/bin
 action=
 for p in $(cat /proc/cmdline); do case $p in clone.rootfs=*) action=${p#clone.rootfs=} ;; esac; done
-echo "CLONE-ROOTFS rootfstype=$(grep ' / ' /proc/mounts | tail -1 | cut -d' ' -f3)"
+echo "CLONE-ROOTFS rootfstype=$(grep ' / ' /proc/mounts | tail -1 | cut -d' ' -f3) hostname=$(cat /etc/hostname)"
 case $action in
   write) echo persisted > /data.txt && sync && echo "CLONE-ROOTFS wrote" ;;
   read) echo "CLONE-ROOTFS data=$(cat /data.txt 2>/dev/null)" ;;
@@ -25,7 +25,9 @@ echo CLONE-INIT-DONE
 poweroff -f
 INIT
   chmod +x "$root/sbin/init"
-  mkfs.ext4 -q -F -d "$root" "$E2E_WORK/base.img" 64M
+  # The images are made by Clone itself (mkfs.ext4 -d underneath; qcow2 converted in-process).
+  "$CLONE_BIN" rootfs create --from-dir "$root" --size 64M -o "$E2E_WORK/base.img" --hostname e2e-raw
+  "$CLONE_BIN" rootfs create --from-dir "$root" --size 64M --format qcow2 -o "$E2E_WORK/base.qcow2" --hostname e2e-qcow2
 }
 e2e_enter_lab "$0" "$@"
 
@@ -53,6 +55,16 @@ check "rootfs rw: the file is in the image (debugfs)" bash -c "debugfs -R 'cat /
 status=0; vm "$LAB_GENERIC_KERNEL" "$LAB_GENERIC_MODULES" "$out" read --rootfs "$w/rw.img" || status=$?
 show "$out"
 check "rootfs rw: data survives a reboot" grep -q "data=persisted" "$out"
+
+check "rootfs create: the image carries the requested hostname" grep -q "hostname=e2e-raw" "$out"
+
+# A qcow2 image from `clone rootfs create --format qcow2`, booted read-write.
+cp "$E2E_WORK/base.qcow2" "$w/base.qcow2"
+status=0; vm "$LAB_CLOUD_KERNEL" "$LAB_CLOUD_MODULES" "$out" write --rootfs "$w/base.qcow2" || status=$?
+show "$out"
+check "rootfs create qcow2: boots and writes" grep -q "CLONE-ROOTFS wrote" "$out"
+check "rootfs create qcow2: hostname" grep -q "hostname=e2e-qcow2" "$out"
+check "rootfs create qcow2: qemu-img check is clean after the guest wrote" qemu-img check -q "$w/base.qcow2"
 
 # Overlay, cloud kernel: three VMs at once on one read-only base; writes stay in each VM.
 before=$(md5sum <"$w/rw.img")

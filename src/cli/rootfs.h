@@ -1,0 +1,33 @@
+// `clone rootfs create`: build a bootable ext4 disk image (raw or qcow2) for `clone run --rootfs`.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "base/result.h"
+#include "image/rootfs_create.h"
+
+namespace clonevm::cli {
+
+struct RootfsOptions {
+  std::string from_dir;
+  std::string from_tar;
+  std::string distro;  // "debian"
+  std::string suite = kDefaultDebianSuite;
+  std::string mirror = kDefaultDebianMirror;
+  std::string size;  // "512M", "1G", "2048" (MiB)
+  std::string output;
+  std::string format = "raw";
+  std::string hostname = kDefaultRootfsHostname;
+  bool force = false;
+};
+
+void AddRootfsCommand(CLI::App& app, RootfsOptions& options);
+
+// Turns the command line into library options (no file access); errors are usage errors.
+[[nodiscard]] Result<RootfsCreateOptions> ToRootfsCreateOptions(const RootfsOptions& options);
+
+// Returns the process exit status: 0, 1 (error), 2 (usage), 128+N (stopped by signal N).
+int RootfsCreateCommand(const RootfsOptions& options);
+
+}  // namespace clonevm::cli
