@@ -494,7 +494,9 @@ Result<void> ValidateHostname(std::string_view name) {
 
 std::vector<std::string> DebootstrapArgv(const std::string& suite, const std::string& target,
                                          const std::string& mirror) {
-  return {"debootstrap", "--variant=minbase", suite, target, mirror};
+  // minbase has no init: systemd-sysv provides /sbin/init, udev the device units (the ttyS0
+  // getty waits for dev-ttyS0.device).
+  return {"debootstrap", "--variant=minbase", "--include=systemd-sysv,udev", suite, target, mirror};
 }
 
 std::vector<std::string> TarExtractArgv(const std::string& archive, const std::string& target) {

@@ -83,7 +83,7 @@ TEST(RootfsSizeTest, ParsesUnitsAndRejectsBadSizes) {
 
 TEST(RootfsCreateTest, ToolCommandLines) {
   EXPECT_EQ(DebootstrapArgv("bookworm", "/x/stage", "http://deb.debian.org/debian"),
-            (std::vector<std::string>{"debootstrap", "--variant=minbase", "bookworm", "/x/stage",
+            (std::vector<std::string>{"debootstrap", "--variant=minbase", "--include=systemd-sysv,udev", "bookworm", "/x/stage",
                                       "http://deb.debian.org/debian"}));
   EXPECT_EQ(TarExtractArgv("a.tar.gz", "/x/stage"),
             (std::vector<std::string>{"tar", "-x", "--numeric-owner", "-f", "a.tar.gz", "-C", "/x/stage"}));
