@@ -236,7 +236,7 @@ TEST(RootfsOptionsTest, DistroDefaults) {
   EXPECT_EQ(c->format, Format::kQcow2);
   EXPECT_EQ(c->hostname, "clone");
   EXPECT_EQ(DebootstrapArgv(c->suite, "/stage", c->mirror),
-            (std::vector<std::string>{"debootstrap", "--variant=minbase", "bookworm", "/stage",
+            (std::vector<std::string>{"debootstrap", "--variant=minbase", "--include=systemd-sysv,udev", "bookworm", "/stage",
                                       "http://deb.debian.org/debian"}));
 }
 
