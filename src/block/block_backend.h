@@ -46,6 +46,14 @@ class BlockBackend {
   // Makes [offset, offset + length) read as zeros, releasing space where the format allows.
   [[nodiscard]] virtual Result<void> WriteZeroes(uint64_t offset, uint64_t length) = 0;
 
+  // Direct access for asynchronous I/O: a file descriptor whose byte N is virtual disk byte N (raw
+  // images), which the device may read and write itself (e.g. through io_uring) after checking each
+  // range against size() — and, for writes, read_only(). -1 when every request must go through
+  // Read()/Write() (qcow2: cluster mapping and metadata). A caller that writes through it calls
+  // NoteDirectWrite() first, so Flush() and the destructor know the file needs a sync.
+  virtual int direct_fd() const { return -1; }
+  virtual void NoteDirectWrite() {}
+
   // One line for logs and `clone status`: format, path, size, mode, backing chain.
   virtual std::string Describe() const = 0;
 

@@ -7,8 +7,13 @@
 #include <gtest/gtest.h>
 
 #include "base/testing/host_tools.h"
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,6 +27,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 namespace clonevm::blocktest {
@@ -131,6 +137,32 @@ inline uint64_t AllocatedBytes(const std::string& path) {
   struct stat st {};
   ::stat(path.c_str(), &st);
   return static_cast<uint64_t>(st.st_blocks) * 512;
+}
+
+// Runs fn() on a new thread where io_uring_setup(2) fails with EPERM, as under a container's
+// seccomp profile: a per-thread seccomp filter (no TSYNC), so the rest of the test is unaffected.
+// Returns false if the filter could not be installed.
+template <typename Fn>
+bool RunWithoutIoUring(Fn&& fn) {
+  bool installed = false;
+  std::thread worker([&] {
+    sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    sock_fprog prog{static_cast<unsigned short>(std::size(filter)), filter};
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return;
+    if (::syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0) return;
+    installed = true;
+    fn();
+  });
+  worker.join();
+  return installed;
 }
 
 }  // namespace clonevm::blocktest

@@ -7,7 +7,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <filesystem>
 
@@ -66,21 +68,43 @@ Result<void> PwriteFull(int fd, uint64_t offset, std::span<const uint8_t> data, 
 Result<void> PwritevFull(int fd, uint64_t offset, std::span<iovec> iov, std::string_view path) {
   while (!iov.empty() && iov.front().iov_len == 0) iov = iov.subspan(1);
   while (!iov.empty()) {
-    ssize_t n = ::pwritev(fd, iov.data(), static_cast<int>(iov.size()), static_cast<off_t>(offset));
+    ssize_t n = ::pwritev(fd, iov.data(), static_cast<int>(std::min<size_t>(iov.size(), IOV_MAX)), static_cast<off_t>(offset));
     if (n < 0) {
       if (errno == EINTR) continue;
       return tl::unexpected(Error::FromErrno("pwritev", errno, fmt::format("{} at 0x{:x}", path, offset)));
     }
     offset += static_cast<uint64_t>(n);
-    size_t left = static_cast<size_t>(n);
-    while (!iov.empty() && left >= iov.front().iov_len) {
-      left -= iov.front().iov_len;
-      iov = iov.subspan(1);
+    AdvanceIovecs(iov, static_cast<size_t>(n));
+  }
+  return {};
+}
+
+void AdvanceIovecs(std::span<iovec>& iov, size_t bytes) {
+  while (!iov.empty() && bytes >= iov.front().iov_len) {
+    bytes -= iov.front().iov_len;
+    iov = iov.subspan(1);
+  }
+  if (bytes > 0 && !iov.empty()) {
+    iov.front().iov_base = static_cast<uint8_t*>(iov.front().iov_base) + bytes;
+    iov.front().iov_len -= bytes;
+  }
+  while (!iov.empty() && iov.front().iov_len == 0) iov = iov.subspan(1);
+}
+
+Result<void> PreadvFull(int fd, uint64_t offset, std::span<iovec> iov, std::string_view path) {
+  while (!iov.empty() && iov.front().iov_len == 0) iov = iov.subspan(1);
+  while (!iov.empty()) {
+    ssize_t n = ::preadv(fd, iov.data(), static_cast<int>(std::min<size_t>(iov.size(), IOV_MAX)),
+                         static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return tl::unexpected(Error::FromErrno("preadv", errno, fmt::format("{} at 0x{:x}", path, offset)));
     }
-    if (left > 0) {
-      iov.front().iov_base = static_cast<uint8_t*>(iov.front().iov_base) + left;
-      iov.front().iov_len -= left;
+    if (n == 0) {
+      return tl::unexpected(Error(fmt::format("preadv: unexpected end of file ({} at 0x{:x})", path, offset), EIO));
     }
+    offset += static_cast<uint64_t>(n);
+    AdvanceIovecs(iov, static_cast<size_t>(n));
   }
   return {};
 }

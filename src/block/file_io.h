@@ -28,8 +28,12 @@ enum class PastEof {
 [[nodiscard]] Result<void> PreadFull(int fd, uint64_t offset, std::span<uint8_t> out, PastEof past_eof,
                                      std::string_view path);
 [[nodiscard]] Result<void> PwriteFull(int fd, uint64_t offset, std::span<const uint8_t> data, std::string_view path);
-// pwritev of all of `iov` (consumed: entries are advanced on short writes). At most IOV_MAX entries.
+// pwritev of all of `iov` (consumed: entries are advanced on short writes), IOV_MAX entries per call.
 [[nodiscard]] Result<void> PwritevFull(int fd, uint64_t offset, std::span<iovec> iov, std::string_view path);
+// preadv into all of `iov` (consumed like PwritevFull's). End of file is an error (EIO).
+[[nodiscard]] Result<void> PreadvFull(int fd, uint64_t offset, std::span<iovec> iov, std::string_view path);
+// Advances `iov` past its first `bytes` bytes (dropping whole entries, trimming the next one).
+void AdvanceIovecs(std::span<iovec>& iov, size_t bytes);
 [[nodiscard]] Result<void> SyncData(int fd, std::string_view path);
 
 // fallocate(PUNCH_HOLE | KEEP_SIZE): the range then reads as zeros and its blocks are freed.

@@ -30,6 +30,8 @@ class RawBackend final : public BlockBackend {
   [[nodiscard]] Result<void> Flush() override;
   [[nodiscard]] Result<void> Discard(uint64_t offset, uint64_t length) override;
   [[nodiscard]] Result<void> WriteZeroes(uint64_t offset, uint64_t length) override;
+  int direct_fd() const override { return file_.fd.get(); }
+  void NoteDirectWrite() override { dirty_ = !read_only(); }
   std::string Describe() const override;
 
  private:
