@@ -2,6 +2,7 @@
 // bridge's subnet reach whatever the host reaches, under the host's address.
 //
 // EnsureNat(bridge, subnet):
+//  0. returns at once when NatIsInPlace (one netlink dump, ~0.1 ms instead of ~60 ms for nft);
 //  1. writes 1 to /proc/sys/net/ipv4/ip_forward (when it is not already 1). This is host-wide and
 //     is never turned back off: other software may rely on it by then.
 //  2. applies, in ONE `nft -f -` transaction (atomic: all or nothing), to table `ip clone`:
@@ -11,6 +12,7 @@
 //         iifname "<bridge>" ip saddr <subnet> accept                        (guests -> out)
 //         oifname "<bridge>" ip daddr <subnet> ct state established,related accept
 //         oifname "<bridge>" ip daddr <subnet> drop                          (no unsolicited in)
+//     Every rule carries the comment "clone-nat v1 <bridge> <subnet>".
 //     Each chain is added (no-op if present), flushed and refilled in the same transaction, so
 //     re-running never duplicates rules, other bridges' chains in the table are untouched and
 //     rules edited by hand are put back. Guest-to-guest traffic on the bridge is switched, not
@@ -42,6 +44,9 @@ std::string NatRuleset(std::string_view bridge, const Ipv4Subnet& subnet);
 [[nodiscard]] Result<void> ValidateNatBridgeName(std::string_view bridge);
 
 [[nodiscard]] Result<void> EnableIpForwarding();
+// True when ip_forward is 1 and both chains hold exactly EnsureNat's rules for this bridge and
+// subnet (recognised by their comment), read with one nftables netlink dump (no nft process).
+[[nodiscard]] Result<bool> NatIsInPlace(std::string_view bridge, const Ipv4Subnet& subnet);
 [[nodiscard]] Result<void> EnsureNat(std::string_view bridge, const Ipv4Subnet& subnet);
 [[nodiscard]] Result<void> RemoveNat(std::string_view bridge);
 

@@ -95,11 +95,14 @@ TEST(NatTest, RulesetIsOneIdempotentTransaction) {
             "add chain ip clone forward-clonebr0 { type filter hook forward priority filter; policy accept; }\n"
             "flush chain ip clone postrouting-clonebr0\n"
             "flush chain ip clone forward-clonebr0\n"
-            "add rule ip clone postrouting-clonebr0 ip saddr 172.30.0.0/24 oifname != \"clonebr0\" masquerade\n"
-            "add rule ip clone forward-clonebr0 iifname \"clonebr0\" ip saddr 172.30.0.0/24 accept\n"
+            "add rule ip clone postrouting-clonebr0 ip saddr 172.30.0.0/24 oifname != \"clonebr0\" masquerade "
+            "comment \"clone-nat v1 clonebr0 172.30.0.0/24\"\n"
+            "add rule ip clone forward-clonebr0 iifname \"clonebr0\" ip saddr 172.30.0.0/24 accept "
+            "comment \"clone-nat v1 clonebr0 172.30.0.0/24\"\n"
             "add rule ip clone forward-clonebr0 oifname \"clonebr0\" ip daddr 172.30.0.0/24 ct state "
-            "established,related accept\n"
-            "add rule ip clone forward-clonebr0 oifname \"clonebr0\" ip daddr 172.30.0.0/24 drop\n");
+            "established,related accept comment \"clone-nat v1 clonebr0 172.30.0.0/24\"\n"
+            "add rule ip clone forward-clonebr0 oifname \"clonebr0\" ip daddr 172.30.0.0/24 drop "
+            "comment \"clone-nat v1 clonebr0 172.30.0.0/24\"\n");
   EXPECT_TRUE(ValidateNatBridgeName("clonebr0"));
   EXPECT_TRUE(ValidateNatBridgeName("br-test_1"));
   for (const char* bad : {"", "0br", "br;flush ruleset", "br\"x", "br x", "abcdefghijklmnop"}) {
@@ -420,9 +423,13 @@ TEST_F(NetnsTest, TapErrorsAreClear) {
 
 TEST_F(NetnsTest, NatIsIdempotentAndPerBridge) {
   ASSERT_EQ(ReadFile("/proc/sys/net/ipv4/ip_forward").value(), "0\n") << "a fresh namespace starts without forwarding";
+  EXPECT_FALSE(NatIsInPlace("clonebr0", Subnet("172.30.0.0/24")).value());
   auto first = EnsureNat("clonebr0", Subnet("172.30.0.0/24"));
   ASSERT_TRUE(first) << first.error().message();
   EXPECT_EQ(ReadFile("/proc/sys/net/ipv4/ip_forward").value(), "1\n");
+  EXPECT_TRUE(NatIsInPlace("clonebr0", Subnet("172.30.0.0/24")).value());
+  EXPECT_FALSE(NatIsInPlace("clonebr0", Subnet("172.31.0.0/24")).value()) << "made for another subnet";
+  EXPECT_FALSE(NatIsInPlace("br-two", Subnet("172.30.0.0/24")).value());
   const std::string once = Sh("nft list table ip clone");
   ASSERT_TRUE(EnsureNat("clonebr0", Subnet("172.30.0.0/24")));
   const std::string twice = Sh("nft list table ip clone");
@@ -441,15 +448,27 @@ TEST_F(NetnsTest, NatIsIdempotentAndPerBridge) {
 
   // A rule deleted by hand is restored; a second bridge gets its own chains.
   Sh("nft flush chain ip clone postrouting-clonebr0");
+  EXPECT_FALSE(NatIsInPlace("clonebr0", Subnet("172.30.0.0/24")).value());
   ASSERT_TRUE(EnsureNat("clonebr0", Subnet("172.30.0.0/24")));
   ASSERT_TRUE(EnsureNat("br-two", Subnet("10.77.0.0/16")));
   const std::string both = Sh("nft list table ip clone");
   EXPECT_EQ(count(both, "masquerade"), 2u) << both;
+  EXPECT_TRUE(NatIsInPlace("clonebr0", Subnet("172.30.0.0/24")).value());
+  // An extra rule (someone else's) in our chain is noticed too, and removed by the next apply.
+  Sh("nft add rule ip clone forward-clonebr0 counter");
+  EXPECT_FALSE(NatIsInPlace("clonebr0", Subnet("172.30.0.0/24")).value());
+  ASSERT_TRUE(EnsureNat("clonebr0", Subnet("172.30.0.0/24")));
+  EXPECT_TRUE(NatIsInPlace("clonebr0", Subnet("172.30.0.0/24")).value());
   EXPECT_NE(both.find("ip saddr 10.77.0.0/16 oifname != \"br-two\" masquerade"), std::string::npos) << both;
 
   ASSERT_TRUE(RemoveNat("br-two"));
   ASSERT_TRUE(RemoveNat("br-two")) << "removing twice is fine";
   EXPECT_EQ(Sh("nft list table ip clone"), once);
+  // With forwarding turned off behind our back the rules alone are not enough.
+  ASSERT_TRUE(WriteAll(OpenFile("/proc/sys/net/ipv4/ip_forward", O_WRONLY).value().get(), "0\n", 2));
+  EXPECT_FALSE(NatIsInPlace("clonebr0", Subnet("172.30.0.0/24")).value());
+  ASSERT_TRUE(EnsureNat("clonebr0", Subnet("172.30.0.0/24")));
+  EXPECT_EQ(ReadFile("/proc/sys/net/ipv4/ip_forward").value(), "1\n");
   EXPECT_FALSE(EnsureNat("bad name", Subnet("172.30.0.0/24")));
 }
 

@@ -153,9 +153,10 @@ NetlinkSocket::NetlinkSocket(NetlinkSocket&&) noexcept = default;
 NetlinkSocket& NetlinkSocket::operator=(NetlinkSocket&&) noexcept = default;
 NetlinkSocket::~NetlinkSocket() = default;
 
-Result<NetlinkSocket> NetlinkSocket::Open() {
-  mnl_socket* socket = mnl_socket_open2(NETLINK_ROUTE, SOCK_CLOEXEC);
-  if (socket == nullptr) return FailErrno("netlink socket (NETLINK_ROUTE)");
+Result<NetlinkSocket> NetlinkSocket::Open(int protocol) {
+  if (protocol == 0) protocol = NETLINK_ROUTE;
+  mnl_socket* socket = mnl_socket_open2(protocol, SOCK_CLOEXEC);
+  if (socket == nullptr) return FailErrno("netlink socket", fmt::format("protocol {}", protocol));
   NetlinkSocket result(socket);
   if (mnl_socket_bind(socket, 0, MNL_SOCKET_AUTOPID) < 0) return FailErrno("netlink bind");
   result.port_id_ = mnl_socket_get_portid(socket);

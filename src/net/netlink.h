@@ -48,8 +48,9 @@ struct AddressInfo {
 
 class NetlinkSocket {
  public:
-  // Opens and binds a NETLINK_ROUTE socket (close-on-exec) and enables extended ACKs.
-  [[nodiscard]] static Result<NetlinkSocket> Open();
+  // Opens and binds a netlink socket (close-on-exec; NETLINK_ROUTE unless told otherwise, e.g.
+  // NETLINK_NETFILTER for nat.cc's rule check) and enables extended ACKs.
+  [[nodiscard]] static Result<NetlinkSocket> Open(int protocol = 0);
 
   NetlinkSocket(NetlinkSocket&&) noexcept;
   NetlinkSocket& operator=(NetlinkSocket&&) noexcept;
@@ -78,13 +79,14 @@ class NetlinkSocket {
   [[nodiscard]] Result<std::vector<AddressInfo>> Ipv4Addresses(int index = 0);
   [[nodiscard]] Result<void> DeleteLink(int index);
 
- private:
   using Callback = int (*)(const nlmsghdr* message, void* data);
-  explicit NetlinkSocket(mnl_socket* socket);
   // Sends `request` (NLM_F_REQUEST | NLM_F_ACK added) and reads replies until the ACK, an error
   // or NLMSG_DONE; data messages go to `callback`. `what` names the operation in errors.
   [[nodiscard]] Result<void> Transact(nlmsghdr* request, std::string_view what, Callback callback = nullptr,
                                       void* data = nullptr);
+
+ private:
+  explicit NetlinkSocket(mnl_socket* socket);
   [[nodiscard]] Result<void> GetLinkInto(nlmsghdr* request, std::string_view what, LinkInfo* info);
 
   struct Closer {
