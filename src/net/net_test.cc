@@ -565,6 +565,22 @@ TEST_F(NetnsTest, RefusesConflictingConfiguration) {
   EXPECT_FALSE(SetUpAutoNetwork(bad));
 }
 
+TEST_F(NetnsTest, WithoutNetAdminTheErrorSaysWhatToDo) {
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (::setresuid(65534, 65534, 65534) != 0) ::_exit(3);
+    auto denied = SetUpAutoNetwork(Options());
+    const bool ok = !denied && denied.error().message().starts_with("--net needs root (CAP_NET_ADMIN)") &&
+                    denied.error().message().find("--tap NAME") != std::string::npos;
+    ::_exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  EXPECT_FALSE(LinkExists("clonebr0"));
+}
+
 TEST_F(NetnsTest, ConcurrentSetUpsGetDistinctAddressesAndTaps) {
   constexpr int kVms = 6;
   std::vector<Result<VmNetwork>> results;

@@ -1,6 +1,9 @@
 #include "net/vm_network.h"
 
+#include <unistd.h>
+
 #include <cerrno>
+#include <cstdlib>
 #include <filesystem>
 #include <system_error>
 
@@ -72,6 +75,16 @@ Result<Tap> AttachTap(NetlinkSocket& netlink, const AutoNetOptions& options, int
   return tap;
 }
 
+// CAP_NET_ADMIN in the effective set (bit 12 of CapEff in /proc/self/status).
+bool HasNetAdmin() {
+  auto status = ReadFile("/proc/self/status");
+  if (!status) return ::geteuid() == 0;
+  const size_t pos = status->find("\nCapEff:");
+  if (pos == std::string::npos) return ::geteuid() == 0;
+  const uint64_t caps = std::strtoull(status->c_str() + pos + 8, nullptr, 16);
+  return (caps & (1ull << 12)) != 0;
+}
+
 Result<void> ValidateOptions(const AutoNetOptions& options) {
   CLONE_TRY_VOID(ValidateNatBridgeName(options.bridge));
   CLONE_TRY_VOID(ValidateLeaseSubnet(options.subnet));
@@ -114,6 +127,12 @@ std::vector<uint32_t> ParseResolvConf(std::string_view text) {
 
 Result<VmNetwork> SetUpAutoNetwork(const AutoNetOptions& options) {
   CLONE_TRY_VOID(ValidateOptions(options));
+  if (!HasNetAdmin()) {
+    return Fail(Error(
+        "--net needs root (CAP_NET_ADMIN) to create the bridge, TAP and NAT; without it, use --tap NAME with a TAP "
+        "made for your user (ip tuntap add NAME mode tap user $USER)",
+        EPERM));
+  }
   const std::string lease_dir = CLONE_TRY(LeaseDir(options));
   auto wrap = [&](const Error& e) { return Fail(e.Wrap(fmt::format("--net (bridge {})", options.bridge))); };
 
