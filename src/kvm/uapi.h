@@ -1,4 +1,4 @@
-// C++-safe layouts and ioctl numbers for KVM structures with flexible array members.
+// C++-safe layouts and ioctl numbers for KVM (and vhost) structures with flexible array members.
 //
 // The UAPI headers declare those arrays with __DECLARE_FLEX_ARRAY, which under C++ inserts an
 // empty struct (size 1) before the array: sizeof(kvm_cpuid2) becomes 12 instead of 8, `entries`
@@ -10,6 +10,13 @@
 
 #include <linux/kvm.h>
 #include <sys/ioctl.h>
+
+// <linux/vhost.h> pulls in <linux/virtio_ring.h>, whose legacy vring helpers are not valid C++;
+// include vhost through this header, which leaves them out.
+#ifndef VIRTIO_RING_NO_LEGACY
+#define VIRTIO_RING_NO_LEGACY
+#endif
+#include <linux/vhost.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -40,6 +47,15 @@ inline constexpr unsigned long kGetMsrs = _IOWR(KVMIO, 0x88, MsrsHeader);
 inline constexpr unsigned long kSetMsrs = _IOW(KVMIO, 0x89, MsrsHeader);
 inline constexpr unsigned long kGetMsrIndexList = _IOWR(KVMIO, 0x02, MsrListHeader);
 inline constexpr unsigned long kSetGsiRouting = _IOW(KVMIO, 0x6a, IrqRoutingHeader);
+
+// vhost (drivers/vhost): struct vhost_memory ends in a flexible array of vhost_memory_region.
+struct VhostMemoryHeader {  // struct vhost_memory without its regions[]
+  uint32_t nregions;
+  uint32_t padding;
+};
+static_assert(sizeof(VhostMemoryHeader) == 8 && sizeof(vhost_memory_region) == 32);
+inline constexpr unsigned long kVhostSetMemTable = _IOW(VHOST_VIRTIO, 0x03, VhostMemoryHeader);
+inline constexpr size_t kVhostMemoryRegionsOffset = sizeof(VhostMemoryHeader);
 
 // Offset of the first array element in each of those structs (== sizeof the header in C).
 inline constexpr size_t kCpuidEntriesOffset = sizeof(CpuidHeader);

@@ -16,6 +16,14 @@ TEST(KvmUapiTest, IoctlNumbersMatchTheCAbi) {
   EXPECT_EQ(kSetGsiRouting, 0x4008ae6aul);
 }
 
+TEST(KvmUapiTest, VhostMemTableMatchesTheCAbi) {
+  EXPECT_EQ(kVhostSetMemTable, 0x4008af03ul);  // VHOST_SET_MEM_TABLE as a C compiler computes it
+  EXPECT_EQ(kVhostMemoryRegionsOffset, 8u);
+  EXPECT_EQ(sizeof(vhost_vring_addr), 40u);
+  EXPECT_EQ(sizeof(vhost_vring_state), 8u);
+  EXPECT_EQ(sizeof(vhost_vring_file), 8u);
+}
+
 TEST(KvmUapiTest, EntryLayoutsAreTheKernels) {
   EXPECT_EQ(sizeof(kvm_cpuid_entry2), 40u);
   EXPECT_EQ(sizeof(kvm_msr_entry), 16u);

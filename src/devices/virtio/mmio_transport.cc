@@ -274,7 +274,7 @@ void MmioTransport::WriteStatus(uint32_t value) {
 }
 
 DeviceContext MmioTransport::Context() {
-  return DeviceContext{memory_, std::span(queues_), interrupt_, regs_.driver_features};
+  return DeviceContext{memory_, std::span(queues_), interrupt_, regs_.driver_features, std::span(queue_eventfds_)};
 }
 
 Result<void> MmioTransport::ActivateLocked() {
@@ -326,6 +326,29 @@ void MmioTransport::RunDeviceTask(const std::function<Result<void>(VirtioDevice&
   if (!device_active_) return;
   auto done = task(*device_);
   if (!done) EnterNeedsReset(done.error());
+}
+
+void MmioTransport::HandleDeviceFd(size_t index, uint32_t events) {
+  std::lock_guard lock(mu_);
+  auto done = device_->HandleFdEvent(index, events);
+  if (!done && device_active_) EnterNeedsReset(done.error());
+}
+
+Result<void> MmioTransport::WithDevice(const std::function<Result<void>(VirtioDevice&)>& fn) {
+  std::lock_guard lock(mu_);
+  return fn(*device_);
+}
+
+Result<void> MmioTransport::PauseDevice() {
+  std::lock_guard lock(mu_);
+  if (!device_active_) return {};
+  return device_->Pause();
+}
+
+Result<void> MmioTransport::ResumeDevice() {
+  std::lock_guard lock(mu_);
+  if (!device_active_) return {};
+  return device_->Resume();
 }
 
 uint64_t MmioTransport::guest_error_count() const {

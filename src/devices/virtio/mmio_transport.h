@@ -7,6 +7,9 @@
 //   * queue_eventfd(i) for each queue i < num_queues(): KVM_IOEVENTFD at slot base +
 //     *QueueNotifyOffset(), 4 bytes, datamatch = i. The event loop watches each one and calls
 //     HandleQueueNotify(i) when it fires (HandleQueueNotify drains the eventfd itself).
+//   * for each device->watched_fds()[k]: the event loop watches it and calls HandleDeviceFd(k).
+// Queues whose kicks go to a backend (device->kicks_go_to_backend(i), e.g. vhost) keep their
+// KVM_IOEVENTFD but are not watched by the loop: the backend reads the eventfd itself.
 // A QueueNotify write that reaches Write() (no ioeventfd registered, or a value matching no queue)
 // processes the named queue on the calling vCPU thread, so the ioeventfds are an optimisation.
 //
@@ -67,6 +70,18 @@ class MmioTransport : public BusDevice {
 
   // The event loop's handler for queue_eventfd(index): drains it and processes the queue.
   void HandleQueueNotify(size_t queue_index);
+  // The event loop's handler for device->watched_fds()[index]: runs the device's HandleFdEvent
+  // under the lock (an error while active puts the device in NEEDS_RESET).
+  void HandleDeviceFd(size_t index, uint32_t events);
+  // Runs fn(device) under the lock whatever the device's state and returns its result; errors are
+  // the caller's (host operations such as changing a vsock CID), not guest errors.
+  [[nodiscard]] Result<void> WithDevice(const std::function<Result<void>(VirtioDevice&)>& fn);
+  // Snapshot support (VM paused): stops / restarts the device's out-of-VMM data path (vhost) if the
+  // device is active; see VirtioDevice::Pause(). A no-op for other devices.
+  [[nodiscard]] Result<void> PauseDevice();
+  [[nodiscard]] Result<void> ResumeDevice();
+  const VirtioDevice& device() const { return *device_; }
+
   // Runs task(device) under the lock if the device is active (for work the device does on its own
   // events, e.g. a backend becoming readable). An error puts the device in NEEDS_RESET.
   void RunDeviceTask(const std::function<Result<void>(VirtioDevice&)>& task);

@@ -317,5 +317,72 @@ TEST_F(MmioTransportTest, RestoreOfAnInvalidActiveQueueFails) {
   EXPECT_EQ(calls.activate, 0);
 }
 
+// A device with its own fd (the device-fd extension): counts events and pause/resume, fails on demand.
+class FdDevice : public FakeDevice {
+ public:
+  struct FdCalls {
+    int events = 0, pause = 0, resume = 0;
+    bool fail = false;
+    bool saw_queue_eventfds = false;
+  };
+  FdDevice(Calls& calls, FdCalls& fd_calls) : FakeDevice(calls), fd_calls_(fd_calls) {}
+  Result<void> Activate(const DeviceContext& context) override {
+    fd_calls_.saw_queue_eventfds = context.queue_eventfds.size() == 2;
+    return FakeDevice::Activate(context);
+  }
+  std::vector<WatchedFd> watched_fds() const override { return {{7, 1}}; }
+  Result<void> HandleFdEvent(size_t, uint32_t) override {
+    ++fd_calls_.events;
+    if (fd_calls_.fail) return Fail("bad ring");
+    return {};
+  }
+  bool kicks_go_to_backend(size_t queue) const override { return queue == 1; }
+  Result<void> Pause() override {
+    ++fd_calls_.pause;
+    return {};
+  }
+  Result<void> Resume() override {
+    ++fd_calls_.resume;
+    return {};
+  }
+
+ private:
+  FdCalls& fd_calls_;
+};
+
+TEST_F(MmioTransportTest, DeviceFdEventsRunWhateverTheStateAndBreakOnlyAnActiveDevice) {
+  FakeDevice::Calls calls;
+  FdDevice::FdCalls fd_calls;
+  auto transport = MmioTransport::Create(memory_, std::make_unique<FdDevice>(calls, fd_calls)).value();
+  MmioDriver driver(*transport);
+  EXPECT_TRUE(transport->device().kicks_go_to_backend(1));
+  fd_calls.fail = true;
+  transport->HandleDeviceFd(0, 1);  // inactive: the device drains it; no guest error
+  EXPECT_EQ(fd_calls.events, 1);
+  EXPECT_EQ(transport->guest_error_count(), 0u);
+  EXPECT_TRUE(transport->PauseDevice());  // inactive: nothing to pause
+  EXPECT_EQ(fd_calls.pause, 0);
+
+  BringUp(driver);
+  EXPECT_TRUE(fd_calls.saw_queue_eventfds);
+  EXPECT_TRUE(transport->PauseDevice());
+  EXPECT_TRUE(transport->ResumeDevice());
+  EXPECT_EQ(fd_calls.pause, 1);
+  EXPECT_EQ(fd_calls.resume, 1);
+  transport->HandleDeviceFd(0, 1);
+  EXPECT_EQ(driver.Status() & kStatusNeedsReset, kStatusNeedsReset);
+  EXPECT_EQ(transport->guest_error_count(), 1u);
+}
+
+TEST_F(MmioTransportTest, WithDeviceReturnsHostErrorsWithoutNeedsReset) {
+  BringUp(driver_);
+  auto result = transport_->WithDevice([](VirtioDevice& d) -> Result<void> {
+    return Fail("device type {} refused", d.device_type());
+  });
+  ASSERT_FALSE(result);
+  EXPECT_EQ(result.error().message(), "device type 42 refused");
+  EXPECT_EQ(driver_.Status() & kStatusNeedsReset, 0u);
+}
+
 }  // namespace
 }  // namespace clonevm::virtio

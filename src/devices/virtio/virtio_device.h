@@ -18,13 +18,28 @@
 // State: SaveState() returns a versioned JSON object (see json_state.h); RestoreState() is called on
 // a fresh, never-activated device, before the transport re-activates it if the saved driver status
 // had DRIVER_OK. Fds and threads are rebuilt, never serialized.
+//
+// Devices with their own fds or an out-of-process data path (vhost, a TAP):
+//   * watched_fds(): fds the VMM watches on its event loop for the device, fixed at creation
+//     (EventLoop::Add must happen before the loop runs, Activate() runs on a vCPU thread). When
+//     one is ready the transport calls HandleFdEvent(index, events) under its lock, whether the
+//     device is active or not (an inactive device drains or ignores the event). An Error from it
+//     while the device is active is a guest error (NEEDS_RESET).
+//   * kicks_go_to_backend(i): queue i's ioeventfd is consumed by a backend (vhost's
+//     VHOST_SET_VRING_KICK gets DeviceContext::queue_eventfds[i]); the VMM then must not watch it,
+//     and ProcessQueue(i) runs only for a QueueNotify that reached the registers.
+//   * Pause()/Resume(): stop and restart a data path that runs outside the VMM, for snapshots.
+//     After Pause() the rings and guest memory no longer change and the queues' next_avail /
+//     next_used are current, so the transport's SaveState() is consistent.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <nlohmann/json_fwd.hpp>
 #include <span>
+#include <vector>
 
+#include "base/fd.h"
 #include "base/result.h"
 #include "devices/virtio/interrupt.h"
 #include "devices/virtio/queue.h"
@@ -38,6 +53,13 @@ struct DeviceContext {
   std::span<Queue> queues;  // one per queue_max_sizes() entry; queues the driver left unready are inactive
   Interrupt& interrupt;
   uint64_t features;  // the negotiated feature bits
+  std::span<const EventFd> queue_eventfds = {};  // the per-queue ioeventfds (for a backend's kicks)
+};
+
+// An fd the VMM watches for a device (see watched_fds()).
+struct WatchedFd {
+  int fd = -1;
+  uint32_t events = 0;  // EPOLLIN, EPOLLIN | EPOLLET, ...
 };
 
 class VirtioDevice {
@@ -63,6 +85,14 @@ class VirtioDevice {
   virtual void Reset() = 0;
   // The driver notified queue `index` (an active queue). An error means a guest error (see above).
   [[nodiscard]] virtual Result<void> ProcessQueue(size_t index) = 0;
+
+  // See "Devices with their own fds" above. The defaults suit devices served only by the VMM.
+  virtual std::vector<WatchedFd> watched_fds() const { return {}; }
+  [[nodiscard]] virtual Result<void> HandleFdEvent(size_t /*index*/, uint32_t /*events*/) { return {}; }
+  virtual bool kicks_go_to_backend(size_t /*queue_index*/) const { return false; }
+  // Called under the transport lock while the device is active.
+  [[nodiscard]] virtual Result<void> Pause() { return {}; }
+  [[nodiscard]] virtual Result<void> Resume() { return {}; }
 
   [[nodiscard]] virtual nlohmann::json SaveState() const = 0;
   [[nodiscard]] virtual Result<void> RestoreState(const nlohmann::json& state) = 0;
