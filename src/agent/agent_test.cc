@@ -8,9 +8,11 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <linux/vm_sockets.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -49,17 +51,28 @@ std::string Slurp(const std::string& path) {
 
 class AgentTest : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void SetUp() override { StartAgent("unix:" + dir_.File("agent.sock"), /*dry_run=*/true); }
+
+  // Starts clone-agent listening on `listen`; the test talks to endpoint_.
+  void StartAgent(const std::string& listen, bool dry_run) {
     ASSERT_TRUE(dir_.ok());
     WriteIdentity(dir_.File("identity"), token_, 1);
-    socket_ = dir_.File("agent.sock");
+    socket_ = listen.starts_with("unix:") ? listen.substr(5) : "";
+    endpoint_.unix_path = socket_;
     pid_ = ::fork();
     ASSERT_GE(pid_, 0);
     if (pid_ == 0) {
-      std::string listen = "unix:" + socket_, identity = dir_.File("identity"), dry = dir_.File("dry.log");
-      ::execl(CLONE_AGENT_BIN, CLONE_AGENT_BIN, "--listen", listen.c_str(), "--identity-file", identity.c_str(),
-              "--dry-run-log", dry.c_str(), static_cast<char*>(nullptr));
+      std::string identity = dir_.File("identity"), dry = dir_.File("dry.log");
+      std::vector<const char*> argv = {CLONE_AGENT_BIN, "--listen", listen.c_str(), "--identity-file",
+                                       identity.c_str()};
+      if (dry_run) argv.insert(argv.end(), {"--dry-run-log", dry.c_str()});
+      argv.push_back(nullptr);
+      ::execv(CLONE_AGENT_BIN, const_cast<char**>(argv.data()));
       ::_exit(127);
+    }
+    if (socket_.empty()) {
+      std::this_thread::sleep_for(300ms);  // vsock: no path to wait for; Connect retries below
+      return;
     }
     for (int i = 0; i < 500 && ::access(socket_.c_str(), F_OK) != 0; ++i) std::this_thread::sleep_for(10ms);
     ASSERT_EQ(::access(socket_.c_str(), F_OK), 0) << "clone-agent did not start";
@@ -73,7 +86,7 @@ class AgentTest : public ::testing::Test {
   }
 
   Fd Open(Role role, const Token& token) {
-    auto c = Connect(AgentEndpoint{.unix_path = socket_}, token, role, 5s);
+    auto c = Connect(endpoint_, token, role, 5s);
     EXPECT_TRUE(c) << c.error().message();
     return c ? std::move(c->fd) : Fd();
   }
@@ -92,6 +105,7 @@ class AgentTest : public ::testing::Test {
   TempDir dir_{"agent-test"};
   Token token_ = MakeToken(0x40);
   std::string socket_;
+  AgentEndpoint endpoint_;
   pid_t pid_ = -1;
 };
 
@@ -441,6 +455,81 @@ TEST(AgentTimeoutTest, SilentPeerTimesOut) {
   auto monitor = AgentMonitor::Start(std::move(mine), MakeToken(1), 100ms, 200ms);
   ASSERT_FALSE(monitor);
   EXPECT_EQ(monitor.error().error_number(), ETIMEDOUT);
+}
+
+// ---- In the lab (tools/lab/run-in-lab; L1 loads vsock_loopback and is disposable) ----
+
+// The real transport: AF_VSOCK over the loopback transport (CID 1). Skipped where the kernel has
+// no vsock loopback (most build hosts and containers).
+class AgentVsockTest : public AgentTest {
+ protected:
+  void SetUp() override {
+    Fd probe(::socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!probe || ::access("/sys/module/vsock_loopback", F_OK) != 0) GTEST_SKIP() << "no vsock loopback here";
+    uint32_t port = 20000 + static_cast<uint32_t>(::getpid() % 20000);
+    StartAgent(fmt::format("vsock:{}", port), /*dry_run=*/std::getenv("CLONE_LAB_INSIDE") == nullptr);
+    endpoint_ = AgentEndpoint{.cid = VMADDR_CID_LOCAL, .port = port};
+  }
+};
+
+TEST_F(AgentVsockTest, ExecAndMonitorOverVsock) {
+  auto echo = Capture(Argv({"sh", "-c", "echo hi; echo err >&2; exit 3"}));
+  EXPECT_EQ(echo.status, 3);
+  EXPECT_EQ(echo.stdout_data, "hi\n");
+  EXPECT_EQ(echo.stderr_data, "err\n");
+  auto big = Capture(Argv({"head", "-c", "10485760", "/dev/zero"}));
+  EXPECT_EQ(big.stdout_data, std::string(10 << 20, '\0'));
+  ExecRequest tty = Argv({"stty", "size"});
+  tty.tty = true;
+  tty.rows = 12;
+  tty.cols = 34;
+  EXPECT_EQ(Capture(tty).stdout_data, "12 34\r\n");
+  auto conn = ConnectVsock(endpoint_.cid, endpoint_.port, 5s);
+  ASSERT_TRUE(conn) << conn.error().message();
+  auto monitor = AgentMonitor::Start(std::move(*conn), token_, 50ms, 5s);
+  ASSERT_TRUE(monitor) << monitor.error().message();
+  auto report = monitor->Next(5s);
+  ASSERT_TRUE(report) << report.error().message();
+  EXPECT_GT(report->mem_total_kb, 0u);
+}
+
+// Real system changes (hostname, address, MAC, route, clock, entropy): only inside the lab's L1,
+// which is thrown away after the run.
+TEST_F(AgentVsockTest, SetIdentityChangesTheSystem) {
+  if (std::getenv("CLONE_LAB_INSIDE") == nullptr) GTEST_SKIP() << "changes the system: lab only";
+  auto made = host_tools::RunCommand("ip link add agt0 type veth peer name agt1 && ip link set agt1 up");
+  if (made.exit_code != 0) GTEST_SKIP() << "no veth: " << made.output;
+  Fd conn = Open(Role::kControl);
+  SetIdentity id;
+  id.hostname = "lab-fork-1";
+  id.interface = "agt0";
+  id.mac = "02:00:0a:4d:00:02";
+  id.ipv4 = "10.77.0.2/24";
+  id.gateway = "10.77.0.1";
+  id.unix_time_ns = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+  id.entropy_seed = std::string(128, 'a');
+  id.generation = 4;
+  auto ok = SendIdentity(conn, id, 10s);
+  ASSERT_TRUE(ok) << ok.error().message();
+  EXPECT_EQ(ok->applied, (std::vector<std::string>{"hostname", "mac", "ipv4", "gateway", "time", "entropy"}));
+  char name[65] = {};
+  ::gethostname(name, sizeof(name) - 1);
+  EXPECT_STREQ(name, "lab-fork-1");
+  auto link = host_tools::RunCommand("ip -o link show agt0; ip -o -4 addr show agt0; ip route show default");
+  EXPECT_NE(link.output.find("02:00:0a:4d:00:02"), std::string::npos) << link.output;
+  EXPECT_NE(link.output.find("10.77.0.2/24"), std::string::npos) << link.output;
+  EXPECT_NE(link.output.find("default via 10.77.0.1 dev agt0"), std::string::npos) << link.output;
+  EXPECT_NE(link.output.find("UP"), std::string::npos) << link.output;
+
+  // A second identity (the next fork) replaces the default route.
+  id.ipv4 = "10.78.0.2/24";
+  id.gateway = "10.78.0.1";
+  id.mac.reset();
+  id.hostname.reset();
+  ASSERT_TRUE(SendIdentity(conn, id, 10s));
+  auto route = host_tools::RunCommand("ip route show default");
+  EXPECT_EQ(route.output, "default via 10.78.0.1 dev agt0 \n");
 }
 
 }  // namespace

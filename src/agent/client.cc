@@ -401,7 +401,10 @@ Result<bool> AgentMonitor::ReadSome() {
     if (errno == EAGAIN || errno == EINTR) return false;
     return FailErrno("recv from agent");
   }
-  if (n == 0) return Fail("the agent closed the monitor connection");
+  if (n == 0) {
+    closed_ = true;
+    return false;
+  }
   decoder_.Feed(std::string_view(buf, static_cast<size_t>(n)));
   return true;
 }
@@ -411,6 +414,7 @@ Result<Report> AgentMonitor::Next(std::chrono::milliseconds timeout) {
   for (;;) {
     std::optional<Report> report = CLONE_TRY(NextBuffered());
     if (report) return *report;
+    if (closed_) return Fail("the agent closed the monitor connection");
     pollfd p{conn_.get(), POLLIN, 0};
     int n = ::poll(&p, 1, PollTimeout(deadline));
     if (n < 0 && errno != EINTR) return FailErrno("poll");
@@ -425,9 +429,12 @@ Result<std::vector<Report>> AgentMonitor::Poll() {
   std::vector<Report> reports;
   for (;;) {
     std::optional<Report> report = CLONE_TRY(NextBuffered());
-    if (!report) return reports;
+    if (!report) break;
     reports.push_back(*report);
   }
+  // Reports that arrived before the close are delivered first; the close is reported next time.
+  if (reports.empty() && closed_) return Fail("the agent closed the monitor connection");
+  return reports;
 }
 
 // ---- control ----

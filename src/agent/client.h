@@ -108,20 +108,22 @@ class AgentMonitor {
   [[nodiscard]] static Result<AgentMonitor> Start(Fd conn, const Token& token, std::chrono::milliseconds interval,
                                                   std::chrono::milliseconds timeout);
   [[nodiscard]] Result<Report> Next(std::chrono::milliseconds timeout);
-  // Reads what is available now. Fails when the agent closed the connection or sent garbage.
+  // Reads what is available now, without blocking. Fails when the agent sent garbage, or closed
+  // the connection and no Report is left.
   [[nodiscard]] Result<std::vector<Report>> Poll();
   int fd() const { return conn_.get(); }
   const HelloOk& hello() const { return hello_; }
 
  private:
   AgentMonitor(Fd conn, HelloOk hello) : conn_(std::move(conn)), hello_(std::move(hello)) {}
-  // Reads once (fails on EOF); returns false when nothing was available.
+  // Reads once; returns false when nothing was available or at EOF (then sets closed_).
   Result<bool> ReadSome();
   Result<std::optional<Report>> NextBuffered();
 
   Fd conn_;
   HelloOk hello_;
   FrameDecoder decoder_;
+  bool closed_ = false;
 };
 
 // ---- control (connection handshaken with Role::kControl) ----
