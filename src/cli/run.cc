@@ -135,9 +135,9 @@ Result<void> AddRootfs(const RunOptions& o, VmConfig* config) {
     if (!release) return Fail(release.error().Wrap(o.kernel));
     modules = "/lib/modules/" + *release;
   }
-  auto initrd = BuildRootfsInitrd(modules);
+  auto initrd = CachedRootfsInitrd(modules, DefaultInitrdCacheDir());
   if (!initrd) return Fail(initrd.error().Wrap("generating the rootfs initrd"));
-  config->initrd = std::move(*initrd);
+  config->initrd = std::move(initrd->bytes);
   auto backend = OpenImage(o.rootfs, OpenMode{.read_only = overlay}, Format::kAuto);
   if (!backend) return Fail(backend.error().Wrap(fmt::format("cannot open rootfs {}", o.rootfs)));
   config->disks.push_back({std::move(*backend), "clone-rootfs"});

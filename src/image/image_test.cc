@@ -1,5 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <filesystem>
 #include <fstream>
 
 #include "base/testing/host_tools.h"
@@ -97,10 +101,117 @@ TEST_F(ModulesTest, BuildsAnInitrdWithBusyboxInitAndModulesInOrder) {
   std::ofstream(dir_.File("i.cpio"), std::ios::binary).write(reinterpret_cast<const char*>(initrd->data()), initrd->size());
   auto list = RunCommand("cpio -it < " + dir_.File("i.cpio"));
   ASSERT_EQ(list.exit_code, 0) << list.output;
-  for (const char* want : {"init", "bin/busybox", "bin/switch_root", "dev/console", "modules/order",
+  for (const char* want : {"init", "bin/busybox", "bin/switch_root", "bin/chroot", "dev/console", "modules/order",
                            "modules/00-virtio_ring.ko", "modules/03-virtio_blk.ko"}) {
     EXPECT_NE(list.output.find(want), std::string::npos) << want << "\n" << list.output;
   }
+}
+
+TEST_F(ModulesTest, OptionalModulesAreAddedWhenPresentAndSkippedWhenNot) {
+  std::ofstream(dir_.File("modules.dep"), std::ios::app)
+      << "kernel/net/vmw_vsock/vsock.ko:\n"
+         "kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko: kernel/net/vmw_vsock/vsock.ko\n"
+         "kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: "
+         "kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko kernel/drivers/virtio/virtio.ko "
+         "kernel/drivers/virtio/virtio_ring.ko kernel/net/vmw_vsock/vsock.ko\n";
+  auto order = ResolveModules(dir_.path().string(), kOptionalRootfsModules, MissingModule::kSkip);
+  ASSERT_TRUE(order) << order.error().message();
+  // virtio_net, failover and net_failover are not in this modules.dep: skipped.
+  EXPECT_EQ(*order, (std::vector<std::string>{"kernel/net/vmw_vsock/vsock.ko",
+                                              "kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko",
+                                              "kernel/drivers/virtio/virtio_ring.ko", "kernel/drivers/virtio/virtio.ko",
+                                              "kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko"}));
+  EXPECT_FALSE(ResolveModules(dir_.path().string(), kOptionalRootfsModules, MissingModule::kFail));
+}
+
+class InitrdCacheTest : public ModulesTest {
+ protected:
+  void SetUp() override {
+    ModulesTest::SetUp();
+    for (const char* m : {"drivers/virtio/virtio_ring.ko", "drivers/virtio/virtio.ko", "drivers/virtio/virtio_mmio.ko",
+                          "drivers/block/virtio_blk.ko", "fs/overlayfs/overlay.ko"}) {
+      std::string path = dir_.File(std::string("kernel/") + m);
+      std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+      WriteText(path, std::string("module ") + m);
+    }
+    cache_ = dir_.File("cache/clone/initrd");
+  }
+  std::string modules() const { return dir_.path().string(); }
+  std::string cache_;
+};
+
+TEST_F(InitrdCacheTest, MissThenHitWithTheSameBytes) {
+  auto first = CachedRootfsInitrd(modules(), cache_);
+  ASSERT_TRUE(first) << first.error().message();
+  EXPECT_FALSE(first->hit);
+  ASSERT_TRUE(std::filesystem::exists(first->path)) << first->path;
+  auto built = BuildRootfsInitrd(modules());
+  ASSERT_TRUE(built);
+  EXPECT_EQ(first->bytes, *built);
+  auto second = CachedRootfsInitrd(modules(), cache_);
+  ASSERT_TRUE(second) << second.error().message();
+  EXPECT_TRUE(second->hit);
+  EXPECT_EQ(second->path, first->path);
+  EXPECT_EQ(second->bytes, first->bytes);
+  // No temporary files are left behind.
+  size_t files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(cache_)) files += e.path().extension() == ".cpio" ? 1 : 100;
+  EXPECT_EQ(files, 1u);
+}
+
+TEST_F(InitrdCacheTest, ARerunDepmodOrAnotherBusyboxChangesTheKey) {
+  auto key = RootfsInitrdKey(modules());
+  ASSERT_TRUE(key) << key.error().message();
+  EXPECT_EQ(key->size(), 64u);
+  EXPECT_EQ(*RootfsInitrdKey(modules() + "/."), *key);  // the canonical path counts
+  struct timespec times[2] = {{0, UTIME_OMIT}, {12345, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, dir_.File("modules.dep").c_str(), times, 0), 0);
+  auto after_depmod = RootfsInitrdKey(modules());
+  ASSERT_TRUE(after_depmod);
+  EXPECT_NE(*after_depmod, *key);
+  std::string busybox = dir_.File("busybox");
+  std::filesystem::copy_file("/bin/busybox", busybox);
+  ::setenv("CLONE_BUSYBOX", busybox.c_str(), 1);
+  auto other_busybox = RootfsInitrdKey(modules());
+  ::unsetenv("CLONE_BUSYBOX");
+  ASSERT_TRUE(other_busybox);
+  EXPECT_NE(*other_busybox, *after_depmod);
+  EXPECT_FALSE(RootfsInitrdKey("/nonexistent/modules"));
+}
+
+TEST_F(InitrdCacheTest, ACorruptEntryIsRebuiltAndOldEntriesArePruned) {
+  std::filesystem::create_directories(cache_);
+  for (int i = 0; i < 12; ++i) {
+    std::string old = cache_ + "/old" + std::to_string(i) + ".cpio";
+    WriteText(old, "x");
+    struct timespec times[2] = {{1000 + i, 0}, {1000 + i, 0}};
+    ASSERT_EQ(::utimensat(AT_FDCWD, old.c_str(), times, 0), 0);
+  }
+  auto key = RootfsInitrdKey(modules());
+  ASSERT_TRUE(key);
+  WriteText(cache_ + "/" + *key + ".cpio", "070701 truncated");
+  auto result = CachedRootfsInitrd(modules(), cache_);
+  ASSERT_TRUE(result) << result.error().message();
+  EXPECT_FALSE(result->hit);
+  EXPECT_EQ(result->bytes, *BuildRootfsInitrd(modules()));
+  std::vector<std::string> left;
+  for (const auto& e : std::filesystem::directory_iterator(cache_)) left.push_back(e.path().filename().string());
+  std::sort(left.begin(), left.end());
+  EXPECT_EQ(left.size(), kInitrdCacheEntries);
+  EXPECT_NE(std::find(left.begin(), left.end(), *key + ".cpio"), left.end());
+  EXPECT_NE(std::find(left.begin(), left.end(), "old11.cpio"), left.end());  // the newest old ones stay
+  EXPECT_EQ(std::find(left.begin(), left.end(), "old0.cpio"), left.end());
+}
+
+TEST_F(InitrdCacheTest, AnUnusableCacheStillGivesTheInitrd) {
+  WriteText(dir_.File("cache"), "a file where the cache directory should be");
+  auto result = CachedRootfsInitrd(modules(), cache_);
+  ASSERT_TRUE(result) << result.error().message();
+  EXPECT_FALSE(result->hit);
+  EXPECT_EQ(result->bytes, *BuildRootfsInitrd(modules()));
+  auto uncached = CachedRootfsInitrd(modules(), "");
+  ASSERT_TRUE(uncached);
+  EXPECT_EQ(uncached->bytes, result->bytes);
 }
 
 TEST(RootfsCmdlineTest, NamesTheMode) {

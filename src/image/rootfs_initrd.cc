@@ -1,15 +1,22 @@
 #include "image/rootfs_initrd.h"
 
 #include <elf.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <set>
 #include <sstream>
 
 #include "base/fd.h"
+#include "base/log.h"
+#include "base/sha256.h"
 #include "image/cpio.h"
 
 namespace clonevm {
@@ -53,10 +60,16 @@ case $mode in
 esac
 [ -x /newroot/sbin/init ] || [ -L /newroot/sbin/init ] || fail "the root disk has no /sbin/init"
 for d in dev proc sys; do mkdir -p /newroot/$d; mount --move /$d /newroot/$d; done
+# The guest agent, in the final root (it daemonizes; a second copy started by the root's own init
+# finds its vsock port taken and exits 0).
+if [ -x /newroot/usr/bin/clone-agent ]; then
+  chroot /newroot /usr/bin/clone-agent --daemon || echo "clone-init: clone-agent did not start"
+fi
 exec switch_root /newroot /sbin/init
 )INIT";
 
-constexpr const char* kApplets[] = {"sh", "mount", "insmod", "cat", "mkdir", "sleep", "switch_root", "poweroff", "echo", "mke2fs"};
+constexpr const char* kApplets[] = {"sh",       "mount", "insmod", "cat",   "mkdir",  "sleep",
+                                   "switch_root", "poweroff", "echo", "mke2fs", "chroot"};
 
 std::string NormalizeModuleName(std::string name) {
   std::replace(name.begin(), name.end(), '-', '_');
@@ -85,9 +98,69 @@ bool IsStaticElf(std::span<const uint8_t> bytes) {
   return true;
 }
 
+
+std::string BusyboxPath() {
+  const char* env = std::getenv("CLONE_BUSYBOX");
+  return env != nullptr ? env : "/bin/busybox";
+}
+
+// "path size mtime-ns inode\n", or "path -\n" for a file that does not exist.
+std::string FileIdentity(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return path + " -\n";
+  return fmt::format("{} {} {}.{:09} {}\n", path, st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec, st.st_ino);
+}
+
+// A complete newc archive: the magic at the start and the trailer entry at the end.
+bool LooksLikeCpio(std::span<const uint8_t> data) {
+  std::string_view bytes(reinterpret_cast<const char*>(data.data()), data.size());
+  constexpr std::string_view kTrailer = "TRAILER!!!";
+  return bytes.starts_with("070701") && bytes.size() > 512 &&
+         bytes.substr(bytes.size() - 512).find(kTrailer) != std::string_view::npos;
+}
+
+// The whole file read straight into one buffer (initrds and modules are megabytes: no second copy).
 Result<std::vector<uint8_t>> ReadBytes(const std::string& path) {
-  std::string data = CLONE_TRY(ReadFile(path));
-  return std::vector<uint8_t>(data.begin(), data.end());
+  Fd fd = CLONE_TRY(OpenFile(path, O_RDONLY));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return FailErrno("fstat", path);
+  std::vector<uint8_t> data(static_cast<size_t>(std::max<off_t>(st.st_size, 0)));
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::read(fd.get(), data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return FailErrno("read", path);
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  data.resize(done);
+  return data;
+}
+
+// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+Result<void> WriteAtomically(const std::string& path, std::span<const uint8_t> bytes) {
+  std::string tmp = fmt::format("{}.tmp-{}", path, ::getpid());
+  int raw = ::open(tmp.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
+  if (raw < 0) return FailErrno("open", tmp);
+  Fd fd(raw);
+  Result<void> written = WriteAll(fd.get(), bytes.data(), bytes.size());
+  if (written && ::rename(tmp.c_str(), path.c_str()) != 0) written = FailErrno("rename", path);
+  if (!written) ::unlink(tmp.c_str());
+  return written;
+}
+
+// Keeps the `keep` most recently used *.cpio files of `dir` (by mtime; hits refresh it).
+void PruneCache(const std::string& dir, size_t keep) {
+  std::error_code ec;
+  std::vector<std::pair<std::filesystem::file_time_type, std::filesystem::path>> entries;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (entry.path().extension() != ".cpio") continue;
+    auto time = entry.last_write_time(ec);
+    if (!ec) entries.emplace_back(time, entry.path());
+  }
+  if (entries.size() <= keep) return;
+  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (size_t i = keep; i < entries.size(); ++i) std::filesystem::remove(entries[i].second, ec);
 }
 
 }  // namespace
@@ -112,7 +185,8 @@ Result<std::string> KernelRelease(std::span<const uint8_t> kernel) {
   return Fail("cannot find the kernel's version string (needed to pick its modules; use --modules DIR)");
 }
 
-Result<std::vector<std::string>> ResolveModules(const std::string& modules_dir, std::span<const char* const> names) {
+Result<std::vector<std::string>> ResolveModules(const std::string& modules_dir, std::span<const char* const> names,
+                                                MissingModule missing) {
   auto dep_text = ReadFile(modules_dir + "/modules.dep");
   if (!dep_text) return Fail(dep_text.error().Wrap("kernel modules directory"));
   std::map<std::string, std::pair<std::string, std::vector<std::string>>> deps;  // name -> (path, deps)
@@ -137,7 +211,7 @@ Result<std::vector<std::string>> ResolveModules(const std::string& modules_dir, 
     std::string name = NormalizeModuleName(raw);
     auto it = deps.find(name);
     if (it == deps.end()) {
-      if (builtin.count(name)) continue;
+      if (builtin.count(name) || missing == MissingModule::kSkip) continue;
       return Fail("kernel module {} not found in {}/modules.dep", raw, modules_dir);
     }
     // modules.dep lists every (transitive) dependency, the deepest last: load in reverse.
@@ -151,15 +225,19 @@ Result<std::vector<std::string>> ResolveModules(const std::string& modules_dir, 
 }
 
 Result<std::vector<uint8_t>> BuildRootfsInitrd(const std::string& modules_dir) {
-  const char* env = std::getenv("CLONE_BUSYBOX");
-  std::string busybox_path = env != nullptr ? env : "/bin/busybox";
+  std::string busybox_path = BusyboxPath();
   auto busybox = ReadBytes(busybox_path);
   if (!busybox) return Fail(busybox.error().Wrap("busybox for the generated initrd (install busybox-static)"));
   if (!IsStaticElf(*busybox)) return Fail("{} is not a static binary (install busybox-static)", busybox_path);
   auto modules = CLONE_TRY(ResolveModules(modules_dir, kRootfsModules));
+  auto optional = CLONE_TRY(ResolveModules(modules_dir, kOptionalRootfsModules, MissingModule::kSkip));
+  for (std::string& module : optional) {
+    if (std::find(modules.begin(), modules.end(), module) == modules.end()) modules.push_back(std::move(module));
+  }
 
   CpioWriter cpio;
   for (const char* dir : {"bin", "dev", "proc", "sys", "modules", "newroot"}) cpio.Directory(dir);
+  cpio.File("clone-initrd-version", fmt::format("{}\n", kRootfsInitrdVersion));
   cpio.CharDevice("dev/console", 5, 1);
   cpio.File("bin/busybox", *busybox, 0755);
   for (const char* applet : kApplets) cpio.Symlink(std::string("bin/") + applet, "busybox");
@@ -189,6 +267,52 @@ std::string RootfsCmdline(RootMode mode) {
       return "clone.root=overlay-disk";
   }
   return "clone.root=rw";
+}
+
+std::string DefaultInitrdCacheDir() {
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  if (xdg != nullptr && xdg[0] == '/') return std::string(xdg) + "/clone/initrd";
+  const char* home = std::getenv("HOME");
+  if (home != nullptr && home[0] != '\0') return std::string(home) + "/.cache/clone/initrd";
+  return {};
+}
+
+Result<std::string> RootfsInitrdKey(const std::string& modules_dir) {
+  std::error_code ec;
+  std::filesystem::path dir = std::filesystem::canonical(modules_dir, ec);
+  if (ec) return Fail("kernel modules directory {}: {}", modules_dir, ec.message());
+  std::string material = fmt::format("clone rootfs initrd v{}\n{}\n", kRootfsInitrdVersion, dir.string());
+  material += FileIdentity(BusyboxPath());
+  material += FileIdentity(dir / "modules.dep");
+  material += FileIdentity(dir / "modules.builtin");
+  return Sha256Hex(std::span(reinterpret_cast<const uint8_t*>(material.data()), material.size()));
+}
+
+Result<CachedInitrd> CachedRootfsInitrd(const std::string& modules_dir, const std::string& cache_dir) {
+  CachedInitrd result;
+  if (cache_dir.empty()) {
+    result.bytes = CLONE_TRY(BuildRootfsInitrd(modules_dir));
+    return result;
+  }
+  std::string key = CLONE_TRY(RootfsInitrdKey(modules_dir));
+  result.path = cache_dir + "/" + key + ".cpio";
+  if (auto cached = ReadBytes(result.path); cached && LooksLikeCpio(*cached)) {
+    ::utimensat(AT_FDCWD, result.path.c_str(), nullptr, 0);  // most recently used
+    result.bytes = std::move(*cached);
+    result.hit = true;
+    return result;
+  }
+  result.bytes = CLONE_TRY(BuildRootfsInitrd(modules_dir));
+  std::error_code ec;
+  std::filesystem::create_directories(cache_dir, ec);
+  Result<void> stored = ec ? Fail("cannot create {}: {}", cache_dir, ec.message())
+                           : WriteAtomically(result.path, result.bytes);
+  if (!stored) {
+    Log(LogLevel::kWarn, "initrd cache: {} (the initrd is rebuilt at every start)", stored.error().message());
+    return result;
+  }
+  PruneCache(cache_dir, kInitrdCacheEntries);
+  return result;
 }
 
 }  // namespace clonevm
