@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <thread>
@@ -103,6 +104,12 @@ Result<Response> Call(const std::string& socket_path, std::string_view method, s
                       std::vector<Fd>* received_fds) {
   const Clock::time_point deadline = Clock::now() + timeout;
   const std::string what = fmt::format("{} {} on {}", method, path, socket_path);
+  const bool bad_target = path.empty() || path.front() != '/' ||
+                          std::any_of(path.begin(), path.end(), [](char c) { return c <= ' ' || c == 0x7f; });
+  const bool bad_method = method.empty() || std::any_of(method.begin(), method.end(), [](char c) {
+                            return !((c >= 'A' && c <= 'Z') || c == '-' || c == '_');
+                          });
+  if (bad_target || bad_method) return Fail("invalid control request method or path: {} {}", method, path);
   Fd fd = CLONE_TRY(Connect(socket_path, deadline, what));
   const std::string body_text = body ? body->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) : std::string();
   const std::string request = SerializeRequest(method, path, {{"Connection", "close"}}, body_text, body.has_value());

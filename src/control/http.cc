@@ -272,9 +272,15 @@ RequestParser::Step RequestParser::ParseHead(std::string_view buffer) {
   size_t lead = 0;  // empty lines before the request line
   while (buffer.size() >= lead + 2 && buffer[lead] == '\r' && buffer[lead + 1] == '\n') lead += 2;
   if (lead > limits_.max_header_bytes) return Fail(431, "too many empty lines before the request");
+  // Every check is tied to the position of the byte that fails it, so the outcome does not depend
+  // on how the stream was cut into reads (the fuzzer checks this).
   size_t end = 0;
   for (size_t i = std::max(lead, scanned_); i < buffer.size() && end == 0; ++i) {
     const char c = buffer[i];
+    if (i + 1 > limits_.max_header_bytes) return Fail(431, "request header section too large");
+    if (request_line_end_ == 0 && c != '\r' && c != '\n' && i - lead + 1 > limits_.max_request_line) {
+      return Fail(414, "request line too long");
+    }
     if (c == '\r') {
       if (i + 1 == buffer.size()) break;  // look at this CR again when its next byte arrives
       if (buffer[i + 1] != '\n') return Fail(400, "bare CR in request head");
@@ -285,16 +291,8 @@ RequestParser::Step RequestParser::ParseHead(std::string_view buffer) {
     }
     scanned_ = i + 1;
   }
-  // The request line ends at the first CRLF after `lead`; check its length even when incomplete.
-  const size_t first_eol = request_line_end_;
-  if ((first_eol == 0 ? buffer.size() : first_eol) - lead > limits_.max_request_line) {
-    return Fail(414, "request line too long");
-  }
-  if (end == 0) {
-    if (buffer.size() > limits_.max_header_bytes) return Fail(431, "request header section too large");
-    return Step{};
-  }
-  if (end > limits_.max_header_bytes) return Fail(431, "request header section too large");
+  if (end == 0) return Step{};
+  const size_t first_eol = request_line_end_;  // the request line ends at the first CRLF after `lead`
 
   Request request;
   std::string_view head = buffer.substr(lead, end - lead);

@@ -523,6 +523,12 @@ TEST(ServerSocketTest, RefusesALiveSocketReplacesAStaleOneAndUnlinksItsOwn) {
   ASSERT_FALSE(too_long);
 }
 
+TEST(ClientTest, RefusesTargetsThatWouldSplitTheRequest) {
+  EXPECT_FALSE(Call("/tmp/x.sock", "GET", "/vm HTTP/1.1\r\nX: y", std::nullopt, kTimeout));
+  EXPECT_FALSE(Call("/tmp/x.sock", "GET", "vm", std::nullopt, kTimeout));
+  EXPECT_FALSE(Call("/tmp/x.sock", "G T", "/vm", std::nullopt, kTimeout));
+}
+
 TEST(ClientTest, ReportsAMissingServer) {
   auto r = Call("/nonexistent/clone.sock", "GET", "/vm", std::nullopt, kTimeout);
   ASSERT_FALSE(r);
