@@ -5,7 +5,10 @@
 #include <CLI/CLI.hpp>
 
 #include "base/log.h"
+#include "cli/attach.h"
+#include "cli/exec.h"
 #include "cli/exit_codes.h"
+#include "cli/list.h"
 #include "cli/rootfs.h"
 #include "cli/run.h"
 
@@ -22,6 +25,12 @@ int Main(int argc, char** argv) {
   AddRunCommand(app, run_options);
   RootfsOptions rootfs_options;
   AddRootfsCommand(app, rootfs_options);
+  AttachOptions attach_options;
+  AddAttachCommand(app, attach_options);
+  ExecOptions exec_options;
+  AddExecCommand(app, exec_options);
+  ListOptions list_options;
+  AddListCommands(app, list_options);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -36,6 +45,10 @@ int Main(int argc, char** argv) {
   }
   if (app.got_subcommand("run")) return RunCommand(run_options, timer);
   if (app.got_subcommand("rootfs")) return RootfsCreateCommand(rootfs_options);
+  if (app.got_subcommand("attach")) return AttachCommand(attach_options);
+  if (app.got_subcommand("exec")) return ExecCommand(exec_options);
+  if (app.got_subcommand("list")) return ListCommand(list_options);
+  if (app.got_subcommand("status")) return StatusCommand(list_options);
   return kExitUsage;
 }
 

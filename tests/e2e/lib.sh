@@ -34,6 +34,38 @@ e2e_enter_lab() {
 # mkinitrd OUT INIT [SRC:DEST...]
 e2e_initrd() { "$E2E_ROOT/tests/guest/mkinitrd" "$@" >/dev/null; }
 
+# e2e_modules MODDIR OUTDIR NAME... — copies the named modules and their dependencies (from
+# MODDIR/modules.dep; built-ins are skipped) into OUTDIR, and writes OUTDIR/order: the module
+# names in load order, for an init that runs `for m in $(cat /modules/order); do insmod ...`.
+e2e_modules() {
+  local moddir=$1 outdir=$2
+  shift 2
+  mkdir -p "$outdir"
+  : >"$outdir/order"
+  local -A seen=()
+  _e2e_mod() {
+    local name=$1 line path deps dep
+    [[ -n ${seen[$name]:-} ]] && return 0
+    seen[$name]=1
+    line=$(grep -E "(^|/)${name//_/[-_]}\.ko:" "$moddir/modules.dep" | head -1) || true
+    if [[ -z $line ]]; then
+      grep -qE "(^|/)${name//_/[-_]}\.ko$" "$moddir/modules.builtin" 2>/dev/null && return 0
+      echo "e2e_modules: no module $name in $moddir" >&2
+      return 1
+    fi
+    path=${line%%:*}
+    deps=${line#*:}
+    for dep in $deps; do
+      dep=$(basename "$dep" .ko)
+      _e2e_mod "$dep" || return 1
+    done
+    cp "$moddir/$path" "$outdir/"
+    basename "$path" .ko >>"$outdir/order"
+  }
+  local m
+  for m in "$@"; do _e2e_mod "$m" || return 1; done
+}
+
 pass() { printf 'PASS: %s\n' "$*"; }
 fail() {
   printf 'FAIL: %s\n' "$*"

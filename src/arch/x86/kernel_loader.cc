@@ -240,7 +240,11 @@ KernelFormat DetectKernelFormat(std::span<const uint8_t> image) {
 
 std::vector<E820Entry> BuildE820(const GuestMemory& mem) {
   std::vector<E820Entry> map;
-  map.push_back({0, kEbdaStart, kE820Ram});
+  // The identity page is reserved so that the guest agent can read it through /dev/mem: x86's
+  // STRICT_DEVMEM shows System RAM as zeros, even below 1 MiB, but lets root read reserved ranges.
+  map.push_back({0, kIdentityPageAddr, kE820Ram});
+  map.push_back({kIdentityPageAddr, kIdentityPageSize, kE820Reserved});
+  map.push_back({kIdentityPageAddr + kIdentityPageSize, kEbdaStart - kIdentityPageAddr - kIdentityPageSize, kE820Ram});
   map.push_back({kEbdaStart, 0xa0000 - kEbdaStart, kE820Reserved});
   map.push_back({kAcpiAddr, kHighMemoryStart - kAcpiAddr, kE820Reserved});
   for (const auto& r : mem.regions()) {

@@ -59,9 +59,11 @@ TEST(KernelLoaderTest, LoadsABzImageWithInitrdAndCmdline) {
   EXPECT_LE(params->hdr.ramdisk_image + initrd.size(), 64 * kMiB);
   EXPECT_EQ(params->hdr.type_of_loader, 0xff);
   EXPECT_EQ(params->acpi_rsdp_addr, 0xe0000u);
-  EXPECT_EQ(params->e820_entries, 4);
-  EXPECT_EQ(params->e820_table[3].addr, kHighMemoryStart);
-  EXPECT_EQ(params->e820_table[3].size, 63 * kMiB);
+  EXPECT_EQ(params->e820_entries, 6);
+  EXPECT_EQ(params->e820_table[1].addr, kIdentityPageAddr);
+  EXPECT_EQ(params->e820_table[1].type, 2u);  // reserved: readable through /dev/mem by the agent
+  EXPECT_EQ(params->e820_table[5].addr, kHighMemoryStart);
+  EXPECT_EQ(params->e820_table[5].size, 63 * kMiB);
   char cmdline[32] = {};
   ASSERT_TRUE(mem.ReadBytes(kCmdlineAddr, std::span(reinterpret_cast<uint8_t*>(cmdline), 20)));
   EXPECT_STREQ(cmdline, "console=ttyS0 quiet");
@@ -188,10 +190,10 @@ TEST(KernelLoaderTest, RejectsElfSegmentsOutsideTheFileOrMemory) {
 TEST(KernelLoaderTest, E820CoversRamAboveTheHole) {
   auto mem = std::move(*GuestMemory::Create(4 * kGiB, kMmioHoleStart, kHighRamStart));
   auto e820 = BuildE820(mem);
-  ASSERT_EQ(e820.size(), 5u);
-  EXPECT_EQ(e820[3].addr + e820[3].size, kMmioHoleStart);
-  EXPECT_EQ(e820[4].addr, kHighRamStart);
-  EXPECT_EQ(e820[4].size, 4 * kGiB - kMmioHoleStart);
+  ASSERT_EQ(e820.size(), 7u);
+  EXPECT_EQ(e820[5].addr + e820[5].size, kMmioHoleStart);
+  EXPECT_EQ(e820[6].addr, kHighRamStart);
+  EXPECT_EQ(e820[6].size, 4 * kGiB - kMmioHoleStart);
 }
 
 }  // namespace

@@ -27,6 +27,7 @@ inline constexpr uint64_t kGiB = 1024 * kMiB;
 
 inline constexpr uint64_t kGdtAddr = 0x500;
 inline constexpr uint64_t kIdentityPageAddr = 0x6000;
+inline constexpr uint64_t kIdentityPageSize = 0x1000;  // e820-reserved (see BuildE820)
 inline constexpr uint64_t kZeroPageAddr = 0x7000;
 inline constexpr uint64_t kBootStackTop = 0x8ff0;
 inline constexpr uint64_t kPvhStartInfoAddr = 0x9000;

@@ -1,0 +1,326 @@
+#include "runtime/vm_service.h"
+
+#include <fcntl.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <ctime>
+#include <fstream>
+
+#include "arch/x86/layout.h"
+#include "base/log.h"
+#include "control/router.h"
+
+namespace clonevm {
+namespace {
+
+using std::chrono::milliseconds;
+
+constexpr milliseconds kAgentConnectTimeout{1000};
+constexpr milliseconds kAgentRetry{250};
+constexpr milliseconds kReportInterval{2000};
+constexpr milliseconds kExecSessionTimeout{5000};
+constexpr milliseconds kShutdownTimeout{5000};
+
+uint64_t UnixNowNs() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// A /proc/self/status field in KiB ("VmRSS"), 0 if absent.
+uint64_t ProcStatusKib(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.starts_with(field + ":")) return std::strtoull(line.c_str() + field.size() + 1, nullptr, 10);
+  }
+  return 0;
+}
+
+nlohmann::json ReportJson(const agent::Report& r) {
+  nlohmann::json j = nlohmann::json::parse(agent::EncodePayload(r), nullptr, false);
+  return j.is_discarded() ? nlohmann::json::object() : j;
+}
+
+// Reads an ExecRequest from a POST /vm/exec or /vm/exec/session body.
+Result<agent::ExecRequest> ExecRequestFrom(const nlohmann::json& body, bool allow_tty) {
+  agent::ExecRequest request;
+  auto argv = body.find("argv");
+  if (argv == body.end() || !argv->is_array() || argv->empty()) return Fail("argv: a non-empty array of strings is required");
+  for (const auto& a : *argv) {
+    if (!a.is_string()) return Fail("argv: every element must be a string");
+    request.argv.push_back(a.get<std::string>());
+  }
+  if (auto env = body.find("env"); env != body.end()) {
+    if (!env->is_array()) return Fail("env: must be an array of \"NAME=value\" strings");
+    for (const auto& e : *env) {
+      if (!e.is_string() || e.get<std::string>().find('=') == std::string::npos) {
+        return Fail("env: every element must be a \"NAME=value\" string");
+      }
+      request.env.push_back(e.get<std::string>());
+    }
+  }
+  if (auto cwd = body.find("cwd"); cwd != body.end()) {
+    if (!cwd->is_string()) return Fail("cwd: must be a string");
+    request.cwd = cwd->get<std::string>();
+  }
+  if (allow_tty) {
+    if (auto tty = body.find("tty"); tty != body.end()) {
+      if (!tty->is_boolean()) return Fail("tty: must be a boolean");
+      request.tty = tty->get<bool>();
+    }
+  }
+  return request;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<VmService>> VmService::Create(ServiceOptions options) {
+  if (options.id.empty()) options.id = NewVmId();
+  agent::Identity identity;
+  identity.generation = 1;
+  identity.vm_id = options.id;
+  identity.hostname = options.id;
+  identity.token = CLONE_TRY(agent::GenerateToken());
+  if (::getrandom(identity.entropy_seed.data(), identity.entropy_seed.size(), 0) !=
+      static_cast<ssize_t>(identity.entropy_seed.size())) {
+    return FailErrno("getrandom");
+  }
+  VmDir dir = CLONE_TRY(VmDir::Create(options.id));
+  Fd log;
+  if (options.detached) log = CLONE_TRY(OpenFile(dir.console_log(), O_WRONLY | O_CREAT | O_APPEND, 0600));
+  auto hub = std::make_unique<ConsoleHub>(options.detached ? -1 : STDOUT_FILENO, std::move(log));
+  return std::unique_ptr<VmService>(new VmService(std::move(options), std::move(dir), std::move(hub), std::move(identity)));
+}
+
+VmService::~VmService() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+    for (int fd : busy_fds_) ::shutdown(fd, SHUT_RDWR);
+  }
+  cv_.notify_all();
+  if (agent_thread_.joinable()) agent_thread_.join();
+  {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [this] { return active_workers_ == 0; });
+  }
+  server_.reset();  // before the loop (owned by the Vm) goes away
+}
+
+void VmService::ConnectConsole(VmConfig& config) {
+  config.console_sink = [hub = hub_.get()](std::span<const uint8_t> bytes) { hub->Output(bytes); };
+  if (options_.detached) config.console_in = -1;
+}
+
+Result<void> VmService::Serve(Vm& vm) {
+  vm_ = &vm;
+  identity_.vsock_cid = static_cast<uint32_t>(vm.vsock_cid());
+  identity_.written_at_unix_ns = UnixNowNs();
+  auto page = CLONE_TRY(agent::EncodeIdentityPage(identity_));
+  CLONE_TRY_VOID(vm.memory().WriteBytes(x86::kIdentityPageAddr, page));
+
+  CLONE_TRY_VOID(hub_->Listen(vm.loop(), dir_.console_socket(),
+                              [&vm](std::span<const uint8_t> bytes) { vm.EnqueueConsoleInput(bytes); }));
+  server_ = CLONE_TRY(control::Server::Create(vm.loop(), dir_.control_socket(), Routes()));
+  nlohmann::json info = options_.info.is_object() ? options_.info : nlohmann::json::object();
+  info["id"] = dir_.id();
+  info["pid"] = ::getpid();
+  info["vcpus"] = vm.vcpu_count();
+  info["cid"] = identity_.vsock_cid;
+  info["created_unix"] = static_cast<int64_t>(::time(nullptr));
+  info["detached"] = options_.detached;
+  CLONE_TRY_VOID(dir_.WriteInfo(info));
+  if (identity_.vsock_cid != 0) agent_thread_ = std::thread([this] { AgentLoop(); });
+  return {};
+}
+
+agent::AgentEndpoint VmService::Endpoint() const { return agent::AgentEndpoint{identity_.vsock_cid}; }
+
+void VmService::AgentLoop() {
+  bool identity_sent = false;
+  while (true) {
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_) return;
+    }
+    auto fd = agent::ConnectVsock(identity_.vsock_cid, agent::kAgentPort, kAgentConnectTimeout);
+    if (fd) {
+      int raw = fd->get();
+      {
+        std::lock_guard lock(mu_);
+        if (stopping_) return;
+        busy_fds_.insert(raw);
+      }
+      auto monitor = agent::AgentMonitor::Start(std::move(*fd), identity_.token, kReportInterval, kAgentConnectTimeout);
+      if (monitor) {
+        {
+          std::lock_guard lock(mu_);
+          agent_connected_ = true;
+          agent_hello_ = monitor->hello();
+        }
+        if (!identity_sent && options_.network) {
+          auto control = agent::Connect(Endpoint(), identity_.token, agent::Role::kControl, kAgentConnectTimeout);
+          Result<agent::IdentityOk> applied = control ? agent::SendIdentity(control->fd, *options_.network, kShutdownTimeout)
+                                                      : Result<agent::IdentityOk>(Fail(control.error()));
+          if (applied) {
+            identity_sent = true;
+          } else {
+            Log(LogLevel::kWarn, "agent: cannot apply the network identity: {}", applied.error().message());
+          }
+        }
+        for (;;) {
+          auto report = monitor->Next(kReportInterval * 3);
+          if (!report) break;
+          std::lock_guard lock(mu_);
+          last_report_ = *report;
+          last_report_at_ = std::chrono::steady_clock::now();
+        }
+      }
+      std::lock_guard lock(mu_);
+      busy_fds_.erase(raw);
+      agent_connected_ = false;
+    }
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, kAgentRetry, [this] { return stopping_; });
+  }
+}
+
+void VmService::TrackFd(int fd) {
+  std::lock_guard lock(mu_);
+  busy_fds_.insert(fd);
+  if (stopping_) ::shutdown(fd, SHUT_RDWR);
+}
+
+void VmService::UntrackFd(int fd) {
+  std::lock_guard lock(mu_);
+  busy_fds_.erase(fd);
+}
+
+nlohmann::json VmService::StateJson() const {
+  nlohmann::json state = options_.info.is_object() ? options_.info : nlohmann::json::object();
+  state["id"] = dir_.id();
+  state["pid"] = ::getpid();
+  state["state"] = vm_->paused() ? "paused" : "running";
+  state["vcpus"] = vm_->vcpu_count();
+  state["cid"] = identity_.vsock_cid;
+  state["rss_kib"] = ProcStatusKib("VmRSS");
+  state["uptime_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  state["console_socket"] = dir_.console_socket();
+  state["control_socket"] = dir_.control_socket();
+  nlohmann::json agent_state = {{"connected", false}};
+  std::lock_guard lock(mu_);
+  agent_state["connected"] = agent_connected_;
+  if (agent_hello_) {
+    agent_state["version"] = agent_hello_->agent_version;
+    agent_state["kernel"] = agent_hello_->kernel;
+    agent_state["hostname"] = agent_hello_->hostname;
+  }
+  if (last_report_) {
+    agent_state["report"] = ReportJson(*last_report_);
+    agent_state["report_age_s"] =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - last_report_at_).count();
+  }
+  state["agent"] = agent_state;
+  return state;
+}
+
+control::Router VmService::Routes() {
+  control::Router router;
+  router.Add("GET", "/vm", [this](control::Request, control::Responder r) { r.RespondJson(200, StateJson()); });
+  router.Add("PUT", "/vm/pause", [this](control::Request, control::Responder r) {
+    if (auto paused = vm_->Pause(); !paused) return r.RespondError(500, paused.error().message());
+    r.RespondJson(200, {{"state", "paused"}});
+  });
+  router.Add("PUT", "/vm/resume", [this](control::Request, control::Responder r) {
+    vm_->Resume();
+    r.RespondJson(200, {{"state", "running"}});
+  });
+  router.Add("PUT", "/vm/shutdown", [this](control::Request request, control::Responder r) {
+    HandleShutdown(std::move(request), std::move(r));
+  });
+  router.Add("POST", "/vm/exec", [this](control::Request request, control::Responder r) {
+    HandleExec(std::move(request), std::move(r));
+  });
+  router.Add("POST", "/vm/exec/session", [this](control::Request request, control::Responder r) {
+    HandleExecSession(std::move(request), std::move(r));
+  });
+  return router;
+}
+
+void VmService::HandleShutdown(control::Request request, control::Responder responder) {
+  auto body = control::ParseJsonBody(request, {"mode"});
+  if (!body) return responder.Respond(body.error().ToResponse());
+  std::string mode = body->value("mode", nlohmann::json("agent")).is_string() ? body->value("mode", "agent") : "";
+  if (mode == "force") {
+    // Answer first: the loop runs posted work in order, so the reply is written before it stops.
+    responder.RespondJson(202, {{"state", "stopping"}});
+    vm_->loop().Post([vm = vm_] { vm->RequestExit({VmExitReason::kPowerOff, "stopped through the control API (force)", 0}); });
+    return;
+  }
+  if (mode != "agent") return responder.RespondError(400, "mode: expected \"agent\" or \"force\"");
+  if (identity_.vsock_cid == 0) return responder.RespondError(409, "this VM has no vsock device, so no agent: use {\"mode\": \"force\"}");
+  RunWorker([this, r = std::move(responder)]() mutable {
+    auto conn = agent::Connect(Endpoint(), identity_.token, agent::Role::kControl, kShutdownTimeout);
+    if (!conn) return r.RespondError(504, fmt::format("guest agent not reachable: {}", conn.error().message()));
+    TrackFd(conn->fd.get());
+    auto sent = agent::SendShutdown(conn->fd, kShutdownTimeout);
+    UntrackFd(conn->fd.get());
+    if (!sent) return r.RespondError(504, fmt::format("guest agent: {}", sent.error().message()));
+    r.RespondJson(202, {{"state", "stopping"}});
+  });
+}
+
+void VmService::HandleExec(control::Request request, control::Responder responder) {
+  auto body = control::ParseJsonBody(request, {"argv", "env", "cwd", "stdin", "timeout_ms"});
+  if (!body) return responder.Respond(body.error().ToResponse());
+  auto exec = ExecRequestFrom(*body, /*allow_tty=*/false);
+  if (!exec) return responder.RespondError(400, exec.error().message());
+  agent::ExecCaptureOptions options;
+  if (auto in = body->find("stdin"); in != body->end()) {
+    if (!in->is_string()) return responder.RespondError(400, "stdin: must be a string");
+    options.stdin_data = in->get<std::string>();
+    exec->forward_stdin = true;
+  }
+  if (auto t = body->find("timeout_ms"); t != body->end()) {
+    if (!t->is_number_unsigned() || t->get<uint64_t>() > 24ull * 3600 * 1000) {
+      return responder.RespondError(400, "timeout_ms: a number of milliseconds up to one day");
+    }
+    options.timeout = milliseconds(t->get<uint64_t>());
+  }
+  if (identity_.vsock_cid == 0) return responder.RespondError(409, "this VM has no vsock device, so no agent");
+  RunWorker([this, r = std::move(responder), request = std::move(*exec), options]() mutable {
+    auto conn = agent::Connect(Endpoint(), identity_.token, agent::Role::kExec, kExecSessionTimeout);
+    if (!conn) return r.RespondError(504, fmt::format("guest agent not reachable: {}", conn.error().message()));
+    TrackFd(conn->fd.get());
+    auto result = agent::ExecCapture(conn->fd, request, options);
+    UntrackFd(conn->fd.get());
+    if (!result) return r.RespondError(504, fmt::format("exec: {}", result.error().message()));
+    r.RespondJson(200, {{"exit_code", result->status},
+                        {"stdout", result->stdout_data},
+                        {"stderr", result->stderr_data},
+                        {"stdout_truncated", result->stdout_truncated},
+                        {"stderr_truncated", result->stderr_truncated}});
+  });
+}
+
+// Hands the client an authenticated exec connection to the agent (SCM_RIGHTS); the client then
+// speaks the agent protocol itself (agent::RunExec), so streaming costs the VMM nothing.
+void VmService::HandleExecSession(control::Request request, control::Responder responder) {
+  auto body = control::ParseJsonBody(request, {});
+  if (!body) return responder.Respond(body.error().ToResponse());
+  if (identity_.vsock_cid == 0) return responder.RespondError(409, "this VM has no vsock device, so no agent");
+  RunWorker([this, r = std::move(responder)]() mutable {
+    auto conn = agent::Connect(Endpoint(), identity_.token, agent::Role::kExec, kExecSessionTimeout);
+    if (!conn) return r.RespondError(504, fmt::format("guest agent not reachable: {}", conn.error().message()));
+    control::Response response = control::Response::Json(200, {{"agent_version", conn->hello.agent_version},
+                                                               {"kernel", conn->hello.kernel},
+                                                               {"hostname", conn->hello.hostname}});
+    response.fds.push_back(std::move(conn->fd));
+    r.Respond(std::move(response));
+  });
+}
+
+}  // namespace clonevm

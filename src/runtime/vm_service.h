@@ -1,0 +1,117 @@
+// VmService: everything a VM process serves around its Vm — the runtime directory (VmDir), the
+// console socket (ConsoleHub), the control API (control/server.h, routes below, documented in
+// docs/api/openapi.yaml), the guest's identity page and the link to the guest agent.
+//
+// Order of use (the console sink must exist before the Vm does):
+//   auto service = VmService::Create(options);      // claims <runtime>/vms/<id>, makes the token
+//   service->ConnectConsole(config);               // guest serial output -> hub
+//   auto vm = Vm::Create(std::move(config), ...);
+//   service->Serve(*vm);                           // identity page, sockets, info.json, agent link
+//   vm->Run();                                     // serves until the VM ends
+//   service.reset(); vm.reset();                   // workers joined, sockets and directory removed
+//
+// Identity and agent authentication: the service writes the identity page (agent/identity_page.h)
+// into guest RAM at 0x6000 before the first instruction, with a fresh random token. Only holders
+// of the token (this process) can talk to the agent: any host process may connect to a guest's
+// vsock port, so the token, not the transport, is the access control.
+//
+// Agent link: a thread keeps a monitor session to the agent (reconnecting every 250 ms while the
+// guest boots or after the agent restarts) and keeps the latest Report for GET /vm. Requests that
+// need the agent (exec, shutdown) run on short-lived worker threads with timeouts, so the event
+// loop never waits for the guest; their Responders complete from the worker (control/responder.h).
+//
+// Threads: Create/ConnectConsole/Serve on the main thread before Run(); route handlers on the VM's
+// event loop; the agent thread and workers as said. The destructor stops them all.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "agent/client.h"
+#include "agent/identity_page.h"
+#include "base/result.h"
+#include "control/server.h"
+#include "runtime/console_hub.h"
+#include "runtime/vm_dir.h"
+#include "vmm/vm.h"
+
+namespace clonevm {
+
+struct ServiceOptions {
+  std::string id;         // empty: a fresh random id
+  bool detached = false;  // console to <dir>/console.log instead of this terminal
+  nlohmann::json info;    // extra static facts for info.json (kernel, mem_mib, ...)
+  // Network identity for the guest (the agent applies it), when the VM has a network.
+  std::optional<agent::SetIdentity> network;
+};
+
+class VmService {
+ public:
+  [[nodiscard]] static Result<std::unique_ptr<VmService>> Create(ServiceOptions options);
+  ~VmService();
+  VmService(const VmService&) = delete;
+  VmService& operator=(const VmService&) = delete;
+
+  const VmDir& dir() const { return dir_; }
+  void ConnectConsole(VmConfig& config);
+  [[nodiscard]] Result<void> Serve(Vm& vm);
+
+ private:
+  VmService(ServiceOptions options, VmDir dir, std::unique_ptr<ConsoleHub> hub, agent::Identity identity)
+      : options_(std::move(options)), dir_(std::move(dir)), hub_(std::move(hub)), identity_(std::move(identity)) {}
+
+  control::Router Routes();
+  nlohmann::json StateJson() const;
+  agent::AgentEndpoint Endpoint() const;
+  void AgentLoop();
+  // Runs fn (move-only is fine) on a detached worker thread; the destructor waits for all.
+  template <typename F>
+  void RunWorker(F&& fn) {
+    {
+      std::lock_guard lock(mu_);
+      ++active_workers_;
+    }
+    std::thread([this, f = std::forward<F>(fn)]() mutable {
+      f();
+      std::lock_guard lock(mu_);
+      --active_workers_;
+      cv_.notify_all();
+    }).detach();
+  }
+  // Agent connections in use by workers, shut down when the service stops.
+  void TrackFd(int fd);
+  void UntrackFd(int fd);
+
+  void HandleExec(control::Request request, control::Responder responder);
+  void HandleExecSession(control::Request request, control::Responder responder);
+  void HandleShutdown(control::Request request, control::Responder responder);
+
+  ServiceOptions options_;
+  VmDir dir_;
+  std::unique_ptr<ConsoleHub> hub_;
+  agent::Identity identity_;
+  Vm* vm_ = nullptr;
+  std::unique_ptr<control::Server> server_;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  bool agent_connected_ = false;
+  std::optional<agent::HelloOk> agent_hello_;
+  std::optional<agent::Report> last_report_;
+  std::chrono::steady_clock::time_point last_report_at_;
+  std::set<int> busy_fds_;
+  std::thread agent_thread_;
+  int active_workers_ = 0;
+};
+
+}  // namespace clonevm
