@@ -210,7 +210,8 @@ void Server::Pump(Connection& conn) {
       HijackCallback on_taken = std::move(conn.hijack);
       HijackedConnection taken{std::move(conn.fd), std::move(conn.in)};
       loop_.Remove(taken.socket.get());
-      connections_.erase(conn.id);
+      const uint64_t id = conn.id;  // `conn` dies in the erase
+      connections_.erase(id);
       on_taken(std::move(taken));
       return;
     }
