@@ -5,9 +5,9 @@
 // AF_UNIX sockets; the protocol subset we need is small (http.h) and runs on our own loop.
 //
 // Socket: Create() binds `socket_path` (its directory must exist; at most 107 bytes) with mode
-// 0600 (chmod before listen(), so nobody can connect in between). An existing path is replaced only if it is a stale socket (connect() is refused):
-// if something accepts connections there, Create fails with "another VM is serving PATH"; a path
-// that is not a socket is never removed. Creation is serialised with other Clone processes by an
+// 0600 (chmod before listen(), so nobody can connect in between). An existing path is replaced
+// only if it is a stale socket (connect() is refused): if something accepts connections there,
+// Create fails with "another VM is serving PATH"; a path that is not a socket is never removed. Creation is serialised with other Clone processes by an
 // flock on the socket's directory. The destructor unlinks the socket if it is still ours (same
 // inode).
 //
