@@ -15,6 +15,8 @@
 #include "base/terminal.h"
 #include "cli/exit_codes.h"
 #include "block/qcow2.h"
+#include "devices/virtio/tap.h"
+#include "devices/virtio/vsock.h"
 #include "image/rootfs_initrd.h"
 
 namespace clonevm::cli {
@@ -62,6 +64,12 @@ void AddRunCommand(CLI::App& app, RunOptions& o) {
   run->add_option("--block", o.blocks,
                   "Attach a disk image as virtio-blk (repeatable; the first is /dev/vda): "
                   "PATH[,ro][,format=raw|qcow2]; the format is probed when not given");
+  run->add_option("--cid", o.cid,
+                  "The guest's vsock CID (3..4294967294); without it, a free CID is chosen when "
+                  "/dev/vhost-vsock exists");
+  run->add_option("--tap", o.taps,
+                  "Attach an existing TAP interface as virtio-net (repeatable; the first is eth0): "
+                  "NAME[,mac=52:54:00:12:34:56][,vhost=on|off] (vhost-net when available by default)");
   run->add_option("--rootfs", o.rootfs,
                   "Boot from this disk image (ext4; becomes /dev/vda): Clone generates an initrd that "
                   "mounts it and runs its /sbin/init");
@@ -83,6 +91,10 @@ Result<void> ValidateRunOptions(const RunOptions& o) {
   if (o.vcpus == 0) return Fail("--vcpus 0: a VM needs at least one vCPU");
   if (o.vcpus > kMaxVcpus) return Fail("--vcpus {}: too many (maximum {})", o.vcpus, kMaxVcpus);
   for (const auto& block : o.blocks) CLONE_TRY(ParseBlockSpec(block));
+  if (o.cid != 0 && (o.cid < virtio::Vsock::kFirstGuestCid || o.cid > virtio::Vsock::kMaxGuestCid)) {
+    return Fail("--cid {}: use {}..{}", o.cid, virtio::Vsock::kFirstGuestCid, virtio::Vsock::kMaxGuestCid);
+  }
+  for (const auto& tap : o.taps) CLONE_TRY(ParseTapSpec(tap));
   if (!o.rootfs.empty() && !o.initrd.empty()) return Fail("--rootfs and --initrd cannot be used together");
   if (o.rootfs.empty() && (!o.overlay.empty() || !o.modules.empty())) {
     return Fail("--overlay and --modules need --rootfs");
@@ -113,6 +125,41 @@ Result<BlockSpec> ParseBlockSpec(const std::string& value) {
     comma = next;
   }
   return spec;
+}
+
+Result<TapSpec> ParseTapSpec(const std::string& value) {
+  TapSpec spec;
+  size_t comma = value.find(',');
+  spec.name = value.substr(0, comma);
+  if (spec.name.empty()) return Fail("--tap '{}': missing the TAP interface name", value);
+  while (comma != std::string::npos) {
+    size_t next = value.find(',', comma + 1);
+    std::string option = value.substr(comma + 1, next == std::string::npos ? std::string::npos : next - comma - 1);
+    if (option.starts_with("mac=")) {
+      auto mac = virtio::ParseMac(option.substr(4));
+      if (!mac) return Fail("--tap '{}': {}", value, mac.error().message());
+      spec.mac = *mac;
+    } else if (option == "vhost=on" || option == "vhost=off") {
+      spec.vhost = option == "vhost=on" ? virtio::VhostMode::kOn : virtio::VhostMode::kOff;
+    } else {
+      return Fail("--tap '{}': unknown option '{}' (expected mac=XX:XX:XX:XX:XX:XX or vhost=on|off)", value, option);
+    }
+    comma = next;
+  }
+  return spec;
+}
+
+// --cid / --tap: vsock (on by default where /dev/vhost-vsock exists) and the TAPs, opened now so a
+// missing TAP or a permission problem is reported before KVM is set up.
+Result<void> AddVsockAndTaps(const RunOptions& o, VmConfig* config) {
+  if (o.cid != 0 || ::access(virtio::Vsock::kDefaultDevice, R_OK | W_OK) == 0) config->vsock = VsockConfig{o.cid};
+  for (const auto& value : o.taps) {
+    TapSpec spec = CLONE_TRY(ParseTapSpec(value));
+    auto tap = virtio::OpenTap(spec.name);
+    if (!tap) return Fail(tap.error().Wrap(fmt::format("--tap {}", spec.name)));
+    config->nets.push_back({std::move(*tap), spec.mac.value_or(virtio::RandomMac()), spec.vhost});
+  }
+  return {};
 }
 
 // The upper layer of --overlay=PATH: a qcow2 image, created (sparse, kOverlayDiskBytes) when missing.
@@ -190,6 +237,7 @@ Result<VmConfig> PrepareVmConfig(const RunOptions& o) {
     if (!backend) return Fail(backend.error().Wrap(fmt::format("cannot open disk {}", spec.path)));
     config.disks.push_back({std::move(*backend), fmt::format("clone-disk{}", config.disks.size())});
   }
+  CLONE_TRY_VOID(AddVsockAndTaps(o, &config));
   config.mem_bytes = o.mem_mb * x86::kMiB;
   config.vcpus = o.vcpus;
   config.console_in = STDIN_FILENO;

@@ -24,6 +24,8 @@ struct RunOptions {
   std::string kernel_sha256;
   bool boot_timing = false;
   std::vector<std::string> blocks;  // --block PATH[,ro][,format=raw|qcow2]
+  uint64_t cid = 0;                 // --cid N: the guest's vsock CID (0: automatic)
+  std::vector<std::string> taps;    // --tap NAME[,mac=XX:XX:XX:XX:XX:XX][,vhost=on|off]
   std::string rootfs;               // --rootfs IMG: boot from a disk image via a generated initrd
   std::string overlay;              // --overlay[=tmpfs]: share the rootfs read-only under an overlay
   std::string modules;              // --modules DIR: the kernel's modules (default /lib/modules/RELEASE)
@@ -36,6 +38,14 @@ struct BlockSpec {
   Format format = Format::kAuto;
 };
 [[nodiscard]] Result<BlockSpec> ParseBlockSpec(const std::string& value);
+
+// A parsed --tap value.
+struct TapSpec {
+  std::string name;
+  std::optional<virtio::MacAddress> mac;  // default: a random locally administered MAC
+  virtio::VhostMode vhost = virtio::VhostMode::kAuto;
+};
+[[nodiscard]] Result<TapSpec> ParseTapSpec(const std::string& value);
 
 void AddRunCommand(CLI::App& app, RunOptions& options);
 

@@ -17,6 +17,7 @@
 #include "devices/pci/pci_root.h"
 #include "devices/virtio/block.h"
 #include "devices/virtio/rng.h"
+#include "devices/virtio/vsock.h"
 
 namespace clonevm {
 namespace {
@@ -130,6 +131,15 @@ Result<void> Vm::SetUpDevices(VmConfig& config) {
     auto block = CLONE_TRY(virtio::Block::Create(std::move(disk.backend), disk.serial));
     CLONE_TRY_VOID(AddVirtioDevice(std::move(block)));
   }
+  if (config.vsock) {
+    auto vsock = CLONE_TRY(virtio::Vsock::Create(config.vsock->cid));
+    CLONE_TRY_VOID(AddVirtioDevice(std::move(vsock)));
+    vsock_transport_ = virtio_.back().transport.get();
+  }
+  for (auto& net : config.nets) {
+    auto device = CLONE_TRY(virtio::Net::Create(std::move(net.tap), net.mac, net.vhost));
+    CLONE_TRY_VOID(AddVirtioDevice(std::move(device)));
+  }
   return {};
 }
 
@@ -142,14 +152,25 @@ Result<void> Vm::AddVirtioDevice(std::unique_ptr<virtio::VirtioDevice> device) {
   CLONE_TRY_VOID(mmio_bus_.Insert(base, virtio::MmioTransport::kMmioSize, transport));
   CLONE_TRY_VOID(vm_fd_->RegisterIrqfd(transport->irq_eventfd().fd(), gsi));
   uint64_t notify = base + *transport->QueueNotifyOffset();
+  virtio::MmioTransport* t = transport.get();
   for (size_t q = 0; q < transport->num_queues(); ++q) {
     int fd = transport->queue_eventfd(q).fd();
     CLONE_TRY_VOID(vm_fd_->RegisterIoeventfd(fd, notify, 4, q));
-    virtio::MmioTransport* t = transport.get();
+    if (transport->device().kicks_go_to_backend(q)) continue;  // vhost reads this eventfd itself
     CLONE_TRY_VOID(loop_->Add(fd, EPOLLIN, [t, q](uint32_t) { t->HandleQueueNotify(q); }));
+  }
+  // The device's own fds (vhost call eventfds, a TAP), served under the transport's lock.
+  std::vector<virtio::WatchedFd> watched = transport->device().watched_fds();
+  for (size_t k = 0; k < watched.size(); ++k) {
+    CLONE_TRY_VOID(loop_->Add(watched[k].fd, watched[k].events, [t, k](uint32_t events) { t->HandleDeviceFd(k, events); }));
   }
   virtio_.push_back({std::move(transport), base, gsi});
   return {};
+}
+
+uint64_t Vm::vsock_cid() const {
+  if (vsock_transport_ == nullptr) return 0;
+  return static_cast<const virtio::Vsock&>(vsock_transport_->device()).guest_cid();
 }
 
 Result<void> Vm::LoadGuest(const VmConfig& config) {

@@ -22,6 +22,7 @@
 #include "devices/legacy/serial.h"
 #include "block/block_backend.h"
 #include "devices/virtio/mmio_transport.h"
+#include "devices/virtio/net.h"
 #include "kvm/kvm.h"
 #include "memory/guest_memory.h"
 #include "vmm/boot_timer.h"
@@ -35,6 +36,18 @@ struct DiskConfig {
   std::string serial;                     // VIRTIO_BLK_T_GET_ID, at most 20 bytes
 };
 
+// The virtio-vsock device (data path in /dev/vhost-vsock).
+struct VsockConfig {
+  uint64_t cid = 0;  // the guest's CID (3 .. 2^32-2); 0: the first free one from 3 up
+};
+
+// A virtio-net device on an open TAP, in order (the first is the guest's eth0).
+struct NetConfig {
+  Fd tap;                   // a TAP opened with IFF_VNET_HDR (virtio::OpenTap, or net/ for --net)
+  virtio::MacAddress mac{};  // the guest's MAC (config space)
+  virtio::VhostMode vhost = virtio::VhostMode::kAuto;  // vhost-net, else the userspace data path
+};
+
 struct VmConfig {
   std::vector<uint8_t> kernel;  // the image bytes, already read and verified
   std::vector<uint8_t> initrd;
@@ -45,6 +58,8 @@ struct VmConfig {
   int console_out = 1;  // fd guest serial output goes to
   bool rng = true;      // virtio-rng entropy device
   std::vector<DiskConfig> disks;
+  std::optional<VsockConfig> vsock;  // virtio-vsock, when set
+  std::vector<NetConfig> nets;       // virtio-net devices
 };
 
 // The kernel command line the guest gets: the user's, plus what Clone's platform needs unless the
@@ -75,6 +90,9 @@ class Vm {
   // Ends the VM with `exit` unless it is already ending. Any thread.
   void RequestExit(VmExit exit);
 
+  // The guest's vsock CID (0 without a vsock device). Any thread.
+  uint64_t vsock_cid() const;
+
  private:
   struct Vcpu;
   Vm() = default;
@@ -104,6 +122,7 @@ class Vm {
     uint32_t gsi;
   };
   std::vector<VirtioSlot> virtio_;
+  virtio::MmioTransport* vsock_transport_ = nullptr;  // in virtio_, when there is a vsock device
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::unique_ptr<EventLoop> loop_;
   x86::BootSetup boot_setup_;
