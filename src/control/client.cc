@@ -92,7 +92,8 @@ Result<ssize_t> Receive(int fd, std::string* in, std::vector<Fd>* fds) {
       fds->emplace_back(raw);
     }
   }
-  if (msg.msg_flags & MSG_CTRUNC) return Fail("control response carried more than {} file descriptors", kMaxReceivedFds);
+  if (msg.msg_flags & MSG_CTRUNC)
+    return Fail("control response carried more than {} file descriptors", kMaxReceivedFds);
   in->append(buf, static_cast<size_t>(n));
   return n;
 }
@@ -111,7 +112,8 @@ Result<Response> Call(const std::string& socket_path, std::string_view method, s
                           });
   if (bad_target || bad_method) return Fail("invalid control request method or path: {} {}", method, path);
   Fd fd = CLONE_TRY(Connect(socket_path, deadline, what));
-  const std::string body_text = body ? body->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) : std::string();
+  const std::string body_text =
+      body ? body->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) : std::string();
   const std::string request = SerializeRequest(method, path, {{"Connection", "close"}}, body_text, body.has_value());
   CLONE_TRY_VOID(SendAll(fd.get(), request, deadline, what));
 
@@ -138,8 +140,7 @@ Result<Response> Call(const std::string& socket_path, std::string_view method, s
 }
 
 Result<nlohmann::json> ResponseJson(const Response& response) {
-  nlohmann::json body = response.body.empty() ? nlohmann::json()
-                                              : nlohmann::json::parse(response.body, nullptr, false);
+  nlohmann::json body = response.body.empty() ? nlohmann::json() : nlohmann::json::parse(response.body, nullptr, false);
   if (response.status >= 200 && response.status < 300) {
     if (body.is_discarded()) return Fail("HTTP {}: response body is not JSON", response.status);
     return body;

@@ -148,7 +148,8 @@ std::optional<HttpError> ApplyFraming(const ParserLimits& limits, Request* reque
     if (lengths > 0) return HttpError{400, "both Transfer-Encoding and Content-Length"};
     std::string_view last;
     ForEachListElement(*te, [&](std::string_view coding) { last = coding; });
-    if (EqualsIgnoreCase(last, "chunked")) return HttpError{411, "chunked request bodies are not supported; send a Content-Length"};
+    if (EqualsIgnoreCase(last, "chunked"))
+      return HttpError{411, "chunked request bodies are not supported; send a Content-Length"};
     return HttpError{501, "unsupported transfer coding"};
   }
   *body_size = 0;
@@ -215,32 +216,58 @@ Response Response::Error(int status, std::string_view message) {
 
 std::string_view ReasonPhrase(int status) {
   switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 417: return "Expectation Failed";
-    case 422: return "Unprocessable Content";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
+    case 100:
+      return "Continue";
+    case 101:
+      return "Switching Protocols";
+    case 200:
+      return "OK";
+    case 201:
+      return "Created";
+    case 202:
+      return "Accepted";
+    case 204:
+      return "No Content";
+    case 400:
+      return "Bad Request";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 408:
+      return "Request Timeout";
+    case 409:
+      return "Conflict";
+    case 411:
+      return "Length Required";
+    case 413:
+      return "Content Too Large";
+    case 414:
+      return "URI Too Long";
+    case 415:
+      return "Unsupported Media Type";
+    case 417:
+      return "Expectation Failed";
+    case 422:
+      return "Unprocessable Content";
+    case 429:
+      return "Too Many Requests";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 500:
+      return "Internal Server Error";
+    case 501:
+      return "Not Implemented";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    case 505:
+      return "HTTP Version Not Supported";
+    default:
+      return "Unknown";
   }
 }
 
@@ -340,7 +367,8 @@ std::string SerializeResponseHead(const Response& response, const ResponseHeadOp
 
 std::string SerializeResponse(const Response& response, const ResponseHeadOptions& options) {
   std::string out = SerializeResponseHead(response, options);
-  const bool no_body = options.head_request || response.status < 200 || response.status == 204 || response.status == 304;
+  const bool no_body =
+      options.head_request || response.status < 200 || response.status == 204 || response.status == 304;
   if (!no_body) out += response.body;
   return out;
 }
@@ -383,7 +411,8 @@ ResponseParser::Step ResponseParser::Parse(std::string_view buffer, bool eof) {
     case Framing::kNone:
       return Finish({}, head_size_);
     case Framing::kLength:
-      if (rest.size() >= content_length_) return Finish(std::string(rest.substr(0, content_length_)), head_size_ + content_length_);
+      if (rest.size() >= content_length_)
+        return Finish(std::string(rest.substr(0, content_length_)), head_size_ + content_length_);
       if (eof) return error("connection closed before the end of the response body");
       return Step{};
     case Framing::kClose:
@@ -408,7 +437,9 @@ ResponseParser::Step ResponseParser::ParseHead(std::string_view buffer, bool eof
     size_t end = buffer.find("\r\n\r\n", start);
     if (end == std::string_view::npos) {
       if (buffer.size() - start > limits_.max_header_bytes) return error("response head too large");
-      if (eof) return error(buffer.size() == start ? "connection closed without a response" : "connection closed in the response head");
+      if (eof)
+        return error(buffer.size() == start ? "connection closed without a response"
+                                            : "connection closed in the response head");
       head_size_ = start;
       return Step{};
     }

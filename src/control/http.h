@@ -29,8 +29,8 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <nlohmann/json.hpp>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -49,10 +49,10 @@ std::optional<std::string_view> FindHeader(const HeaderList& headers, std::strin
 bool EqualsIgnoreCase(std::string_view a, std::string_view b);
 
 struct Request {
-  std::string method;  // case-sensitive token, e.g. "GET"
-  std::string target;  // as sent on the request line
-  std::string path;    // target without the query, always starting with '/' (not percent-decoded)
-  std::string query;   // after '?', without it; empty if none
+  std::string method;     // case-sensitive token, e.g. "GET"
+  std::string target;     // as sent on the request line
+  std::string path;       // target without the query, always starting with '/' (not percent-decoded)
+  std::string query;      // after '?', without it; empty if none
   int version_minor = 1;  // HTTP/1.<minor>: 0 or 1
   HeaderList headers;
   std::string body;
@@ -83,10 +83,10 @@ struct Response {
 std::string_view ReasonPhrase(int status);
 
 struct ParserLimits {
-  size_t max_request_line = 8 * 1024;    // longer: 414
-  size_t max_header_bytes = 16 * 1024;   // the whole header section, request line included: 431
-  size_t max_header_count = 64;          // 431
-  size_t max_body_bytes = 1024 * 1024;   // Content-Length above this: 413
+  size_t max_request_line = 8 * 1024;   // longer: 414
+  size_t max_header_bytes = 16 * 1024;  // the whole header section, request line included: 431
+  size_t max_header_count = 64;         // 431
+  size_t max_body_bytes = 1024 * 1024;  // Content-Length above this: 413
 };
 
 // A refused request: the status to answer with and a message for the JSON error body.
@@ -128,18 +128,18 @@ class RequestParser {
 
   ParserLimits limits_;
   State state_ = State::kHead;
-  size_t scanned_ = 0;   // kHead: bytes already searched for the end of the head
+  size_t scanned_ = 0;           // kHead: bytes already searched for the end of the head
   size_t request_line_end_ = 0;  // kHead: offset of the request line's CR once seen (0: not yet)
-  size_t head_size_ = 0; // kBody: bytes of the head (including leading empty lines)
-  size_t body_size_ = 0; // kBody: Content-Length
+  size_t head_size_ = 0;         // kBody: bytes of the head (including leading empty lines)
+  size_t body_size_ = 0;         // kBody: Content-Length
   bool expect_continue_ = false;
-  Request pending_;      // kBody: the parsed head
+  Request pending_;  // kBody: the parsed head
 };
 
 struct ResponseHeadOptions {
-  bool keep_alive = true;    // false adds "Connection: close"
-  int version_minor = 1;     // of the request; 1.0 clients get "Connection: keep-alive" if kept
-  bool head_request = false; // a HEAD request: Content-Length of the body, no body
+  bool keep_alive = true;     // false adds "Connection: close"
+  int version_minor = 1;      // of the request; 1.0 clients get "Connection: keep-alive" if kept
+  bool head_request = false;  // a HEAD request: Content-Length of the body, no body
 };
 
 // Status line and header fields (ending in the empty line) for `response`, with Content-Length

@@ -126,7 +126,10 @@ TEST(RequestParserTest, RefusesMalformedHeaderFields) {
   ExpectError("GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400);
   ExpectError("GET / HTTP/1.1\r\nHost: x\r\nNoColon\r\n\r\n", 400);
   ExpectError("GET / HTTP/1.1\r\nHost: x\r\n: empty-name\r\n\r\n", 400);
-  ExpectError("GET / HTTP/1.1\r\nHost: x\r\nX: a\x01" "b\r\n\r\n", 400);
+  ExpectError(
+      "GET / HTTP/1.1\r\nHost: x\r\nX: a\x01"
+      "b\r\n\r\n",
+      400);
   ExpectError("GET / HTTP/1.1\r\nHost: x\r\nX: a\x7f\r\n\r\n", 400);
   // Header values may hold obs-text (bytes >= 0x80) and tabs.
   EXPECT_EQ(ParseAll("GET / HTTP/1.1\r\nHost: x\r\nX: caf\xc3\xa9\tok\r\n\r\n").status, Status::kRequest);
@@ -162,7 +165,7 @@ TEST(RequestParserTest, EnforcesLimits) {
   ExpectError("GET / HTTP/1.1\r\nHost: x\r\nX: " + std::string(300, 'a'), 431, limits);
   ExpectError("GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n", 431, limits);
   ExpectError("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n", 413, limits);
-  ExpectError(std::string(300, '\r') , 400, limits);  // bare CRs
+  ExpectError(std::string(300, '\r'), 400, limits);  // bare CRs
   ExpectError(std::string("\r\n\r\n\r\n\r\n").append(300, 'x'), 414, limits);
   EXPECT_EQ(ParseAll("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789", limits).status,
             Status::kRequest);
@@ -177,9 +180,10 @@ TEST(RequestParserTest, StaysInTheErrorState) {
 TEST(ResponseTest, SerialisesJsonAndErrors) {
   Response r = Response::Error(404, "no such resource: /x");
   std::string text = SerializeResponse(r, {.keep_alive = false});
-  EXPECT_EQ(text,
-            "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 33\r\nConnection: close\r\n\r\n"
-            "{\"error\":\"no such resource: /x\"}\n");
+  EXPECT_EQ(
+      text,
+      "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 33\r\nConnection: close\r\n\r\n"
+      "{\"error\":\"no such resource: /x\"}\n");
   EXPECT_NE(SerializeResponse(Response::Json(200, {{"a", 1}}), {.keep_alive = true, .version_minor = 0})
                 .find("Connection: keep-alive\r\n"),
             std::string::npos);
@@ -207,7 +211,8 @@ TEST(ResponseParserTest, ParsesEveryFraming) {
   }
   {
     ResponseParser parser;
-    std::string bytes = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n";
+    std::string bytes =
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n";
     auto step = parser.Parse(bytes, false);
     ASSERT_EQ(step.status, ResponseParser::Status::kResponse);
     EXPECT_EQ(step.response.body, "hello world");

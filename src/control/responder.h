@@ -31,8 +31,8 @@ namespace clonevm::control {
 
 // A connection taken over by Responder::Hijack.
 struct HijackedConnection {
-  Fd socket;              // connected AF_UNIX stream socket, O_NONBLOCK
-  std::string buffered;   // bytes the client sent after the request, not yet consumed
+  Fd socket;             // connected AF_UNIX stream socket, O_NONBLOCK
+  std::string buffered;  // bytes the client sent after the request, not yet consumed
 };
 using HijackCallback = std::function<void(Result<HijackedConnection>)>;
 

@@ -23,9 +23,7 @@ std::vector<std::string_view> SplitPath(std::string_view path) {
   return segments;
 }
 
-bool IsParam(std::string_view segment) {
-  return segment.size() > 2 && segment.front() == '{' && segment.back() == '}';
-}
+bool IsParam(std::string_view segment) { return segment.size() > 2 && segment.front() == '{' && segment.back() == '}'; }
 
 int HexValue(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -103,7 +101,8 @@ void Router::Dispatch(Request request, Responder responder) const {
     if (MatchScore(route.segments, path) != best) continue;
     if (route.method == method && chosen == nullptr) chosen = &route;
     if (std::find(allowed.begin(), allowed.end(), route.method) == allowed.end()) allowed.push_back(route.method);
-    if (route.method == "GET" && std::find(allowed.begin(), allowed.end(), "HEAD") == allowed.end()) allowed.push_back("HEAD");
+    if (route.method == "GET" && std::find(allowed.begin(), allowed.end(), "HEAD") == allowed.end())
+      allowed.push_back("HEAD");
   }
   if (chosen == nullptr) {
     Response response = Response::Error(405, fmt::format("method {} not allowed on {}", request.method, request.path));
@@ -126,8 +125,8 @@ tl::expected<nlohmann::json, BodyError> ParseJsonBody(const Request& request,
     std::string_view media = type->substr(0, type->find(';'));
     while (!media.empty() && (media.back() == ' ' || media.back() == '\t')) media.remove_suffix(1);
     if (!EqualsIgnoreCase(media, "application/json")) {
-      return tl::unexpected(BodyError{415, fmt::format("Content-Type must be application/json, not {} (use curl --json)",
-                                                       media)});
+      return tl::unexpected(
+          BodyError{415, fmt::format("Content-Type must be application/json, not {} (use curl --json)", media)});
     }
   }
   if (request.body.empty()) return nlohmann::json::object();

@@ -7,9 +7,9 @@
 // Socket: Create() binds `socket_path` (its directory must exist; at most 107 bytes) with mode
 // 0600 (chmod before listen(), so nobody can connect in between). An existing path is replaced
 // only if it is a stale socket (connect() is refused): if something accepts connections there,
-// Create fails with "another VM is serving PATH"; a path that is not a socket is never removed. Creation is serialised with other Clone processes by an
-// flock on the socket's directory. The destructor unlinks the socket if it is still ours (same
-// inode).
+// Create fails with "another VM is serving PATH"; a path that is not a socket is never removed.
+// Creation is serialised with other Clone processes by an flock on the socket's directory. The
+// destructor unlinks the socket if it is still ours (same inode).
 //
 // Connections (all on the loop thread, edge-triggered, non-blocking):
 //   * Requests are parsed by RequestParser with `limits.parser`; malformed ones get their 4xx/5xx
@@ -88,8 +88,8 @@ class Server {
   void OnAccept();
   void OnEvents(uint64_t id, uint32_t events);
   void Pump(Connection& conn);
-  bool Flush(Connection& conn);        // false: the connection failed and was closed
-  bool ReadSome(Connection& conn);     // false: the connection failed and was closed
+  bool Flush(Connection& conn);     // false: the connection failed and was closed
+  bool ReadSome(Connection& conn);  // false: the connection failed and was closed
   void ParseNext(Connection& conn);
   void Complete(uint64_t id, Completion completion);
   void Queue(Connection& conn, Response response, bool close_after);
