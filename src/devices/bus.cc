@@ -40,4 +40,9 @@ bool Bus::Write(uint64_t addr, std::span<const uint8_t> data) const {
   return true;
 }
 
+std::shared_ptr<BusDevice> Bus::DeviceAt(uint64_t addr) const {
+  const auto* entry = Find(addr, 1);
+  return entry == nullptr ? nullptr : entry->second.device;
+}
+
 }  // namespace clonevm

@@ -29,6 +29,8 @@ class Bus {
   // Returns false when no device covers addr (data is then all 0xff for reads).
   bool Read(uint64_t addr, std::span<uint8_t> data) const;
   bool Write(uint64_t addr, std::span<const uint8_t> data) const;
+  // The device covering `addr`, or null (snapshots find their stateful devices this way).
+  std::shared_ptr<BusDevice> DeviceAt(uint64_t addr) const;
 
  private:
   struct Range {

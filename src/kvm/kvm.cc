@@ -6,6 +6,7 @@
 #include <sys/ioctl.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -91,6 +92,22 @@ Result<VmFd> Kvm::CreateVm() const {
   return VmFd(Fd(fd));
 }
 
+Result<std::vector<uint32_t>> Kvm::MsrIndexList() const {
+  uapi::MsrListHeader probe{0};
+  // The first call fails with E2BIG and reports the count.
+  if (::ioctl(fd_.get(), uapi::kGetMsrIndexList, &probe) != 0 && errno != E2BIG) {
+    return FailErrno("KVM_GET_MSR_INDEX_LIST");
+  }
+  std::vector<uint8_t> buf(sizeof(uapi::MsrListHeader) + probe.nmsrs * sizeof(uint32_t), 0);
+  uapi::MsrListHeader header{probe.nmsrs};
+  std::memcpy(buf.data(), &header, sizeof(header));
+  if (::ioctl(fd_.get(), uapi::kGetMsrIndexList, buf.data()) != 0) return FailErrno("KVM_GET_MSR_INDEX_LIST");
+  std::memcpy(&header, buf.data(), sizeof(header));
+  std::vector<uint32_t> indices(std::min(header.nmsrs, probe.nmsrs));
+  std::memcpy(indices.data(), buf.data() + sizeof(header), indices.size() * sizeof(uint32_t));
+  return indices;
+}
+
 Result<void> VmFd::SetTssAddress(uint64_t gpa) {
   if (::ioctl(fd_.get(), KVM_SET_TSS_ADDR, gpa) != 0) return FailErrno("KVM_SET_TSS_ADDR", fmt::format("{:#x}", gpa));
   return {};
@@ -163,6 +180,49 @@ Result<VcpuFd> VmFd::CreateVcpu(uint32_t id, size_t mmap_size) {
   return VcpuFd(std::move(vcpu_fd), std::move(run), id);
 }
 
+int VmFd::CheckExtension(int cap) const {
+  int r = ::ioctl(fd_.get(), KVM_CHECK_EXTENSION, cap);
+  return r < 0 ? 0 : r;
+}
+
+Result<kvm_irqchip> VmFd::GetIrqchip(uint32_t chip_id) const {
+  kvm_irqchip chip{};
+  chip.chip_id = chip_id;
+  if (::ioctl(fd_.get(), KVM_GET_IRQCHIP, &chip) != 0) return FailErrno("KVM_GET_IRQCHIP", fmt::format("chip {}", chip_id));
+  return chip;
+}
+
+Result<void> VmFd::SetIrqchip(const kvm_irqchip& chip) {
+  if (::ioctl(fd_.get(), KVM_SET_IRQCHIP, &chip) != 0) return FailErrno("KVM_SET_IRQCHIP", fmt::format("chip {}", chip.chip_id));
+  return {};
+}
+
+Result<kvm_pit_state2> VmFd::GetPit2() const {
+  kvm_pit_state2 pit{};
+  if (::ioctl(fd_.get(), KVM_GET_PIT2, &pit) != 0) return FailErrno("KVM_GET_PIT2");
+  return pit;
+}
+
+Result<void> VmFd::SetPit2(const kvm_pit_state2& pit) {
+  if (::ioctl(fd_.get(), KVM_SET_PIT2, &pit) != 0) return FailErrno("KVM_SET_PIT2");
+  return {};
+}
+
+Result<kvm_clock_data> VmFd::GetClock() const {
+  kvm_clock_data clock{};
+  if (::ioctl(fd_.get(), KVM_GET_CLOCK, &clock) != 0) return FailErrno("KVM_GET_CLOCK");
+  return clock;
+}
+
+Result<void> VmFd::SetClock(const kvm_clock_data& clock) {
+  kvm_clock_data c{};
+  c.clock = clock.clock;
+  c.flags = clock.flags & KVM_CLOCK_REALTIME;
+  c.realtime = clock.realtime;
+  if (::ioctl(fd_.get(), KVM_SET_CLOCK, &c) != 0) return FailErrno("KVM_SET_CLOCK");
+  return {};
+}
+
 Result<uint32_t> VcpuFd::Run() {
   if (::ioctl(fd_.get(), KVM_RUN, 0) != 0) return FailErrno("KVM_RUN", fmt::format("vcpu {}", id_));
   return run()->exit_reason;
@@ -225,6 +285,144 @@ Result<kvm_lapic_state> VcpuFd::GetLapic() const {
 
 Result<void> VcpuFd::SetLapic(const kvm_lapic_state& lapic) {
   if (::ioctl(fd_.get(), KVM_SET_LAPIC, &lapic) != 0) return FailErrno("KVM_SET_LAPIC");
+  return {};
+}
+
+Result<kvm_fpu> VcpuFd::GetFpu() const {
+  kvm_fpu fpu{};
+  if (::ioctl(fd_.get(), KVM_GET_FPU, &fpu) != 0) return FailErrno("KVM_GET_FPU");
+  return fpu;
+}
+
+Result<std::vector<kvm_cpuid_entry2>> VcpuFd::GetCpuid() const {
+  for (uint32_t n = 128; n <= 4096; n *= 2) {
+    std::vector<uint8_t> buf(uapi::kCpuidEntriesOffset + n * sizeof(kvm_cpuid_entry2), 0);
+    uapi::CpuidHeader header{n, 0};
+    std::memcpy(buf.data(), &header, sizeof(header));
+    if (::ioctl(fd_.get(), uapi::kGetCpuid2, buf.data()) == 0) {
+      std::memcpy(&header, buf.data(), sizeof(header));
+      std::vector<kvm_cpuid_entry2> entries(std::min(header.nent, n));
+      std::memcpy(entries.data(), buf.data() + uapi::kCpuidEntriesOffset, entries.size() * sizeof(kvm_cpuid_entry2));
+      return entries;
+    }
+    if (errno != E2BIG) return FailErrno("KVM_GET_CPUID2", fmt::format("vcpu {}", id_));
+  }
+  return Fail("KVM_GET_CPUID2: too many entries (vcpu {})", id_);
+}
+
+namespace {
+
+// One KVM_GET_MSRS / KVM_SET_MSRS call on `entries`; returns how many KVM processed (it stops at
+// the first MSR it refuses).
+Result<size_t> MsrsIoctl(int fd, unsigned long request, std::vector<kvm_msr_entry>& entries) {
+  std::vector<uint8_t> buf(uapi::kMsrEntriesOffset + entries.size() * sizeof(kvm_msr_entry), 0);
+  uapi::MsrsHeader header{static_cast<uint32_t>(entries.size()), 0};
+  std::memcpy(buf.data(), &header, sizeof(header));
+  std::memcpy(buf.data() + uapi::kMsrEntriesOffset, entries.data(), entries.size() * sizeof(kvm_msr_entry));
+  int n = ::ioctl(fd, request, buf.data());
+  if (n < 0) return FailErrno(request == uapi::kGetMsrs ? "KVM_GET_MSRS" : "KVM_SET_MSRS");
+  std::memcpy(entries.data(), buf.data() + uapi::kMsrEntriesOffset, entries.size() * sizeof(kvm_msr_entry));
+  return std::min(static_cast<size_t>(n), entries.size());
+}
+
+}  // namespace
+
+Result<std::vector<kvm_msr_entry>> VcpuFd::GetMsrs(const std::vector<uint32_t>& indices) const {
+  std::vector<kvm_msr_entry> result;
+  size_t next = 0;
+  while (next < indices.size()) {
+    std::vector<kvm_msr_entry> batch(indices.size() - next);
+    for (size_t i = 0; i < batch.size(); ++i) batch[i].index = indices[next + i];
+    size_t n = CLONE_TRY(MsrsIoctl(fd_.get(), uapi::kGetMsrs, batch));
+    result.insert(result.end(), batch.begin(), batch.begin() + static_cast<ptrdiff_t>(n));
+    next += n + 1;  // skip the one KVM refused
+  }
+  return result;
+}
+
+Result<std::vector<uint32_t>> VcpuFd::SetMsrsSkippingRefused(const std::vector<kvm_msr_entry>& msrs) {
+  std::vector<uint32_t> refused;
+  size_t next = 0;
+  while (next < msrs.size()) {
+    std::vector<kvm_msr_entry> batch(msrs.begin() + static_cast<ptrdiff_t>(next), msrs.end());
+    size_t n = CLONE_TRY(MsrsIoctl(fd_.get(), uapi::kSetMsrs, batch));
+    if (n < batch.size()) refused.push_back(batch[n].index);
+    next += n + 1;
+  }
+  return refused;
+}
+
+Result<std::vector<uint8_t>> VcpuFd::GetXsave(size_t size) const {
+  size = std::max(size, sizeof(uapi::XsaveHeader));
+  std::vector<uint8_t> area(size, 0);
+  unsigned long request = size > sizeof(uapi::XsaveHeader) ? uapi::kGetXsave2 : uapi::kGetXsave;
+  if (::ioctl(fd_.get(), request, area.data()) != 0) {
+    return FailErrno(request == uapi::kGetXsave2 ? "KVM_GET_XSAVE2" : "KVM_GET_XSAVE", fmt::format("vcpu {}", id_));
+  }
+  return area;
+}
+
+Result<void> VcpuFd::SetXsave(const std::vector<uint8_t>& area, size_t size) {
+  std::vector<uint8_t> buf(std::max({size, area.size(), sizeof(uapi::XsaveHeader)}), 0);
+  std::memcpy(buf.data(), area.data(), area.size());
+  if (::ioctl(fd_.get(), uapi::kSetXsave, buf.data()) != 0) return FailErrno("KVM_SET_XSAVE", fmt::format("vcpu {}", id_));
+  return {};
+}
+
+Result<kvm_xcrs> VcpuFd::GetXcrs() const {
+  kvm_xcrs xcrs{};
+  if (::ioctl(fd_.get(), KVM_GET_XCRS, &xcrs) != 0) return FailErrno("KVM_GET_XCRS");
+  return xcrs;
+}
+
+Result<void> VcpuFd::SetXcrs(const kvm_xcrs& xcrs) {
+  if (::ioctl(fd_.get(), KVM_SET_XCRS, &xcrs) != 0) return FailErrno("KVM_SET_XCRS");
+  return {};
+}
+
+Result<kvm_vcpu_events> VcpuFd::GetVcpuEvents() const {
+  kvm_vcpu_events events{};
+  if (::ioctl(fd_.get(), KVM_GET_VCPU_EVENTS, &events) != 0) return FailErrno("KVM_GET_VCPU_EVENTS");
+  return events;
+}
+
+Result<void> VcpuFd::SetVcpuEvents(const kvm_vcpu_events& events) {
+  if (::ioctl(fd_.get(), KVM_SET_VCPU_EVENTS, &events) != 0) return FailErrno("KVM_SET_VCPU_EVENTS");
+  return {};
+}
+
+Result<kvm_mp_state> VcpuFd::GetMpState() const {
+  kvm_mp_state state{};
+  if (::ioctl(fd_.get(), KVM_GET_MP_STATE, &state) != 0) return FailErrno("KVM_GET_MP_STATE");
+  return state;
+}
+
+Result<void> VcpuFd::SetMpState(const kvm_mp_state& state) {
+  if (::ioctl(fd_.get(), KVM_SET_MP_STATE, &state) != 0) return FailErrno("KVM_SET_MP_STATE");
+  return {};
+}
+
+Result<kvm_debugregs> VcpuFd::GetDebugRegs() const {
+  kvm_debugregs regs{};
+  if (::ioctl(fd_.get(), KVM_GET_DEBUGREGS, &regs) != 0) return FailErrno("KVM_GET_DEBUGREGS");
+  return regs;
+}
+
+Result<void> VcpuFd::SetDebugRegs(const kvm_debugregs& regs) {
+  if (::ioctl(fd_.get(), KVM_SET_DEBUGREGS, &regs) != 0) return FailErrno("KVM_SET_DEBUGREGS");
+  return {};
+}
+
+Result<uint32_t> VcpuFd::GetTscKhz() const {
+  int khz = ::ioctl(fd_.get(), KVM_GET_TSC_KHZ, 0);
+  if (khz < 0) return FailErrno("KVM_GET_TSC_KHZ");
+  return static_cast<uint32_t>(khz);
+}
+
+Result<void> VcpuFd::SetTscKhz(uint32_t khz) {
+  if (::ioctl(fd_.get(), KVM_SET_TSC_KHZ, static_cast<unsigned long>(khz)) != 0) {
+    return FailErrno("KVM_SET_TSC_KHZ", fmt::format("{} kHz", khz));
+  }
   return {};
 }
 

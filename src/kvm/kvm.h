@@ -37,6 +37,8 @@ class Kvm {
 
   [[nodiscard]] Result<std::vector<kvm_cpuid_entry2>> SupportedCpuid() const;
   [[nodiscard]] Result<VmFd> CreateVm() const;
+  // KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and restores for a vCPU (hardware and KVM's own).
+  [[nodiscard]] Result<std::vector<uint32_t>> MsrIndexList() const;
 
  private:
   Kvm(Fd fd, size_t mmap_size) : fd_(std::move(fd)), vcpu_mmap_size_(mmap_size) {}
@@ -62,6 +64,20 @@ class VmFd {
   // Signals `eventfd` when the guest writes `datamatch` (4 bytes) to MMIO address `gpa`.
   [[nodiscard]] Result<void> RegisterIoeventfd(int eventfd, uint64_t gpa, uint32_t len, uint64_t datamatch);
   [[nodiscard]] Result<VcpuFd> CreateVcpu(uint32_t id, size_t mmap_size);
+  // KVM_CHECK_EXTENSION on the VM fd (some capabilities, e.g. KVM_CAP_XSAVE2, are per VM); 0 when
+  // unsupported.
+  int CheckExtension(int cap) const;
+
+  // VM-wide state for snapshots (the VM's vCPUs must not run). `chip_id` is KVM_IRQCHIP_PIC_MASTER,
+  // KVM_IRQCHIP_PIC_SLAVE or KVM_IRQCHIP_IOAPIC.
+  [[nodiscard]] Result<kvm_irqchip> GetIrqchip(uint32_t chip_id) const;
+  [[nodiscard]] Result<void> SetIrqchip(const kvm_irqchip& chip);
+  [[nodiscard]] Result<kvm_pit_state2> GetPit2() const;
+  [[nodiscard]] Result<void> SetPit2(const kvm_pit_state2& pit);
+  // kvmclock: the guest's view of time in ns. SetClock takes clock.clock (and .flags' REALTIME
+  // when set); call it after the vCPUs are restored.
+  [[nodiscard]] Result<kvm_clock_data> GetClock() const;
+  [[nodiscard]] Result<void> SetClock(const kvm_clock_data& clock);
 
  private:
   friend class Kvm;
@@ -88,6 +104,32 @@ class VcpuFd {
   [[nodiscard]] Result<void> SetMsrs(const std::vector<kvm_msr_entry>& msrs);
   [[nodiscard]] Result<kvm_lapic_state> GetLapic() const;
   [[nodiscard]] Result<void> SetLapic(const kvm_lapic_state& lapic);
+
+  // Snapshot state. The vCPU must be outside KVM_RUN (paused or not started); these may be called
+  // from any thread then. Restore order matters: see vmm/vm_snapshot.cc.
+  [[nodiscard]] Result<kvm_fpu> GetFpu() const;
+  // KVM_GET_CPUID2: the CPUID table this vCPU was given.
+  [[nodiscard]] Result<std::vector<kvm_cpuid_entry2>> GetCpuid() const;
+  // Reads the MSRs in `indices`; one that KVM refuses is skipped (not an error), so the result
+  // holds every MSR that could be read, in order.
+  [[nodiscard]] Result<std::vector<kvm_msr_entry>> GetMsrs(const std::vector<uint32_t>& indices) const;
+  // Sets MSRs one batch at a time, skipping those KVM refuses; returns the refused indices.
+  [[nodiscard]] Result<std::vector<uint32_t>> SetMsrsSkippingRefused(const std::vector<kvm_msr_entry>& msrs);
+  // The XSAVE area: KVM_GET_XSAVE2 when `size` (KVM_CAP_XSAVE2 on the VM fd) exceeds 4096 bytes,
+  // else KVM_GET_XSAVE. SetXsave pads `area` with zeros to at least `size` bytes.
+  [[nodiscard]] Result<std::vector<uint8_t>> GetXsave(size_t size) const;
+  [[nodiscard]] Result<void> SetXsave(const std::vector<uint8_t>& area, size_t size);
+  [[nodiscard]] Result<kvm_xcrs> GetXcrs() const;
+  [[nodiscard]] Result<void> SetXcrs(const kvm_xcrs& xcrs);
+  [[nodiscard]] Result<kvm_vcpu_events> GetVcpuEvents() const;
+  [[nodiscard]] Result<void> SetVcpuEvents(const kvm_vcpu_events& events);
+  [[nodiscard]] Result<kvm_mp_state> GetMpState() const;
+  [[nodiscard]] Result<void> SetMpState(const kvm_mp_state& state);
+  [[nodiscard]] Result<kvm_debugregs> GetDebugRegs() const;
+  [[nodiscard]] Result<void> SetDebugRegs(const kvm_debugregs& regs);
+  // KVM_GET/SET_TSC_KHZ (KVM_CAP_GET_TSC_KHZ / KVM_CAP_TSC_CONTROL).
+  [[nodiscard]] Result<uint32_t> GetTscKhz() const;
+  [[nodiscard]] Result<void> SetTscKhz(uint32_t khz);
 
  private:
   friend class VmFd;

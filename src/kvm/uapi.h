@@ -57,6 +57,15 @@ static_assert(sizeof(VhostMemoryHeader) == 8 && sizeof(vhost_memory_region) == 3
 inline constexpr unsigned long kVhostSetMemTable = _IOW(VHOST_VIRTIO, 0x03, VhostMemoryHeader);
 inline constexpr size_t kVhostMemoryRegionsOffset = sizeof(VhostMemoryHeader);
 
+// struct kvm_xsave: 4096 bytes of region[] then (since KVM_CAP_XSAVE2) a flexible extra[].
+struct XsaveHeader {  // struct kvm_xsave without its extra[]
+  uint32_t region[1024];
+};
+static_assert(sizeof(XsaveHeader) == 4096);
+inline constexpr unsigned long kGetXsave = _IOR(KVMIO, 0xa4, XsaveHeader);
+inline constexpr unsigned long kSetXsave = _IOW(KVMIO, 0xa5, XsaveHeader);
+inline constexpr unsigned long kGetXsave2 = _IOR(KVMIO, 0xcf, XsaveHeader);
+
 // Offset of the first array element in each of those structs (== sizeof the header in C).
 inline constexpr size_t kCpuidEntriesOffset = sizeof(CpuidHeader);
 inline constexpr size_t kMsrEntriesOffset = sizeof(MsrsHeader);

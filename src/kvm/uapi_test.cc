@@ -24,6 +24,26 @@ TEST(KvmUapiTest, VhostMemTableMatchesTheCAbi) {
   EXPECT_EQ(sizeof(vhost_vring_file), 8u);
 }
 
+TEST(KvmUapiTest, XsaveMatchesTheCAbi) {
+  EXPECT_EQ(kGetXsave, 0x9000aea4ul);   // KVM_GET_XSAVE as a C compiler computes it
+  EXPECT_EQ(kSetXsave, 0x5000aea5ul);   // KVM_SET_XSAVE
+  EXPECT_EQ(kGetXsave2, 0x9000aecful);  // KVM_GET_XSAVE2
+}
+
+TEST(KvmUapiTest, SnapshotStructsHaveTheirCSizes) {
+  // Fixed-layout structs stored verbatim in snapshots (vmm/vm_state.h): their sizes are ABI.
+  EXPECT_EQ(sizeof(kvm_regs), 144u);
+  EXPECT_EQ(sizeof(kvm_sregs), 312u);
+  EXPECT_EQ(sizeof(kvm_lapic_state), 1024u);
+  EXPECT_EQ(sizeof(kvm_vcpu_events), 64u);
+  EXPECT_EQ(sizeof(kvm_debugregs), 128u);
+  EXPECT_EQ(sizeof(kvm_xcrs), 392u);
+  EXPECT_EQ(sizeof(kvm_irqchip), 520u);
+  EXPECT_EQ(sizeof(kvm_pit_state2), 112u);
+  EXPECT_EQ(sizeof(kvm_clock_data), 48u);
+  EXPECT_EQ(sizeof(kvm_mp_state), 4u);
+}
+
 TEST(KvmUapiTest, EntryLayoutsAreTheKernels) {
   EXPECT_EQ(sizeof(kvm_cpuid_entry2), 40u);
   EXPECT_EQ(sizeof(kvm_msr_entry), 16u);

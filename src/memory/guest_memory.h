@@ -34,6 +34,15 @@ class GuestMemory {
  public:
   // Lays out `ram_bytes` of RAM: below `hole_start`, then from `high_start` upward.
   [[nodiscard]] static Result<GuestMemory> Create(uint64_t ram_bytes, uint64_t hole_start, uint64_t high_start);
+  // The same layout backed by `file` (a snapshot's memory file): the regions lie back to back in
+  // the file (region k at the sum of the sizes before it, i.e. RAM in guest-physical order without
+  // the hole) and are mapped MAP_PRIVATE | MAP_NORESERVE: reads share the file's page cache with
+  // every other VM mapping it, the first write to a page copies it (the file never changes).
+  // The file must hold at least `ram_bytes` bytes (holes read as zeros).
+  [[nodiscard]] static Result<GuestMemory> CreateFromFile(int file, uint64_t ram_bytes, uint64_t hole_start,
+                                                          uint64_t high_start);
+  // Offset of region `index` in a memory file laid out as CreateFromFile expects.
+  uint64_t FileOffset(size_t index) const;
 
   const std::vector<MemoryRegion>& regions() const { return regions_; }
   uint64_t ram_bytes() const { return ram_bytes_; }

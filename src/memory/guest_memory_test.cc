@@ -1,6 +1,8 @@
 #include "memory/guest_memory.h"
 
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 namespace clonevm {
 namespace {
@@ -47,6 +49,44 @@ TEST(GuestMemoryTest, RejectsOutOfRangeAndStraddlingAccesses) {
 TEST(GuestMemoryTest, RejectsBadSizes) {
   EXPECT_FALSE(GuestMemory::Create(0, 3 * kGiB, 4 * kGiB));
   EXPECT_FALSE(GuestMemory::Create(4095, 3 * kGiB, 4 * kGiB));
+}
+
+// A snapshot's memory file: regions back to back, mapped copy-on-write. Writes through the mapping
+// never reach the file, and a second mapping still sees the file's bytes.
+TEST(GuestMemoryTest, FileBackedRegionsAreCopyOnWrite) {
+  constexpr uint64_t kHole = 8 * kMiB, kHigh = 16 * kMiB, kRam = 12 * kMiB;
+  int fd = ::memfd_create("guest-memory-test", MFD_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::ftruncate(fd, kRam), 0);
+  uint8_t low = 0x11, high = 0x22;
+  ASSERT_EQ(::pwrite(fd, &low, 1, 4096), 1);
+  ASSERT_EQ(::pwrite(fd, &high, 1, kHole + 8), 1);  // the high region starts right after the low one
+  auto mem = GuestMemory::CreateFromFile(fd, kRam, kHole, kHigh);
+  ASSERT_TRUE(mem) << mem.error().message();
+  ASSERT_EQ(mem->regions().size(), 2u);
+  EXPECT_EQ(mem->FileOffset(1), kHole);
+  EXPECT_EQ(*mem->Read<uint8_t>(4096), 0x11);
+  EXPECT_EQ(*mem->Read<uint8_t>(kHigh + 8), 0x22);
+  EXPECT_EQ(*mem->Read<uint8_t>(kHigh + 4 * kMiB - 1), 0);
+  ASSERT_TRUE(mem->Write<uint8_t>(4096, 0x99));
+  EXPECT_EQ(*mem->Read<uint8_t>(4096), 0x99);
+  uint8_t in_file = 0;
+  ASSERT_EQ(::pread(fd, &in_file, 1, 4096), 1);
+  EXPECT_EQ(in_file, 0x11);
+  auto other = GuestMemory::CreateFromFile(fd, kRam, kHole, kHigh);
+  ASSERT_TRUE(other);
+  EXPECT_EQ(*other->Read<uint8_t>(4096), 0x11);
+  ::close(fd);
+}
+
+TEST(GuestMemoryTest, ShortMemoryFileIsRefused) {
+  int fd = ::memfd_create("guest-memory-test", MFD_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::ftruncate(fd, 4 * kMiB), 0);
+  auto mem = GuestMemory::CreateFromFile(fd, 8 * kMiB, 3 * kGiB, 4 * kGiB);
+  ASSERT_FALSE(mem);
+  EXPECT_NE(mem.error().message().find("truncated"), std::string::npos) << mem.error().message();
+  ::close(fd);
 }
 
 }  // namespace
