@@ -1,8 +1,11 @@
 #include "cli/run.h"
 
+#include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <optional>
@@ -18,6 +21,9 @@
 #include "devices/virtio/tap.h"
 #include "devices/virtio/vsock.h"
 #include "image/rootfs_initrd.h"
+#include "net/address.h"
+#include "net/vm_network.h"
+#include "runtime/vm_service.h"
 
 namespace clonevm::cli {
 namespace {
@@ -81,6 +87,15 @@ void AddRunCommand(CLI::App& app, RunOptions& o) {
   run->add_option("--modules", o.modules,
                   "With --rootfs: the kernel's modules directory (default /lib/modules/<kernel release>)");
   run->add_flag("--boot-timing", o.boot_timing, "Print VMM phase timings and the time to the first guest output");
+  run->add_flag("--net", o.net,
+                "Automatic networking: a TAP on the bridge clonebr0 (created if missing, 172.30.0.1/24) "
+                "with NAT to the host's uplink; the guest's address (leased per VM) and MAC are applied "
+                "by the guest agent. Removed when the VM exits (the bridge stays for other VMs)");
+  run->add_option("--name", o.name,
+                  "The VM id used by attach/exec/list (a-z, 0-9, '-'; default: a random vm-xxxxxx)");
+  run->add_flag("-d,--detach", o.detach,
+                "Run in the background: print the VM id once it runs and return; the console goes to "
+                "the VM's console socket ('clone attach') and console.log");
 }
 
 Result<void> ValidateRunOptions(const RunOptions& o) {
@@ -98,6 +113,9 @@ Result<void> ValidateRunOptions(const RunOptions& o) {
   if (!o.rootfs.empty() && !o.initrd.empty()) return Fail("--rootfs and --initrd cannot be used together");
   if (o.rootfs.empty() && (!o.overlay.empty() || !o.modules.empty())) {
     return Fail("--overlay and --modules need --rootfs");
+  }
+  if (!o.name.empty() && !IsValidVmId(o.name)) {
+    return Fail("--name '{}': use up to 32 characters a-z, 0-9 and '-', not starting with '-'", o.name);
   }
   if (!o.kernel_sha256.empty() && !IsSha256Hex(o.kernel_sha256)) {
     return Fail("--kernel-sha256: expected 64 hexadecimal digits, got '{}'", o.kernel_sha256);
@@ -160,6 +178,17 @@ Result<void> AddVsockAndTaps(const RunOptions& o, VmConfig* config) {
     config->nets.push_back({std::move(*tap), spec.mac.value_or(virtio::RandomMac()), spec.vhost});
   }
   return {};
+}
+
+// --net: a lease, the shared bridge + NAT, and this VM's TAP (see net/vm_network.h).
+Result<net::VmNetwork> AddAutoNetwork(const std::string& id, VmConfig* config) {
+  net::AutoNetOptions options;
+  options.owner = id;
+  auto network = CLONE_TRY(net::SetUpAutoNetwork(options));
+  Fd tap = network.TakeTapFd();
+  CLONE_TRY(virtio::PrepareTap(tap));
+  config->nets.push_back({std::move(tap), network.guest().mac, virtio::VhostMode::kAuto});
+  return network;
 }
 
 // The upper layer of --overlay=PATH: a qcow2 image, created (sparse, kOverlayDiskBytes) when missing.
@@ -257,10 +286,71 @@ class RemoveOnExit {
   std::string path_;
 };
 
+// --detach: forks before anything else (KVM binds a VM to the process that created it). The parent
+// waits until the child reports the VM running ("ok <id>" on a pipe) and prints the id, or returns
+// the child's exit status when it failed (the child has printed why on the inherited stderr).
+// Returns nullopt in the child, with the pipe's write end in *ready.
+std::optional<int> ForkDetached(Fd* ready) {
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) {
+    Log(LogLevel::kError, "pipe: {}", std::strerror(errno));
+    return kExitError;
+  }
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    Log(LogLevel::kError, "fork: {}", std::strerror(errno));
+    return kExitError;
+  }
+  if (pid == 0) {
+    ::close(p[0]);
+    ::setsid();
+    *ready = Fd(p[1]);
+    return std::nullopt;
+  }
+  ::close(p[1]);
+  Fd read_end(p[0]);
+  std::string message;
+  char buf[256];
+  for (;;) {
+    ssize_t n = ::read(read_end.get(), buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    message.append(buf, static_cast<size_t>(n));
+  }
+  if (message.starts_with("ok ")) {
+    std::string id = message.substr(3);
+    [[maybe_unused]] auto r = WriteAll(STDOUT_FILENO, id.data(), id.size());
+    return kExitOk;
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status) == 0 ? kExitError : WEXITSTATUS(status);
+  return kExitError;
+}
+
+// In the detached child once the VM is up: tells the parent, then lets go of its terminal.
+void ReportDetachedReady(Fd& ready, const std::string& id) {
+  std::string line = "ok " + id + "\n";
+  [[maybe_unused]] auto r = WriteAll(ready.get(), line.data(), line.size());
+  ready.reset();
+  int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null >= 0) {
+    ::dup2(null, STDIN_FILENO);
+    ::dup2(null, STDOUT_FILENO);
+    ::dup2(null, STDERR_FILENO);
+    ::close(null);
+  }
+}
+
 int RunCommand(const RunOptions& options, BootTimer& timer) {
   if (auto valid = ValidateRunOptions(options); !valid) {
     Log(LogLevel::kError, "{}", valid.error().message());
     return kExitUsage;
+  }
+  Fd ready;
+  if (options.detach) {
+    if (auto parent_status = ForkDetached(&ready)) return *parent_status;
   }
   RunOptions o = options;
   std::optional<RemoveOnExit> auto_overlay;
@@ -279,11 +369,44 @@ int RunCommand(const RunOptions& options, BootTimer& timer) {
     return kExitError;
   }
   timer.Mark("images read");
+  std::string id = o.name.empty() ? NewVmId() : o.name;
+  ServiceOptions service_options{id, o.detach,
+                                 {{"kernel", o.kernel}, {"mem_mib", o.mem_mb}, {"rootfs", o.rootfs}}};
+  // --net: leased address + TAP on the bridge, before KVM so a permission problem is reported first.
+  std::optional<net::VmNetwork> network;
+  if (o.net) {
+    auto made = AddAutoNetwork(id, &*config);
+    if (!made) {
+      Log(LogLevel::kError, "--net: {}", made.error().message());
+      return kExitError;
+    }
+    network.emplace(std::move(*made));
+    const auto& guest = network->guest();
+    agent::SetIdentity identity;
+    identity.ipv4 = fmt::format("{}/{}", net::FormatIpv4(guest.ip), guest.prefix_len);
+    identity.gateway = net::FormatIpv4(guest.gateway);
+    identity.mac = net::FormatMac(guest.mac);
+    service_options.network = identity;
+    service_options.info["ip"] = net::FormatIpv4(guest.ip);
+    service_options.info["mac"] = net::FormatMac(guest.mac);
+    service_options.info["tap"] = network->tap_name();
+  }
+  auto service = VmService::Create(std::move(service_options));
+  if (!service) {
+    Log(LogLevel::kError, "{}", service.error().message());
+    return kExitError;
+  }
+  (*service)->ConnectConsole(*config);
   auto vm = Vm::Create(std::move(*config), &timer);
   if (!vm) {
     Log(LogLevel::kError, "{}", vm.error().message());
     return kExitError;
   }
+  if (auto served = (*service)->Serve(**vm); !served) {
+    Log(LogLevel::kError, "{}", served.error().message());
+    return kExitError;
+  }
+  if (ready) ReportDetachedReady(ready, (*service)->dir().id());
   VmExit exit;
   {
     RawTerminal terminal(STDIN_FILENO);
@@ -294,6 +417,7 @@ int RunCommand(const RunOptions& options, BootTimer& timer) {
       exit = *result;
     }
   }
+  service->reset();
   vm->reset();
   int status = ExitStatusFor(exit);
   LogLevel level = status == kExitOk ? LogLevel::kInfo : LogLevel::kWarn;

@@ -26,9 +26,12 @@ struct RunOptions {
   std::vector<std::string> blocks;  // --block PATH[,ro][,format=raw|qcow2]
   uint64_t cid = 0;                 // --cid N: the guest's vsock CID (0: automatic)
   std::vector<std::string> taps;    // --tap NAME[,mac=XX:XX:XX:XX:XX:XX][,vhost=on|off]
+  bool net = false;                 // --net: a TAP on Clone's NAT bridge, address set by the agent
   std::string rootfs;               // --rootfs IMG: boot from a disk image via a generated initrd
   std::string overlay;              // --overlay[=tmpfs]: share the rootfs read-only under an overlay
   std::string modules;              // --modules DIR: the kernel's modules (default /lib/modules/RELEASE)
+  std::string name;                 // --name ID: the VM id (default: a random vm-xxxxxx)
+  bool detach = false;              // --detach: run in the background, print the id
 };
 
 // A parsed --block value.

@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "arch/x86/layout.h"
+#include "agent/identity_page.h"
 #include "base/log.h"
 #include "control/router.h"
 
@@ -16,6 +17,8 @@ namespace clonevm {
 namespace {
 
 using std::chrono::milliseconds;
+
+static_assert(agent::kIdentityPageGpa == x86::kIdentityPageAddr, "agent and VMM disagree on the identity page");
 
 constexpr milliseconds kAgentConnectTimeout{1000};
 constexpr milliseconds kAgentRetry{250};

@@ -109,10 +109,14 @@ Result<void> Vm::SetUpDevices(VmConfig& config) {
   };
   int out = console_out_;
   serial_ = std::make_shared<Serial>(
-      [this, out](std::span<const uint8_t> bytes) {
+      [this, out, sink = std::move(config.console_sink)](std::span<const uint8_t> bytes) {
         if (!first_output_seen_.exchange(true)) timer_->Mark("first guest output");
-        // A closed or broken console must not stop the guest; its output is then dropped.
-        [[maybe_unused]] auto r = WriteAll(out, bytes.data(), bytes.size());
+        if (sink) {
+          sink(bytes);
+        } else if (out >= 0) {
+          // A closed or broken console must not stop the guest; its output is then dropped.
+          [[maybe_unused]] auto r = WriteAll(out, bytes.data(), bytes.size());
+        }
       },
       [this](bool level) {
         if (auto r = vm_fd_->SetIrqLine(x86::kCom1Irq, level); !r) {
@@ -304,13 +308,56 @@ void Vm::RequestExit(VmExit exit) {
   if (loop_) loop_->Stop();
 }
 
-void Vm::StopVcpus() {
-  exiting_ = true;
+size_t Vm::EnqueueConsoleInput(std::span<const uint8_t> bytes) { return serial_->EnqueueInput(bytes); }
+
+void Vm::KickVcpus() {
   for (auto& v : vcpus_) {
     if (!v->thread.joinable()) continue;
     v->vcpu.run()->immediate_exit = 1;
     pthread_kill(v->thread.native_handle(), kKickSignal);
   }
+}
+
+Result<void> Vm::Pause() {
+  std::unique_lock lock(pause_mu_);
+  pause_requested_.store(true, std::memory_order_release);
+  KickVcpus();
+  bool parked = pause_cv_.wait_for(lock, std::chrono::seconds(5),
+                                   [this] { return parked_vcpus_ == running_vcpus_ || exiting_; });
+  if (!parked) {
+    pause_requested_.store(false, std::memory_order_release);
+    pause_cv_.notify_all();
+    return Fail("pause: {} of {} vCPUs did not stop within 5 s", running_vcpus_ - parked_vcpus_, running_vcpus_);
+  }
+  return {};
+}
+
+void Vm::Resume() {
+  std::lock_guard lock(pause_mu_);
+  pause_requested_.store(false, std::memory_order_release);
+  pause_cv_.notify_all();
+}
+
+// On a vCPU thread: completes the instruction KVM_RUN left pending (an MMIO/PIO read's data is
+// consumed on the next entry; immediate_exit makes that entry return at once), then parks.
+void Vm::PauseSelf(Vcpu& v) {
+  v.vcpu.run()->immediate_exit = 1;
+  [[maybe_unused]] auto r = v.vcpu.Run();  // EINTR expected
+  std::unique_lock lock(pause_mu_);
+  ++parked_vcpus_;
+  pause_cv_.notify_all();
+  pause_cv_.wait(lock, [this] { return !pause_requested_.load(std::memory_order_acquire) || exiting_; });
+  --parked_vcpus_;
+  v.vcpu.run()->immediate_exit = 0;
+}
+
+void Vm::StopVcpus() {
+  {
+    std::lock_guard lock(pause_mu_);
+    exiting_ = true;
+    pause_cv_.notify_all();
+  }
+  KickVcpus();
   for (auto& v : vcpus_) {
     if (!v->thread.joinable()) continue;
     v->thread.join();
@@ -323,7 +370,23 @@ void Vm::StopVcpus() {
 }
 
 void Vm::VcpuLoop(Vcpu& v) {
+  {
+    std::lock_guard lock(pause_mu_);
+    ++running_vcpus_;
+  }
+  struct Leave {
+    Vm* vm;
+    ~Leave() {
+      std::lock_guard lock(vm->pause_mu_);
+      --vm->running_vcpus_;
+      vm->pause_cv_.notify_all();
+    }
+  } leave{this};
   while (!exiting_) {
+    if (pause_requested_.load(std::memory_order_acquire)) {
+      PauseSelf(v);
+      continue;
+    }
     auto reason = v.vcpu.Run();
     if (!reason) {
       int err = reason.error().error_number();

@@ -8,6 +8,9 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <span>
 #include <mutex>
 #include <cstdint>
 #include <memory>
@@ -54,8 +57,11 @@ struct VmConfig {
   std::string cmdline;
   uint64_t mem_bytes = 0;
   uint32_t vcpus = 1;
-  int console_in = 0;   // fd the serial console reads from (-1: none)
-  int console_out = 1;  // fd guest serial output goes to
+  int console_in = 0;   // fd the serial console reads from (-1: none); Ctrl-A x on a terminal stops the VM
+  int console_out = 1;  // fd guest serial output goes to (-1: none), unless console_sink is set
+  // When set, receives all guest serial output instead of console_out. Called on vCPU threads with
+  // the serial device's lock held: it must not block for long or call back into the VM.
+  std::function<void(std::span<const uint8_t>)> console_sink;
   bool rng = true;      // virtio-rng entropy device
   std::vector<DiskConfig> disks;
   std::optional<VsockConfig> vsock;  // virtio-vsock, when set
@@ -92,6 +98,20 @@ class Vm {
 
   // The guest's vsock CID (0 without a vsock device). Any thread.
   uint64_t vsock_cid() const;
+
+  // Stops every vCPU outside KVM_RUN (pending MMIO/PIO completed, so vCPU state is consistent) and
+  // keeps them there until Resume(). Idempotent. Any thread but a vCPU's; fails if the vCPUs do not
+  // stop within a few seconds. Devices keep serving their queues (the event loop keeps running).
+  [[nodiscard]] Result<void> Pause();
+  void Resume();
+  bool paused() const { return pause_requested_.load(std::memory_order_acquire); }
+
+  // Serial console input from any thread (console socket clients); returns the bytes accepted.
+  size_t EnqueueConsoleInput(std::span<const uint8_t> bytes);
+
+  EventLoop& loop() { return *loop_; }
+  const GuestMemory& memory() const { return *memory_; }
+  uint32_t vcpu_count() const { return static_cast<uint32_t>(vcpus_.size()); }
 
  private:
   struct Vcpu;
@@ -133,6 +153,15 @@ class Vm {
   std::atomic<bool> exiting_{false};
   std::mutex exit_mu_;
   VmExit exit_;
+
+  // Pause: Pause() raises pause_requested_ and kicks; each vCPU thread parks in PauseSelf().
+  std::mutex pause_mu_;
+  std::condition_variable pause_cv_;
+  std::atomic<bool> pause_requested_{false};
+  uint32_t parked_vcpus_ = 0;   // guarded by pause_mu_
+  uint32_t running_vcpus_ = 0;  // threads inside VcpuLoop, guarded by pause_mu_
+  void PauseSelf(Vcpu& vcpu);
+  void KickVcpus();
 };
 
 }  // namespace clonevm
