@@ -32,6 +32,8 @@ field() { grep -a "CLONE-NET $2=" "$1" | tr -d '\r' | head -1 | sed "s/^.*CLONE-
 
 [[ -c /dev/net/tun ]] || modprobe tun
 [[ -c /dev/vhost-net ]] || modprobe vhost_net
+ip link del ctap0 2>/dev/null || true
+trap 'ip link del ctap0 2>/dev/null || true' EXIT
 ip tuntap add dev ctap0 mode tap
 ip addr add 10.0.77.1/24 dev ctap0
 ip link set ctap0 up
