@@ -11,6 +11,7 @@
 #include "cli/list.h"
 #include "cli/rootfs.h"
 #include "cli/run.h"
+#include "cli/snapshot.h"
 
 namespace clonevm::cli {
 
@@ -31,6 +32,9 @@ int Main(int argc, char** argv) {
   AddExecCommand(app, exec_options);
   ListOptions list_options;
   AddListCommands(app, list_options);
+  SnapshotOptions snapshot_options;
+  RestoreOptions restore_options;
+  AddSnapshotCommands(app, snapshot_options, restore_options);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -49,6 +53,8 @@ int Main(int argc, char** argv) {
   if (app.got_subcommand("exec")) return ExecCommand(exec_options);
   if (app.got_subcommand("list")) return ListCommand(list_options);
   if (app.got_subcommand("status")) return StatusCommand(list_options);
+  if (app.got_subcommand("snapshot")) return SnapshotCommand(snapshot_options);
+  if (app.got_subcommand("restore")) return RestoreCommand(restore_options, timer);
   return kExitUsage;
 }
 

@@ -12,6 +12,7 @@
 #include "agent/identity_page.h"
 #include "base/log.h"
 #include "control/router.h"
+#include "snapshot/take.h"
 
 namespace clonevm {
 namespace {
@@ -250,6 +251,7 @@ control::Router VmService::Routes() {
   router.Add("POST", "/vm/exec/session", [this](control::Request request, control::Responder r) {
     HandleExecSession(std::move(request), std::move(r));
   });
+  router.Add("PUT", "/vm/snapshot", snapshot::SnapshotRoute(*vm_, dir_.id(), options_.info));
   return router;
 }
 

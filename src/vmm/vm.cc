@@ -54,12 +54,6 @@ std::string PlatformCmdline(const std::string& user_cmdline) {
   return user_cmdline.empty() ? "reboot=acpi" : user_cmdline + " reboot=acpi";
 }
 
-struct Vm::Vcpu {
-  explicit Vcpu(kvm::VcpuFd fd) : vcpu(std::move(fd)) {}
-  kvm::VcpuFd vcpu;
-  std::thread thread;
-};
-
 Result<std::unique_ptr<Vm>> Vm::Create(VmConfig config, BootTimer* timer) {
   std::unique_ptr<Vm> vm(new Vm());
   vm->timer_ = timer;

@@ -29,6 +29,7 @@
 #include "kvm/kvm.h"
 #include "memory/guest_memory.h"
 #include "vmm/boot_timer.h"
+#include "vmm/vm_state.h"
 #include "arch/x86/kernel_loader.h"
 
 namespace clonevm {
@@ -113,6 +114,27 @@ class Vm {
   const GuestMemory& memory() const { return *memory_; }
   uint32_t vcpu_count() const { return static_cast<uint32_t>(vcpus_.size()); }
 
+  // --- Snapshots (vmm/vm_snapshot.cc) ---
+  // Taking one, on the event-loop thread (which is what serves the queues, so no queue is processed
+  // meanwhile): Pause(); PauseDevices(); SaveState() and copy memory(); ResumeDevices(); Resume().
+  // PauseDevices() stops data paths that run outside the VMM (vhost) and completes in-flight block
+  // I/O, so guest memory and queue positions stop changing; on failure the devices already paused
+  // are resumed. SaveState() needs both pauses.
+  [[nodiscard]] Result<void> PauseDevices();
+  void ResumeDevices();
+  [[nodiscard]] Result<VmState> SaveState() const;
+  // The device types in MMIO slot order (virtio::kDeviceType*), what a restore must recreate.
+  std::vector<uint32_t> virtio_device_types() const;
+
+  // Builds a VM from a snapshot instead of a kernel: guest RAM is `memory_file` mapped MAP_PRIVATE
+  // (laid out as GuestMemory::CreateFromFile says), the devices are recreated from `config` (which
+  // must describe the same devices in the same order as the snapshotted VM; its kernel and initrd
+  // are ignored) and given their saved state, then the irqchip, PIT, vCPUs and kvmclock are
+  // restored. Run() then continues the guest where it was paused. A mismatch between config and
+  // state, or a state KVM refuses, is an error and no VM is left behind.
+  [[nodiscard]] static Result<std::unique_ptr<Vm>> Restore(VmConfig config, const VmState& state,
+                                                           const Fd& memory_file, BootTimer* timer);
+
  private:
   struct Vcpu;
   Vm() = default;
@@ -123,6 +145,9 @@ class Vm {
   [[nodiscard]] Result<void> AddVirtioDevice(std::unique_ptr<virtio::VirtioDevice> device);
   [[nodiscard]] Result<void> LoadGuest(const VmConfig& config);
   [[nodiscard]] Result<void> CreateVcpus(uint32_t count);
+  // Snapshot restore steps (vm_snapshot.cc).
+  [[nodiscard]] Result<void> RestoreDevices(const VmState& state);
+  [[nodiscard]] Result<void> RestoreVcpus(const VmState& state);
   [[nodiscard]] Result<void> WatchConsoleInput();
   std::vector<uint8_t> FilterConsoleEscape(std::span<const uint8_t> input);
   void VcpuLoop(Vcpu& vcpu);
@@ -162,6 +187,13 @@ class Vm {
   uint32_t running_vcpus_ = 0;  // threads inside VcpuLoop, guarded by pause_mu_
   void PauseSelf(Vcpu& vcpu);
   void KickVcpus();
+};
+
+// One vCPU: its fd and, while Run() runs, its thread (vm.cc; vm_snapshot.cc saves and restores it).
+struct Vm::Vcpu {
+  explicit Vcpu(kvm::VcpuFd fd) : vcpu(std::move(fd)) {}
+  kvm::VcpuFd vcpu;
+  std::thread thread;
 };
 
 }  // namespace clonevm

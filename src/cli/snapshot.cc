@@ -1,0 +1,210 @@
+#include "cli/snapshot.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <optional>
+
+#include "base/fd.h"
+#include "base/log.h"
+#include "base/terminal.h"
+#include "cli/exit_codes.h"
+#include "control/client.h"
+#include "runtime/vm_dir.h"
+#include "runtime/vm_service.h"
+#include "snapshot/format.h"
+#include "snapshot/take.h"
+
+namespace clonevm::cli {
+
+// From run.cc (the detached-VM protocol `clone run -d` uses). TODO(lead): declare in run.h.
+std::optional<int> ForkDetached(Fd* ready);
+void ReportDetachedReady(Fd& ready, const std::string& id);
+
+namespace {
+
+// Writing memory takes a while on big guests; the VM answers when the snapshot is on disk.
+constexpr std::chrono::milliseconds kSnapshotTimeout{10 * 60 * 1000};
+
+std::string TemplatesDir(const std::string& dir) {
+  std::string d = dir.empty() ? snapshot::DefaultTemplatesDir() : dir;
+  std::error_code ec;
+  auto absolute = std::filesystem::absolute(d, ec);
+  return ec ? d : absolute.lexically_normal().string();
+}
+
+std::string Mib(uint64_t bytes) { return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20)); }
+
+int Take(const SnapshotOptions& o) {
+  if (o.name.empty()) {
+    Log(LogLevel::kError, "clone snapshot: --name is required (or use 'clone snapshot list' / 'rm')");
+    return kExitUsage;
+  }
+  if (auto valid = snapshot::ValidateName(o.name); !valid) {
+    Log(LogLevel::kError, "{}", valid.error().message());
+    return kExitUsage;
+  }
+  auto vm = FindVm(o.vm_id);
+  if (!vm) {
+    Log(LogLevel::kError, "{}", vm.error().message());
+    return kExitError;
+  }
+  nlohmann::json body = {{"name", o.name}, {"dir", TemplatesDir(o.dir)}, {"resume", !o.no_resume}};
+  auto response = control::Call(vm->control_socket(), "PUT", "/vm/snapshot", body, kSnapshotTimeout);
+  auto result = response ? control::ResponseJson(*response) : Result<nlohmann::json>(Fail(response.error()));
+  if (!result) {
+    Log(LogLevel::kError, "{}: {}", vm->id, result.error().message());
+    return kExitError;
+  }
+  std::string line = fmt::format("{} ({} of RAM, {} written, vCPUs paused {:.0f} ms)\n", result->value("path", ""),
+                                 Mib(result->value("memory_bytes", uint64_t{0})),
+                                 Mib(result->value("data_bytes", uint64_t{0})), result->value("paused_ms", 0.0));
+  [[maybe_unused]] auto w = WriteAll(STDOUT_FILENO, line.data(), line.size());
+  return kExitOk;
+}
+
+int List(const SnapshotOptions& o) {
+  std::string dir = TemplatesDir(o.dir);
+  std::string out = fmt::format("{:<24} {:>9} {:>6} {:>12} {:<12} {}\n", "NAME", "MEMORY", "VCPUS", "ON DISK", "SOURCE", "CREATED");
+  for (const auto& e : snapshot::List(dir)) {
+    if (!e.config) {
+      out += fmt::format("{:<24} (unreadable config)\n", e.name);
+      continue;
+    }
+    char created[32] = "?";
+    time_t t = static_cast<time_t>(e.config->created_unix);
+    tm tm_utc{};
+    if (::gmtime_r(&t, &tm_utc) != nullptr) ::strftime(created, sizeof(created), "%Y-%m-%d %H:%M:%SZ", &tm_utc);
+    out += fmt::format("{:<24} {:>9} {:>6} {:>12} {:<12} {}\n", e.name, Mib(e.config->mem_bytes), e.config->vcpus,
+                       Mib(e.disk_bytes), e.config->source_vm, created);
+  }
+  [[maybe_unused]] auto w = WriteAll(STDOUT_FILENO, out.data(), out.size());
+  return kExitOk;
+}
+
+int Remove(const SnapshotOptions& o) {
+  if (auto removed = snapshot::Remove(TemplatesDir(o.dir), o.rm_name); !removed) {
+    Log(LogLevel::kError, "{}", removed.error().message());
+    return kExitError;
+  }
+  return kExitOk;
+}
+
+int ExitStatusFor(const VmExit& exit) {
+  switch (exit.reason) {
+    case VmExitReason::kPowerOff:
+      return kExitOk;
+    case VmExitReason::kReset:
+      return kExitGuestReboot;
+    case VmExitReason::kCrash:
+      return kExitGuestCrash;
+    case VmExitReason::kSignal:
+      return kExitSignalBase + exit.signal;
+    case VmExitReason::kError:
+      return kExitError;
+  }
+  return kExitError;
+}
+
+// The restored VM's life: service, VM, run; mirrors RunCommand after the config is ready.
+int RunRestored(const RestoreOptions& o, snapshot::Loaded loaded, VmConfig config, Fd ready, BootTimer& timer) {
+  nlohmann::json info = loaded.config.info;
+  info["snapshot"] = loaded.path;
+  info["mem_mib"] = loaded.config.mem_bytes >> 20;
+  auto service = VmService::Create(ServiceOptions{o.name, o.detach, info, std::nullopt});
+  if (!service) {
+    Log(LogLevel::kError, "{}", service.error().message());
+    return kExitError;
+  }
+  config.console_in = STDIN_FILENO;
+  config.console_out = STDOUT_FILENO;
+  (*service)->ConnectConsole(config);
+  auto vm = Vm::Restore(std::move(config), loaded.state, loaded.memory, &timer);
+  if (!vm) {
+    Log(LogLevel::kError, "restoring {}: {}", loaded.path, vm.error().message());
+    return kExitError;
+  }
+  loaded.memory.reset();  // the mappings keep the file
+  if (auto served = (*service)->Serve(**vm); !served) {
+    Log(LogLevel::kError, "{}", served.error().message());
+    return kExitError;
+  }
+  if (ready) ReportDetachedReady(ready, (*service)->dir().id());
+  VmExit exit;
+  {
+    RawTerminal terminal(STDIN_FILENO);
+    auto result = (*vm)->Run();
+    exit = result ? *result : VmExit{VmExitReason::kError, result.error().message(), 0};
+  }
+  service->reset();
+  vm->reset();
+  int status = ExitStatusFor(exit);
+  Log(exit.reason == VmExitReason::kError ? LogLevel::kError : LogLevel::kInfo, "{} (exit status {})", exit.detail, status);
+  return status;
+}
+
+}  // namespace
+
+void AddSnapshotCommands(CLI::App& app, SnapshotOptions& s, RestoreOptions& r) {
+  auto* snap = app.add_subcommand("snapshot", "Save a running VM (memory, CPU and device state) as a template");
+  snap->footer(
+      "Examples:\n"
+      "  clone snapshot --name warm-shell             # the only running VM, resumed afterwards\n"
+      "  clone snapshot --name t1 --vm-id vm-1a2b3c --no-resume\n"
+      "  clone snapshot list\n"
+      "  clone snapshot rm t1\n"
+      "Snapshots live in $CLONE_TEMPLATES_DIR or ~/.clone/templates; start one with 'clone restore'.");
+  snap->add_option("--name", s.name, "The snapshot's name (A-Z a-z 0-9 . _ -)");
+  snap->add_option("--vm-id", s.vm_id, "The VM to snapshot (default: the only running VM)");
+  snap->add_option("--dir", s.dir, "Templates directory (default $CLONE_TEMPLATES_DIR or ~/.clone/templates)");
+  snap->add_flag("--no-resume", s.no_resume, "Leave the VM paused afterwards");
+  s.list = snap->add_subcommand("list", "List snapshots");
+  s.list->add_option("--dir", s.dir, "Templates directory");
+  s.rm = snap->add_subcommand("rm", "Remove a snapshot");
+  s.rm->add_option("name", s.rm_name, "The snapshot to remove")->required();
+  s.rm->add_option("--dir", s.dir, "Templates directory");
+
+  auto* restore = app.add_subcommand("restore", "Start a new VM from a snapshot; the guest continues where it was");
+  restore->footer(
+      "Examples:\n"
+      "  clone restore --snapshot warm-shell -d      # in the background; prints the VM id\n"
+      "  clone restore --snapshot t1 --name t1-copy\n"
+      "The snapshot's VM must not be running with the same vsock CID. A damaged snapshot is refused\n"
+      "before any VM starts.");
+  restore->add_option("--snapshot", r.snapshot, "The snapshot's name")->required();
+  restore->add_option("--name", r.name, "The new VM's id (default: a random vm-xxxxxx)");
+  restore->add_option("--dir", r.dir, "Templates directory (default $CLONE_TEMPLATES_DIR or ~/.clone/templates)");
+  restore->add_flag("-d,--detach", r.detach, "Run in the background: print the VM id once it runs and return");
+}
+
+int SnapshotCommand(const SnapshotOptions& options) {
+  if (options.list->parsed()) return List(options);
+  if (options.rm->parsed()) return Remove(options);
+  return Take(options);
+}
+
+int RestoreCommand(const RestoreOptions& o, BootTimer& timer) {
+  if (!o.name.empty() && !IsValidVmId(o.name)) {
+    Log(LogLevel::kError, "--name '{}': use up to 32 characters a-z, 0-9 and '-', not starting with '-'", o.name);
+    return kExitUsage;
+  }
+  auto loaded = snapshot::Read(TemplatesDir(o.dir), o.snapshot);
+  if (!loaded) {
+    Log(LogLevel::kError, "{}", loaded.error().message());
+    return kExitError;
+  }
+  auto config = snapshot::RestoreVmConfig(loaded->config);
+  if (!config) {
+    Log(LogLevel::kError, "{}", config.error().message());
+    return kExitError;
+  }
+  timer.Mark("snapshot read");
+  Fd ready;
+  if (o.detach) {
+    if (auto parent_status = ForkDetached(&ready)) return *parent_status;
+  }
+  return RunRestored(o, std::move(*loaded), std::move(*config), std::move(ready), timer);
+}
+
+}  // namespace clonevm::cli

@@ -1,0 +1,41 @@
+// `clone snapshot` (take, list, rm) and `clone restore`: templates on disk (snapshot/format.h).
+//
+//   clone snapshot --name N [--vm-id ID] [--dir D] [--no-resume]   PUT /vm/snapshot on the VM
+//   clone snapshot list [--dir D]                                    what is under D
+//   clone snapshot rm N [--dir D]
+//   clone restore --snapshot N [--name ID] [-d] [--dir D]            a new VM process continuing it
+//
+// D defaults to snapshot::DefaultTemplatesDir() ($CLONE_TEMPLATES_DIR or ~/.clone/templates) of
+// the CLI (it is sent to the VM as an absolute path). restore reads and checks the whole snapshot
+// before it forks or touches KVM, so a damaged snapshot leaves no process behind.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "vmm/boot_timer.h"
+
+namespace clonevm::cli {
+
+struct SnapshotOptions {
+  std::string name;
+  std::string vm_id;
+  std::string dir;
+  bool no_resume = false;
+  std::string rm_name;
+  CLI::App* list = nullptr;
+  CLI::App* rm = nullptr;
+};
+
+struct RestoreOptions {
+  std::string snapshot;
+  std::string name;  // the new VM's id
+  std::string dir;
+  bool detach = false;
+};
+
+void AddSnapshotCommands(CLI::App& app, SnapshotOptions& snapshot, RestoreOptions& restore);
+int SnapshotCommand(const SnapshotOptions& options);
+int RestoreCommand(const RestoreOptions& options, BootTimer& timer);
+
+}  // namespace clonevm::cli

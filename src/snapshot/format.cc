@@ -1,0 +1,338 @@
+#include "snapshot/format.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+
+#include "devices/virtio/json_state.h"
+#include "devices/virtio/virtio_spec.h"
+
+namespace clonevm::snapshot {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using virtio::JsonBool;
+using virtio::JsonUint;
+
+constexpr uint64_t kMaxStateBytes = 256ull << 20;  // far above any real state; bounds a crafted header
+constexpr uint64_t kMaxConfigBytes = 1 << 20;
+
+void PutLe(uint8_t* p, uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+uint64_t GetLe(const uint8_t* p, int bytes) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) v |= static_cast<uint64_t>(p[i]) << (8 * i);
+  return v;
+}
+
+Result<std::string> JsonString(const json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_string()) return Fail("missing or non-string \"{}\"", key);
+  return it->get<std::string>();
+}
+
+Result<void> WriteFileSynced(const std::string& path, std::span<const uint8_t> bytes) {
+  Fd fd = CLONE_TRY(OpenFile(path, O_WRONLY | O_CREAT | O_EXCL, 0600));
+  CLONE_TRY_VOID(WriteAll(fd.get(), bytes.data(), bytes.size()));
+  if (::fsync(fd.get()) != 0) return FailErrno("fsync", path);
+  return {};
+}
+
+Result<void> FsyncDir(const std::string& path) {
+  Fd fd = CLONE_TRY(OpenFile(path, O_RDONLY | O_DIRECTORY));
+  if (::fsync(fd.get()) != 0) return FailErrno("fsync", path);
+  return {};
+}
+
+bool AllZero(const uint8_t* p, size_t n) {
+  static const uint8_t kZero[kPageSize] = {};
+  return std::memcmp(p, kZero, n) == 0;
+}
+
+// Writes the regions back to back; runs of all-zero pages are left as holes. Returns bytes written.
+Result<uint64_t> WriteMemory(const std::string& path, const GuestMemory& memory) {
+  Fd fd = CLONE_TRY(OpenFile(path, O_WRONLY | O_CREAT | O_EXCL, 0600));
+  if (::ftruncate(fd.get(), static_cast<off_t>(memory.ram_bytes())) != 0) return FailErrno("ftruncate", path);
+  uint64_t written = 0;
+  for (size_t r = 0; r < memory.regions().size(); ++r) {
+    const MemoryRegion& region = memory.regions()[r];
+    uint64_t base = memory.FileOffset(r);
+    uint64_t page = 0;
+    while (page < region.size) {
+      if (AllZero(region.host() + page, kPageSize)) {
+        page += kPageSize;
+        continue;
+      }
+      uint64_t end = page + kPageSize;
+      while (end < region.size && end - page < (8ull << 20) && !AllZero(region.host() + end, kPageSize)) end += kPageSize;
+      const uint8_t* data = region.host() + page;
+      uint64_t offset = base + page, left = end - page;
+      while (left > 0) {
+        ssize_t n = ::pwrite(fd.get(), data, left, static_cast<off_t>(offset));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return FailErrno("pwrite", path);
+        data += n;
+        offset += static_cast<uint64_t>(n);
+        left -= static_cast<uint64_t>(n);
+      }
+      written += end - page;
+      page = end;
+    }
+  }
+  if (::fsync(fd.get()) != 0) return FailErrno("fsync", path);
+  return written;
+}
+
+Result<std::vector<uint8_t>> ReadWhole(const std::string& path, uint64_t limit) {
+  Fd fd = CLONE_TRY(OpenFile(path, O_RDONLY));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return FailErrno("fstat", path);
+  if (static_cast<uint64_t>(st.st_size) > limit) return Fail("{} is {} bytes, too large", path, st.st_size);
+  std::vector<uint8_t> bytes(static_cast<size_t>(st.st_size));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::read(fd.get(), bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return FailErrno("read", path);
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  bytes.resize(done);
+  return bytes;
+}
+
+Result<Loaded> ReadChecked(const std::string& path) {
+  std::vector<uint8_t> config_bytes = CLONE_TRY(ReadWhole(path + "/config", kMaxConfigBytes));
+  std::vector<uint8_t> state_bytes = CLONE_TRY(ReadWhole(path + "/state", kMaxStateBytes + kHeaderSize));
+  StateBody body = CLONE_TRY(DecodeStateFile(state_bytes));
+  if (Crc32(config_bytes) != body.config_crc32) return Fail("the config file is corrupt (CRC mismatch)");
+  json config_json = json::parse(config_bytes.begin(), config_bytes.end(), nullptr, false);
+  if (config_json.is_discarded()) return Fail("the config file is not JSON");
+  Loaded loaded;
+  loaded.path = path;
+  loaded.config = CLONE_TRY(ConfigFromJson(config_json));
+  if (loaded.config.mem_bytes != body.memory_bytes) return Fail("config and state disagree on the memory size");
+  loaded.state = CLONE_TRY(VmStateFromJson(body.components));
+  if (loaded.state.vcpus.size() != loaded.config.vcpus || loaded.state.virtio.size() != loaded.config.virtio_types.size()) {
+    return Fail("config and state disagree on the vCPUs or devices");
+  }
+  for (size_t i = 0; i < loaded.state.virtio.size(); ++i) {
+    if (loaded.state.virtio[i].device_type != loaded.config.virtio_types[i]) return Fail("config and state disagree on device {}", i);
+  }
+  loaded.memory = CLONE_TRY(OpenFile(path + "/memory", O_RDONLY));
+  struct stat st {};
+  if (::fstat(loaded.memory.get(), &st) != 0) return FailErrno("fstat", path + "/memory");
+  if (static_cast<uint64_t>(st.st_size) != body.memory_bytes) {
+    return Fail("the memory file has {} bytes, {} expected (truncated?)", st.st_size, body.memory_bytes);
+  }
+  return loaded;
+}
+
+uint64_t DirDiskBytes(const std::string& path) {
+  uint64_t total = 0;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(path, ec)) {
+    struct stat st {};
+    if (::stat(entry.path().c_str(), &st) == 0) total += static_cast<uint64_t>(st.st_blocks) * 512;
+  }
+  return total;
+}
+
+}  // namespace
+
+uint32_t Crc32(std::span<const uint8_t> bytes) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  size_t done = 0;
+  while (done < bytes.size()) {  // zlib takes uInt lengths
+    uInt chunk = static_cast<uInt>(std::min<size_t>(bytes.size() - done, 1u << 30));
+    crc = crc32(crc, bytes.data() + done, chunk);
+    done += chunk;
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+nlohmann::json ConfigToJson(const SnapshotConfig& c) {
+  json disks = json::array();
+  for (const auto& d : c.disks) disks.push_back({{"path", d.path}, {"read_only", d.read_only}, {"serial", d.serial}});
+  json j = {{"version", 1},          {"mem_bytes", c.mem_bytes},   {"vcpus", c.vcpus},
+            {"virtio", c.virtio_types}, {"rng", c.rng},           {"disks", std::move(disks)},
+            {"cmdline", c.cmdline},  {"source_vm", c.source_vm}, {"created_unix", c.created_unix},
+            {"info", c.info}};
+  if (c.vsock_cid) j["vsock_cid"] = *c.vsock_cid;
+  return j;
+}
+
+Result<SnapshotConfig> ConfigFromJson(const nlohmann::json& j) {
+  auto parsed = [&]() -> Result<SnapshotConfig> {
+    CLONE_TRY(virtio::StateVersion(j, 1, "config"));
+    SnapshotConfig c;
+    c.mem_bytes = CLONE_TRY(JsonUint<uint64_t>(j, "mem_bytes"));
+    c.vcpus = CLONE_TRY(JsonUint<uint32_t>(j, "vcpus"));
+    if (c.mem_bytes == 0 || c.mem_bytes % kPageSize != 0 || c.vcpus == 0) return Fail("bad memory size or vCPU count");
+    auto types = j.find("virtio");
+    if (types == j.end() || !types->is_array()) return Fail("missing \"virtio\"");
+    for (const auto& t : *types) {
+      if (!t.is_number_unsigned() || t.get<uint64_t>() > UINT32_MAX) return Fail("bad \"virtio\" entry");
+      c.virtio_types.push_back(t.get<uint32_t>());
+    }
+    c.rng = CLONE_TRY(JsonBool(j, "rng"));
+    if (j.contains("vsock_cid")) c.vsock_cid = CLONE_TRY(JsonUint<uint64_t>(j, "vsock_cid"));
+    auto disks = j.find("disks");
+    if (disks == j.end() || !disks->is_array()) return Fail("missing \"disks\"");
+    for (const auto& d : *disks) {
+      if (!d.is_object()) return Fail("bad \"disks\" entry");
+      c.disks.push_back({CLONE_TRY(JsonString(d, "path")), CLONE_TRY(JsonBool(d, "read_only")), CLONE_TRY(JsonString(d, "serial"))});
+    }
+    c.cmdline = j.value("cmdline", "");
+    c.source_vm = j.value("source_vm", "");
+    c.created_unix = j.value("created_unix", int64_t{0});
+    if (auto info = j.find("info"); info != j.end() && info->is_object()) c.info = *info;
+    return c;
+  };
+  try {
+    auto c = parsed();
+    if (!c) return Fail(c.error().Wrap("config"));
+    return c;
+  } catch (const json::exception& e) {
+    return Fail("config: {}", e.what());
+  }
+}
+
+std::string DefaultTemplatesDir() {
+  if (const char* dir = std::getenv("CLONE_TEMPLATES_DIR"); dir != nullptr && *dir != '\0') return dir;
+  const char* home = std::getenv("HOME");
+  return std::string(home != nullptr && *home != '\0' ? home : "/tmp") + "/.clone/templates";
+}
+
+Result<void> ValidateName(const std::string& name) {
+  auto ok_char = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-'; };
+  if (name.empty() || name.size() > 64 || !std::isalnum(static_cast<unsigned char>(name[0])) ||
+      !std::all_of(name.begin(), name.end(), ok_char)) {
+    return Fail("snapshot name '{}': use up to 64 characters A-Z a-z 0-9 . _ -, starting with a letter or digit", name);
+  }
+  return {};
+}
+
+std::vector<uint8_t> EncodeStateFile(const nlohmann::json& components, uint64_t memory_bytes, uint32_t config_crc32) {
+  json body = {{"memory_bytes", memory_bytes}, {"config_crc32", config_crc32}, {"components", components}};
+  std::vector<uint8_t> cbor = json::to_cbor(body);
+  std::vector<uint8_t> out(kHeaderSize, 0);
+  std::memcpy(out.data(), kMagic, sizeof(kMagic));
+  PutLe(&out[8], kFormatVersion, 4);
+  PutLe(&out[12], kHeaderSize, 4);
+  PutLe(&out[16], cbor.size(), 8);
+  PutLe(&out[24], Crc32(cbor), 4);
+  PutLe(&out[28], Crc32(std::span(out.data(), 28)), 4);
+  out.insert(out.end(), cbor.begin(), cbor.end());
+  return out;
+}
+
+Result<StateBody> DecodeStateFile(std::span<const uint8_t> bytes) {
+  if (bytes.size() < kHeaderSize) return Fail("the state file is truncated ({} bytes)", bytes.size());
+  if (std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) return Fail("the state file is not a Clone snapshot (bad magic)");
+  if (Crc32(bytes.subspan(0, 28)) != GetLe(&bytes[28], 4)) return Fail("the state file header is corrupt (CRC mismatch)");
+  uint64_t version = GetLe(&bytes[8], 4);
+  if (version != kFormatVersion) {
+    return Fail("snapshot format version {} is not supported (this clone reads version {})", version, kFormatVersion);
+  }
+  uint64_t header = GetLe(&bytes[12], 4);
+  uint64_t length = GetLe(&bytes[16], 8);
+  if (header != kHeaderSize) return Fail("the state file header size {} is not {}", header, kHeaderSize);
+  if (length > bytes.size() - kHeaderSize) {
+    return Fail("the state file is truncated ({} of {} body bytes)", bytes.size() - kHeaderSize, length);
+  }
+  if (length < bytes.size() - kHeaderSize) return Fail("the state file has {} trailing bytes", bytes.size() - kHeaderSize - length);
+  std::span<const uint8_t> cbor = bytes.subspan(kHeaderSize);
+  if (Crc32(cbor) != GetLe(&bytes[24], 4)) return Fail("the state file is corrupt (CRC mismatch)");
+  json body = json::from_cbor(cbor.begin(), cbor.end(), true, false);
+  if (body.is_discarded() || !body.is_object()) return Fail("the state body is not valid CBOR");
+  StateBody out;
+  out.memory_bytes = CLONE_TRY(JsonUint<uint64_t>(body, "memory_bytes"));
+  out.config_crc32 = CLONE_TRY(JsonUint<uint32_t>(body, "config_crc32"));
+  auto components = body.find("components");
+  if (components == body.end() || !components->is_object()) return Fail("the state body has no components");
+  out.components = std::move(*components);
+  return out;
+}
+
+Result<WriteResult> Write(const std::string& dir, const std::string& name, const GuestMemory& memory,
+                          const VmState& state, const SnapshotConfig& config) {
+  CLONE_TRY_VOID(ValidateName(name));
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return Fail("cannot create {}: {}", dir, ec.message());
+  std::string final_path = dir + "/" + name;
+  if (fs::exists(final_path, ec)) return Fail("snapshot '{}' already exists in {} (remove it with: clone snapshot rm {})", name, dir, name);
+  std::string tmp = fmt::format("{}/.{}.tmp-{}", dir, name, ::getpid());
+  fs::remove_all(tmp, ec);
+  if (!fs::create_directory(tmp, ec) || ec) return Fail("cannot create {}: {}", tmp, ec ? ec.message() : "exists");
+  auto written = [&]() -> Result<WriteResult> {
+    WriteResult result;
+    result.path = final_path;
+    result.memory_bytes = memory.ram_bytes();
+    result.data_bytes = CLONE_TRY(WriteMemory(tmp + "/memory", memory));
+    std::string config_text = ConfigToJson(config).dump(2) + "\n";
+    std::span<const uint8_t> config_bytes(reinterpret_cast<const uint8_t*>(config_text.data()), config_text.size());
+    CLONE_TRY_VOID(WriteFileSynced(tmp + "/config", config_bytes));
+    CLONE_TRY_VOID(WriteFileSynced(tmp + "/state", EncodeStateFile(VmStateToJson(state), memory.ram_bytes(), Crc32(config_bytes))));
+    CLONE_TRY_VOID(FsyncDir(tmp));
+    if (::rename(tmp.c_str(), final_path.c_str()) != 0) return FailErrno("rename", final_path);
+    CLONE_TRY_VOID(FsyncDir(dir));
+    return result;
+  }();
+  if (!written) {
+    fs::remove_all(tmp, ec);
+    return Fail(written.error().Wrap(fmt::format("writing snapshot '{}'", name)));
+  }
+  return written;
+}
+
+Result<Loaded> Read(const std::string& dir, const std::string& name) {
+  CLONE_TRY_VOID(ValidateName(name));
+  std::string path = dir + "/" + name;
+  std::error_code ec;
+  if (!fs::is_directory(path, ec)) return Fail("no snapshot '{}' in {}", name, dir);
+  auto loaded = ReadChecked(path);
+  if (!loaded) return Fail(loaded.error().Wrap(fmt::format("snapshot '{}' ({})", name, path)));
+  return loaded;
+}
+
+std::vector<ListEntry> List(const std::string& dir) {
+  std::vector<ListEntry> entries;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    std::string name = entry.path().filename().string();
+    if (!entry.is_directory(ec) || name.starts_with(".") || !ValidateName(name)) continue;
+    ListEntry e{name, entry.path().string(), std::nullopt, DirDiskBytes(entry.path().string())};
+    if (auto bytes = ReadWhole(e.path + "/config", kMaxConfigBytes)) {
+      json j = json::parse(bytes->begin(), bytes->end(), nullptr, false);
+      if (auto config = ConfigFromJson(j)) e.config = std::move(*config);
+    }
+    entries.push_back(std::move(e));
+  }
+  std::sort(entries.begin(), entries.end(), [](const ListEntry& a, const ListEntry& b) { return a.name < b.name; });
+  return entries;
+}
+
+Result<void> Remove(const std::string& dir, const std::string& name) {
+  CLONE_TRY_VOID(ValidateName(name));
+  std::string path = dir + "/" + name;
+  std::error_code ec;
+  if (!fs::is_directory(path, ec)) return Fail("no snapshot '{}' in {}", name, dir);
+  // Renamed away first so a concurrent reader never sees a half-removed snapshot under the name.
+  std::string doomed = fmt::format("{}/.{}.rm-{}", dir, name, ::getpid());
+  if (::rename(path.c_str(), doomed.c_str()) != 0) return FailErrno("rename", path);
+  fs::remove_all(doomed, ec);
+  if (ec) return Fail("removing {}: {}", doomed, ec.message());
+  return {};
+}
+
+}  // namespace clonevm::snapshot

@@ -1,0 +1,116 @@
+// Snapshot on disk: one directory per snapshot under a templates directory (default
+// ~/.clone/templates, or $CLONE_TEMPLATES_DIR), written atomically, read with every check made
+// before a VM is built. The format is documented in docs/snapshots.md; in short:
+//
+//   <dir>/<name>/memory  guest RAM, raw: the RAM regions back to back in guest-physical order
+//                        (low RAM at offset 0, RAM above 4 GiB right after it), exactly
+//                        mem_bytes long. All-zero 4 KiB pages are holes (sparse file). A restore
+//                        maps it MAP_PRIVATE (GuestMemory::CreateFromFile), so every fork shares
+//                        its page cache and the file never changes.
+//   <dir>/<name>/state   a 32-byte header — magic "CLONESNP", u32 format version, u32 header size,
+//                        u64 body length, u32 CRC-32 (zlib) of the body, u32 CRC-32 of the
+//                        header's first 28 bytes, all little-endian — and a CBOR body:
+//                        {"memory_bytes", "config_crc32", "components": VmStateToJson(...)}.
+//   <dir>/<name>/config  JSON (SnapshotConfig): what to rebuild — memory size, vCPUs, devices in
+//                        slot order, disks by path, the vsock CID — plus facts for people
+//                        (command line, kernel, source VM id, creation time). Its CRC-32 is in
+//                        the state body, so an edited or damaged config is refused too.
+//
+// Writing: into <dir>/.<name>.tmp-<pid>, each file fsynced, the directory fsynced, renamed to
+// <dir>/<name>, the parent fsynced. A crash leaves at most a ".*.tmp-*" directory (ignored by
+// List and removed by the next write of that name), never a half snapshot under the name. An
+// existing name is refused.
+//
+// Reading: a missing, truncated (state or memory shorter than recorded), corrupt (either CRC),
+// newer-format or malformed snapshot gives one Error that names the snapshot and the problem.
+// The state body is untrusted input: VmStateFromJson checks it.
+//
+// Thread-safety: free functions without shared state.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/fd.h"
+#include "base/result.h"
+#include "memory/guest_memory.h"
+#include "vmm/vm_state.h"
+
+namespace clonevm::snapshot {
+
+inline constexpr char kMagic[8] = {'C', 'L', 'O', 'N', 'E', 'S', 'N', 'P'};
+inline constexpr uint32_t kFormatVersion = 1;
+inline constexpr size_t kHeaderSize = 32;
+inline constexpr uint64_t kPageSize = 4096;
+
+struct SnapshotDisk {
+  std::string path;
+  bool read_only = false;
+  std::string serial;
+};
+
+// What a restore rebuilds (and what people want to know about a snapshot).
+struct SnapshotConfig {
+  uint64_t mem_bytes = 0;
+  uint32_t vcpus = 0;
+  std::vector<uint32_t> virtio_types;  // virtio device ids in slot order
+  bool rng = false;
+  std::optional<uint64_t> vsock_cid;
+  std::vector<SnapshotDisk> disks;
+  std::string cmdline;       // for the record
+  std::string source_vm;     // the VM it was taken from
+  int64_t created_unix = 0;
+  nlohmann::json info = nlohmann::json::object();  // free-form facts (kernel path, ...)
+};
+nlohmann::json ConfigToJson(const SnapshotConfig& config);
+[[nodiscard]] Result<SnapshotConfig> ConfigFromJson(const nlohmann::json& j);
+
+// $CLONE_TEMPLATES_DIR, else $HOME/.clone/templates.
+std::string DefaultTemplatesDir();
+// Names are [A-Za-z0-9][A-Za-z0-9._-]{0,63}: they become directory names.
+[[nodiscard]] Result<void> ValidateName(const std::string& name);
+
+// The state file's bytes for `components` (VmStateToJson) and the rest of the body.
+std::vector<uint8_t> EncodeStateFile(const nlohmann::json& components, uint64_t memory_bytes, uint32_t config_crc32);
+struct StateBody {
+  nlohmann::json components;
+  uint64_t memory_bytes = 0;
+  uint32_t config_crc32 = 0;
+};
+// Checks size, magic, version and CRCs, then decodes the CBOR body.
+[[nodiscard]] Result<StateBody> DecodeStateFile(std::span<const uint8_t> bytes);
+
+uint32_t Crc32(std::span<const uint8_t> bytes);
+
+struct WriteResult {
+  std::string path;           // <dir>/<name>
+  uint64_t memory_bytes = 0;  // apparent size of the memory file
+  uint64_t data_bytes = 0;    // bytes written (non-zero pages)
+};
+// Writes a snapshot of `memory` and `state` (the VM must be paused with its devices paused).
+[[nodiscard]] Result<WriteResult> Write(const std::string& dir, const std::string& name, const GuestMemory& memory,
+                                        const VmState& state, const SnapshotConfig& config);
+
+struct Loaded {
+  std::string path;
+  SnapshotConfig config;
+  VmState state;
+  Fd memory;  // the memory file, open read-only
+};
+[[nodiscard]] Result<Loaded> Read(const std::string& dir, const std::string& name);
+
+struct ListEntry {
+  std::string name;
+  std::string path;
+  std::optional<SnapshotConfig> config;  // nullopt if the config is unreadable
+  uint64_t disk_bytes = 0;               // space the directory's files take (sparse memory counted as allocated)
+};
+// Snapshots in `dir` sorted by name (temporary directories left by crashes are skipped).
+std::vector<ListEntry> List(const std::string& dir);
+[[nodiscard]] Result<void> Remove(const std::string& dir, const std::string& name);
+
+}  // namespace clonevm::snapshot

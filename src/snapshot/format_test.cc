@@ -1,0 +1,225 @@
+// The snapshot directory format without KVM: write a snapshot of a GuestMemory and a VmState, read
+// it back, and check that damaged snapshots are refused with clear errors.
+#include "snapshot/format.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace clonevm::snapshot {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr uint64_t kMiB = 1 << 20;
+
+class SnapshotFormatTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / fmt::format("clone-snapshot-test-{}-{}", ::getpid(),
+                                                   ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // 24 MiB below a 16 MiB "hole" so both regions exist; a few pages written.
+  static GuestMemory Memory() {
+    auto mem = GuestMemory::Create(24 * kMiB, 16 * kMiB, 32 * kMiB);
+    EXPECT_TRUE(mem);
+    EXPECT_TRUE(mem->Write<uint64_t>(0x1000, 0x1122334455667788ull));
+    EXPECT_TRUE(mem->Write<uint8_t>(15 * kMiB + 17, 0xab));
+    EXPECT_TRUE(mem->Write<uint32_t>(32 * kMiB + 5 * 4096, 0xdeadbeef));
+    return std::move(*mem);
+  }
+
+  static VmState State() {
+    VmState s;
+    VcpuState v;
+    v.regs.rip = 0xffffffff81000000ull;
+    v.regs.rax = 42;
+    v.sregs.cr0 = 0x80050033;
+    v.xsave.assign(4096, 0);
+    v.xsave[512] = 7;
+    v.lapic.regs[0x20] = 1;
+    v.tsc_khz = 2'000'000;
+    v.cpuid.push_back(kvm_cpuid_entry2{});
+    v.msrs.push_back({0x10, 0, 123456789});
+    s.vcpus.push_back(v);
+    s.pic_master.chip_id = KVM_IRQCHIP_PIC_MASTER;
+    s.pic_slave.chip_id = KVM_IRQCHIP_PIC_SLAVE;
+    s.ioapic.chip_id = KVM_IRQCHIP_IOAPIC;
+    s.clock.clock = 5'000'000'000ull;
+    s.serial.rx = {'x'};
+    s.virtio.push_back({4, {{"version", 1}, {"status", 15}}});
+    return s;
+  }
+
+  static SnapshotConfig Config() {
+    SnapshotConfig c;
+    c.mem_bytes = 24 * kMiB;
+    c.vcpus = 1;
+    c.virtio_types = {4};
+    c.rng = true;
+    c.cmdline = "console=ttyS0";
+    c.source_vm = "vm-test";
+    return c;
+  }
+
+  std::string Path(const std::string& file) const { return (dir_ / "t1" / file).string(); }
+  void WriteGood() {
+    auto mem = Memory();
+    auto written = Write(dir_.string(), "t1", mem, State(), Config());
+    ASSERT_TRUE(written) << written.error().message();
+  }
+  std::string ReadError() const {
+    auto loaded = Read(dir_.string(), "t1");
+    return loaded ? std::string() : loaded.error().message();
+  }
+  void FlipByte(const std::string& file, off_t offset) const {
+    std::fstream f(Path(file), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(offset);
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x20);
+    f.seekp(offset);
+    f.write(&c, 1);
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(SnapshotFormatTest, WriteThenReadRoundTrips) {
+  auto mem = Memory();
+  auto written = Write(dir_.string(), "t1", mem, State(), Config());
+  ASSERT_TRUE(written) << written.error().message();
+  EXPECT_EQ(written->memory_bytes, 24 * kMiB);
+  EXPECT_EQ(written->data_bytes, 3 * 4096u);  // three non-zero pages
+  auto loaded = Read(dir_.string(), "t1");
+  ASSERT_TRUE(loaded) << loaded.error().message();
+  EXPECT_TRUE(loaded->state == State());
+  EXPECT_EQ(loaded->config.cmdline, "console=ttyS0");
+  EXPECT_EQ(loaded->config.virtio_types, std::vector<uint32_t>{4});
+  // The memory file maps back to the same guest-physical bytes.
+  auto restored = GuestMemory::CreateFromFile(loaded->memory.get(), 24 * kMiB, 16 * kMiB, 32 * kMiB);
+  ASSERT_TRUE(restored) << restored.error().message();
+  EXPECT_EQ(*restored->Read<uint64_t>(0x1000), 0x1122334455667788ull);
+  EXPECT_EQ(*restored->Read<uint8_t>(15 * kMiB + 17), 0xab);
+  EXPECT_EQ(*restored->Read<uint32_t>(32 * kMiB + 5 * 4096), 0xdeadbeefu);
+  EXPECT_EQ(*restored->Read<uint64_t>(32 * kMiB + 6 * 4096), 0u);
+}
+
+TEST_F(SnapshotFormatTest, MemoryFileIsSparse) {
+  WriteGood();
+  struct stat st {};
+  ASSERT_EQ(::stat(Path("memory").c_str(), &st), 0);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), 24 * kMiB);
+  // Three pages of data; filesystems may round allocations up, but nowhere near 24 MiB.
+  EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, 1 * kMiB);
+}
+
+TEST_F(SnapshotFormatTest, ExistingNameIsRefusedAndNothingTemporaryIsLeft) {
+  WriteGood();
+  auto mem = Memory();
+  auto again = Write(dir_.string(), "t1", mem, State(), Config());
+  ASSERT_FALSE(again);
+  EXPECT_NE(again.error().message().find("already exists"), std::string::npos);
+  for (const auto& entry : fs::directory_iterator(dir_)) EXPECT_EQ(entry.path().filename(), "t1");
+}
+
+TEST_F(SnapshotFormatTest, BadNamesAreRefused) {
+  auto mem = Memory();
+  for (const char* name : {"", "../x", "a/b", ".hidden", "-x"}) {
+    EXPECT_FALSE(Write(dir_.string(), name, mem, State(), Config())) << name;
+  }
+}
+
+TEST_F(SnapshotFormatTest, FlippedStateByteIsCorrupt) {
+  WriteGood();
+  auto size = fs::file_size(Path("state"));
+  FlipByte("state", static_cast<off_t>(size - 10));
+  std::string error = ReadError();
+  EXPECT_NE(error.find("corrupt (CRC mismatch)"), std::string::npos) << error;
+  EXPECT_NE(error.find("t1"), std::string::npos) << error;
+}
+
+TEST_F(SnapshotFormatTest, FlippedHeaderByteIsCorrupt) {
+  WriteGood();
+  FlipByte("state", 17);  // the body length
+  EXPECT_NE(ReadError().find("header is corrupt"), std::string::npos) << ReadError();
+}
+
+TEST_F(SnapshotFormatTest, EditedConfigIsCorrupt) {
+  WriteGood();
+  FlipByte("config", 20);
+  EXPECT_NE(ReadError().find("config file is corrupt"), std::string::npos) << ReadError();
+}
+
+TEST_F(SnapshotFormatTest, TruncatedFilesAreRefused) {
+  WriteGood();
+  auto size = fs::file_size(Path("state"));
+  fs::resize_file(Path("state"), size - 1);
+  EXPECT_NE(ReadError().find("truncated"), std::string::npos) << ReadError();
+  fs::resize_file(Path("state"), 10);
+  EXPECT_NE(ReadError().find("truncated"), std::string::npos) << ReadError();
+}
+
+TEST_F(SnapshotFormatTest, TruncatedMemoryIsRefused) {
+  WriteGood();
+  fs::resize_file(Path("memory"), 8 * kMiB);
+  EXPECT_NE(ReadError().find("memory file has"), std::string::npos) << ReadError();
+}
+
+TEST_F(SnapshotFormatTest, NewerFormatVersionIsRefused) {
+  std::vector<uint8_t> bytes = EncodeStateFile(nlohmann::json::object(), 4096, 0);
+  bytes[8] = 2;
+  // Re-seal the header so only the version differs.
+  uint32_t crc = Crc32(std::span(bytes.data(), 28));
+  for (int i = 0; i < 4; ++i) bytes[28 + i] = static_cast<uint8_t>(crc >> (8 * i));
+  auto decoded = DecodeStateFile(bytes);
+  ASSERT_FALSE(decoded);
+  EXPECT_NE(decoded.error().message().find("format version 2 is not supported"), std::string::npos)
+      << decoded.error().message();
+}
+
+TEST_F(SnapshotFormatTest, NotASnapshot) {
+  std::vector<uint8_t> bytes(64, 'x');
+  auto decoded = DecodeStateFile(bytes);
+  ASSERT_FALSE(decoded);
+  EXPECT_NE(decoded.error().message().find("bad magic"), std::string::npos);
+}
+
+TEST_F(SnapshotFormatTest, MissingSnapshotSaysSo) {
+  EXPECT_NE(ReadError().find("no snapshot 't1'"), std::string::npos) << ReadError();
+}
+
+TEST_F(SnapshotFormatTest, ListAndRemove) {
+  WriteGood();
+  fs::create_directories(dir_ / ".t2.tmp-1");  // a crash leftover
+  auto entries = List(dir_.string());
+  ASSERT_EQ(entries.size(), 1u);
+  EXPECT_EQ(entries[0].name, "t1");
+  ASSERT_TRUE(entries[0].config);
+  EXPECT_EQ(entries[0].config->mem_bytes, 24 * kMiB);
+  EXPECT_GT(entries[0].disk_bytes, 0u);
+  ASSERT_TRUE(Remove(dir_.string(), "t1"));
+  EXPECT_TRUE(List(dir_.string()).empty());
+  EXPECT_FALSE(Remove(dir_.string(), "t1"));
+}
+
+TEST_F(SnapshotFormatTest, ConfigRoundTrips) {
+  SnapshotConfig c = Config();
+  c.vsock_cid = 7;
+  c.disks.push_back({"/images/a.qcow2", true, "clone-disk0"});
+  auto back = ConfigFromJson(ConfigToJson(c));
+  ASSERT_TRUE(back) << back.error().message();
+  EXPECT_EQ(back->vsock_cid, 7u);
+  ASSERT_EQ(back->disks.size(), 1u);
+  EXPECT_EQ(back->disks[0].path, "/images/a.qcow2");
+  EXPECT_TRUE(back->disks[0].read_only);
+  EXPECT_FALSE(ConfigFromJson(nlohmann::json{{"version", 9}}));
+}
+
+}  // namespace
+}  // namespace clonevm::snapshot

@@ -1,0 +1,52 @@
+// Taking a snapshot of a running Vm and turning a snapshot's config back into a VmConfig.
+//
+// Take() runs on the VM's event-loop thread (the control API handler does): that thread is what
+// serves virtqueue notifications, device fds and console input, so while it writes the snapshot
+// nothing else touches device state. The vCPUs are parked (Vm::Pause), out-of-VMM data paths
+// stopped and block I/O completed (Vm::PauseDevices), then the state and the memory are written
+// (format.h) and everything is resumed — the vCPUs only when `resume` is set. The loop is blocked
+// for the write (hundreds of ms for a 256 MiB guest): acceptable for a paused VM, and it keeps the
+// protocol free of cross-thread hand-offs. A failure leaves the VM as it was (running or paused)
+// and no snapshot under the name.
+//
+// Not yet snapshotted: virtio-net (a TAP cannot be recreated from a path) and disks (VmConfig does
+// not record image paths yet): Take() refuses such VMs with a message saying so.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "base/result.h"
+#include "control/router.h"
+#include "snapshot/format.h"
+#include "vmm/vm.h"
+
+namespace clonevm::snapshot {
+
+struct TakeOptions {
+  std::string dir;   // the templates directory
+  std::string name;
+  bool resume = true;  // resume the vCPUs afterwards (false: the VM stays paused)
+  std::string source_vm;
+  nlohmann::json info = nlohmann::json::object();  // facts recorded in the config (kernel, ...)
+};
+
+struct TakeResult {
+  WriteResult written;
+  double paused_ms = 0;  // how long the vCPUs were stopped
+};
+
+// Loop thread (see above).
+[[nodiscard]] Result<TakeResult> Take(Vm& vm, const TakeOptions& options);
+
+// The config a VM must be built with to restore `config`'s snapshot: memory, vCPUs, virtio-rng,
+// vsock with the saved CID, disks reopened by path. The kernel, initrd and console are left empty
+// for the caller.
+[[nodiscard]] Result<VmConfig> RestoreVmConfig(const SnapshotConfig& config);
+
+// PUT /vm/snapshot {"name": "...", "dir": "...", "resume": true}: Take() on the loop thread;
+// 201 {"name", "path", "memory_bytes", "data_bytes", "paused_ms"}; 400 for a bad body or name,
+// 409 when the name exists or the VM cannot be snapshotted, 500 for host failures.
+control::Router::Handler SnapshotRoute(Vm& vm, std::string source_vm, nlohmann::json info);
+
+}  // namespace clonevm::snapshot
