@@ -27,8 +27,9 @@ constexpr uint64_t kHostOffloads = kNetFeatureCsum | kNetFeatureHostTso4 | kNetF
 constexpr uint64_t kEcnOffloads = kNetFeatureGuestEcn | kNetFeatureHostEcn;
 constexpr unsigned kTunOffloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
 
-// Frames handled per RX call before the device yields to the event loop (fairness under a flood).
+// Frames handled per RX / TX call before the device yields to the event loop (fairness under a flood).
 constexpr int kRxBudget = 256;
+constexpr int kTxBudget = 128;
 // Where num_buffers sits in struct virtio_net_hdr_v1.
 constexpr size_t kNumBuffersOffset = 10;
 
@@ -153,7 +154,12 @@ Result<void> Net::HandleFdEvent(size_t index, uint32_t /*events*/) {
 Result<void> Net::ProcessTx() {
   Queue& queue = context_->queues[kTxQueue];
   bool used = false;
-  for (;;) {
+  for (int budget = kTxBudget;; --budget) {
+    if (budget == 0) {
+      // A guest that keeps the ring full must not hold the loop: come back after other work.
+      context_->queue_eventfds[kTxQueue].Signal();
+      break;
+    }
     std::optional<DescriptorChain> chain = CLONE_TRY(queue.Pop());
     if (!chain) break;
     SendFrame(*chain);

@@ -21,7 +21,8 @@
 //     edge-triggered: frames are read until EAGAIN or until the guest has no rx buffers left; then
 //     the device waits for the guest's next rx kick (it never spins on a readable TAP), holding at
 //     most one frame. With MRG_RXBUF a frame is spread over as many rx chains as it needs and
-//     num_buffers says how many.
+//     num_buffers says how many. One turn handles at most 128 tx chains / 256 rx frames, then
+//     re-signals itself (the tx queue's eventfd, an internal rx eventfd) and yields to the loop.
 //
 // Guest input: TX chains shorter than header + Ethernet header or longer than kMaxFrameBytes are
 // dropped (returned with 0 bytes, rate-limited log); so are frames the TAP refuses (a bad vnet

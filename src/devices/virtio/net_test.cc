@@ -298,6 +298,22 @@ TEST_F(NetTest, UserspaceTxDropsRuntsAndKeepsWorking) {
   EXPECT_EQ(driver_->Status() & kStatusNeedsReset, 0u);
 }
 
+TEST_F(NetTest, UserspaceTxYieldsToTheLoopAfterItsBudget) {
+  REQUIRE_TAP();
+  Create(VhostMode::kOff);
+  BringUp(kNetFeatureMrgRxbuf);
+  transport_->queue_eventfd(1).Drain();
+  std::vector<uint8_t> frame = TestFrame(60, 4);
+  for (int i = 0; i < 200; ++i) PostTx(frame);
+  driver_->Notify(1);
+  EXPECT_EQ(tx_.UsedIdx(), 128);
+  EXPECT_NE(transport_->queue_eventfd(1).Drain(), 0u);  // the loop comes back for the rest
+  transport_->queue_eventfd(1).Signal();
+  transport_->HandleQueueNotify(1);
+  EXPECT_EQ(tx_.UsedIdx(), 200);
+  EXPECT_EQ(transport_->queue_eventfd(1).Drain(), 0u);
+}
+
 TEST_F(NetTest, UserspaceRxMergesBuffersAndWaitsForThem) {
   REQUIRE_TAP();
   Create(VhostMode::kOff);
