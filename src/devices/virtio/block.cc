@@ -1,13 +1,18 @@
 #include "devices/virtio/block.h"
 
 #include <endian.h>
+#include <sys/epoll.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <nlohmann/json.hpp>
 
+#include "base/check.h"
 #include "base/log.h"
+#include "block/file_io.h"
 #include "devices/virtio/json_state.h"
 
 namespace clonevm::virtio {
@@ -54,12 +59,39 @@ std::optional<uint64_t> ByteOffset(uint64_t sector, uint64_t len, uint64_t capac
 
 }  // namespace
 
-Result<std::unique_ptr<Block>> Block::Create(std::unique_ptr<BlockBackend> backend, std::string serial) {
+Result<std::unique_ptr<Block>> Block::Create(std::unique_ptr<BlockBackend> backend, std::string serial,
+                                             BlockOptions options) {
   if (backend == nullptr) return Fail("virtio-blk: no backend");
   if (serial.size() > kMaxSerialLength) {
     return Fail("virtio-blk: serial \"{}\" is longer than {} bytes", serial, kMaxSerialLength);
   }
-  return std::unique_ptr<Block>(new Block(std::move(backend), std::move(serial)));
+  if (options.max_in_flight < 2 || options.max_in_flight > IoRing::kMaxDepth) {
+    return Fail("virtio-blk: max_in_flight {} is not in 2..{}", options.max_in_flight, IoRing::kMaxDepth);
+  }
+  std::unique_ptr<Block> block(new Block(std::move(backend), std::move(serial)));
+  block->SetUpAsync(options);
+  return block;
+}
+
+void Block::SetUpAsync(const BlockOptions& options) {
+  if (options.io == BlockIo::kSync || backend_->direct_fd() < 0) return;
+  auto ring = IoRing::Create(options.max_in_flight);
+  if (!ring) {
+    Log(LogLevel::kWarn, "virtio-blk {}: io_uring unavailable, using synchronous I/O: {}", serial_,
+        ring.error().message());
+    return;
+  }
+  requests_.resize(options.max_in_flight);
+  free_requests_.reserve(options.max_in_flight);
+  for (uint32_t i = options.max_in_flight; i > 0; --i) free_requests_.push_back(i - 1);
+  ring_ = std::move(*ring);
+}
+
+Block::~Block() {
+  if (auto r = WaitForRequests(false); !r) {
+    Log(LogLevel::kError, "virtio-blk {}: {}", serial_, r.error().message());
+    std::abort();  // the kernel may still write into memory we are about to free
+  }
 }
 
 Block::Block(std::unique_ptr<BlockBackend> backend, std::string serial)
@@ -99,34 +131,56 @@ Result<void> Block::Activate(const DeviceContext& context) {
   return {};
 }
 
-void Block::Reset() { context_.reset(); }
+void Block::Reset() {
+  if (auto r = WaitForRequests(false); !r) {
+    Log(LogLevel::kError, "virtio-blk {}: {}", serial_, r.error().message());
+    std::abort();  // requests would write into guest memory the driver has taken back
+  }
+  context_.reset();
+  queue_blocked_ = false;
+  used_pending_ = false;
+}
 
 Result<void> Block::ProcessQueue(size_t index) {
   if (!context_ || index != 0) return {};
   Queue& queue = context_->queues[0];
   bool used_any = false;
-  for (;;) {
-    std::optional<DescriptorChain> chain = CLONE_TRY(queue.Pop());
-    if (!chain) break;
-    Result<uint8_t> status = HandleRequest(*chain);
-    if (!status) {
-      chain->Abandon();
-      if (used_any && queue.NeedsNotification()) context_->interrupt.SignalUsed();
-      return tl::unexpected(std::move(status.error()));
-    }
-    uint8_t byte = *status;
-    uint64_t writable = chain->writable_bytes();
-    chain->CopyToWritable(writable - 1, std::span(&byte, 1));
-    // As QEMU: the whole writable part (data + status) counts as written; len is a lower bound on
-    // what the driver may consume and the status byte sits at its end.
-    queue.AddUsed(std::move(*chain), static_cast<uint32_t>(std::min<uint64_t>(writable, UINT32_MAX)));
-    used_any = true;
-  }
+  Result<void> result = TakeRequests(queue, &used_any);
+  SubmitQueued();
   if (used_any && queue.NeedsNotification()) context_->interrupt.SignalUsed();
-  return {};
+  return result;
 }
 
-Result<uint8_t> Block::HandleRequest(const DescriptorChain& chain) {
+Result<void> Block::TakeRequests(Queue& queue, bool* used_any) {
+  queue_blocked_ = false;
+  for (;;) {
+    // Room for the largest submission (a write linked to an fdatasync) before taking a chain.
+    if (ring_ && ring_->room() < 2) {
+      queue_blocked_ = true;
+      return {};
+    }
+    std::optional<DescriptorChain> chain = CLONE_TRY(queue.Pop());
+    if (!chain) return {};
+    Result<std::optional<uint8_t>> status = HandleRequest(*chain);
+    if (!status) {
+      chain->Abandon();
+      return tl::unexpected(std::move(status.error()));
+    }
+    if (!status->has_value()) continue;  // submitted to io_uring
+    Answer(queue, std::move(*chain), **status);
+    *used_any = true;
+  }
+}
+
+void Block::Answer(Queue& queue, DescriptorChain chain, uint8_t status) {
+  uint64_t writable = chain.writable_bytes();
+  chain.CopyToWritable(writable - 1, std::span(&status, 1));
+  // As QEMU: the whole writable part (data + status) counts as written; len is a lower bound on
+  // what the driver may consume and the status byte sits at its end.
+  queue.AddUsed(std::move(chain), static_cast<uint32_t>(std::min<uint64_t>(writable, UINT32_MAX)));
+}
+
+Result<std::optional<uint8_t>> Block::HandleRequest(DescriptorChain& chain) {
   if (chain.writable_bytes() == 0) return Fail("virtio-blk: request {} has no writable status byte", chain.head());
   if (chain.readable_bytes() < kHeaderSize) {
     return Fail("virtio-blk: request {} header is {} bytes, not {}", chain.head(), chain.readable_bytes(), kHeaderSize);
@@ -139,7 +193,7 @@ Result<uint8_t> Block::HandleRequest(const DescriptorChain& chain) {
   uint64_t in_data = chain.writable_bytes() - 1;          // writable bytes before the status
   uint64_t out_data = chain.readable_bytes() - kHeaderSize;  // readable bytes after the header
 
-  auto wrong_direction = [&]() -> Result<uint8_t> {
+  auto wrong_direction = [&]() -> Result<std::optional<uint8_t>> {
     return Fail("virtio-blk: request {} of type {} has {} readable and {} writable data bytes", chain.head(), type,
                 out_data, in_data);
   };
@@ -151,7 +205,7 @@ Result<uint8_t> Block::HandleRequest(const DescriptorChain& chain) {
       if (in_data != 0) return wrong_direction();
       return DoWrite(chain, sector, out_data);
     case VIRTIO_BLK_T_FLUSH:
-      return DoFlush();
+      return DoFlush(chain);
     case VIRTIO_BLK_T_GET_ID:
       if (out_data != 0) return wrong_direction();
       return DoGetId(chain, in_data);
@@ -167,13 +221,14 @@ Result<uint8_t> Block::HandleRequest(const DescriptorChain& chain) {
   }
 }
 
-uint8_t Block::DoRead(const DescriptorChain& chain, uint64_t sector, uint64_t len) {
+std::optional<uint8_t> Block::DoRead(DescriptorChain& chain, uint64_t sector, uint64_t len) {
   std::optional<uint64_t> offset = ByteOffset(sector, len, capacity_);
   if (!offset || len % kSectorSize != 0) {
     CLONE_LOG_RATELIMITED(LogLevel::kWarn, "virtio-blk: read of {} bytes at sector {} is outside the disk or unaligned",
                           len, sector);
     return VIRTIO_BLK_S_IOERR;
   }
+  if (ring_ && len > 0 && Submit(chain, AsyncRequest::Kind::kRead, *offset, len)) return std::nullopt;
   uint64_t pos = *offset;
   Result<void> result = ForEachPiece(chain.writable(), 0, len, [&](std::span<uint8_t> piece) -> Result<void> {
     CLONE_TRY_VOID(backend_->Read(pos, piece));
@@ -187,7 +242,7 @@ uint8_t Block::DoRead(const DescriptorChain& chain, uint64_t sector, uint64_t le
   return VIRTIO_BLK_S_OK;
 }
 
-uint8_t Block::DoWrite(const DescriptorChain& chain, uint64_t sector, uint64_t len) {
+std::optional<uint8_t> Block::DoWrite(DescriptorChain& chain, uint64_t sector, uint64_t len) {
   if (read_only_) {
     CLONE_LOG_RATELIMITED(LogLevel::kWarn, "virtio-blk: write to a read-only disk");
     return VIRTIO_BLK_S_IOERR;
@@ -198,6 +253,7 @@ uint8_t Block::DoWrite(const DescriptorChain& chain, uint64_t sector, uint64_t l
                           "virtio-blk: write of {} bytes at sector {} is outside the disk or unaligned", len, sector);
     return VIRTIO_BLK_S_IOERR;
   }
+  if (ring_ && len > 0 && Submit(chain, AsyncRequest::Kind::kWrite, *offset, len)) return std::nullopt;
   uint64_t pos = *offset;
   Result<void> result =
       ForEachPiece(chain.readable(), kHeaderSize, len, [&](std::span<uint8_t> piece) -> Result<void> {
@@ -212,9 +268,14 @@ uint8_t Block::DoWrite(const DescriptorChain& chain, uint64_t sector, uint64_t l
   return CompleteWrite();
 }
 
-uint8_t Block::CompleteWrite() { return write_back_ ? uint8_t{VIRTIO_BLK_S_OK} : DoFlush(); }
+uint8_t Block::CompleteWrite() { return write_back_ ? uint8_t{VIRTIO_BLK_S_OK} : SyncFlush(); }
 
-uint8_t Block::DoFlush() {
+std::optional<uint8_t> Block::DoFlush(DescriptorChain& chain) {
+  if (ring_ && !read_only_ && Submit(chain, AsyncRequest::Kind::kFlush, 0, 0)) return std::nullopt;
+  return SyncFlush();
+}
+
+uint8_t Block::SyncFlush() {
   if (Result<void> result = backend_->Flush(); !result) {
     CLONE_LOG_RATELIMITED(LogLevel::kError, "virtio-blk: flush: {}", result.error().message());
     return VIRTIO_BLK_S_IOERR;
@@ -288,6 +349,148 @@ uint8_t Block::DoDiscardOrWriteZeroes(const DescriptorChain& chain, uint32_t typ
     }
   }
   return CompleteWrite();
+}
+
+// ---- io_uring ----
+
+bool Block::Submit(DescriptorChain& chain, AsyncRequest::Kind kind, uint64_t offset, uint64_t length) {
+  if (free_requests_.empty()) return false;  // cannot happen: requests <= ring depth; go synchronous
+  uint32_t tag = free_requests_.back();
+  AsyncRequest& request = requests_[tag];
+  request.kind = kind;
+  request.offset = offset;
+  request.length = length;
+  request.iov.clear();
+  request.data_result = 0;
+  request.sync_result = 0;
+  request.sync_linked = false;
+  const int fd = backend_->direct_fd();
+  bool queued = false;
+  if (kind == AsyncRequest::Kind::kFlush) {
+    request.pending = 1;
+    queued = ring_->Fsync(fd, tag, FsyncOrder::kAfterSubmitted);
+  } else {
+    // The data buffers as iovecs: after the header for a write, before the status for a read.
+    const bool read = kind == AsyncRequest::Kind::kRead;
+    (void)ForEachPiece(read ? chain.writable() : chain.readable(), read ? 0 : kHeaderSize, length,
+                       [&](std::span<uint8_t> piece) -> Result<void> {
+                         request.iov.push_back({piece.data(), piece.size()});
+                         return {};
+                       });
+    if (read) {
+      request.pending = 1;
+      queued = ring_->Readv(fd, request.iov, offset, tag);
+    } else {
+      backend_->NoteDirectWrite();
+      request.sync_linked = !write_back_;
+      request.pending = request.sync_linked ? 2 : 1;
+      queued = ring_->Writev(fd, request.iov, offset, tag, request.sync_linked ? SyncAfter::kDataSync : SyncAfter::kNone);
+    }
+  }
+  if (!queued) return false;  // TakeRequests keeps room for two operations, so not reached
+  free_requests_.pop_back();
+  request.chain.emplace(std::move(chain));
+  return true;
+}
+
+void Block::SubmitQueued() {
+  if (!ring_) return;
+  if (auto r = ring_->Submit(); !r) {
+    // The operations stay queued; the next notification or completion submits them again.
+    CLONE_LOG_RATELIMITED(LogLevel::kError, "virtio-blk {}: {}", serial_, r.error().message());
+  }
+}
+
+void Block::OnCompletion(uint64_t tag, int32_t result, bool answer) {
+  CLONE_CHECK(tag < requests_.size());
+  AsyncRequest& request = requests_[tag];
+  CLONE_CHECK(request.pending > 0 && request.chain.has_value());
+  // A linked write + fdatasync completes twice: the data operation first (io_uring posts linked
+  // completions in order), then the sync.
+  const bool data = request.kind != AsyncRequest::Kind::kFlush && request.pending == (request.sync_linked ? 2 : 1);
+  (data ? request.data_result : request.sync_result) = result;
+  if (--request.pending > 0) return;
+  DescriptorChain chain = std::move(*request.chain);
+  request.chain.reset();
+  free_requests_.push_back(static_cast<uint32_t>(tag));
+  if (!answer || !context_) {
+    chain.Abandon();
+    return;
+  }
+  Answer(context_->queues[0], std::move(chain), FinishStatus(request));
+  used_pending_ = true;
+}
+
+uint8_t Block::FinishStatus(AsyncRequest& request) {
+  const char* what = request.kind == AsyncRequest::Kind::kRead    ? "read"
+                     : request.kind == AsyncRequest::Kind::kWrite ? "write"
+                                                                  : "flush";
+  if (request.kind == AsyncRequest::Kind::kFlush) {
+    if (request.sync_result >= 0) return VIRTIO_BLK_S_OK;
+    CLONE_LOG_RATELIMITED(LogLevel::kError, "virtio-blk {}: flush: fdatasync: {}", serial_,
+                          std::strerror(-request.sync_result));
+    return VIRTIO_BLK_S_IOERR;
+  }
+  if (request.data_result < 0) {
+    CLONE_LOG_RATELIMITED(LogLevel::kError, "virtio-blk {}: {} of {} bytes at 0x{:x}: {}", serial_, what,
+                          request.length, request.offset, std::strerror(-request.data_result));
+    return VIRTIO_BLK_S_IOERR;
+  }
+  const auto done = static_cast<uint64_t>(request.data_result);
+  if (done < request.length) {
+    // A short transfer (a signal, a huge request): finish it here, then the sync it was linked to.
+    std::span<iovec> rest(request.iov);
+    AdvanceIovecs(rest, done);
+    const int fd = backend_->direct_fd();
+    Result<void> result = request.kind == AsyncRequest::Kind::kRead
+                              ? PreadvFull(fd, request.offset + done, rest, serial_)
+                              : PwritevFull(fd, request.offset + done, rest, serial_);
+    if (result && request.sync_linked) result = SyncData(fd, serial_);
+    if (!result) {
+      CLONE_LOG_RATELIMITED(LogLevel::kError, "virtio-blk {}: {}: {}", serial_, what, result.error().message());
+      return VIRTIO_BLK_S_IOERR;
+    }
+    return VIRTIO_BLK_S_OK;
+  }
+  if (request.sync_linked && request.sync_result < 0) {
+    CLONE_LOG_RATELIMITED(LogLevel::kError, "virtio-blk {}: write-through fdatasync: {}", serial_,
+                          std::strerror(-request.sync_result));
+    return VIRTIO_BLK_S_IOERR;
+  }
+  return VIRTIO_BLK_S_OK;
+}
+
+Result<void> Block::HandleCompletions() {
+  if (!ring_) return {};
+  ring_->Reap([this](uint64_t tag, int32_t result) { OnCompletion(tag, result, true); });
+  if (!context_) return {};
+  Queue& queue = context_->queues[0];
+  bool used_any = std::exchange(used_pending_, false);
+  Result<void> result;
+  if (queue_blocked_) result = TakeRequests(queue, &used_any);
+  SubmitQueued();
+  if (used_any && queue.NeedsNotification()) context_->interrupt.SignalUsed();
+  return result;
+}
+
+std::vector<WatchedFd> Block::watched_fds() const {
+  if (!ring_) return {};
+  return {WatchedFd{.fd = ring_->event_fd(), .events = EPOLLIN}};
+}
+
+Result<void> Block::HandleFdEvent(size_t /*index*/, uint32_t /*events*/) { return HandleCompletions(); }
+
+Result<void> Block::WaitForRequests(bool answer) {
+  if (!ring_) return {};
+  return ring_->WaitAll([this, answer](uint64_t tag, int32_t result) { OnCompletion(tag, result, answer); });
+}
+
+Result<void> Block::Drain() {
+  CLONE_TRY_VOID(WaitForRequests(true));
+  if (context_ && std::exchange(used_pending_, false) && context_->queues[0].NeedsNotification()) {
+    context_->interrupt.SignalUsed();
+  }
+  return {};
 }
 
 nlohmann::json Block::SaveState() const {

@@ -1,12 +1,15 @@
 #include "devices/virtio/block.h"
 
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <vector>
 
 #include "base/testing/host_tools.h"
+#include "block/block_test_util.h"
 #include "block/image.h"
 #include "devices/virtio/mmio_transport.h"
 #include "devices/virtio/testing/mmio_driver.h"
@@ -50,7 +53,8 @@ void WriteFile(const std::string& path, const std::vector<uint8_t>& bytes) {
   std::fclose(f);
 }
 
-// Wraps a real backend: counts flushes and can be told to fail every call.
+// Wraps a real backend: counts flushes and can be told to fail every call. Its direct_fd() is the
+// inner one's (-1 while failing, so io_uring requests fail with EBADF).
 class TestBackend final : public BlockBackend {
  public:
   struct Stats {
@@ -81,6 +85,8 @@ class TestBackend final : public BlockBackend {
     if (stats_->fail) return Fail("injected write-zeroes error");
     return inner_->WriteZeroes(offset, length);
   }
+  int direct_fd() const override { return stats_->fail ? -1 : inner_->direct_fd(); }
+  void NoteDirectWrite() override { inner_->NoteDirectWrite(); }
   std::string Describe() const override { return "test(" + inner_->Describe() + ")"; }
 
  private:
@@ -88,7 +94,8 @@ class TestBackend final : public BlockBackend {
   Stats* stats_;
 };
 
-class BlockTest : public ::testing::Test {
+// Every test runs twice: with synchronous I/O, and with io_uring (BlockIo::kAuto on a raw file).
+class BlockTest : public ::testing::TestWithParam<BlockIo> {
  protected:
   void SetUp() override {
     ASSERT_TRUE(dir_.ok());
@@ -105,9 +112,16 @@ class BlockTest : public ::testing::Test {
 
   // Creates the device and transport and brings the driver up with `features` (device bits added
   // to the transport's).
-  void Start(bool read_only = false, uint64_t device_features = ~0ull, std::string serial = "clone-disk-0") {
-    auto block = Block::Create(Open(read_only), serial);
+  void Start(bool read_only = false, uint64_t device_features = ~0ull, std::string serial = "clone-disk-0",
+             unsigned max_in_flight = 128) {
+    auto block = Block::Create(Open(read_only), serial, Options(max_in_flight));
     ASSERT_TRUE(block) << block.error().message();
+    block_ = block->get();
+    ASSERT_EQ(block_->async(), async());
+    ASSERT_EQ(block_->watched_fds().size(), async() ? 1u : 0u);
+    if (async()) {
+      ASSERT_EQ(block_->watched_fds()[0].fd, block_->completion_fd());
+    }
     transport_ = MmioTransport::Create(memory_, std::move(*block)).value();
     driver_.emplace(*transport_);
     uint64_t offered = driver_->DeviceFeatures();
@@ -115,6 +129,22 @@ class BlockTest : public ::testing::Test {
     driver_->SetUpQueue(0, queue_);
     driver_->DriverOk();
     ASSERT_EQ(driver_->Status() & kStatusDriverOk, kStatusDriverOk);
+  }
+
+  BlockOptions Options(unsigned max_in_flight = 128) const {
+    return {.io = GetParam(), .max_in_flight = max_in_flight};
+  }
+  bool async() const { return GetParam() == BlockIo::kAuto; }
+
+  // What the VMM's event loop does: waits for the completion eventfd and lets the device answer,
+  // until `q`'s used index reaches `want` (or 5 s pass).
+  void WaitForUsed(QueueDriver& q, uint16_t want) {
+    for (int i = 0; i < 500 && q.UsedIdx() != want; ++i) {
+      if (block_ == nullptr || block_->completion_fd() < 0) return;
+      pollfd p{block_->completion_fd(), POLLIN, 0};
+      ::poll(&p, 1, 10);
+      transport_->RunDeviceTask([](VirtioDevice& d) { return d.HandleFdEvent(0, POLLIN); });
+    }
   }
 
   uint64_t Header(uint32_t type, uint64_t sector) {
@@ -141,6 +171,7 @@ class BlockTest : public ::testing::Test {
     memory_.Span(status_gpa, 1)[0] = 0xee;
     uint16_t head = queue_.AddChain(buffers);
     driver_->Notify(0);
+    WaitForUsed(queue_, static_cast<uint16_t>(used + 1));
     EXPECT_EQ(queue_.UsedIdx(), static_cast<uint16_t>(used + 1));
     auto [id, len] = queue_.UsedElem(used);
     EXPECT_EQ(id, head);
@@ -178,16 +209,17 @@ class BlockTest : public ::testing::Test {
   GuestMemory memory_ = std::move(GuestMemory::Create(8 * kMiB, 3ull << 30, 4ull << 30).value());
   QueueDriver queue_{memory_, Block::kQueueSize, 0x10000, 0x100000};
   std::shared_ptr<MmioTransport> transport_;
+  Block* block_ = nullptr;  // owned by transport_
   std::optional<MmioDriver> driver_;
 };
 
-TEST_F(BlockTest, CreateRejectsLongSerialAndNoBackend) {
+TEST_P(BlockTest, CreateRejectsLongSerialAndNoBackend) {
   EXPECT_FALSE(Block::Create(Open(false), std::string(21, 'x')));
   EXPECT_TRUE(Block::Create(Open(true), std::string(20, 'x')));
   EXPECT_FALSE(Block::Create(nullptr, "x"));
 }
 
-TEST_F(BlockTest, IdentityFeaturesAndConfig) {
+TEST_P(BlockTest, IdentityFeaturesAndConfig) {
   Start();
   EXPECT_EQ(driver_->Read32(0x008), kDeviceTypeBlock);
   EXPECT_EQ(transport_->num_queues(), 1u);
@@ -207,7 +239,7 @@ TEST_F(BlockTest, IdentityFeaturesAndConfig) {
   EXPECT_LT(Block::kSegMax + 2, kMaxChainLength);
 }
 
-TEST_F(BlockTest, WriteThenReadAcrossSegments) {
+TEST_P(BlockTest, WriteThenReadAcrossSegments) {
   Start();
   // Write 3 sectors at sector 10: header and the first 100 data bytes share one buffer, the rest
   // are split unevenly.
@@ -242,34 +274,37 @@ TEST_F(BlockTest, WriteThenReadAcrossSegments) {
   EXPECT_EQ(std::vector<uint8_t>(got.begin() + 512, got.begin() + 4 * 512), data);
 }
 
-TEST_F(BlockTest, IndirectRead) {
+TEST_P(BlockTest, IndirectRead) {
   Start();
   uint64_t buf = queue_.Alloc(4096), status = queue_.Alloc(1);
   queue_.Publish(queue_.BuildIndirectChain(
       {{Header(VIRTIO_BLK_T_IN, kSectors - 8), 16, false}, {buf, 4096, true}, {status, 1, true}}));
   driver_->Notify(0);
+  WaitForUsed(queue_, 1);
   ASSERT_EQ(queue_.UsedIdx(), 1);
   EXPECT_EQ(Get(status, 1)[0], VIRTIO_BLK_S_OK);
   EXPECT_EQ(Get(buf, 4096), FileBytes(path_, kDiskSize - 4096, 4096));
 }
 
-TEST_F(BlockTest, FlushReachesTheBackend) {
+TEST_P(BlockTest, FlushReachesTheBackend) {
   Start();
   uint64_t data = Put(Pattern(512, 1));
   EXPECT_EQ(Simple(VIRTIO_BLK_T_OUT, 0, {{data, 512, false}}), VIRTIO_BLK_S_OK);
   EXPECT_EQ(stats_.flushes, 0);  // write-back: FLUSH was negotiated
   EXPECT_EQ(Simple(VIRTIO_BLK_T_FLUSH, 0), VIRTIO_BLK_S_OK);
-  EXPECT_EQ(stats_.flushes, 1);
+  EXPECT_EQ(stats_.flushes, async() ? 0 : 1);  // io_uring: IORING_OP_FSYNC on the file itself
+  EXPECT_EQ(FileBytes(path_, 0, 512), Pattern(512, 1));
 }
 
-TEST_F(BlockTest, WithoutFlushFeatureWritesAreWriteThrough) {
+TEST_P(BlockTest, WithoutFlushFeatureWritesAreWriteThrough) {
   Start(false, ~Bit(VIRTIO_BLK_F_FLUSH));
   uint64_t data = Put(Pattern(512, 1));
   EXPECT_EQ(Simple(VIRTIO_BLK_T_OUT, 0, {{data, 512, false}}), VIRTIO_BLK_S_OK);
-  EXPECT_EQ(stats_.flushes, 1);
+  EXPECT_EQ(stats_.flushes, async() ? 0 : 1);  // io_uring: a linked fdatasync
+  EXPECT_EQ(FileBytes(path_, 0, 512), Pattern(512, 1));
 }
 
-TEST_F(BlockTest, GetId) {
+TEST_P(BlockTest, GetId) {
   Start(false, ~0ull, "serial-42");
   uint64_t id = queue_.Alloc(20);
   std::memset(memory_.Span(id, 20).data(), 0xaa, 20);
@@ -282,7 +317,7 @@ TEST_F(BlockTest, GetId) {
   EXPECT_EQ(Get(id, 20), want);
 }
 
-TEST_F(BlockTest, WriteZeroesAndDiscardZeroData) {
+TEST_P(BlockTest, WriteZeroesAndDiscardZeroData) {
   Start();
   std::vector<uint8_t> zeros(8 * 512, 0);
   ASSERT_NE(FileBytes(path_, 0, 8 * 512), zeros);
@@ -309,7 +344,7 @@ TEST_F(BlockTest, WriteZeroesAndDiscardZeroData) {
   EXPECT_EQ(Get(buf, 8 * 512), zeros);
 }
 
-TEST_F(BlockTest, BadSegmentsAreAnsweredInBand) {
+TEST_P(BlockTest, BadSegmentsAreAnsweredInBand) {
   Start();
   // UNMAP on a discard, unknown flags → UNSUPP, nothing done.
   EXPECT_EQ(Segments(VIRTIO_BLK_T_DISCARD, {{.sector = 0, .num_sectors = 1, .flags = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP}}),
@@ -329,13 +364,13 @@ TEST_F(BlockTest, BadSegmentsAreAnsweredInBand) {
   EXPECT_EQ(Simple(VIRTIO_BLK_T_DISCARD, 0), VIRTIO_BLK_S_IOERR);
 }
 
-TEST_F(BlockTest, DiscardNotNegotiatedIsUnsupported) {
+TEST_P(BlockTest, DiscardNotNegotiatedIsUnsupported) {
   Start(false, ~(Bit(VIRTIO_BLK_F_DISCARD) | Bit(VIRTIO_BLK_F_WRITE_ZEROES)));
   EXPECT_EQ(Segments(VIRTIO_BLK_T_DISCARD, {{.sector = 0, .num_sectors = 1, .flags = 0}}), VIRTIO_BLK_S_UNSUPP);
   EXPECT_EQ(Segments(VIRTIO_BLK_T_WRITE_ZEROES, {{.sector = 0, .num_sectors = 1, .flags = 0}}), VIRTIO_BLK_S_UNSUPP);
 }
 
-TEST_F(BlockTest, ReadOnlyDiskRejectsWrites) {
+TEST_P(BlockTest, ReadOnlyDiskRejectsWrites) {
   Start(/*read_only=*/true);
   uint64_t f = driver_->DeviceFeatures();
   EXPECT_TRUE(f & Bit(VIRTIO_BLK_F_RO));
@@ -352,7 +387,7 @@ TEST_F(BlockTest, ReadOnlyDiskRejectsWrites) {
   EXPECT_EQ(Simple(VIRTIO_BLK_T_FLUSH, 0), VIRTIO_BLK_S_OK);
 }
 
-TEST_F(BlockTest, OutOfRangeAndUnalignedAreIoErrors) {
+TEST_P(BlockTest, OutOfRangeAndUnalignedAreIoErrors) {
   Start();
   uint64_t buf = queue_.Alloc(1024);
   EXPECT_EQ(Simple(VIRTIO_BLK_T_IN, kSectors, {{buf, 512, true}}), VIRTIO_BLK_S_IOERR);
@@ -367,14 +402,14 @@ TEST_F(BlockTest, OutOfRangeAndUnalignedAreIoErrors) {
   EXPECT_EQ(driver_->Status() & kStatusNeedsReset, 0u);
 }
 
-TEST_F(BlockTest, UnknownTypeIsUnsupported) {
+TEST_P(BlockTest, UnknownTypeIsUnsupported) {
   Start();
   EXPECT_EQ(Simple(VIRTIO_BLK_T_SCSI_CMD, 0), VIRTIO_BLK_S_UNSUPP);
   EXPECT_EQ(Simple(0x12345, 0), VIRTIO_BLK_S_UNSUPP);
   EXPECT_EQ(Simple(VIRTIO_BLK_T_FLUSH, 0), VIRTIO_BLK_S_OK);
 }
 
-TEST_F(BlockTest, BackendErrorsAreIoErrorsAndTheDeviceKeepsWorking) {
+TEST_P(BlockTest, BackendErrorsAreIoErrorsAndTheDeviceKeepsWorking) {
   Start();
   uint64_t buf = queue_.Alloc(512);
   stats_.fail = true;
@@ -389,14 +424,14 @@ TEST_F(BlockTest, BackendErrorsAreIoErrorsAndTheDeviceKeepsWorking) {
   EXPECT_EQ(transport_->guest_error_count(), 0u);
 }
 
-TEST_F(BlockTest, NoStatusByteNeedsReset) {
+TEST_P(BlockTest, NoStatusByteNeedsReset) {
   Start();
   queue_.AddChain({{Header(VIRTIO_BLK_T_FLUSH, 0), 16, false}});
   driver_->Notify(0);
   ExpectNeedsReset();
 }
 
-TEST_F(BlockTest, ShortHeaderNeedsReset) {
+TEST_P(BlockTest, ShortHeaderNeedsReset) {
   Start();
   uint64_t status = queue_.Alloc(1);
   queue_.AddChain({{Header(VIRTIO_BLK_T_IN, 0), 8, false}, {status, 1, true}});
@@ -404,14 +439,14 @@ TEST_F(BlockTest, ShortHeaderNeedsReset) {
   ExpectNeedsReset();
 }
 
-TEST_F(BlockTest, ReadableStatusNeedsReset) {
+TEST_P(BlockTest, ReadableStatusNeedsReset) {
   Start();
   queue_.AddChain({{Header(VIRTIO_BLK_T_FLUSH, 0), 16, false}, {queue_.Alloc(1), 1, false}});
   driver_->Notify(0);
   ExpectNeedsReset();
 }
 
-TEST_F(BlockTest, ReadWithReadableDataNeedsReset) {
+TEST_P(BlockTest, ReadWithReadableDataNeedsReset) {
   Start();
   queue_.AddChain({{Header(VIRTIO_BLK_T_IN, 0), 16, false}, {queue_.Alloc(512), 512, false},
                    {queue_.Alloc(1), 1, true}});
@@ -419,7 +454,7 @@ TEST_F(BlockTest, ReadWithReadableDataNeedsReset) {
   ExpectNeedsReset();
 }
 
-TEST_F(BlockTest, WriteWithWritableDataNeedsReset) {
+TEST_P(BlockTest, WriteWithWritableDataNeedsReset) {
   Start();
   queue_.AddChain({{Header(VIRTIO_BLK_T_OUT, 0), 16, false}, {queue_.Alloc(512), 512, true},
                    {queue_.Alloc(1), 1, true}});
@@ -427,15 +462,19 @@ TEST_F(BlockTest, WriteWithWritableDataNeedsReset) {
   ExpectNeedsReset();
 }
 
-TEST_F(BlockTest, GoodRequestsBeforeABadOneAreCompleted) {
+TEST_P(BlockTest, GoodRequestsBeforeABadOneAreCompleted) {
   Start();
   uint64_t status = queue_.Alloc(1);
   queue_.AddChain({{Header(VIRTIO_BLK_T_FLUSH, 0), 16, false}, {status, 1, true}});
   queue_.AddChain({{Header(VIRTIO_BLK_T_FLUSH, 0), 16, false}});
   driver_->Notify(0);
   EXPECT_EQ(driver_->Status() & kStatusNeedsReset, kStatusNeedsReset);
-  EXPECT_EQ(queue_.UsedIdx(), 1);
-  EXPECT_EQ(Get(status, 1)[0], VIRTIO_BLK_S_OK);
+  // With io_uring the good flush was in flight when the bad chain stopped the device: the reset
+  // waited for it and dropped it, as a driver resetting the device expects.
+  EXPECT_EQ(queue_.UsedIdx(), async() ? 0 : 1);
+  if (!async()) {
+    EXPECT_EQ(Get(status, 1)[0], VIRTIO_BLK_S_OK);
+  }
   // The driver resets and the device is usable again.
   driver_->SetStatus(0);
   ASSERT_TRUE(driver_->Negotiate(kBaseFeatures | Bit(VIRTIO_BLK_F_FLUSH)));
@@ -447,12 +486,13 @@ TEST_F(BlockTest, GoodRequestsBeforeABadOneAreCompleted) {
   ASSERT_TRUE(memory_.Write(hdr, h));
   fresh.AddChain({{hdr, 16, false}, {st, 1, true}});
   driver_->Notify(0);
+  WaitForUsed(fresh, 1);
   EXPECT_EQ(fresh.UsedIdx(), 1);
   EXPECT_EQ(Get(st, 1)[0], VIRTIO_BLK_S_OK);
 }
 
-TEST_F(BlockTest, StateIsVersionedAndChecked) {
-  auto block = Block::Create(Open(false), "abc").value();
+TEST_P(BlockTest, StateIsVersionedAndChecked) {
+  auto block = Block::Create(Open(false), "abc", Options()).value();
   nlohmann::json state = block->SaveState();
   EXPECT_EQ(state["version"], 1);
   EXPECT_EQ(state["capacity"], kSectors);
@@ -462,7 +502,7 @@ TEST_F(BlockTest, StateIsVersionedAndChecked) {
   block.reset();
 
   auto fresh = [&](bool ro, std::string serial, const std::string& path = {}) {
-    return Block::Create(Open(ro, path), std::move(serial)).value();
+    return Block::Create(Open(ro, path), std::move(serial), Options()).value();
   };
   EXPECT_TRUE(fresh(false, "abc")->RestoreState(state));
   EXPECT_FALSE(fresh(false, "xyz")->RestoreState(state));
@@ -484,7 +524,7 @@ TEST_F(BlockTest, StateIsVersionedAndChecked) {
   EXPECT_FALSE(fresh(false, "abc")->RestoreState(bad));
 }
 
-TEST_F(BlockTest, SaveRestoreRoundTrips) {
+TEST_P(BlockTest, SaveRestoreRoundTrips) {
   Start();
   uint64_t data = Put(Pattern(512, 77));
   EXPECT_EQ(Simple(VIRTIO_BLK_T_OUT, 5, {{data, 512, false}}), VIRTIO_BLK_S_OK);
@@ -492,8 +532,9 @@ TEST_F(BlockTest, SaveRestoreRoundTrips) {
   transport_.reset();  // closes the image (and releases its lock), as the old VMM exits
   driver_.reset();
 
-  auto block = Block::Create(Open(false), "clone-disk-0");
+  auto block = Block::Create(Open(false), "clone-disk-0", Options());
   ASSERT_TRUE(block);
+  block_ = block->get();
   auto restored = MmioTransport::Create(memory_, std::move(*block)).value();
   ASSERT_TRUE(restored->RestoreState(saved));
   EXPECT_EQ(restored->SaveState(), saved);
@@ -504,6 +545,117 @@ TEST_F(BlockTest, SaveRestoreRoundTrips) {
   EXPECT_EQ(Get(buf, 512), Pattern(512, 77));
   EXPECT_EQ(queue_.UsedIdx(), 2);
 }
+
+TEST_P(BlockTest, ManyRequestsAtOnceAllCompleteWithBoundedRequestsInFlight) {
+  Start(false, ~0ull, "clone-disk-0", /*max_in_flight=*/4);
+  constexpr int kCount = 40;
+  std::vector<uint64_t> bufs, statuses;
+  for (int i = 0; i < kCount; ++i) {
+    bufs.push_back(queue_.Alloc(4096));
+    statuses.push_back(queue_.Alloc(1));
+    memory_.Span(statuses.back(), 1)[0] = 0xee;
+    if (i % 4 == 3) {  // every fourth request a write of a fresh pattern, the rest reads
+      EXPECT_TRUE(memory_.WriteBytes(bufs.back(), Pattern(4096, static_cast<uint8_t>(i))));
+      queue_.AddChain({{Header(VIRTIO_BLK_T_OUT, 8 * i), 16, false}, {bufs.back(), 4096, false},
+                       {statuses.back(), 1, true}});
+    } else {
+      queue_.AddChain({{Header(VIRTIO_BLK_T_IN, 8 * i), 16, false}, {bufs.back(), 4096, true},
+                       {statuses.back(), 1, true}});
+    }
+  }
+  driver_->Notify(0);
+  // A full ring stops the device taking chains: never more than the depth minus the room kept
+  // for a linked write + sync.
+  EXPECT_LE(block_->requests_in_flight(), 3u);
+  if (async()) {
+    EXPECT_LT(queue_.UsedIdx(), kCount);
+  }
+  WaitForUsed(queue_, kCount);
+  ASSERT_EQ(queue_.UsedIdx(), kCount);
+  EXPECT_EQ(block_->requests_in_flight(), 0u);
+  const std::vector<uint8_t> original = Pattern(kDiskSize, 3);
+  for (int i = 0; i < kCount; ++i) {
+    EXPECT_EQ(Get(statuses[i], 1)[0], VIRTIO_BLK_S_OK) << i;
+    const uint64_t at = 8 * 512 * static_cast<uint64_t>(i);
+    if (i % 4 == 3) {
+      EXPECT_EQ(FileBytes(path_, at, 4096), Pattern(4096, static_cast<uint8_t>(i))) << i;
+    } else {
+      EXPECT_EQ(Get(bufs[i], 4096), std::vector<uint8_t>(original.begin() + at, original.begin() + at + 4096)) << i;
+    }
+  }
+}
+
+TEST_P(BlockTest, ResetWaitsForRequestsInFlightAndDropsThem) {
+  Start();
+  for (int i = 0; i < 16; ++i) {
+    queue_.AddChain({{Header(VIRTIO_BLK_T_IN, 128 * i), 16, false}, {queue_.Alloc(65536), 65536, true},
+                     {queue_.Alloc(1), 1, true}});
+  }
+  driver_->Notify(0);
+  driver_->SetStatus(0);
+  EXPECT_EQ(block_->requests_in_flight(), 0u);
+  // Synchronous I/O answered everything before the reset; io_uring requests were dropped.
+  EXPECT_EQ(queue_.UsedIdx(), async() ? 0 : 16);
+  if (async()) {
+    pollfd p{block_->completion_fd(), POLLIN, 0};
+    EXPECT_EQ(::poll(&p, 1, 50), 0);  // nothing left to reap
+  }
+  EXPECT_EQ(transport_->guest_error_count(), 0u);
+}
+
+TEST_P(BlockTest, ImageShrunkUnderTheDeviceGivesIoErrors) {
+  Start();
+  ASSERT_EQ(::truncate(path_.c_str(), kDiskSize / 2), 0);
+  uint64_t buf = queue_.Alloc(8192);
+  EXPECT_EQ(Simple(VIRTIO_BLK_T_IN, kSectors - 16, {{buf, 8192, true}}), VIRTIO_BLK_S_IOERR);
+  // A read that straddles the new end: the io_uring read is short, the rest fails synchronously.
+  EXPECT_EQ(Simple(VIRTIO_BLK_T_IN, kSectors / 2 - 8, {{buf, 8192, true}}), VIRTIO_BLK_S_IOERR);
+  EXPECT_EQ(Simple(VIRTIO_BLK_T_IN, 0, {{buf, 4096, true}}), VIRTIO_BLK_S_OK);
+  EXPECT_EQ(Get(buf, 4096), Pattern(4096, 3));
+}
+
+TEST_P(BlockTest, WriteAndFlushInOneBatch) {
+  Start();
+  uint64_t data = Put(Pattern(65536, 9)), s1 = queue_.Alloc(1), s2 = queue_.Alloc(1);
+  queue_.AddChain({{Header(VIRTIO_BLK_T_OUT, 256), 16, false}, {data, 65536, false}, {s1, 1, true}});
+  queue_.AddChain({{Header(VIRTIO_BLK_T_FLUSH, 0), 16, false}, {s2, 1, true}});
+  driver_->Notify(0);
+  WaitForUsed(queue_, 2);
+  ASSERT_EQ(queue_.UsedIdx(), 2);
+  EXPECT_EQ(Get(s1, 1)[0], VIRTIO_BLK_S_OK);
+  EXPECT_EQ(Get(s2, 1)[0], VIRTIO_BLK_S_OK);
+  EXPECT_EQ(FileBytes(path_, 256 * 512, 65536), Pattern(65536, 9));
+  // The drained fsync is ordered after the write: its answer comes second.
+  if (async()) {  // the flush's head is the write's + 3 (three descriptors)
+    EXPECT_EQ(queue_.UsedElem(1).first, queue_.UsedElem(0).first + 3);
+  }
+}
+
+TEST_P(BlockTest, WithoutIoUringTheDeviceFallsBackToSynchronousIo) {
+  if (!async()) GTEST_SKIP() << "the fallback is what the Sync variant runs anyway";
+  std::unique_ptr<Block> block;
+  ASSERT_TRUE(blocktest::RunWithoutIoUring([&] { block = Block::Create(Open(false), "nouring", Options()).value(); }));
+  ASSERT_NE(block, nullptr);
+  EXPECT_FALSE(block->async());
+  EXPECT_EQ(block->completion_fd(), -1);
+  block_ = block.get();
+  transport_ = MmioTransport::Create(memory_, std::move(block)).value();
+  driver_.emplace(*transport_);
+  ASSERT_TRUE(driver_->Negotiate(kBaseFeatures | Bit(VIRTIO_BLK_F_FLUSH)));
+  driver_->SetUpQueue(0, queue_);
+  driver_->DriverOk();
+  uint64_t data = Put(Pattern(4096, 5));
+  // Answered within the notification itself: no completion to wait for.
+  EXPECT_EQ(Simple(VIRTIO_BLK_T_OUT, 64, {{data, 4096, false}}), VIRTIO_BLK_S_OK);
+  EXPECT_EQ(Simple(VIRTIO_BLK_T_FLUSH, 0), VIRTIO_BLK_S_OK);
+  EXPECT_EQ(FileBytes(path_, 64 * 512, 4096), Pattern(4096, 5));
+  EXPECT_EQ(stats_.flushes, 1);
+}
+
+INSTANTIATE_TEST_SUITE_P(Io, BlockTest, ::testing::Values(BlockIo::kSync, BlockIo::kAuto),
+                         [](const ::testing::TestParamInfo<BlockIo>& param) {
+                           return param.param == BlockIo::kSync ? "Sync" : "IoUring";
+                         });
 
 }  // namespace
 }  // namespace clonevm::virtio
