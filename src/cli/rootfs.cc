@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <utility>
 
 #include "base/log.h"
 #include "cli/exit_codes.h"
@@ -45,7 +46,9 @@ void AddRootfsCommand(CLI::App& app, RootfsOptions& o) {
       "  clone rootfs create --from-tar alpine-minirootfs.tar.gz --size 256M -o alpine.qcow2 --format qcow2\n"
       "  sudo clone rootfs create --distro debian --suite bookworm --size 2G -o debian.img\n"
       "The tree is copied (the source is never modified) and configured: /etc/hostname, a serial getty on\n"
-      "ttyS0, /etc/fstab, an eth0 placeholder, and clone-agent if it sits next to the clone binary.\n"
+      "ttyS0, /etc/fstab, an eth0 placeholder, and the guest agent as /usr/bin/clone-agent (from --agent,\n"
+      "or clone-agent next to the clone binary; a systemd image also gets clone-agent.service). With\n"
+      "--distro debian root's password is locked unless --root-password says otherwise.\n"
       "No loop mounts or mount privileges are needed (mkfs.ext4 -d); --distro needs root.\n"
       "Exit status: 0 done, 1 error, 2 usage error, 128+N stopped by signal N (nothing is left behind).");
   auto* dir = create->add_option("--from-dir", o.from_dir, "Root tree to copy into the image");
@@ -63,6 +66,10 @@ void AddRootfsCommand(CLI::App& app, RootfsOptions& o) {
   create->add_option("--format", o.format, "Image format")->check(CLI::IsMember({"raw", "qcow2"}))->capture_default_str();
   create->add_option("--hostname", o.hostname, "Written to /etc/hostname")->capture_default_str();
   create->add_flag("--force", o.force, "Replace the output file if it exists");
+  create->add_option("--agent", o.agent, "The guest agent binary to install (default: clone-agent next to clone)");
+  create->add_option("--root-password", o.root_password,
+                     "root's password: locked, none (no password on the console) or a crypt(3) hash "
+                     "(mkpasswd -m sha-512). Default: locked for --distro, unchanged for --from-*");
 }
 
 Result<RootfsCreateOptions> ToRootfsCreateOptions(const RootfsOptions& o) {
@@ -92,6 +99,9 @@ Result<RootfsCreateOptions> ToRootfsCreateOptions(const RootfsOptions& o) {
   CLONE_TRY_VOID(ValidateHostname(o.hostname).map_error([](const Error& e) { return e.Wrap("--hostname"); }));
   c.hostname = o.hostname;
   c.force = o.force;
+  c.agent_path = o.agent;
+  if (auto field = RootPasswordField(c.source, o.root_password); !field) return Fail(field.error());
+  c.root_password = o.root_password;
   return c;
 }
 
@@ -102,7 +112,11 @@ int RootfsCreateCommand(const RootfsOptions& options) {
     return kExitUsage;
   }
   RootfsCreateOptions c = std::move(*parsed);
-  c.agent_path = AgentNextToClone();
+  std::string missing_agent;  // warned about once the image exists
+  if (c.agent_path.empty()) {
+    c.agent_path = AgentNextToClone();
+    if (::access(c.agent_path.c_str(), F_OK) != 0) missing_agent = std::exchange(c.agent_path, {});
+  }
   c.progress = Progress;
   c.interrupted = &g_interrupted;
 
@@ -127,6 +141,10 @@ int RootfsCreateCommand(const RootfsOptions& options) {
   if (!result) {
     Log(LogLevel::kError, "rootfs create: {}", result.error().message());
     return kExitError;
+  }
+  if (!missing_agent.empty()) {
+    Log(LogLevel::kWarn, "rootfs create: no guest agent at {} (use --agent PATH): the image has none, so "
+        "'clone exec' cannot reach it", missing_agent);
   }
   return kExitOk;
 }

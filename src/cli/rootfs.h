@@ -20,6 +20,8 @@ struct RootfsOptions {
   std::string format = "raw";
   std::string hostname = kDefaultRootfsHostname;
   bool force = false;
+  std::string agent;          // --agent PATH; empty: clone-agent next to the clone binary, if there
+  std::string root_password;  // --root-password locked|none|HASH; empty: the default (RootPasswordField)
 };
 
 void AddRootfsCommand(CLI::App& app, RootfsOptions& options);

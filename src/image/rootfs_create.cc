@@ -378,15 +378,62 @@ Result<void> ConfigureNetwork(const std::string& root, int root_fd, bool systemd
                      "iface eth0 inet manual\n");
 }
 
-Result<void> InstallAgent(int root_fd, const std::string& agent_path) {
+constexpr std::string_view kAgentUnit =
+    "# Installed by clone rootfs create: the Clone guest agent on vsock port 1024 (clone exec).\n"
+    "# A VM booted with clone run --rootfs has the agent started by Clone's initrd already; this\n"
+    "# second instance then finds the port taken and exits, which is not a failure.\n"
+    "[Unit]\n"
+    "Description=Clone guest agent\n"
+    "After=systemd-modules-load.service\n"
+    "\n"
+    "[Service]\n"
+    "ExecStartPre=-/sbin/modprobe -q vmw_vsock_virtio_transport\n"
+    "ExecStart=/usr/bin/clone-agent\n"
+    "SuccessExitStatus=1\n"
+    "Restart=on-abnormal\n"
+    "\n"
+    "[Install]\n"
+    "WantedBy=multi-user.target\n";
+
+Result<void> InstallAgent(int root_fd, const std::string& agent_path, bool systemd) {
   if (agent_path.empty()) return {};
   struct stat st;
-  if (::stat(agent_path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return {};
+  if (::stat(agent_path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    return Fail("guest agent {}: not found (or not a regular file)", agent_path);
+  }
   std::string binary = CLONE_TRY(ReadFile(agent_path));
-  auto file = CLONE_TRY(Locate(root_fd, "usr/local/bin/clone-agent"));
-  return WriteInRoot(file, binary, 0755);
+  auto file = CLONE_TRY(Locate(root_fd, "usr/bin/clone-agent"));
+  CLONE_TRY_VOID(WriteInRoot(file, binary, 0755));
+  if (!systemd) return {};
+  auto unit = CLONE_TRY(Locate(root_fd, "etc/systemd/system/clone-agent.service"));
+  CLONE_TRY_VOID(WriteInRoot(unit, kAgentUnit));
+  auto link = CLONE_TRY(Locate(root_fd, "etc/systemd/system/multi-user.target.wants/clone-agent.service"));
+  if (!ExistsAt(link) && ::symlinkat("/etc/systemd/system/clone-agent.service", link.dir.get(), link.name.c_str()) != 0)
+    return FailErrno("symlink", "/" + link.rel);
+  return {};
 }
 
+// Sets root's password field in /etc/shadow: "*" (locked), "" (none) or a crypt(3) hash.
+Result<void> SetRootPassword(int root_fd, const std::string& field) {
+  auto shadow = CLONE_TRY(Locate(root_fd, "etc/shadow"));
+  Fd fd(::openat(shadow.dir.get(), shadow.name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) return FailErrno("open", "/etc/shadow (needed to set the root password)");
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return FailErrno("stat", "/etc/shadow");
+  std::string text;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd.get(), buf, sizeof(buf))) > 0) text.append(buf, static_cast<size_t>(n));
+  if (n < 0) return FailErrno("read", "/etc/shadow");
+  size_t line = text.starts_with("root:") ? 0 : text.find("\nroot:");
+  if (line == std::string::npos) return Fail("/etc/shadow has no root entry");
+  if (line != 0) ++line;
+  size_t start = line + 5;  // after "root:"
+  size_t end = text.find_first_of(":\n", start);
+  if (end == std::string::npos || text[end] != ':') return Fail("/etc/shadow: malformed root entry");
+  text.replace(start, end - start, field);
+  return WriteInRoot(shadow, text, st.st_mode & 07777);
+}
 // Bytes allocated by the files under `path` (for the "too small" hint).
 uint64_t TreeBytes(const std::string& path) {
   static thread_local uint64_t total;
@@ -520,8 +567,19 @@ Result<void> CustomizeRootfs(const std::string& root, const RootfsCustomization&
   auto fstab = CLONE_TRY(Locate(root_fd.get(), "etc/fstab"));
   if (!ExistsAt(fstab)) CLONE_TRY_VOID(WriteInRoot(fstab, "/dev/vda / ext4 defaults 0 1\n"));
   CLONE_TRY_VOID(ConfigureNetwork(root, root_fd.get(), systemd));
-  CLONE_TRY_VOID(InstallAgent(root_fd.get(), c.agent_path));
+  CLONE_TRY_VOID(InstallAgent(root_fd.get(), c.agent_path, systemd));
+  if (c.root_password) CLONE_TRY_VOID(SetRootPassword(root_fd.get(), *c.root_password));
   return {};
+}
+
+Result<std::optional<std::string>> RootPasswordField(RootfsSource source, std::string_view option) {
+  if (option.empty()) return source == RootfsSource::kDebian ? std::optional<std::string>("*") : std::nullopt;
+  if (option == "locked") return std::optional<std::string>("*");
+  if (option == "none") return std::optional<std::string>("");
+  if (option.starts_with("$") && option.find_first_of(":\n") == std::string_view::npos)
+    return std::optional<std::string>(std::string(option));
+  return Fail("--root-password wants locked, none or a crypt(3) hash such as $6$... (from mkpasswd), not '{}'",
+              option);
 }
 
 Result<void> ConvertRawToQcow2(const std::string& raw, const std::string& qcow2_path,
@@ -634,7 +692,8 @@ Result<void> CreateRootfs(const RootfsCreateOptions& o) {
   CLONE_TRY_VOID(CheckInterrupted(o.interrupted));
 
   progress("configuring hostname, serial console, fstab, network ...");
-  CLONE_TRY_VOID(CustomizeRootfs(staging, {o.hostname, o.agent_path}).map_error([](const Error& e) {
+  const std::optional<std::string> root_password = CLONE_TRY(RootPasswordField(o.source, o.root_password));
+  CLONE_TRY_VOID(CustomizeRootfs(staging, {o.hostname, o.agent_path, root_password}).map_error([](const Error& e) {
     return e.Wrap("configuring the image");
   }));
   CLONE_TRY_VOID(CheckInterrupted(o.interrupted));

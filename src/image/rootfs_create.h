@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -43,7 +44,10 @@ struct RootfsCreateOptions {
   Format format = Format::kRaw;  // kRaw or kQcow2
   std::string hostname = kDefaultRootfsHostname;
   bool force = false;      // replace an existing output
-  std::string agent_path;  // installed as /usr/local/bin/clone-agent when non-empty and present
+  std::string agent_path;  // installed as /usr/bin/clone-agent when non-empty (must exist)
+  // root's password: "" (default: locked for kDebian, unchanged otherwise), "locked", "none" or a
+  // crypt(3) hash; see RootPasswordField.
+  std::string root_password;
   // Set (e.g. by a SIGINT handler) to stop: the running tool is terminated, temporaries removed.
   const std::atomic<bool>* interrupted = nullptr;
   std::function<void(std::string_view)> progress;  // one line per step; may be empty
@@ -64,8 +68,15 @@ std::vector<std::string> MkfsExt4Argv(const std::string& staging, const std::str
 
 struct RootfsCustomization {
   std::string hostname = kDefaultRootfsHostname;
-  std::string agent_path;  // empty or missing: no agent installed
+  std::string agent_path;  // empty: no agent installed; otherwise it must exist
+  std::optional<std::string> root_password;  // root's /etc/shadow password field; nullopt: unchanged
 };
+
+// The /etc/shadow password field for `option` (RootfsCreateOptions::root_password): "locked" →
+// "*", "none" → "" (root logs in on the console without a password), "$..." → the hash as given;
+// "" → "*" for a debootstrapped Debian (locked, like `passwd -l`: Clone's access is the agent), nothing
+// (keep the tree's) for --from-dir / --from-tar. Anything else is an error.
+[[nodiscard]] Result<std::optional<std::string>> RootPasswordField(RootfsSource source, std::string_view option);
 
 // Adapts a root tree for Clone, writing only inside `root` (symlinks in the tree are never
 // followed out of it; a symlinked parent directory is an error):
@@ -76,7 +87,11 @@ struct RootfsCustomization {
 //  - /etc/fstab "/dev/vda / ext4 defaults 0 1" if absent;
 //  - eth0 networking placeholder, if absent: /etc/systemd/network/20-clone-eth0.network (systemd)
 //    or /etc/network/interfaces (otherwise); the address is static, set by Clone, no DHCP;
-//  - the guest agent in /usr/local/bin/clone-agent, when customization.agent_path exists.
+//  - the guest agent as /usr/bin/clone-agent (0755) when customization.agent_path is set, and for
+//    systemd trees /etc/systemd/system/clone-agent.service enabled in multi-user.target (it runs
+//    `clone-agent` in the foreground; a second instance next to the one Clone's initrd started
+//    cannot bind vsock port 1024 and exits: SuccessExitStatus=1, Restart=on-abnormal, no loop);
+//  - root's password field in /etc/shadow when customization.root_password is set.
 [[nodiscard]] Result<void> CustomizeRootfs(const std::string& root, const RootfsCustomization& customization);
 
 // Writes the raw image `raw` as a new qcow2 image at `qcow2_path` (which must not exist), copying

@@ -326,18 +326,58 @@ TEST(RootfsCustomizeTest, NeverWritesThroughSymlinksOutOfTheTree) {
   EXPECT_TRUE(fs::is_empty(dir.File("elsewhere")));
 }
 
-TEST(RootfsCustomizeTest, InstallsTheAgentWhenPresent) {
+TEST(RootfsCustomizeTest, InstallsTheAgentAndItsSystemdUnit) {
   TempDir dir("clone-rootfs");
   ASSERT_TRUE(dir.ok());
   WriteText(dir.File("clone-agent"), "\x7f" "ELF fake agent");
   fs::create_directories(dir.File("root"));
-  fs::create_directories(dir.File("root2"));
   ASSERT_TRUE(CustomizeRootfs(dir.File("root"), {"clone", dir.File("clone-agent")}));
-  EXPECT_EQ(ReadText(dir.File("root/usr/local/bin/clone-agent")), "\x7f" "ELF fake agent");
-  EXPECT_EQ(fs::status(dir.File("root/usr/local/bin/clone-agent")).permissions() & fs::perms::owner_exec,
-            fs::perms::owner_exec);
-  ASSERT_TRUE(CustomizeRootfs(dir.File("root2"), {"clone", dir.File("no-agent")}));
-  EXPECT_FALSE(fs::exists(dir.File("root2/usr/local/bin/clone-agent")));
+  EXPECT_EQ(ReadText(dir.File("root/usr/bin/clone-agent")), "\x7f" "ELF fake agent");
+  EXPECT_EQ(fs::status(dir.File("root/usr/bin/clone-agent")).permissions(), fs::perms(0755));
+  EXPECT_FALSE(fs::exists(dir.File("root/etc/systemd/system/clone-agent.service")));  // no systemd here
+
+  const std::string root = dir.File("systemd");
+  fs::create_directories(root + "/usr/lib/systemd/system");
+  WriteText(root + "/usr/lib/systemd/systemd", "");
+  ASSERT_TRUE(CustomizeRootfs(root, {"clone", dir.File("clone-agent")}));
+  ASSERT_TRUE(CustomizeRootfs(root, {"clone", dir.File("clone-agent")}));  // idempotent
+  std::string unit = ReadText(root + "/etc/systemd/system/clone-agent.service");
+  EXPECT_NE(unit.find("ExecStart=/usr/bin/clone-agent\n"), std::string::npos) << unit;
+  EXPECT_NE(unit.find("WantedBy=multi-user.target"), std::string::npos) << unit;
+  EXPECT_EQ(fs::read_symlink(root + "/etc/systemd/system/multi-user.target.wants/clone-agent.service"),
+            "/etc/systemd/system/clone-agent.service");
+
+  fs::create_directories(dir.File("root2"));
+  auto missing = CustomizeRootfs(dir.File("root2"), {"clone", dir.File("no-agent")});
+  ASSERT_FALSE(missing);
+  EXPECT_NE(missing.error().message().find("no-agent: not found"), std::string::npos) << missing.error().message();
+  ASSERT_TRUE(CustomizeRootfs(dir.File("root2"), {"clone", ""}));
+  EXPECT_FALSE(fs::exists(dir.File("root2/usr/bin/clone-agent")));
+}
+
+TEST(RootfsCustomizeTest, RootPasswordIsLockedForDebianAndSetOnRequest) {
+  EXPECT_EQ(*RootPasswordField(RootfsSource::kDebian, ""), std::optional<std::string>("*"));
+  EXPECT_EQ(*RootPasswordField(RootfsSource::kDirectory, ""), std::nullopt);
+  EXPECT_EQ(*RootPasswordField(RootfsSource::kTar, "locked"), std::optional<std::string>("*"));
+  EXPECT_EQ(*RootPasswordField(RootfsSource::kDebian, "none"), std::optional<std::string>(""));
+  EXPECT_EQ(*RootPasswordField(RootfsSource::kDebian, "$6$salt$hash"), std::optional<std::string>("$6$salt$hash"));
+  EXPECT_FALSE(RootPasswordField(RootfsSource::kDebian, "hunter2"));
+  EXPECT_FALSE(RootPasswordField(RootfsSource::kDebian, "$6$a:b"));
+
+  TempDir dir("clone-rootfs");
+  ASSERT_TRUE(dir.ok());
+  const std::string root = dir.File("root");
+  WriteText(root + "/etc/shadow", "daemon:*:19000:0:99999:7:::\nroot:$1$old$x:19000:0:99999:7:::\nbin:*:19000::::::\n");
+  fs::permissions(root + "/etc/shadow", fs::perms(0640));
+  ASSERT_TRUE(CustomizeRootfs(root, {"clone", "", std::string("*")}));
+  EXPECT_EQ(ReadText(root + "/etc/shadow"), "daemon:*:19000:0:99999:7:::\nroot:*:19000:0:99999:7:::\nbin:*:19000::::::\n");
+  EXPECT_EQ(fs::status(root + "/etc/shadow").permissions(), fs::perms(0640));
+  ASSERT_TRUE(CustomizeRootfs(root, {"clone", "", std::string("")}));
+  EXPECT_EQ(ReadText(root + "/etc/shadow"), "daemon:*:19000:0:99999:7:::\nroot::19000:0:99999:7:::\nbin:*:19000::::::\n");
+  ASSERT_TRUE(CustomizeRootfs(root, {"clone", "", std::nullopt}));  // unchanged
+  EXPECT_NE(ReadText(root + "/etc/shadow").find("\nroot::19000"), std::string::npos);
+  WriteText(root + "/etc/shadow", "daemon:*:19000:0:99999:7:::\n");
+  EXPECT_FALSE(CustomizeRootfs(root, {"clone", "", std::string("*")}));  // no root entry
 }
 
 }  // namespace

@@ -294,7 +294,12 @@ Result<CachedInitrd> CachedRootfsInitrd(const std::string& modules_dir, const st
     result.bytes = CLONE_TRY(BuildRootfsInitrd(modules_dir));
     return result;
   }
-  std::string key = CLONE_TRY(RootfsInitrdKey(modules_dir));
+  auto key_or = RootfsInitrdKey(modules_dir);
+  if (!key_or) {  // e.g. no such directory: building reports it best
+    result.bytes = CLONE_TRY(BuildRootfsInitrd(modules_dir));
+    return result;
+  }
+  const std::string& key = *key_or;
   result.path = cache_dir + "/" + key + ".cpio";
   if (auto cached = ReadBytes(result.path); cached && LooksLikeCpio(*cached)) {
     ::utimensat(AT_FDCWD, result.path.c_str(), nullptr, 0);  // most recently used
