@@ -169,7 +169,7 @@ TEST_F(CliTest, RootfsWithAMissingModulesDirectory) {
   std::string kernel = FakeBzImage();
   auto r = RunClone({"run", "--kernel", kernel, "--rootfs", dir_ + "/root.img", "--modules", dir_ + "/nomods"});
   EXPECT_EQ(r.status, kExitError);
-  EXPECT_NE(r.stderr_text.find("nomods/modules.dep"), std::string::npos) << r.stderr_text;
+  EXPECT_NE(r.stderr_text.find("nomods"), std::string::npos) << r.stderr_text;  // names the missing directory
 }
 
 TEST_F(CliTest, BlockSpecParsing) {

@@ -8,6 +8,8 @@
 #include <ctime>
 #include <fstream>
 
+#include <fmt/ranges.h>
+
 #include "arch/x86/layout.h"
 #include "agent/identity_page.h"
 #include "base/log.h"
@@ -165,14 +167,17 @@ void VmService::AgentLoop() {
           agent_connected_ = true;
           agent_hello_ = monitor->hello();
         }
-        if (!identity_sent && options_.network) {
+        if (!identity_sent) {
           auto control = agent::Connect(Endpoint(), identity_.token, agent::Role::kControl, kAgentConnectTimeout);
-          Result<agent::IdentityOk> applied = control ? agent::SendIdentity(control->fd, *options_.network, kShutdownTimeout)
-                                                      : Result<agent::IdentityOk>(Fail(control.error()));
+          auto request = FirstIdentity();
+          Result<agent::IdentityOk> applied =
+              !control ? Result<agent::IdentityOk>(Fail(control.error()))
+                       : !request ? Result<agent::IdentityOk>(Fail(request.error()))
+                                  : agent::SendIdentity(control->fd, *request, kShutdownTimeout);
           if (applied) {
             identity_sent = true;
           } else {
-            Log(LogLevel::kWarn, "agent: cannot apply the network identity: {}", applied.error().message());
+            Log(LogLevel::kWarn, "agent: cannot apply the VM's identity: {}", applied.error().message());
           }
         }
         for (;;) {
@@ -190,6 +195,22 @@ void VmService::AgentLoop() {
     std::unique_lock lock(mu_);
     cv_.wait_for(lock, kAgentRetry, [this] { return stopping_; });
   }
+}
+
+Result<agent::SetIdentity> VmService::FirstIdentity() const {
+  agent::SetIdentity request = options_.network.value_or(agent::SetIdentity{});
+  request.hostname = dir_.id();
+  request.unix_time_ns = UnixNowNs();
+  uint8_t seed[64];
+  if (::getrandom(seed, sizeof(seed), 0) != static_cast<ssize_t>(sizeof(seed))) return FailErrno("getrandom");
+  request.entropy_seed = fmt::format("{:02x}", fmt::join(seed, ""));
+  if (options_.fresh_machine_id) {
+    uint8_t id[16];
+    if (::getrandom(id, sizeof(id), 0) != static_cast<ssize_t>(sizeof(id))) return FailErrno("getrandom");
+    request.machine_id = fmt::format("{:02x}", fmt::join(id, ""));
+  }
+  request.generation = identity_.generation;
+  return request;
 }
 
 void VmService::TrackFd(int fd) {

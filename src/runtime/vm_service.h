@@ -15,6 +15,11 @@
 // of the token (this process) can talk to the agent: any host process may connect to a guest's
 // vsock port, so the token, not the transport, is the access control.
 //
+// Identity applied by the agent: on its first connection the agent gets the VM's hostname (its
+// id), the host's wall-clock time, 64 fresh bytes of entropy (credited with RNDADDENTROPY), the
+// network address when --net, and a new machine-id for VMs made from a snapshot — so a restored
+// or forked guest is a distinct machine with the right clock.
+//
 // Agent link: a thread keeps a monitor session to the agent (reconnecting every 250 ms while the
 // guest boots or after the agent restarts) and keeps the latest Report for GET /vm. Requests that
 // need the agent (exec, shutdown) run on short-lived worker threads with timeouts, so the event
@@ -51,6 +56,8 @@ struct ServiceOptions {
   nlohmann::json info;    // extra static facts for info.json (kernel, mem_mib, ...)
   // Network identity for the guest (the agent applies it), when the VM has a network.
   std::optional<agent::SetIdentity> network;
+  // A VM made from a snapshot (restore, fork): the guest also gets a fresh /etc/machine-id.
+  bool fresh_machine_id = false;
 };
 
 class VmService {
@@ -71,6 +78,9 @@ class VmService {
   control::Router Routes();
   nlohmann::json StateJson() const;
   agent::AgentEndpoint Endpoint() const;
+  // What the agent applies on its first connection: hostname = VM id, wall-clock time, fresh
+  // entropy, the network (if any) and, for restored/forked VMs, a new machine-id.
+  Result<agent::SetIdentity> FirstIdentity() const;
   void AgentLoop();
   // Runs fn (move-only is fine) on a detached worker thread; the destructor waits for all.
   template <typename F>

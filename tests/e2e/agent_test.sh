@@ -48,8 +48,9 @@ fi
 
 out=$("$CLONE_BIN" exec -- uname -r 2>&1) || true
 check "exec uname -r prints the guest kernel ($release)" test "$out" = "$release"
+for _ in $(seq 1 40); do [[ $("$CLONE_BIN" exec -- hostname 2>/dev/null) == a1 ]] && break; sleep 0.25; done
 out=$("$CLONE_BIN" exec -- uname -a 2>&1) || true
-check "exec uname -a mentions Linux" grep -q "^Linux guest" <<<"$out"
+check "exec uname -a: Linux, hostname set to the VM id by the agent" grep -q "^Linux a1 " <<<"$out"
 status=0; "$CLONE_BIN" exec -- sh -c 'exit 3' || status=$?
 check "exit code 3 propagates" test "$status" = 3
 status=0; "$CLONE_BIN" exec -- true || status=$?
