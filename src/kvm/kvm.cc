@@ -216,9 +216,7 @@ Result<kvm_clock_data> VmFd::GetClock() const {
 
 Result<void> VmFd::SetClock(const kvm_clock_data& clock) {
   kvm_clock_data c{};
-  c.clock = clock.clock;
-  c.flags = clock.flags & KVM_CLOCK_REALTIME;
-  c.realtime = clock.realtime;
+  c.clock = clock.clock;  // flags 0: no KVM_CLOCK_REALTIME advance, the clock resumes at this value
   if (::ioctl(fd_.get(), KVM_SET_CLOCK, &c) != 0) return FailErrno("KVM_SET_CLOCK");
   return {};
 }

@@ -74,8 +74,9 @@ class VmFd {
   [[nodiscard]] Result<void> SetIrqchip(const kvm_irqchip& chip);
   [[nodiscard]] Result<kvm_pit_state2> GetPit2() const;
   [[nodiscard]] Result<void> SetPit2(const kvm_pit_state2& pit);
-  // kvmclock: the guest's view of time in ns. SetClock takes clock.clock (and .flags' REALTIME
-  // when set); call it after the vCPUs are restored.
+  // kvmclock: the guest's view of time in ns. SetClock sets clock.clock only (its flags and
+  // realtime are ignored, so the guest clock resumes exactly there); call it after the vCPUs are
+  // restored.
   [[nodiscard]] Result<kvm_clock_data> GetClock() const;
   [[nodiscard]] Result<void> SetClock(const kvm_clock_data& clock);
 
