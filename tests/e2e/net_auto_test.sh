@@ -77,7 +77,7 @@ vm() { # vm NAME CMDLINE-EXTRA [clone args...]
     --cmdline "console=ttyS0 quiet panic=-1 $extra" --net "$@" </dev/null >"$w/$name.out" 2>"$w/$name.err"
 }
 show() { grep -a "CLONE-NET" "$w/$1.out" | tr -d '\r' | sed "s/^/    [$1] /"; }
-ports() { ip -br link show master clonebr0 2>/dev/null | awk '{print $1}' | sort | tr '\n' ' '; }
+ports() { { ip -br link show master clonebr0 2>/dev/null || true; } | awk '{print $1}' | sort | tr '\n' ' '; }  # no bridge yet: none
 leases() { find "$CLONE_RUNTIME_DIR/net/clonebr0" -maxdepth 1 -name '172.*' 2>/dev/null | wc -l; }
 
 # One VM: watch the bridge while it runs.
