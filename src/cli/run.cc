@@ -33,6 +33,8 @@ constexpr uint64_t kOverlayDiskBytes = 2 * x86::kGiB;  // virtual size; qcow2 al
 
 std::vector<uint8_t> ToBytes(std::string s) { return std::vector<uint8_t>(s.begin(), s.end()); }
 
+}  // namespace
+
 int ExitStatusFor(const VmExit& exit) {
   switch (exit.reason) {
     case VmExitReason::kPowerOff:
@@ -48,8 +50,6 @@ int ExitStatusFor(const VmExit& exit) {
   }
   return kExitError;
 }
-
-}  // namespace
 
 void AddRunCommand(CLI::App& app, RunOptions& o) {
   auto* run = app.add_subcommand("run", "Boot a Linux kernel in a new VM, console on this terminal");

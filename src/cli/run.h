@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "base/fd.h"
 #include "base/result.h"
 #include "block/image.h"
 #include "vmm/vm.h"
@@ -59,5 +60,14 @@ void AddRunCommand(CLI::App& app, RunOptions& options);
 
 // Runs the VM; returns the process exit status.
 int RunCommand(const RunOptions& options, BootTimer& timer);
+
+// The exit status of `clone run` (and `clone restore`) for how the VM ended (see exit_codes.h).
+int ExitStatusFor(const VmExit& exit);
+
+// --detach for commands that start a VM process: forks before KVM is touched; returns the parent's
+// exit status in the parent (after the child reported "ok <id>" or failed) and nullopt in the
+// child, which calls ReportDetachedReady once the VM runs.
+std::optional<int> ForkDetached(Fd* ready);
+void ReportDetachedReady(Fd& ready, const std::string& id);
 
 }  // namespace clonevm::cli

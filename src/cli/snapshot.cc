@@ -1,4 +1,5 @@
 #include "cli/snapshot.h"
+#include "cli/run.h"
 
 #include <unistd.h>
 
@@ -18,9 +19,6 @@
 
 namespace clonevm::cli {
 
-// From run.cc (the detached-VM protocol `clone run -d` uses). TODO(lead): declare in run.h.
-std::optional<int> ForkDetached(Fd* ready);
-void ReportDetachedReady(Fd& ready, const std::string& id);
 
 namespace {
 
@@ -89,22 +87,6 @@ int Remove(const SnapshotOptions& o) {
     return kExitError;
   }
   return kExitOk;
-}
-
-int ExitStatusFor(const VmExit& exit) {
-  switch (exit.reason) {
-    case VmExitReason::kPowerOff:
-      return kExitOk;
-    case VmExitReason::kReset:
-      return kExitGuestReboot;
-    case VmExitReason::kCrash:
-      return kExitGuestCrash;
-    case VmExitReason::kSignal:
-      return kExitSignalBase + exit.signal;
-    case VmExitReason::kError:
-      return kExitError;
-  }
-  return kExitError;
 }
 
 // The restored VM's life: service, VM, run; mirrors RunCommand after the config is ready.
