@@ -200,8 +200,12 @@ TEST_F(CliTest, RootfsCreateUsageErrors) {
   EXPECT_EQ(RunClone({"rootfs", "create", "--from-dir", dir_, "--size", "1G"}).status, kExitUsage);  // no -o
   auto none = RunClone({"rootfs", "create", "--size", "1G", "-o", out});
   EXPECT_EQ(none.status, kExitUsage);
-  EXPECT_NE(none.stderr_text.find("exactly one of --from-dir, --from-tar, --distro"), std::string::npos);
+  EXPECT_NE(none.stderr_text.find("exactly one of --from-dir, --from-tar, --from-oci, --distro"), std::string::npos);
   EXPECT_EQ(RunClone({"rootfs", "create", "--from-dir", dir_, "--from-tar", "x", "--size", "1G", "-o", out}).status,
+            kExitUsage);
+  EXPECT_EQ(RunClone({"rootfs", "create", "--from-oci", dir_, "--from-tar", "x", "--size", "1G", "-o", out}).status,
+            kExitUsage);
+  EXPECT_EQ(RunClone({"rootfs", "create", "--from-oci", dir_, "--distro", "ubuntu", "--size", "1G", "-o", out}).status,
             kExitUsage);
   auto small = RunClone({"rootfs", "create", "--from-dir", dir_, "--size", "8M", "-o", out});
   EXPECT_EQ(small.status, kExitUsage);
@@ -238,6 +242,51 @@ TEST(RootfsOptionsTest, DistroDefaults) {
   EXPECT_EQ(DebootstrapArgv(c->suite, "/stage", c->mirror),
             (std::vector<std::string>{"debootstrap", "--variant=minbase", "--include=systemd-sysv,udev", "bookworm", "/stage",
                                       "http://deb.debian.org/debian"}));
+  auto password = RootPasswordField(c->source, "");
+  ASSERT_TRUE(password);
+  EXPECT_EQ(*password, std::optional<std::string>("*"));
+}
+
+TEST(RootfsOptionsTest, UbuntuDefaultsAndMirror) {
+  RootfsOptions o;
+  o.distro = "ubuntu";
+  o.size = "2G";
+  o.output = "ubuntu.img";
+  auto c = ToRootfsCreateOptions(o);
+  ASSERT_TRUE(c) << c.error().message();
+  EXPECT_EQ(c->source, RootfsSource::kUbuntu);
+  EXPECT_EQ(c->suite, "jammy");
+  EXPECT_EQ(c->mirror, "http://archive.ubuntu.com/ubuntu");
+  auto password = RootPasswordField(c->source, "");
+  ASSERT_TRUE(password);
+  EXPECT_EQ(*password, std::optional<std::string>("*"));  // locked, like --distro debian
+
+  o.suite = "noble";
+  o.mirror = "http://mirror.example/ubuntu";
+  c = ToRootfsCreateOptions(o);
+  ASSERT_TRUE(c) << c.error().message();
+  EXPECT_EQ(DebootstrapArgv(c->suite, "/stage", c->mirror, kUbuntuKeyring),
+            (std::vector<std::string>{"debootstrap", "--variant=minbase", "--include=systemd-sysv,udev",
+                                      "--keyring=/usr/share/keyrings/ubuntu-archive-keyring.gpg", "--components=main",
+                                      "noble", "/stage", "http://mirror.example/ubuntu"}));
+  o.suite = "jammy updates";
+  EXPECT_FALSE(ToRootfsCreateOptions(o));
+}
+
+TEST(RootfsOptionsTest, FromOci) {
+  RootfsOptions o;
+  o.from_oci = "/images/alpine-oci";
+  o.size = "256M";
+  o.output = "alpine.img";
+  auto c = ToRootfsCreateOptions(o);
+  ASSERT_TRUE(c) << c.error().message();
+  EXPECT_EQ(c->source, RootfsSource::kOci);
+  EXPECT_EQ(c->source_path, "/images/alpine-oci");
+  auto password = RootPasswordField(c->source, "");
+  ASSERT_TRUE(password);
+  EXPECT_EQ(*password, std::nullopt);  // the image's own
+  o.from_dir = "/x";
+  EXPECT_FALSE(ToRootfsCreateOptions(o));
 }
 
 }  // namespace

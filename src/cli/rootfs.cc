@@ -44,22 +44,33 @@ void AddRootfsCommand(CLI::App& app, RootfsOptions& o) {
       "Examples:\n"
       "  clone rootfs create --from-dir ./rootfs --size 1G -o rootfs.img\n"
       "  clone rootfs create --from-tar alpine-minirootfs.tar.gz --size 256M -o alpine.qcow2 --format qcow2\n"
+      "  clone rootfs create --from-oci ./alpine-oci --size 256M -o alpine.img   (skopeo copy docker://alpine oci:alpine-oci)\n"
       "  sudo clone rootfs create --distro debian --suite bookworm --size 2G -o debian.img\n"
+      "  sudo clone rootfs create --distro ubuntu --suite jammy --size 2G -o ubuntu.img\n"
       "The tree is copied (the source is never modified) and configured: /etc/hostname, a serial getty on\n"
       "ttyS0, /etc/fstab, an eth0 placeholder, and the guest agent as /usr/bin/clone-agent (from --agent,\n"
       "or clone-agent next to the clone binary; a systemd image also gets clone-agent.service). With\n"
-      "--distro debian root's password is locked unless --root-password says otherwise.\n"
+      "--distro root's password is locked unless --root-password says otherwise.\n"
+      "--from-oci verifies every blob's sha256 and applies the layers in order with whiteouts.\n"
+      "--distro ubuntu needs the Ubuntu archive keyring (apt-get install ubuntu-keyring).\n"
       "No loop mounts or mount privileges are needed (mkfs.ext4 -d); --distro needs root.\n"
       "Exit status: 0 done, 1 error, 2 usage error, 128+N stopped by signal N (nothing is left behind).");
   auto* dir = create->add_option("--from-dir", o.from_dir, "Root tree to copy into the image");
   auto* tar = create->add_option("--from-tar", o.from_tar, "Tar archive of a root tree (gzip/xz/zstd/bzip2 detected)");
+  auto* oci = create->add_option("--from-oci", o.from_oci,
+                                 "OCI image layout directory (oci-layout, index.json, blobs/); linux/amd64 if several");
   auto* distro = create->add_option("--distro", o.distro, "Bootstrap a distribution with debootstrap (root only)")
-                     ->check(CLI::IsMember({"debian"}));
-  dir->excludes(tar, distro);
-  tar->excludes(dir, distro);
-  distro->excludes(dir, tar);
-  create->add_option("--suite", o.suite, "With --distro: the release")->capture_default_str();
-  create->add_option("--mirror", o.mirror, "With --distro: the package mirror")->capture_default_str();
+                     ->check(CLI::IsMember({"debian", "ubuntu"}));
+  dir->excludes(tar, oci, distro);
+  tar->excludes(dir, oci, distro);
+  oci->excludes(dir, tar, distro);
+  distro->excludes(dir, tar, oci);
+  create->add_option("--suite", o.suite,
+                     fmt::format("With --distro: the release (default: {} for debian, {} for ubuntu)",
+                                 kDefaultDebianSuite, kDefaultUbuntuSuite));
+  create->add_option("--mirror", o.mirror,
+                     fmt::format("With --distro: the package mirror (default: {} for debian, {} for ubuntu)",
+                                 kDefaultDebianMirror, kDefaultUbuntuMirror));
   create->add_option("--size", o.size, "Image size: 512M, 1G, 2048 (a bare number is MiB); at least 16M")
       ->required();
   create->add_option("-o,--output", o.output, "The image file to write")->required();
@@ -74,23 +85,28 @@ void AddRootfsCommand(CLI::App& app, RootfsOptions& o) {
 
 Result<RootfsCreateOptions> ToRootfsCreateOptions(const RootfsOptions& o) {
   RootfsCreateOptions c;
-  int sources = !o.from_dir.empty() + !o.from_tar.empty() + !o.distro.empty();
-  if (sources != 1) return Fail("rootfs create: give exactly one of --from-dir, --from-tar, --distro");
+  int sources = !o.from_dir.empty() + !o.from_tar.empty() + !o.from_oci.empty() + !o.distro.empty();
+  if (sources != 1) return Fail("rootfs create: give exactly one of --from-dir, --from-tar, --from-oci, --distro");
   if (!o.from_dir.empty()) {
     c.source = RootfsSource::kDirectory;
     c.source_path = o.from_dir;
   } else if (!o.from_tar.empty()) {
     c.source = RootfsSource::kTar;
     c.source_path = o.from_tar;
-  } else {
-    if (o.distro != "debian") return Fail("rootfs create: unsupported --distro '{}' (supported: debian)", o.distro);
+  } else if (!o.from_oci.empty()) {
+    c.source = RootfsSource::kOci;
+    c.source_path = o.from_oci;
+  } else if (o.distro == "debian") {
     c.source = RootfsSource::kDebian;
+  } else if (o.distro == "ubuntu") {
+    c.source = RootfsSource::kUbuntu;
+  } else {
+    return Fail("rootfs create: unsupported --distro '{}' (supported: debian, ubuntu)", o.distro);
   }
-  if (o.suite.empty() || o.suite.find_first_of("/ ") != std::string::npos)
-    return Fail("rootfs create: invalid --suite '{}'", o.suite);
-  if (o.mirror.empty()) return Fail("rootfs create: --mirror is empty");
-  c.suite = o.suite;
-  c.mirror = o.mirror;
+  const bool ubuntu = c.source == RootfsSource::kUbuntu;
+  c.suite = o.suite.empty() ? (ubuntu ? kDefaultUbuntuSuite : kDefaultDebianSuite) : o.suite;
+  c.mirror = o.mirror.empty() ? (ubuntu ? kDefaultUbuntuMirror : kDefaultDebianMirror) : o.mirror;
+  if (c.suite.find_first_of("/ ") != std::string::npos) return Fail("rootfs create: invalid --suite '{}'", o.suite);
   c.size_bytes = CLONE_TRY(ParseRootfsSize(o.size).map_error([](const Error& e) { return e.Wrap("--size"); }));
   if (o.output.empty()) return Fail("rootfs create: --output is empty");
   c.output = o.output;

@@ -12,9 +12,10 @@ namespace clonevm::cli {
 struct RootfsOptions {
   std::string from_dir;
   std::string from_tar;
-  std::string distro;  // "debian"
-  std::string suite = kDefaultDebianSuite;
-  std::string mirror = kDefaultDebianMirror;
+  std::string from_oci;  // an OCI image layout directory
+  std::string distro;    // "debian" or "ubuntu"
+  std::string suite;     // empty: the distro's default (kDefaultDebianSuite, kDefaultUbuntuSuite)
+  std::string mirror;    // empty: the distro's default (kDefaultDebianMirror, kDefaultUbuntuMirror)
   std::string size;  // "512M", "1G", "2048" (MiB)
   std::string output;
   std::string format = "raw";

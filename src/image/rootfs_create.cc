@@ -21,6 +21,7 @@
 #include "base/fd.h"
 #include "base/log.h"
 #include "block/qcow2.h"
+#include "image/oci.h"
 
 extern char** environ;
 
@@ -540,10 +541,16 @@ Result<void> ValidateHostname(std::string_view name) {
 }
 
 std::vector<std::string> DebootstrapArgv(const std::string& suite, const std::string& target,
-                                         const std::string& mirror) {
+                                         const std::string& mirror, const std::string& keyring) {
   // minbase has no init: systemd-sysv provides /sbin/init, udev the device units (the ttyS0
-  // getty waits for dev-ttyS0.device).
-  return {"debootstrap", "--variant=minbase", "--include=systemd-sysv,udev", suite, target, mirror};
+  // getty waits for dev-ttyS0.device). Both are in Ubuntu's main component.
+  std::vector<std::string> argv = {"debootstrap", "--variant=minbase", "--include=systemd-sysv,udev"};
+  if (!keyring.empty()) {
+    argv.push_back("--keyring=" + keyring);
+    argv.push_back("--components=main");
+  }
+  for (const auto& a : {suite, target, mirror}) argv.push_back(a);
+  return argv;
 }
 
 std::vector<std::string> TarExtractArgv(const std::string& archive, const std::string& target) {
@@ -573,7 +580,10 @@ Result<void> CustomizeRootfs(const std::string& root, const RootfsCustomization&
 }
 
 Result<std::optional<std::string>> RootPasswordField(RootfsSource source, std::string_view option) {
-  if (option.empty()) return source == RootfsSource::kDebian ? std::optional<std::string>("*") : std::nullopt;
+  if (option.empty()) {
+    if (source == RootfsSource::kDebian || source == RootfsSource::kUbuntu) return std::optional<std::string>("*");
+    return std::nullopt;
+  }
   if (option == "locked") return std::optional<std::string>("*");
   if (option == "none") return std::optional<std::string>("");
   if (option.starts_with("$") && option.find_first_of(":\n") == std::string_view::npos)
@@ -654,9 +664,16 @@ Result<void> CreateRootfs(const RootfsCreateOptions& o) {
       }
       if (S_ISDIR(st.st_mode)) return Fail("{} is a directory, not a tar archive (use --from-dir)", o.source_path);
       break;
+    case RootfsSource::kOci:
+      if (FindTool("tar").empty()) return Fail("tar not found: install it (apt-get install tar)");
+      break;
     case RootfsSource::kDebian:
+    case RootfsSource::kUbuntu:
       if (::geteuid() != 0) return Fail("--distro needs root (debootstrap creates device nodes and chroots): run it with sudo");
       if (FindTool("debootstrap").empty()) return Fail("debootstrap not found: install it (apt-get install debootstrap)");
+      if (o.source == RootfsSource::kUbuntu && ::access(kUbuntuKeyring, R_OK) != 0)
+        return Fail("the Ubuntu archive keyring {} is missing: install it (apt-get install ubuntu-keyring)",
+                    kUbuntuKeyring);
       break;
   }
   if (FindTool("mkfs.ext4").empty()) return Fail("mkfs.ext4 not found: install it (apt-get install e2fsprogs)");
@@ -668,6 +685,10 @@ Result<void> CreateRootfs(const RootfsCreateOptions& o) {
     if (!o.force) return Fail("{} exists (use --force to replace it)", o.output);
     if (S_ISDIR(st.st_mode)) return Fail("{} is a directory", o.output);
   }
+
+  // An OCI layout is resolved and its blobs verified before anything is created.
+  std::vector<OciLayer> layers;
+  if (o.source == RootfsSource::kOci) layers = CLONE_TRY(ResolveOciLayers(o.source_path));
 
   Temporaries temps;
   const std::string staging = CLONE_TRY(MakeTemp(out, "staging", /*directory=*/true));
@@ -683,11 +704,31 @@ Result<void> CreateRootfs(const RootfsCreateOptions& o) {
       CLONE_TRY_VOID(RunTool({TarExtractArgv(o.source_path, staging), "tar"}, o.interrupted)
                          .map_error([&](const Error& e) { return e.Wrap("extracting " + o.source_path); }));
       break;
+    case RootfsSource::kOci:
+      for (size_t i = 0; i < layers.size(); ++i) {
+        const OciLayer& layer = layers[i];
+        progress(fmt::format("staging layer {}/{} {} ...", i + 1, layers.size(), layer.digest.substr(0, 19)));
+        // Its own directory next to the staging one (same filesystem: entries are renamed over).
+        const std::string layer_dir = CLONE_TRY(MakeTemp(out, "layer", /*directory=*/true));
+        temps.AddDir(layer_dir);
+        CLONE_TRY_VOID(RunTool({TarExtractArgv(layer.path, layer_dir), "tar"}, o.interrupted)
+                           .map_error([&](const Error& e) { return e.Wrap("extracting layer " + layer.digest); }));
+        CLONE_TRY_VOID(ApplyOciLayer(layer_dir, staging).map_error([&](const Error& e) {
+          return e.Wrap("applying layer " + layer.digest);
+        }));
+        RemoveTree(layer_dir);
+        CLONE_TRY_VOID(CheckInterrupted(o.interrupted));
+      }
+      break;
     case RootfsSource::kDebian:
-      progress(fmt::format("staging Debian {} from {} (debootstrap) ...", o.suite, o.mirror));
-      CLONE_TRY_VOID(RunTool({DebootstrapArgv(o.suite, staging, o.mirror), "debootstrap", ToolOutput::kToStderr},
+    case RootfsSource::kUbuntu: {
+      const bool ubuntu = o.source == RootfsSource::kUbuntu;
+      progress(fmt::format("staging {} {} from {} (debootstrap) ...", ubuntu ? "Ubuntu" : "Debian", o.suite, o.mirror));
+      CLONE_TRY_VOID(RunTool({DebootstrapArgv(o.suite, staging, o.mirror, ubuntu ? kUbuntuKeyring : ""), "debootstrap",
+                              ToolOutput::kToStderr},
                              o.interrupted));
       break;
+    }
   }
   CLONE_TRY_VOID(CheckInterrupted(o.interrupted));
 

@@ -1,10 +1,14 @@
 // `clone rootfs create`: builds a bootable ext4 disk image (raw or qcow2) from a directory, a tar
-// archive or a debootstrapped Debian, without loop mounts or mount privileges.
+// archive, an OCI image layout or a debootstrapped Debian or Ubuntu, without loop mounts or mount
+// privileges.
 //
 // Steps, each announced through `progress`:
 //  1. staging: a private directory next to the output (same filesystem) receives the tree:
 //     `cp -a` of the directory (the user's directory is never modified), `tar -x --numeric-owner`
-//     of the archive (compression detected by tar), or `debootstrap --variant=minbase` (root only).
+//     of the archive (compression detected by tar), the layers of an OCI image layout (each
+//     verified, extracted with tar into its own temporary directory next to the output, then
+//     applied with whiteouts: image/oci.h), or `debootstrap --variant=minbase` (root only; Ubuntu
+//     with --keyring=kUbuntuKeyring, which must exist: Debian package ubuntu-keyring).
 //  2. customisation of the staged tree (CustomizeRootfs).
 //  3. `mkfs.ext4 -q -F -d STAGING -L rootfs TMP SIZE` into a sparse temporary file next to the output.
 //  4. raw: fsync + rename. qcow2: Qcow2Create + copy of the non-zero 64 KiB chunks of the raw
@@ -26,26 +30,29 @@
 
 namespace clonevm {
 
-enum class RootfsSource { kDirectory, kTar, kDebian };
+enum class RootfsSource { kDirectory, kTar, kOci, kDebian, kUbuntu };
 
 inline constexpr uint64_t kMinRootfsBytes = 16ull << 20;
 inline constexpr uint64_t kMaxRootfsBytes = 16ull << 40;
 inline constexpr const char* kDefaultDebianSuite = "bookworm";
 inline constexpr const char* kDefaultDebianMirror = "http://deb.debian.org/debian";
+inline constexpr const char* kDefaultUbuntuSuite = "jammy";
+inline constexpr const char* kDefaultUbuntuMirror = "http://archive.ubuntu.com/ubuntu";
+inline constexpr const char* kUbuntuKeyring = "/usr/share/keyrings/ubuntu-archive-keyring.gpg";
 inline constexpr const char* kDefaultRootfsHostname = "clone";
 
 struct RootfsCreateOptions {
   RootfsSource source = RootfsSource::kDirectory;
-  std::string source_path;  // kDirectory: the directory; kTar: the archive
-  std::string suite = kDefaultDebianSuite;    // kDebian
-  std::string mirror = kDefaultDebianMirror;  // kDebian
+  std::string source_path;  // kDirectory: the directory; kTar: the archive; kOci: the layout directory
+  std::string suite = kDefaultDebianSuite;    // kDebian, kUbuntu (set kDefaultUbuntuSuite)
+  std::string mirror = kDefaultDebianMirror;  // kDebian, kUbuntu (set kDefaultUbuntuMirror)
   uint64_t size_bytes = 0;                    // a multiple of 1 MiB, >= kMinRootfsBytes
   std::string output;
   Format format = Format::kRaw;  // kRaw or kQcow2
   std::string hostname = kDefaultRootfsHostname;
   bool force = false;      // replace an existing output
   std::string agent_path;  // installed as /usr/bin/clone-agent when non-empty (must exist)
-  // root's password: "" (default: locked for kDebian, unchanged otherwise), "locked", "none" or a
+  // root's password: "" (default: locked for kDebian/kUbuntu, unchanged otherwise), "locked", "none" or a
   // crypt(3) hash; see RootPasswordField.
   std::string root_password;
   // Set (e.g. by a SIGINT handler) to stop: the running tool is terminated, temporaries removed.
@@ -61,8 +68,10 @@ struct RootfsCreateOptions {
 [[nodiscard]] Result<void> ValidateHostname(std::string_view name);
 
 // The command lines of the external tools (argv[0] is the tool's name, resolved through PATH
-// plus /usr/sbin and /sbin when run).
-std::vector<std::string> DebootstrapArgv(const std::string& suite, const std::string& target, const std::string& mirror);
+// plus /usr/sbin and /sbin when run). A non-empty `keyring` (Ubuntu: kUbuntuKeyring) adds
+// --keyring=KEYRING and --components=main (systemd-sysv and udev are in Ubuntu's main).
+std::vector<std::string> DebootstrapArgv(const std::string& suite, const std::string& target, const std::string& mirror,
+                                         const std::string& keyring = {});
 std::vector<std::string> TarExtractArgv(const std::string& archive, const std::string& target);
 std::vector<std::string> MkfsExt4Argv(const std::string& staging, const std::string& image, uint64_t size_bytes);
 
@@ -74,8 +83,8 @@ struct RootfsCustomization {
 
 // The /etc/shadow password field for `option` (RootfsCreateOptions::root_password): "locked" →
 // "*", "none" → "" (root logs in on the console without a password), "$..." → the hash as given;
-// "" → "*" for a debootstrapped Debian (locked, like `passwd -l`: Clone's access is the agent), nothing
-// (keep the tree's) for --from-dir / --from-tar. Anything else is an error.
+// "" → "*" for a debootstrapped Debian or Ubuntu (locked, like `passwd -l`: Clone's access is the
+// agent), nothing (keep the tree's) for --from-dir / --from-tar / --from-oci. Anything else is an error.
 [[nodiscard]] Result<std::optional<std::string>> RootPasswordField(RootfsSource source, std::string_view option);
 
 // Adapts a root tree for Clone, writing only inside `root` (symlinks in the tree are never

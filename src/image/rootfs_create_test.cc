@@ -85,6 +85,10 @@ TEST(RootfsCreateTest, ToolCommandLines) {
   EXPECT_EQ(DebootstrapArgv("bookworm", "/x/stage", "http://deb.debian.org/debian"),
             (std::vector<std::string>{"debootstrap", "--variant=minbase", "--include=systemd-sysv,udev", "bookworm", "/x/stage",
                                       "http://deb.debian.org/debian"}));
+  EXPECT_EQ(DebootstrapArgv("jammy", "/x/stage", "http://archive.ubuntu.com/ubuntu", kUbuntuKeyring),
+            (std::vector<std::string>{"debootstrap", "--variant=minbase", "--include=systemd-sysv,udev",
+                                      "--keyring=/usr/share/keyrings/ubuntu-archive-keyring.gpg", "--components=main",
+                                      "jammy", "/x/stage", "http://archive.ubuntu.com/ubuntu"}));
   EXPECT_EQ(TarExtractArgv("a.tar.gz", "/x/stage"),
             (std::vector<std::string>{"tar", "-x", "--numeric-owner", "-f", "a.tar.gz", "-C", "/x/stage"}));
   EXPECT_EQ(MkfsExt4Argv("/x/stage", "/x/img", 1ull << 30),
