@@ -291,11 +291,13 @@ void VmService::HandleShutdown(control::Request request, control::Responder resp
   RunWorker([this, r = std::move(responder)]() mutable {
     auto conn = agent::Connect(Endpoint(), identity_.token, agent::Role::kControl, kShutdownTimeout);
     if (!conn) return r.RespondError(504, fmt::format("guest agent not reachable: {}", conn.error().message()));
+    // Answer before asking: once the agent has the request the guest may power off (and this
+    // process stop serving) before a reply sent afterwards would be written.
+    r.RespondJson(202, {{"state", "stopping"}});
     TrackFd(conn->fd.get());
     auto sent = agent::SendShutdown(conn->fd, kShutdownTimeout);
     UntrackFd(conn->fd.get());
-    if (!sent) return r.RespondError(504, fmt::format("guest agent: {}", sent.error().message()));
-    r.RespondJson(202, {{"state", "stopping"}});
+    if (!sent) Log(LogLevel::kWarn, "shutdown through the guest agent failed: {}", sent.error().message());
   });
 }
 
