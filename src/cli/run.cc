@@ -372,6 +372,7 @@ int RunCommand(const RunOptions& options, BootTimer& timer) {
   std::string id = o.name.empty() ? NewVmId() : o.name;
   ServiceOptions service_options{id, o.detach,
                                  {{"kernel", o.kernel}, {"mem_mib", o.mem_mb}, {"rootfs", o.rootfs}}};
+  service_options.set_hostname = !o.name.empty();
   // --net: leased address + TAP on the bridge, before KVM so a permission problem is reported first.
   std::optional<net::VmNetwork> network;
   if (o.net) {

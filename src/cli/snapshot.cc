@@ -94,7 +94,11 @@ int RunRestored(const RestoreOptions& o, snapshot::Loaded loaded, VmConfig confi
   nlohmann::json info = loaded.config.info;
   info["snapshot"] = loaded.path;
   info["mem_mib"] = loaded.config.mem_bytes >> 20;
-  auto service = VmService::Create(ServiceOptions{o.name, o.detach, info, std::nullopt});
+  ServiceOptions service_options{o.name, o.detach, info, std::nullopt};
+  // A restore continues the same guest: it keeps its machine-id (a fork will get a new one) and
+  // takes the VM id as hostname only when the user chose one, like `clone run --name`.
+  service_options.set_hostname = !o.name.empty();
+  auto service = VmService::Create(std::move(service_options));
   if (!service) {
     Log(LogLevel::kError, "{}", service.error().message());
     return kExitError;

@@ -1,6 +1,8 @@
 #include "runtime/vm_service.h"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -139,7 +141,18 @@ Result<void> VmService::Serve(Vm& vm) {
   info["created_unix"] = static_cast<int64_t>(::time(nullptr));
   info["detached"] = options_.detached;
   CLONE_TRY_VOID(dir_.WriteInfo(info));
-  if (identity_.vsock_cid != 0) agent_thread_ = std::thread([this] { AgentLoop(); });
+  if (identity_.vsock_cid != 0) {
+    // Signals for the VM (SIGINT/SIGTERM, SIGUSR1 kicks) must never land on this thread: start it
+    // with them blocked (threads inherit the mask; Vm::Run blocks them only in its own threads).
+    sigset_t block, saved;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &block, &saved);
+    agent_thread_ = std::thread([this] { AgentLoop(); });
+    pthread_sigmask(SIG_SETMASK, &saved, nullptr);
+  }
   return {};
 }
 
@@ -199,7 +212,7 @@ void VmService::AgentLoop() {
 
 Result<agent::SetIdentity> VmService::FirstIdentity() const {
   agent::SetIdentity request = options_.network.value_or(agent::SetIdentity{});
-  request.hostname = dir_.id();
+  if (options_.set_hostname) request.hostname = dir_.id();
   request.unix_time_ns = UnixNowNs();
   uint8_t seed[64];
   if (::getrandom(seed, sizeof(seed), 0) != static_cast<ssize_t>(sizeof(seed))) return FailErrno("getrandom");

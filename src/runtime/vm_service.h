@@ -16,7 +16,7 @@
 // vsock port, so the token, not the transport, is the access control.
 //
 // Identity applied by the agent: on its first connection the agent gets the VM's hostname (its
-// id), the host's wall-clock time, 64 fresh bytes of entropy (credited with RNDADDENTROPY), the
+// id; only when set_hostname), the host's wall-clock time, 64 fresh bytes of entropy (credited with RNDADDENTROPY), the
 // network address when --net, and a new machine-id for VMs made from a snapshot — so a restored
 // or forked guest is a distinct machine with the right clock.
 //
@@ -58,6 +58,9 @@ struct ServiceOptions {
   std::optional<agent::SetIdentity> network;
   // A VM made from a snapshot (restore, fork): the guest also gets a fresh /etc/machine-id.
   bool fresh_machine_id = false;
+  // The agent sets the guest's hostname to the VM id (when the user named the VM, and for VMs
+  // made from snapshots); otherwise the image keeps its own hostname.
+  bool set_hostname = false;
 };
 
 class VmService {
