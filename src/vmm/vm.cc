@@ -54,20 +54,26 @@ std::string PlatformCmdline(const std::string& user_cmdline) {
   return user_cmdline.empty() ? "reboot=acpi" : user_cmdline + " reboot=acpi";
 }
 
-Result<std::unique_ptr<Vm>> Vm::Create(VmConfig config, BootTimer* timer) {
+Result<std::unique_ptr<Vm>> Vm::OpenKvm(const VmConfig& config, BootTimer* timer, std::string_view what) {
   std::unique_ptr<Vm> vm(new Vm());
   vm->timer_ = timer;
   vm->console_in_ = config.console_in;
   vm->console_out_ = config.console_out;
   vm->kvm_ = CLONE_TRY(kvm::Kvm::Open());
   if (config.vcpus > static_cast<uint32_t>(vm->kvm_->MaxVcpus())) {
-    return Fail("--vcpus {}: this host's KVM supports at most {}", config.vcpus, vm->kvm_->MaxVcpus());
+    return Fail("{} {}: this host's KVM supports at most {}", what, config.vcpus, vm->kvm_->MaxVcpus());
   }
   vm->vm_fd_ = CLONE_TRY(vm->kvm_->CreateVm());
   timer->Mark("kvm");
   CLONE_TRY_VOID(vm->vm_fd_->SetTssAddress(x86::kKvmTssAddr));
   CLONE_TRY_VOID(vm->vm_fd_->SetIdentityMapAddress(x86::kKvmIdentityMapAddr));
-  CLONE_TRY_VOID(vm->SetUpMemory(config));
+  return vm;
+}
+
+Result<std::unique_ptr<Vm>> Vm::Create(VmConfig config, BootTimer* timer) {
+  std::unique_ptr<Vm> vm = CLONE_TRY(OpenKvm(config, timer, "--vcpus"));
+  GuestMemory memory = CLONE_TRY(GuestMemory::Create(config.mem_bytes, x86::kMmioHoleStart, x86::kHighRamStart));
+  CLONE_TRY_VOID(vm->SetUpMemory(std::move(memory)));
   timer->Mark("memory");
   CLONE_TRY_VOID(vm->vm_fd_->CreateIrqchip());
   CLONE_TRY_VOID(vm->vm_fd_->CreatePit());
@@ -84,8 +90,8 @@ Result<std::unique_ptr<Vm>> Vm::Create(VmConfig config, BootTimer* timer) {
 
 Vm::~Vm() { StopVcpus(); }
 
-Result<void> Vm::SetUpMemory(const VmConfig& config) {
-  memory_ = CLONE_TRY(GuestMemory::Create(config.mem_bytes, x86::kMmioHoleStart, x86::kHighRamStart));
+Result<void> Vm::SetUpMemory(GuestMemory memory) {
+  memory_.emplace(std::move(memory));
   uint32_t slot = 0;
   for (const auto& region : memory_->regions()) {
     CLONE_TRY_VOID(vm_fd_->SetUserMemoryRegion(slot++, region.gpa, region.size, region.host()));

@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -138,7 +139,12 @@ class Vm {
  private:
   struct Vcpu;
   Vm() = default;
-  [[nodiscard]] Result<void> SetUpMemory(const VmConfig& config);
+  // The start shared by Create and Restore: KVM opened, the VM created with its TSS and identity
+  // map; `what` names the vCPU count in the error when KVM allows fewer.
+  [[nodiscard]] static Result<std::unique_ptr<Vm>> OpenKvm(const VmConfig& config, BootTimer* timer,
+                                                           std::string_view what);
+  // Takes guest RAM (anonymous or snapshot-backed) and registers its regions with KVM.
+  [[nodiscard]] Result<void> SetUpMemory(GuestMemory memory);
   [[nodiscard]] Result<void> SetUpDevices(VmConfig& config);
   // Places a virtio device in the next MMIO slot with the next GSI and wires its irqfd and
   // per-queue ioeventfds (served on the event loop).

@@ -91,24 +91,10 @@ Result<std::unique_ptr<Vm>> Vm::Restore(VmConfig config, const VmState& state, c
   if (state.vcpus.size() != config.vcpus) {
     return Fail("the snapshot has {} vCPUs, the configuration {}", state.vcpus.size(), config.vcpus);
   }
-  std::unique_ptr<Vm> vm(new Vm());
-  vm->timer_ = timer;
-  vm->console_in_ = config.console_in;
-  vm->console_out_ = config.console_out;
-  vm->kvm_ = CLONE_TRY(kvm::Kvm::Open());
-  if (config.vcpus > static_cast<uint32_t>(vm->kvm_->MaxVcpus())) {
-    return Fail("the snapshot has {} vCPUs; this host's KVM supports at most {}", config.vcpus, vm->kvm_->MaxVcpus());
-  }
-  vm->vm_fd_ = CLONE_TRY(vm->kvm_->CreateVm());
-  timer->Mark("kvm");
-  CLONE_TRY_VOID(vm->vm_fd_->SetTssAddress(x86::kKvmTssAddr));
-  CLONE_TRY_VOID(vm->vm_fd_->SetIdentityMapAddress(x86::kKvmIdentityMapAddr));
-  vm->memory_ = CLONE_TRY(
+  std::unique_ptr<Vm> vm = CLONE_TRY(OpenKvm(config, timer, "the snapshot's vCPU count"));
+  GuestMemory memory = CLONE_TRY(
       GuestMemory::CreateFromFile(memory_file.get(), config.mem_bytes, x86::kMmioHoleStart, x86::kHighRamStart));
-  uint32_t slot = 0;
-  for (const auto& region : vm->memory_->regions()) {
-    CLONE_TRY_VOID(vm->vm_fd_->SetUserMemoryRegion(slot++, region.gpa, region.size, region.host()));
-  }
+  CLONE_TRY_VOID(vm->SetUpMemory(std::move(memory)));
   timer->Mark("memory");
   CLONE_TRY_VOID(vm->vm_fd_->CreateIrqchip());
   CLONE_TRY_VOID(vm->vm_fd_->CreatePit());
