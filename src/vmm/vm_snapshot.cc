@@ -15,6 +15,8 @@
 // MSRs: every index of KVM_GET_MSR_INDEX_LIST that KVM_GET_MSRS reads (MSRs the host CPU lacks are
 // skipped). On restore an MSR KVM refuses is skipped with a warning rather than failing the whole
 // restore: the index list contains MSRs whose writes depend on host features (e.g. perf counters).
+#include <time.h>
+
 #include <cstring>
 
 #include "arch/x86/layout.h"
@@ -75,6 +77,13 @@ Result<VmState> Vm::SaveState() const {
   state.ioapic = CLONE_TRY(vm_fd_->GetIrqchip(KVM_IRQCHIP_IOAPIC));
   state.pit = CLONE_TRY(vm_fd_->GetPit2());
   state.clock = CLONE_TRY(vm_fd_->GetClock());
+  if ((state.clock.flags & KVM_CLOCK_REALTIME) == 0) {
+    // KVM reports the host's wall clock with the kvmclock only on TSC-clocksource hosts; take it
+    // here (the vCPUs are stopped, so the two readings are microseconds apart).
+    timespec now{};
+    ::clock_gettime(CLOCK_REALTIME, &now);
+    state.clock.realtime = static_cast<uint64_t>(now.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(now.tv_nsec);
+  }
   state.serial = serial_->SaveState();
   auto cmos = std::dynamic_pointer_cast<Cmos>(pio_bus_.DeviceAt(x86::kCmosPort));
   auto pci = std::dynamic_pointer_cast<PciRoot>(pio_bus_.DeviceAt(PciRoot::kConfigAddressPort));
@@ -86,6 +95,25 @@ Result<VmState> Vm::SaveState() const {
   }
   return state;
 }
+
+namespace {
+
+// The saved kvmclock moved forward by the wall-clock time since the snapshot, so the guest's
+// clocks read "now" (as after a suspend) rather than the moment the template was taken: forks of a
+// template taken hours ago must not start hours behind. Computed here rather than with
+// KVM_CLOCK_REALTIME because KVM offers that flag only on TSC-clocksource hosts.
+kvm_clock_data AdvancedClock(const kvm_clock_data& saved) {
+  kvm_clock_data clock{};
+  clock.clock = saved.clock;
+  if (saved.realtime == 0) return clock;  // an older snapshot: continue where it stopped
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  uint64_t now_ns = static_cast<uint64_t>(now.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(now.tv_nsec);
+  if (now_ns > saved.realtime) clock.clock += now_ns - saved.realtime;
+  return clock;
+}
+
+}  // namespace
 
 Result<std::unique_ptr<Vm>> Vm::Restore(VmConfig config, const VmState& state, const Fd& memory_file, BootTimer* timer) {
   if (state.vcpus.size() != config.vcpus) {
@@ -104,7 +132,7 @@ Result<std::unique_ptr<Vm>> Vm::Restore(VmConfig config, const VmState& state, c
   CLONE_TRY_VOID(vm->RestoreVcpus(state));
   timer->Mark("vcpus");
   CLONE_TRY_VOID(vm->RestoreDevices(state));
-  CLONE_TRY_VOID(vm->vm_fd_->SetClock(state.clock));
+  CLONE_TRY_VOID(vm->vm_fd_->SetClock(AdvancedClock(state.clock)));
   timer->Mark("restored");
   return vm;
 }

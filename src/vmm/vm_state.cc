@@ -205,6 +205,10 @@ Result<void> PlatformFromJson(const json& tree, VmState* state) {
   const json* clock = CLONE_TRY(Leaf(tree, "clock", kClockVersion));
   state->clock.clock = CLONE_TRY(Component("clock", [&] { return JsonUint<uint64_t>(*clock, "clock"); }));
   state->clock.flags = CLONE_TRY(Component("clock", [&] { return JsonUint<uint32_t>(*clock, "flags"); }));
+  // Added without a version bump: older snapshots lack it (0 = unknown, the clock is not advanced).
+  if (clock->contains("realtime")) {
+    state->clock.realtime = CLONE_TRY(Component("clock", [&] { return JsonUint<uint64_t>(*clock, "realtime"); }));
+  }
   const json* serial = CLONE_TRY(Leaf(tree, "devices/serial", kSerialVersion));
   state->serial = CLONE_TRY(Component("devices/serial", [&] { return SerialFromJson(*serial); }));
   const json* cmos = CLONE_TRY(Leaf(tree, "devices/cmos", kCmosVersion));
@@ -225,7 +229,8 @@ nlohmann::json VmStateToJson(const VmState& state) {
                      {"pic_slave", Blob(state.pic_slave)},
                      {"ioapic", Blob(state.ioapic)}};
   tree["pit"] = {{"version", kPitVersion}, {"pit", Blob(state.pit)}};
-  tree["clock"] = {{"version", kClockVersion}, {"clock", state.clock.clock}, {"flags", state.clock.flags}};
+  tree["clock"] = {{"version", kClockVersion}, {"clock", state.clock.clock}, {"flags", state.clock.flags},
+                   {"realtime", state.clock.realtime}};
   tree["devices/serial"] = SerialToJson(state.serial);
   tree["devices/cmos"] = {{"version", kCmosVersion},
                           {"index", state.cmos.index},
@@ -290,7 +295,7 @@ bool operator==(const VmState& a, const VmState& b) {
            x.rx == y.rx;
   };
   return a.vcpus == b.vcpus && BytesEqual(a.pic_master, b.pic_master) && BytesEqual(a.pic_slave, b.pic_slave) &&
-         BytesEqual(a.ioapic, b.ioapic) && BytesEqual(a.pit, b.pit) && a.clock.clock == b.clock.clock &&
+         BytesEqual(a.ioapic, b.ioapic) && BytesEqual(a.pit, b.pit) && a.clock.clock == b.clock.clock && a.clock.realtime == b.clock.realtime &&
          a.clock.flags == b.clock.flags && serial_equal(a.serial, b.serial) && a.cmos.index == b.cmos.index &&
          a.cmos.nvram == b.cmos.nvram && a.pci.config_address == b.pci.config_address && virtio_equal;
 }
