@@ -68,6 +68,7 @@ AcpiConfig RichConfig() {
     config.virtio_mmio.push_back({0xD0000000 + 0x1000 * i, 0x1000, 16 + i});
   }
   config.vmgenid_gpa = 0x1'2345'6780;
+  config.ged_gsi = 9;
   return config;
 }
 
@@ -179,12 +180,38 @@ TEST(AcpiTablesTest, DsdtHasOnlyTheConfiguredDevices) {
   EXPECT_FALSE(Contains(t.dsdt, "RTC_"));
   EXPECT_FALSE(Contains(t.dsdt, "LNRO0005"));
   EXPECT_FALSE(Contains(t.dsdt, "VGEN"));
+  EXPECT_FALSE(Contains(t.dsdt, "ACPI0013"));
 
   const Tables rich = Build(RichConfig(), &blob);
   EXPECT_TRUE(Contains(rich.dsdt, "COM1"));
   EXPECT_TRUE(Contains(rich.dsdt, "RTC_"));
   EXPECT_TRUE(Contains(rich.dsdt, "LNRO0005"));
   EXPECT_TRUE(Contains(rich.dsdt, "VGEN"));
+  EXPECT_TRUE(Contains(rich.dsdt, "ACPI0013"));
+
+  // VGEN without a GED: the id is there, only change notifications are missing.
+  AcpiConfig no_ged = RichConfig();
+  no_ged.ged_gsi.reset();
+  const Tables quiet = Build(no_ged, &blob);
+  EXPECT_TRUE(Contains(quiet.dsdt, "VGEN"));
+  EXPECT_FALSE(Contains(quiet.dsdt, "ACPI0013"));
+  EXPECT_FALSE(Contains(quiet.dsdt, "_EVT"));
+}
+
+// The GED's _CRS, byte for byte: the extended interrupt descriptor the guest's evged requests,
+// and the same edge/active-high shape the MADT implies for an ISA GSI without an override.
+TEST(AcpiTablesTest, GedInterruptIsEdgeActiveHighOnItsGsi) {
+  AcpiConfig config = RichConfig();
+  config.ged_gsi = 9;
+  AcpiBlob blob;
+  const Tables t = Build(config, &blob);
+  ASSERT_FALSE(t.dsdt.empty());
+  // Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) {9}: tag 0x89, length 6, flags
+  // consumer|edge = 0x03, one GSI, then the end tag.
+  const uint8_t descriptor[] = {0x89, 0x06, 0x00, 0x03, 0x01, 0x09, 0x00, 0x00, 0x00, 0x79};
+  EXPECT_TRUE(std::search(t.dsdt.begin(), t.dsdt.end(), std::begin(descriptor), std::end(descriptor)) != t.dsdt.end());
+  EXPECT_TRUE(Contains(t.dsdt, "GED0"));
+  EXPECT_TRUE(Contains(t.dsdt, "_EVT"));
 }
 
 TEST(AcpiTablesTest, RejectsInvalidConfigs) {
@@ -203,6 +230,15 @@ TEST(AcpiTablesTest, RejectsInvalidConfigs) {
   empty_window.virtio_mmio.push_back({0xD0000000, 0, 5});
   cases.push_back({"empty virtio window", empty_window});
   cases.push_back({"unaligned vmgenid", AcpiConfig{.vmgenid_gpa = 0x1004}});
+  cases.push_back({"GED without VGEN", AcpiConfig{.ged_gsi = 9}});
+  for (uint32_t taken : {4u, 8u, 17u}) {  // COM1, RTC, the second virtio device
+    AcpiConfig clash = RichConfig();
+    clash.ged_gsi = taken;
+    cases.push_back({fmt::format("GED on GSI {}", taken), clash});
+  }
+  AcpiConfig high_gsi = RichConfig();
+  high_gsi.ged_gsi = 256;
+  cases.push_back({"GED GSI above 255", high_gsi});
   for (const Case& c : cases) {
     auto built = BuildAcpiTables(c.config, kBase, kMaxSize);
     EXPECT_FALSE(built) << c.what;
@@ -214,6 +250,14 @@ TEST(AcpiTablesTest, RejectsInvalidConfigs) {
   EXPECT_FALSE(BuildAcpiTables(AcpiConfig{}, ~uint64_t{0} & ~uint64_t{15}, kMaxSize)) << "base + size overflows";
   EXPECT_TRUE(BuildAcpiTables(AcpiConfig{.num_cpus = 255}, kBase, kMaxSize));
   EXPECT_TRUE(BuildAcpiTables(AcpiConfig{.pm_io_base = 0xFFF8}, kBase, kMaxSize));
+  // Without COM1 or the RTC their IRQs are free for the GED.
+  AcpiConfig no_legacy = RichConfig();
+  no_legacy.com1 = false;
+  no_legacy.cmos_rtc = false;
+  for (uint32_t gsi : {4u, 8u}) {
+    no_legacy.ged_gsi = gsi;
+    EXPECT_TRUE(BuildAcpiTables(no_legacy, kBase, kMaxSize)) << gsi;
+  }
 }
 
 TEST(AcpiTablesTest, MaxSizeIsAHardLimit) {
@@ -401,6 +445,15 @@ TEST(AcpiIaslTest, DsdtDisassemblesAndRecompiles) {
   EXPECT_TRUE(
       Matches(vgen, R"(Method \(ADDR, 0, NotSerialized\)\s*\{\s*Return \(Package \(0x02\)\s*\{\s*0x23456780,\s*One)"))
       << vgen;
+
+  // The GED: _HID ACPI0013, one edge/active-high exclusive interrupt on GSI 9, and _EVT(Arg0)
+  // notifying VGEN with 0x80 when Arg0 is that GSI.
+  const std::string ged = DeviceBlock(dsl, "GED0");
+  EXPECT_NE(ged.find(R"(Name (_HID, "ACPI0013")"), std::string::npos) << dsl;  // iasl appends a comment
+  EXPECT_TRUE(Matches(ged, R"(Interrupt \(ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, \)\s*\{\s*0x00000009,)"))
+      << ged;
+  EXPECT_TRUE(Matches(ged, R"(Method \(_EVT, 1, Serialized\)[^{]*\{\s*If \(\(Arg0 == 0x09\)\)\s*\{\s*Notify \(\\_SB\.VGEN, 0x80\))"))
+      << ged;
 
   iasl::Compile(dir, "dsdt");
 }

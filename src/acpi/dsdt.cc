@@ -9,11 +9,11 @@ using aml::Term;
 
 constexpr uint16_t kCom1Port = 0x3F8;
 constexpr uint8_t kCom1PortCount = 8;
-constexpr uint8_t kCom1Irq = 4;
 constexpr uint16_t kRtcPort = 0x70;
 constexpr uint8_t kRtcPortCount = 2;
-constexpr uint8_t kRtcIrq = 8;
 constexpr uint64_t kStaPresentEnabledShownFunctioning = 0x0F;
+// The notification value the VM Generation ID spec defines for "the id changed".
+constexpr uint64_t kVmGenIdNotifyValue = 0x80;
 
 // \_S5_: Package {SLP_TYP for S5, reserved...}. On a hardware-reduced platform ACPICA
 // (acpi_hw_extended_sleep) uses only the first element, writing it as SLP_TYP into
@@ -73,6 +73,25 @@ Term VmGenIdDevice(uint64_t guid_gpa) {
                               aml::Method("ADDR", 0, aml::Serialize::kNotSerialized, {aml::Return(addr)})});
 }
 
+// The Generic Event Device (ACPI 6.4 §5.6.9): how a hardware-reduced platform, which has no GPE
+// blocks, raises ACPI events. Linux's evged driver requests the _CRS interrupt ("ACPI:Ged" in
+// /proc/interrupts) and, on each edge, evaluates _EVT with the GSI as Arg0 (it would prefer an
+// _Exx method, but _EVT is the general form). The only event is a new VM generation: the VMM has
+// written a new id where VGEN's ADDR points and pulses the GSI; Notify(VGEN, 0x80) makes vmgenid
+// reread it. The GED keeps no state of its own: a pending edge lives in the in-kernel IOAPIC (saved
+// with the irqchip), and the AML is in guest RAM, so a snapshot carries both unchanged.
+Term GedDevice(uint32_t gsi) {
+  const Term notify_vgen = aml::Notify(aml::Path("\\_SB.VGEN"), aml::Integer(kVmGenIdNotifyValue));
+  return aml::Device(
+      "GED0",
+      {aml::Name("_HID", aml::String(kGedHid)), aml::Name("_UID", aml::Integer(0)),
+       aml::Name("_CRS", aml::ResourceTemplate({aml::Interrupt(aml::Usage::kConsumer, aml::Trigger::kEdge,
+                                                                aml::Polarity::kActiveHigh, aml::Sharing::kExclusive,
+                                                                {gsi})})),
+       aml::Method("_EVT", 1, aml::Serialize::kSerialized,
+                   {aml::If(aml::Equal(aml::Arg(0), aml::Integer(gsi)), {notify_vgen})})});
+}
+
 }  // namespace
 
 aml::Bytes BuildDsdtBody(const AcpiConfig& config) {
@@ -83,6 +102,7 @@ aml::Bytes BuildDsdtBody(const AcpiConfig& config) {
     system_bus.push_back(VirtioMmioDevice(i, config.virtio_mmio[i]));
   }
   if (config.vmgenid_gpa) system_bus.push_back(VmGenIdDevice(*config.vmgenid_gpa));
+  if (config.ged_gsi) system_bus.push_back(GedDevice(*config.ged_gsi));
   return aml::TermList({S5Object(), aml::Scope("\\_SB", system_bus)});
 }
 

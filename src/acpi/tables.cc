@@ -25,6 +25,7 @@ constexpr size_t kFadtSize = 276;  // FADT revision 6
 constexpr size_t kTableAlignment = 16;
 constexpr uint32_t kMaxCpus = 255;            // xAPIC ids 0..254; 0xFF is the broadcast id
 constexpr size_t kMaxVirtioDevices = 0x1000;  // device names V000..VFFF
+constexpr uint32_t kMaxGedGsi = 255;          // Linux's GED names _Exx/_Lxx events up to 0xFF
 
 // Generic Address Structure (ACPI 6.4 §5.2.3.2).
 constexpr uint8_t kGasSystemIo = 1;
@@ -157,6 +158,20 @@ std::vector<uint8_t> BuildRsdp(uint64_t xsdt_gpa) {
   return rsdp;
 }
 
+// The GED's interrupt is edge-triggered and exclusive: it must not share a GSI with another
+// device the DSDT describes, and it only has something to signal when there is a VGEN device.
+Result<void> ValidateGedGsi(const AcpiConfig& config, uint32_t gsi) {
+  if (!config.vmgenid_gpa) return Fail("a GED (GSI {}) without a VM generation id device has no event", gsi);
+  if (gsi > kMaxGedGsi) return Fail("GED GSI {} is above {}", gsi, kMaxGedGsi);
+  if ((config.com1 && gsi == kCom1Irq) || (config.cmos_rtc && gsi == kRtcIrq)) {
+    return Fail("GED GSI {} is taken by {}", gsi, gsi == kCom1Irq ? "COM1" : "the RTC");
+  }
+  for (size_t i = 0; i < config.virtio_mmio.size(); ++i) {
+    if (config.virtio_mmio[i].gsi == gsi) return Fail("GED GSI {} is taken by virtio-mmio device {}", gsi, i);
+  }
+  return {};
+}
+
 Result<void> ValidateConfig(const AcpiConfig& config) {
   if (config.num_cpus < 1 || config.num_cpus > kMaxCpus) {
     return Fail("num_cpus {} out of range 1..{}", config.num_cpus, kMaxCpus);
@@ -175,6 +190,7 @@ Result<void> ValidateConfig(const AcpiConfig& config) {
   if (config.vmgenid_gpa && *config.vmgenid_gpa % 8 != 0) {
     return Fail("vmgenid_gpa {:#x} is not 8-byte aligned", *config.vmgenid_gpa);
   }
+  if (config.ged_gsi) CLONE_TRY_VOID(ValidateGedGsi(config, *config.ged_gsi));
   return {};
 }
 

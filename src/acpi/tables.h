@@ -25,6 +25,10 @@ struct VirtioMmioNode {
   uint32_t gsi;
 };
 
+// The ISA IRQs (== GSIs: no Interrupt Source Overrides) of the legacy devices the DSDT describes.
+inline constexpr uint8_t kCom1Irq = 4;
+inline constexpr uint8_t kRtcIrq = 8;
+
 struct AcpiConfig {
   uint32_t num_cpus = 1;  // 1..255; APIC ids and ACPI processor UIDs are 0..num_cpus-1
   uint32_t lapic_addr = 0xFEE00000;
@@ -37,6 +41,12 @@ struct AcpiConfig {
   // If set, a VM Generation ID device whose ADDR method returns this guest-physical address of
   // the 16-byte generation GUID (8-byte aligned, in memory the guest treats as reserved).
   std::optional<uint64_t> vmgenid_gpa;
+  // If set (needs vmgenid_gpa), a Generic Event Device (ACPI0013) with one edge, active-high
+  // Interrupt on this GSI whose _EVT does Notify(VGEN, 0x80): the VMM pulses the GSI after writing
+  // a new generation id. It must differ from every other device's GSI (COM1 4, RTC 8, virtio).
+  // With no Interrupt Source Override in the MADT, a GSI below 16 is an ISA IRQ whose default is
+  // edge/active high as well, so the MADT and _CRS agree.
+  std::optional<uint32_t> ged_gsi;
 };
 
 // The PM register block at pm_io_base (I/O ports, byte access), implemented by the VMM's ACPI PM
@@ -54,6 +64,9 @@ inline constexpr uint8_t kSleepTypeShift = 2;    // SLP_TYP position in SLEEP_CO
 inline constexpr uint8_t kSleepTypeMask = 0x1C;  // SLP_TYP bits in SLEEP_CONTROL
 inline constexpr uint8_t kWakeStatus = 0x80;     // WAK_STS in SLEEP_STATUS
 
+// The Generic Event Device's _HID (ACPI 6.4 §5.6.9); Linux drivers/acpi/evged.c binds it.
+inline constexpr char kGedHid[] = "ACPI0013";
+
 // Identifiers of the VM Generation ID device (Microsoft's "Virtual Machine Generation ID" spec;
 // Linux drivers/virt/vmgenid.c binds on the _CID, which ACPICA upper-cases to VM_GEN_COUNTER).
 inline constexpr char kVmGenIdHid[] = "CLON0001";
@@ -68,7 +81,8 @@ struct AcpiBlob {
 // Lays out RSDP (first, at base_gpa, which must be 16-byte aligned) -> XSDT -> FADT, DSDT, MADT
 // in one contiguous blob meant to be copied to guest memory at base_gpa. Table pointers are
 // absolute guest-physical addresses. Fails on an invalid config or if the blob would exceed
-// max_size bytes (~650 bytes + 8 per CPU + 64 per virtio device + 80 for VMGENID).
+// max_size bytes (~650 bytes + 8 per CPU + 64 per virtio device + 80 for VMGENID + 60 for
+// the GED).
 [[nodiscard]] Result<AcpiBlob> BuildAcpiTables(const AcpiConfig& config, uint64_t base_gpa, size_t max_size);
 
 }  // namespace clonevm::acpi

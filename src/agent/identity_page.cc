@@ -44,6 +44,7 @@ Result<IdentityPageBytes> EncodeIdentityPage(const Identity& identity) {
   std::memcpy(page.entropy_seed, identity.entropy_seed.data(), sizeof(page.entropy_seed));
   std::memcpy(page.token, identity.token.data(), sizeof(page.token));
   page.written_at_unix_ns = identity.written_at_unix_ns;
+  std::memcpy(page.vmgenid, identity.vmgenid.data(), sizeof(page.vmgenid));
   IdentityPageBytes bytes;
   std::memcpy(bytes.data(), &page, sizeof(page));
   return bytes;
@@ -72,6 +73,7 @@ Result<Identity> DecodeIdentityPage(std::span<const uint8_t> bytes) {
   std::memcpy(id.entropy_seed.data(), page.entropy_seed, sizeof(page.entropy_seed));
   std::memcpy(id.token.data(), page.token, sizeof(page.token));
   id.written_at_unix_ns = page.written_at_unix_ns;
+  std::memcpy(id.vmgenid.data(), page.vmgenid, sizeof(page.vmgenid));
   return id;
 }
 

@@ -8,12 +8,20 @@
 // token, identity and entropy seed before the first KVM_RUN; the agent re-reads it on every Hello,
 // so a fork's new token takes effect on its next connection.
 //
+// The page also holds the 16-byte VM Generation ID (at kVmGenIdOffset): the DSDT's VGEN device
+// points the guest kernel's vmgenid driver at it (acpi/dsdt.cc), the VMM writes a fresh random one
+// for every VM process (boot, restore, fork) and then signals the change through the ACPI Generic
+// Event Device (Vm::NotifyVmGenerationChanged), and the kernel reseeds its RNG when it differs from
+// the one it saw before. The agent does not use it.
+//
 // Layout (little-endian, layout version 1; offsets pinned by static_asserts below):
 //   0 magic "CLONEID\0" | 8 u32 layout_version | 12 u32 reserved | 16 u64 generation |
 //   24 char vm_id[64] | 88 char hostname[64] | 152 u32 vsock_cid | 156 u8 mac[6] |
 //   162 u8 ipv4_prefix | 163 u8 reserved | 164 u8 ipv4_address[4] | 168 u8 ipv4_gateway[4] |
 //   172 u8 reserved[4] | 176 u8 entropy_seed[64] | 240 u8 token[32] | 272 u64 written_at_unix_ns |
-//   280..4095 zero.
+//   280..2047 zero | 2048 (0x800) u8 vmgenid[16] | 2064..4095 zero.
+// The vmgenid field was added in the reserved tail without a layout version change: older agents
+// never read it, and a page written by an older VMM has zeros there (no generation id).
 // Strings are NUL-terminated within their field (at most 63 bytes). An all-zero token means "no
 // token": the agent refuses every connection until the VMM writes one.
 //
@@ -34,6 +42,12 @@ namespace clonevm::agent {
 inline constexpr uint64_t kIdentityPageGpa = 0x6000;
 inline constexpr size_t kIdentityPageSize = 4096;
 inline constexpr uint32_t kIdentityLayoutVersion = 1;
+// Where the VM Generation ID lives in the page (8-byte aligned, as the vmgenid spec asks), and its
+// guest-physical address, which the VMM's ACPI tables hand to the guest (x86::kVmGenIdAddr must
+// equal kVmGenIdGpa; the runtime checks it, since this layer cannot include arch headers).
+inline constexpr size_t kVmGenIdOffset = 0x800;
+inline constexpr size_t kVmGenIdSize = 16;
+inline constexpr uint64_t kVmGenIdGpa = kIdentityPageGpa + kVmGenIdOffset;
 
 // SAFETY: plain bytes and fixed-width integers only; no padding (checked below), so it can be
 // memcpy'd to and from guest memory.
@@ -54,7 +68,9 @@ struct IdentityPageLayout {
   uint8_t entropy_seed[64];
   uint8_t token[32];
   uint64_t written_at_unix_ns;
-  uint8_t reserved3[kIdentityPageSize - 280];
+  uint8_t reserved3[kVmGenIdOffset - 280];
+  uint8_t vmgenid[kVmGenIdSize];
+  uint8_t reserved4[kIdentityPageSize - kVmGenIdOffset - kVmGenIdSize];
 };
 static_assert(sizeof(IdentityPageLayout) == kIdentityPageSize);
 static_assert(offsetof(IdentityPageLayout, layout_version) == 8);
@@ -69,6 +85,8 @@ static_assert(offsetof(IdentityPageLayout, ipv4_gateway) == 168);
 static_assert(offsetof(IdentityPageLayout, entropy_seed) == 176);
 static_assert(offsetof(IdentityPageLayout, token) == 240);
 static_assert(offsetof(IdentityPageLayout, written_at_unix_ns) == 272);
+static_assert(offsetof(IdentityPageLayout, vmgenid) == kVmGenIdOffset);
+static_assert(kVmGenIdOffset % 8 == 0, "the VM Generation ID must be 8-byte aligned");
 
 // The decoded page.
 struct Identity {
@@ -83,6 +101,7 @@ struct Identity {
   std::array<uint8_t, 64> entropy_seed{};
   std::array<uint8_t, 32> token{};
   uint64_t written_at_unix_ns = 0;
+  std::array<uint8_t, kVmGenIdSize> vmgenid{};  // all zero: none
 
   bool has_token() const;
 };

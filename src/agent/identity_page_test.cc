@@ -22,6 +22,7 @@ Identity Sample() {
   for (size_t i = 0; i < id.entropy_seed.size(); ++i) id.entropy_seed[i] = static_cast<uint8_t>(i * 3);
   for (size_t i = 0; i < id.token.size(); ++i) id.token[i] = static_cast<uint8_t>(0xa0 + i);
   id.written_at_unix_ns = 1'700'000'000'123'456'789ull;
+  for (size_t i = 0; i < id.vmgenid.size(); ++i) id.vmgenid[i] = static_cast<uint8_t>(0x51 + 7 * i);
   return id;
 }
 
@@ -36,7 +37,15 @@ TEST(IdentityPageTest, RoundTripAndFixedOffsets) {
   EXPECT_EQ((*page)[240], 0xa0);  // token
   EXPECT_EQ((*page)[164], 10);    // ipv4 address
   EXPECT_EQ((*page)[162], 24);    // prefix
-  for (size_t i = 280; i < page->size(); ++i) ASSERT_EQ((*page)[i], 0) << i;
+  // The VM Generation ID sits at 0x800, where the DSDT's VGEN device points the guest.
+  EXPECT_EQ(kVmGenIdOffset, 0x800u);
+  EXPECT_EQ(kVmGenIdGpa, 0x6800u);
+  for (size_t i = 0; i < kVmGenIdSize; ++i) ASSERT_EQ((*page)[0x800 + i], 0x51 + 7 * i) << i;
+  // Everything else past the last field is zero.
+  for (size_t i = 280; i < page->size(); ++i) {
+    if (i >= 0x800 && i < 0x800 + kVmGenIdSize) continue;
+    ASSERT_EQ((*page)[i], 0) << i;
+  }
 
   auto id = DecodeIdentityPage(*page);
   ASSERT_TRUE(id) << id.error().message();
@@ -52,7 +61,22 @@ TEST(IdentityPageTest, RoundTripAndFixedOffsets) {
   EXPECT_EQ(id->entropy_seed, want.entropy_seed);
   EXPECT_EQ(id->token, want.token);
   EXPECT_EQ(id->written_at_unix_ns, want.written_at_unix_ns);
+  EXPECT_EQ(id->vmgenid, want.vmgenid);
   EXPECT_TRUE(id->has_token());
+}
+
+// A page written before the vmgenid field existed (zeros in the reserved tail) still decodes, with
+// no generation id; an identity without one encodes zeros there.
+TEST(IdentityPageTest, VmGenIdIsOptional) {
+  Identity id = Sample();
+  id.vmgenid = {};
+  auto page = EncodeIdentityPage(id);
+  ASSERT_TRUE(page) << page.error().message();
+  for (size_t i = 0; i < kVmGenIdSize; ++i) ASSERT_EQ((*page)[kVmGenIdOffset + i], 0) << i;
+  auto decoded = DecodeIdentityPage(*page);
+  ASSERT_TRUE(decoded) << decoded.error().message();
+  EXPECT_EQ(decoded->vmgenid, (std::array<uint8_t, kVmGenIdSize>{}));
+  EXPECT_EQ(decoded->token, id.token);
 }
 
 TEST(IdentityPageTest, EncodeRejectsBadFields) {

@@ -1,7 +1,8 @@
 // The guest physical and I/O port layout of a Clone x86_64 VM. One place for every fixed address.
 //
 //   0x0000_0500  GDT
-//   0x0000_6000  identity page (VM id, hostname, CID, MAC/IP, entropy seed, generation)
+//   0x0000_6000  identity page (VM id, hostname, CID, MAC/IP, entropy seed, generation;
+//                VM Generation ID at +0x800)
 //   0x0000_7000  zero page (Linux boot_params)
 //   0x0000_9000  PVH start_info, memory map and module list
 //   0x0001_0000  page tables: PML4, PDPT, then one PD per GiB (2 MiB pages)
@@ -28,6 +29,9 @@ inline constexpr uint64_t kGiB = 1024 * kMiB;
 inline constexpr uint64_t kGdtAddr = 0x500;
 inline constexpr uint64_t kIdentityPageAddr = 0x6000;
 inline constexpr uint64_t kIdentityPageSize = 0x1000;  // e820-reserved (see BuildE820)
+// The 16-byte VM Generation ID inside the identity page (agent::kVmGenIdGpa; the runtime checks
+// the two agree). The DSDT's VGEN device hands this address to the guest's vmgenid driver.
+inline constexpr uint64_t kVmGenIdAddr = kIdentityPageAddr + 0x800;
 inline constexpr uint64_t kZeroPageAddr = 0x7000;
 inline constexpr uint64_t kBootStackTop = 0x8ff0;
 inline constexpr uint64_t kPvhStartInfoAddr = 0x9000;
@@ -71,5 +75,10 @@ inline constexpr uint16_t kAcpiPmPortLen = 8;
 // GSIs: 0-15 are the ISA IRQs; virtio-mmio devices get GSIs from here up to the last IOAPIC pin.
 inline constexpr uint32_t kFirstDeviceGsi = 16;
 inline constexpr uint32_t kIoapicPins = 24;
+// The ACPI Generic Event Device's interrupt (edge, active high; it notifies VGEN of a new VM
+// generation). ISA IRQ 9 is the SCI on a full ACPI PC; a hardware-reduced platform has no SCI, so
+// it is free (QEMU's microvm puts its GED there too). In use below 16: COM1 (4), the RTC (8).
+inline constexpr uint32_t kGedGsi = 9;
+static_assert(kGedGsi < kFirstDeviceGsi && kGedGsi != kCom1Irq, "the GED needs a GSI of its own");
 
 }  // namespace clonevm::x86
