@@ -24,6 +24,7 @@ namespace {
 using std::chrono::milliseconds;
 
 static_assert(agent::kIdentityPageGpa == x86::kIdentityPageAddr, "agent and VMM disagree on the identity page");
+static_assert(agent::kVmGenIdGpa == x86::kVmGenIdAddr, "agent and VMM disagree on the VM Generation ID");
 
 constexpr milliseconds kAgentConnectTimeout{1000};
 constexpr milliseconds kAgentRetry{250};
@@ -96,6 +97,10 @@ Result<std::unique_ptr<VmService>> VmService::Create(ServiceOptions options) {
       static_cast<ssize_t>(identity.entropy_seed.size())) {
     return FailErrno("getrandom");
   }
+  // A new VM Generation ID for every VM process: a restored or forked guest must reseed its RNG.
+  if (::getrandom(identity.vmgenid.data(), identity.vmgenid.size(), 0) != static_cast<ssize_t>(identity.vmgenid.size())) {
+    return FailErrno("getrandom");
+  }
   VmDir dir = CLONE_TRY(VmDir::Create(options.id));
   Fd log;
   if (options.detached) log = CLONE_TRY(OpenFile(dir.console_log(), O_WRONLY | O_CREAT | O_APPEND, 0600));
@@ -129,6 +134,10 @@ Result<void> VmService::Serve(Vm& vm) {
   identity_.written_at_unix_ns = UnixNowNs();
   auto page = CLONE_TRY(agent::EncodeIdentityPage(identity_));
   CLONE_TRY_VOID(vm.memory().WriteBytes(x86::kIdentityPageAddr, page));
+  // The page holds a new VM Generation ID: a guest restored or forked from a snapshot learns of it
+  // through the GED on its first instruction; a booting guest has not unmasked that pin yet, drops
+  // the edge and reads the id when its vmgenid driver binds.
+  vm.NotifyVmGenerationChanged();
 
   CLONE_TRY_VOID(hub_->Listen(vm.loop(), dir_.console_socket(),
                               [&vm](std::span<const uint8_t> bytes) { vm.EnqueueConsoleInput(bytes); }));

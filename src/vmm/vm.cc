@@ -187,6 +187,11 @@ Result<void> Vm::LoadGuest(const VmConfig& config) {
   for (const auto& slot : virtio_) {
     acpi_config.virtio_mmio.push_back({slot.base, static_cast<uint32_t>(virtio::MmioTransport::kMmioSize), slot.gsi});
   }
+  // VM Generation ID + the GED that announces a new one. Both are fixed (layout.h), not allocated:
+  // a snapshot keeps these tables in guest RAM, so a restored or forked VM, which never rebuilds
+  // them, must pulse the same GSI and write the id at the same address as the template's tables say.
+  acpi_config.vmgenid_gpa = x86::kVmGenIdAddr;
+  acpi_config.ged_gsi = x86::kGedGsi;
   auto tables = CLONE_TRY(acpi::BuildAcpiTables(acpi_config, x86::kAcpiAddr, x86::kAcpiMax));
   CLONE_TRY_VOID(memory_->WriteBytes(tables.base_gpa, tables.bytes));
   x86::BootInputs inputs{config.kernel, config.initrd, config.cmdline, tables.rsdp_gpa};
@@ -309,6 +314,18 @@ void Vm::RequestExit(VmExit exit) {
 }
 
 size_t Vm::EnqueueConsoleInput(std::span<const uint8_t> bytes) { return serial_->EnqueueInput(bytes); }
+
+// The GED has no device model in the VMM: its state is the IOAPIC pin (saved with the irqchip) and
+// its AML (in guest RAM), so there is nothing else to snapshot. Raising and lowering the line at
+// once is an edge to the IOAPIC (and leaves no level behind, which a later pulse would need).
+void Vm::NotifyVmGenerationChanged() {
+  for (bool level : {true, false}) {
+    if (auto r = vm_fd_->SetIrqLine(x86::kGedGsi, level); !r) {
+      Log(LogLevel::kError, "VM generation notification (GED GSI {}): {}", x86::kGedGsi, r.error().message());
+      return;
+    }
+  }
+}
 
 void Vm::KickVcpus() {
   for (auto& v : vcpus_) {

@@ -111,6 +111,16 @@ class Vm {
   // Serial console input from any thread (console socket clients); returns the bytes accepted.
   size_t EnqueueConsoleInput(std::span<const uint8_t> bytes);
 
+  // Tells the guest that its VM Generation ID changed: pulses the ACPI Generic Event Device's GSI
+  // (x86::kGedGsi, edge), whose _EVT notifies the VGEN device, and the guest's vmgenid driver
+  // rereads the id at x86::kVmGenIdAddr (write the new id there first) and reseeds its RNG. Any
+  // thread, once the VM is built: before Run() (a restored guest then takes the interrupt on its
+  // first instruction; the in-kernel IOAPIC latches the edge on an unmasked pin) or while it runs.
+  // A guest that has not set the pin up yet (a fresh boot, a kernel without evged) drops the edge,
+  // which is harmless: it reads the id when its driver binds. Failures are logged, not returned —
+  // the guest then simply keeps its previous generation.
+  void NotifyVmGenerationChanged();
+
   EventLoop& loop() { return *loop_; }
   const GuestMemory& memory() const { return *memory_; }
   uint32_t vcpu_count() const { return static_cast<uint32_t>(vcpus_.size()); }
