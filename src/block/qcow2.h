@@ -141,7 +141,10 @@ class Qcow2Backend final : public BlockBackend {
 // as given; a relative name is relative to `path`'s directory) the backing image must exist; its
 // format is recorded in the header, and a `size` of 0 means "the backing file's size". Sizes are
 // rounded up to a multiple of 512. The result passes `qemu-img check`.
+// `backing_format` is the format to record for the backing file; kAuto probes it, which is only
+// safe for images no guest has written (a raw image a guest wrote may start with a qcow2 header
+// naming a host file as its own backing file).
 [[nodiscard]] Result<void> Qcow2Create(const std::string& path, uint64_t size, uint64_t cluster_size = 64 * 1024,
-                                       const std::string& backing_file = "");
+                                       const std::string& backing_file = "", Format backing_format = Format::kAuto);
 
 }  // namespace clonevm

@@ -15,11 +15,12 @@ constexpr uint64_t kMaxVirtualSize = uint64_t{1} << 56;
 
 uint64_t DivRoundUp(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 
-// Finds the size of a backing image and the format to record for it.
-Result<std::pair<uint64_t, Format>> InspectBacking(const std::string& image_path, const std::string& backing) {
+// Finds the size of a backing image and the format to record for it (`known`, else probed).
+Result<std::pair<uint64_t, Format>> InspectBacking(const std::string& image_path, const std::string& backing,
+                                                   Format known) {
   const std::string resolved = ResolveRelativeTo(image_path, backing);
   auto wrap = [&](const Error& e) { return e.Wrap(fmt::format("backing file \"{}\"", backing)); };
-  auto format = ProbeFormat(resolved);
+  auto format = known != Format::kAuto ? Result<Format>(known) : ProbeFormat(resolved);
   if (!format) return tl::unexpected(wrap(format.error()));
   auto image = OpenImage(resolved, OpenMode{.read_only = true}, *format);
   if (!image) return tl::unexpected(wrap(image.error()));
@@ -55,7 +56,7 @@ Result<void> WriteImage(int fd, const std::string& path, const qcow2::Header& h,
 }  // namespace
 
 Result<void> Qcow2Create(const std::string& path, uint64_t size, uint64_t cluster_size,
-                         const std::string& backing_file) {
+                         const std::string& backing_file, Format backing_format) {
   if (!std::has_single_bit(cluster_size) || cluster_size < (uint64_t{1} << qcow2::kMinClusterBits) ||
       cluster_size > (uint64_t{1} << qcow2::kMaxClusterBits)) {
     return Fail("{}: invalid cluster size {} (a power of two from 512 B to 2 MiB)", path, cluster_size);
@@ -64,7 +65,7 @@ Result<void> Qcow2Create(const std::string& path, uint64_t size, uint64_t cluste
   h.cluster_bits = static_cast<uint32_t>(std::countr_zero(cluster_size));
   h.refcount_order = kRefcountOrder;
   if (!backing_file.empty()) {
-    auto [backing_size, format] = CLONE_TRY(InspectBacking(path, backing_file).map_error([&](const Error& e) {
+    auto [backing_size, format] = CLONE_TRY(InspectBacking(path, backing_file, backing_format).map_error([&](const Error& e) {
       return e.Wrap(fmt::format("creating {}", path));
     }));
     if (size == 0) size = backing_size;

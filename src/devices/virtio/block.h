@@ -110,10 +110,15 @@ class Block : public VirtioDevice {
   Result<void> ProcessQueue(size_t index) override;
 
   // The io_uring completion eventfd (when async()), watched by the VMM's event loop; its event
-  // runs HandleCompletions(). Pause() is Drain(): nothing changes guest memory afterwards.
+  // runs HandleCompletions(). Pause() is Drain() then the backend's Flush(): nothing changes
+  // guest memory afterwards, and the image file is complete (qcow2 metadata written), so a
+  // snapshot can copy it.
   std::vector<WatchedFd> watched_fds() const override;
   Result<void> HandleFdEvent(size_t index, uint32_t events) override;
-  Result<void> Pause() override { return Drain(); }
+  Result<void> Pause() override {
+    CLONE_TRY_VOID(Drain());
+    return backend_->Flush();
+  }
 
   nlohmann::json SaveState() const override;
   Result<void> RestoreState(const nlohmann::json& state) override;
