@@ -132,6 +132,14 @@ Result<void> VmFd::CreatePit() {
   return {};
 }
 
+Result<void> VmFd::GetDirtyLog(uint32_t slot, std::span<uint64_t> bitmap) const {
+  kvm_dirty_log log{};
+  log.slot = slot;
+  log.dirty_bitmap = bitmap.data();
+  if (::ioctl(fd_.get(), KVM_GET_DIRTY_LOG, &log) != 0) return FailErrno("KVM_GET_DIRTY_LOG", fmt::format("slot {}", slot));
+  return {};
+}
+
 Result<void> VmFd::SetUserMemoryRegion(uint32_t slot, uint64_t gpa, uint64_t size, void* host, uint32_t flags) {
   kvm_userspace_memory_region region{};
   region.slot = slot;

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -56,7 +57,12 @@ class VmFd {
   [[nodiscard]] Result<void> CreateIrqchip();
   // In-kernel PIT (i8254) with the port-0x61 speaker emulated in the kernel too.
   [[nodiscard]] Result<void> CreatePit();
+  // `flags`: KVM_MEM_LOG_DIRTY_PAGES turns on dirty logging for the slot (re-registering an
+  // existing slot with only the flags changed is allowed while vCPUs run).
   [[nodiscard]] Result<void> SetUserMemoryRegion(uint32_t slot, uint64_t gpa, uint64_t size, void* host, uint32_t flags = 0);
+  // KVM_GET_DIRTY_LOG: fills `bitmap` (bit i = page i of the slot, (pages + 63) / 64 words) with the
+  // pages written since the previous call (or since logging was enabled) and re-arms the log.
+  [[nodiscard]] Result<void> GetDirtyLog(uint32_t slot, std::span<uint64_t> bitmap) const;
   // Drives a GSI of the in-kernel irqchip to `level` (KVM_IRQ_LINE).
   [[nodiscard]] Result<void> SetIrqLine(uint32_t gsi, bool level);
   // Raises `gsi` edge-style whenever `eventfd` is signalled (KVM_IRQFD).

@@ -2,11 +2,16 @@
 
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "base/log.h"
 
 namespace clonevm {
 namespace {
+
+// Overlay mappings allowed for one image in total, far below vm.max_map_count (65530 by default)
+// so the VMM keeps room for its other mappings; layers beyond it are copied in instead.
+constexpr size_t kMaxOverlayMappings = 16384;
 
 Result<MemoryRegion> MapRegion(uint64_t gpa, uint64_t size) {
   MemoryRegion region;
@@ -47,7 +52,100 @@ Result<GuestMemory> GuestMemory::CreateFromFile(int file, uint64_t ram_bytes, ui
   uint64_t low = std::min(ram_bytes, hole_start);
   mem.regions_.push_back(CLONE_TRY(MapFileRegion(file, 0, 0, low)));
   if (ram_bytes > low) mem.regions_.push_back(CLONE_TRY(MapFileRegion(file, low, high_start, ram_bytes - low)));
+  CLONE_TRY_VOID(mem.CreateDirtyLog());
   return mem;
+}
+
+Result<GuestMemory> GuestMemory::CreateFromImage(const MemoryImage& image, uint64_t ram_bytes, uint64_t hole_start,
+                                                 uint64_t high_start) {
+  GuestMemory mem = CLONE_TRY(CreateFromFile(image.base.get(), ram_bytes, hole_start, high_start));
+  size_t map_budget = kMaxOverlayMappings;
+  for (size_t i = 0; i < image.layers.size(); ++i) {
+    auto applied = mem.ApplyLayer(image.layers[i], &map_budget);
+    if (!applied) return Fail(applied.error().Wrap(fmt::format("incremental layer {}", i + 1)));
+  }
+  if (!image.layers.empty()) {
+    // MAP_FIXED overlays are new mappings without the region's MADV_MERGEABLE.
+    for (const auto& r : mem.regions_) {
+      if (::madvise(r.host(), r.size, MADV_MERGEABLE) != 0) Log(LogLevel::kDebug, "madvise(MADV_MERGEABLE) failed: {}", errno);
+    }
+  }
+  return mem;
+}
+
+Result<void> GuestMemory::ApplyLayer(const MemoryLayer& layer, size_t* map_budget) {
+  struct stat st {};
+  if (::fstat(layer.file.get(), &st) != 0) return FailErrno("fstat", "memory file");
+  if (static_cast<uint64_t>(st.st_size) < ram_bytes_) {
+    return Fail("the memory file holds {} bytes, the guest has {} (truncated?)", st.st_size, ram_bytes_);
+  }
+  if (layer.pages.pages() != ram_bytes_ / kDirtyPageSize) return Fail("the page bitmap does not match the RAM size");
+  // Runs split at region boundaries: (file page, count, host address).
+  struct Piece {
+    uint64_t file_page, count;
+    uint8_t* host;
+  };
+  std::vector<Piece> pieces;
+  for (auto [first, count] : layer.pages.Runs()) {
+    for (size_t r = 0; r < regions_.size() && count > 0; ++r) {
+      uint64_t region_first = FileOffset(r) / kDirtyPageSize;
+      uint64_t region_end = region_first + regions_[r].size / kDirtyPageSize;
+      if (first >= region_end) continue;
+      uint64_t n = std::min(count, region_end - first);
+      pieces.push_back({first, n, regions_[r].host() + (first - region_first) * kDirtyPageSize});
+      first += n;
+      count -= n;
+    }
+  }
+  bool map = pieces.size() <= *map_budget;
+  if (map) *map_budget -= pieces.size();
+  for (const Piece& p : pieces) {
+    uint64_t offset = p.file_page * kDirtyPageSize, len = p.count * kDirtyPageSize;
+    if (map) {
+      void* at = ::mmap(p.host, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE,
+                        layer.file.get(), static_cast<off_t>(offset));
+      if (at == MAP_FAILED) return FailErrno("mmap", fmt::format("overlay {:#x}+{:#x}", offset, len));
+      continue;
+    }
+    uint8_t* dst = p.host;
+    while (len > 0) {
+      ssize_t n = ::pread(layer.file.get(), dst, len, static_cast<off_t>(offset));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return FailErrno("pread", fmt::format("memory file at {:#x}", offset));
+      dst += n;
+      offset += static_cast<uint64_t>(n);
+      len -= static_cast<uint64_t>(n);
+    }
+  }
+  return {};
+}
+
+Result<void> GuestMemory::CreateDirtyLog() {
+  uint64_t limit = regions_.empty() ? 0 : regions_.back().end();
+  dirty_log_ = CLONE_TRY(DirtyLog::Create(limit));
+  return {};
+}
+
+PageBitmap GuestMemory::FilePages(const PageBitmap& gpa_pages) const {
+  PageBitmap out(ram_bytes_ / kDirtyPageSize);
+  for (size_t r = 0; r < regions_.size(); ++r) {
+    uint64_t gpa_first = regions_[r].gpa / kDirtyPageSize, file_first = FileOffset(r) / kDirtyPageSize;
+    for (uint64_t i = 0; i < regions_[r].size / kDirtyPageSize; ++i) {
+      if (gpa_pages.Test(gpa_first + i)) out.Set(file_first + i);
+    }
+  }
+  return out;
+}
+
+PageBitmap GuestMemory::GpaPages(const PageBitmap& file_pages) const {
+  PageBitmap out(dirty_log_->pages());
+  for (size_t r = 0; r < regions_.size(); ++r) {
+    uint64_t gpa_first = regions_[r].gpa / kDirtyPageSize, file_first = FileOffset(r) / kDirtyPageSize;
+    for (uint64_t i = 0; i < regions_[r].size / kDirtyPageSize; ++i) {
+      if (file_pages.Test(file_first + i)) out.Set(gpa_first + i);
+    }
+  }
+  return out;
 }
 
 uint64_t GuestMemory::FileOffset(size_t index) const {
@@ -63,6 +161,7 @@ Result<GuestMemory> GuestMemory::Create(uint64_t ram_bytes, uint64_t hole_start,
   uint64_t low = std::min(ram_bytes, hole_start);
   mem.regions_.push_back(CLONE_TRY(MapRegion(0, low)));
   if (ram_bytes > low) mem.regions_.push_back(CLONE_TRY(MapRegion(high_start, ram_bytes - low)));
+  CLONE_TRY_VOID(mem.CreateDirtyLog());
   return mem;
 }
 
@@ -80,6 +179,7 @@ Result<void> GuestMemory::WriteBytes(uint64_t gpa, std::span<const uint8_t> data
   auto dst = Span(gpa, data.size());
   if (dst.empty() && !data.empty()) return Fail("guest address range {:#x}+{:#x} is outside RAM", gpa, data.size());
   if (!data.empty()) std::memcpy(dst.data(), data.data(), data.size());
+  MarkDirty(gpa, data.size());
   return {};
 }
 

@@ -8,16 +8,29 @@
 // outside RAM (or straddles two regions) yields an empty span / an error, never a host fault.
 // Thread-safety: the region table is immutable after Create(); the bytes are shared with the guest
 // and with other threads, so callers copy guest-controlled data before validating it.
+//
+// Dirty tracking (incremental snapshots): every GuestMemory owns a DirtyLog (dirty_bitmap.h) over its
+// guest-physical range. While it is enabled, VMM code that writes guest memory on the guest's behalf
+// marks what it wrote: WriteBytes()/Write() do it themselves, virtqueues call MarkDirty() for used
+// rings and device-writable buffers, vhost devices get the log as their kernel log. vCPU writes are
+// KVM's to log (vmm/vm_dirty.cc merges the two).
+//
+// Snapshot images: CreateFromImage() maps a full memory file and then overlays incremental layers
+// (only their listed pages) with MAP_FIXED private mappings of the layer files, so restoring an
+// incremental snapshot still shares every file's page cache.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <span>
 #include <type_traits>
 #include <vector>
 
+#include "base/fd.h"
 #include "base/mmap.h"
 #include "base/result.h"
+#include "memory/dirty_bitmap.h"
 
 namespace clonevm {
 
@@ -28,6 +41,22 @@ struct MemoryRegion {
 
   uint64_t end() const { return gpa + size; }
   uint8_t* host() const { return mapping.data(); }
+};
+
+// One incremental layer of a snapshot's memory: a file laid out like a full memory file, of which
+// only the pages set in `pages` (memory-file page indices) are the layer's; the others come from below.
+struct MemoryLayer {
+  Fd file;
+  PageBitmap pages;
+};
+// A snapshot's memory as files: a full memory file, then incremental layers applied oldest first.
+struct MemoryImage {
+  Fd base;
+  std::vector<MemoryLayer> layers;
+  void reset() {
+    base.reset();
+    layers.clear();
+  }
 };
 
 class GuestMemory {
@@ -41,6 +70,11 @@ class GuestMemory {
   // The file must hold at least `ram_bytes` bytes (holes read as zeros).
   [[nodiscard]] static Result<GuestMemory> CreateFromFile(int file, uint64_t ram_bytes, uint64_t hole_start,
                                                           uint64_t high_start);
+  // CreateFromFile(image.base), then each layer's pages mapped over it (MAP_PRIVATE | MAP_FIXED runs
+  // of the layer file; a layer with too many runs for the mapping budget is copied in with pread).
+  // Every layer file must hold at least `ram_bytes` bytes and its bitmap cover ram_bytes / 4 KiB pages.
+  [[nodiscard]] static Result<GuestMemory> CreateFromImage(const MemoryImage& image, uint64_t ram_bytes,
+                                                           uint64_t hole_start, uint64_t high_start);
   // Offset of region `index` in a memory file laid out as CreateFromFile expects.
   uint64_t FileOffset(size_t index) const;
 
@@ -53,6 +87,17 @@ class GuestMemory {
   std::span<uint8_t> Span(uint64_t gpa, uint64_t len) const;
   bool Contains(uint64_t gpa, uint64_t len) const { return len == 0 || !Span(gpa, len).empty(); }
 
+  // The dirty log (see above). Never null.
+  DirtyLog& dirty_log() const { return *dirty_log_; }
+  // Marks [gpa, gpa + len) dirty when tracking is enabled. Any thread.
+  void MarkDirty(uint64_t gpa, uint64_t len) const {
+    if (dirty_log_->enabled()) dirty_log_->Mark(gpa, len);
+  }
+  // Converts a guest-physical page bitmap (DirtyLog::TakeAll) to memory-file pages, and back.
+  PageBitmap FilePages(const PageBitmap& gpa_pages) const;
+  PageBitmap GpaPages(const PageBitmap& file_pages) const;
+
+  // Marks what it writes (MarkDirty).
   [[nodiscard]] Result<void> WriteBytes(uint64_t gpa, std::span<const uint8_t> data) const;
   [[nodiscard]] Result<void> ReadBytes(uint64_t gpa, std::span<uint8_t> out) const;
 
@@ -73,8 +118,12 @@ class GuestMemory {
   }
 
  private:
+  [[nodiscard]] Result<void> CreateDirtyLog();
+  [[nodiscard]] Result<void> ApplyLayer(const MemoryLayer& layer, size_t* map_budget);
+
   std::vector<MemoryRegion> regions_;
   uint64_t ram_bytes_ = 0;
+  std::unique_ptr<DirtyLog> dirty_log_;  // heap: stays put when the GuestMemory moves
 };
 
 }  // namespace clonevm

@@ -137,6 +137,30 @@ class Vm {
   // The device types in MMIO slot order (virtio::kDeviceType*), what a restore must recreate.
   std::vector<uint32_t> virtio_device_types() const;
 
+  // --- Dirty page tracking for incremental snapshots (vmm/vm_dirty.cc) ---
+  // Event-loop thread, with the vCPUs and devices paused (snapshot::Take does both). Tracking, once
+  // started, lasts for the VM's life.
+  // StartDirtyTracking(): every memory slot re-registered with KVM_MEM_LOG_DIRTY_PAGES and the
+  // memory's DirtyLog enabled (virtqueues mark device writes; vhost devices start logging into it
+  // when ResumeDevices() restarts them). Idempotent.
+  // CollectDirtyPages(): the memory-file pages written since tracking started or since the previous
+  // collection — KVM's log (vCPU writes) ∪ the DirtyLog (userspace devices and vhost) — with both
+  // logs re-armed. ReturnDirtyPages() hands a collection back (a snapshot that failed to write), so
+  // the next collection still reports those pages.
+  [[nodiscard]] Result<void> StartDirtyTracking();
+  bool dirty_tracking() const { return dirty_tracking_; }
+  [[nodiscard]] Result<PageBitmap> CollectDirtyPages();
+  void ReturnDirtyPages(const PageBitmap& file_pages);
+  // The snapshot the current tracking period started at: an incremental snapshot of this VM may
+  // only name it as its parent. Set by snapshot::Take, event-loop thread.
+  struct SnapshotBase {
+    std::string name;
+    std::string dir;
+    std::string id;  // the random id recorded in that snapshot's config
+  };
+  const std::optional<SnapshotBase>& snapshot_base() const { return snapshot_base_; }
+  void set_snapshot_base(std::optional<SnapshotBase> base) { snapshot_base_ = std::move(base); }
+
   // Builds a VM from a snapshot instead of a kernel: guest RAM is `memory_file` mapped MAP_PRIVATE
   // (laid out as GuestMemory::CreateFromFile says), the devices are recreated from `config` (which
   // must describe the same devices in the same order as the snapshotted VM; its kernel and initrd
@@ -183,6 +207,8 @@ class Vm {
     uint32_t gsi;
   };
   std::vector<VirtioSlot> virtio_;
+  bool dirty_tracking_ = false;                  // event-loop thread (vm_dirty.cc)
+  std::optional<SnapshotBase> snapshot_base_;    // event-loop thread
   virtio::MmioTransport* vsock_transport_ = nullptr;  // in virtio_, when there is a vsock device
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::unique_ptr<EventLoop> loop_;

@@ -281,7 +281,11 @@ Result<void> Net::Pause() {
 
 Result<void> Net::Resume() {
   if (!context_ || backend_running_) return {};
-  if (vhost_) return SetVhostBackend(tap_.get());
+  if (vhost_) {
+    // As in Vsock::Resume: dirty logging may have been switched on while paused.
+    if (auto synced = vhost_->SyncDirtyLog(*context_); !synced) Log(LogLevel::kWarn, "virtio-net: {}", synced.error().message());
+    return SetVhostBackend(tap_.get());
+  }
   backend_running_ = true;
   CLONE_TRY_VOID(ProcessTx());
   return ProcessRx();

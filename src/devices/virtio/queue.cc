@@ -117,6 +117,7 @@ Result<std::optional<DescriptorChain>> Queue::Pop() {
   if (pending == 0 && event_idx_) {
     // Ask for a notification at the next buffer, then look again in case it raced with us.
     StoreU16(used_, UsedRingBytes(size) - 2, config_.next_avail);  // avail_event
+    memory_->MarkDirty(config_.used_addr + UsedRingBytes(size) - 2, 2);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     pending = static_cast<uint16_t>(LoadAvailIdx() - config_.next_avail);
   }
@@ -178,12 +179,21 @@ void Queue::AddUsed(DescriptorChain chain, uint32_t written_len) {
   if (!active() || chain.generation_ != generation_) return;  // popped before a reset: the guest forgot it
   CLONE_CHECK(written_len <= chain.writable_bytes());
   const uint16_t size = config_.size;
+  MarkDeviceWrites(chain);
   uint32_t elem[2] = {chain.head(), written_len};  // struct virtq_used_elem { le32 id; le32 len; }
   std::memcpy(used_.data() + kUsedRingOffset + kUsedElemSize * (config_.next_used % size), elem, sizeof(elem));
   ++config_.next_used;
   // The element must be visible before the index that publishes it.
   std::atomic_thread_fence(std::memory_order_release);
   StoreU16(used_, kUsedIdxOffset, config_.next_used);
+}
+
+void Queue::MarkDeviceWrites(const DescriptorChain& chain) const {
+  if (!memory_->dirty_log().enabled()) return;
+  // The whole writable part, not just written_len: a device may have written more than it reports
+  // (and a short report must not leave a stale page in an incremental snapshot).
+  for (const GuestBuffer& b : chain.writable()) memory_->MarkDirty(b.gpa, b.host.size());
+  memory_->MarkDirty(config_.used_addr, UsedRingBytes(config_.size));
 }
 
 bool Queue::NeedsNotification() {

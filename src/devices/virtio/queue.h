@@ -16,6 +16,12 @@
 // fence); used entries are written before the used index (release fence); a full fence separates
 // publishing our index from reading the driver's suppression fields.
 //
+// Dirty tracking (incremental snapshots): this is the choke point through which userspace devices
+// write guest memory on the guest's behalf. While the memory's dirty log is enabled, AddUsed() marks
+// the chain's device-writable buffers and the used ring, and Pop() marks the avail_event it writes
+// (GuestMemory::MarkDirty). Devices write a chain's buffers only between Pop() and AddUsed(), and
+// Vm::PauseDevices() completes every chain a device was writing, so a snapshot sees all their writes.
+//
 // Thread-safety: none; the transport serialises access with its lock. DescriptorChains popped from
 // the queue may be completed later (AddUsed) under the same lock.
 #pragma once
@@ -81,6 +87,8 @@ class Queue {
 
  private:
   [[nodiscard]] Result<void> CheckLayout(const GuestMemory& memory) const;
+  // Marks `chain`'s writable buffers and the used ring in the dirty log (when tracking).
+  void MarkDeviceWrites(const DescriptorChain& chain) const;
   [[nodiscard]] Result<DescriptorChain> ParseChain(uint16_t head) const;
   uint16_t LoadAvailIdx() const;
 

@@ -96,6 +96,26 @@ TEST_F(QueueTest, PopsReadableThenWritableBuffersAndReturnsThem) {
   EXPECT_FALSE(popped->has_value());
 }
 
+TEST_F(QueueTest, MarksDeviceWritesInTheDirtyLogOnlyWhileTracking) {
+  Activate();
+  uint64_t in = driver_.Alloc(3 * 4096), out = driver_.Alloc(2 * 4096);
+  auto chain_once = [&] {
+    driver_.AddChain({{in, 3 * 4096}, {out, 2 * 4096, true}});
+    queue_.AddUsed(PopChain(), 16);
+  };
+  chain_once();  // tracking off: nothing marked
+  EXPECT_EQ(memory_.dirty_log().TakeAll().Count(), 0u);
+
+  memory_.dirty_log().Enable();
+  driver_.AddChain({{in, 3 * 4096}, {out, 2 * 4096, true}});
+  memory_.dirty_log().TakeAll();  // forget the driver's own ring writes (the guest's, for KVM)
+  queue_.AddUsed(PopChain(), 16);  // reports 16 bytes: the whole writable part is marked anyway
+  PageBitmap dirty = memory_.dirty_log().TakeAll();
+  for (uint64_t page = out / 4096; page <= (out + 2 * 4096 - 1) / 4096; ++page) EXPECT_TRUE(dirty.Test(page)) << page;
+  EXPECT_TRUE(dirty.Test(driver_.used_addr() / 4096));
+  EXPECT_FALSE(dirty.Test(in / 4096 + 1));  // the middle of the device-readable buffer
+}
+
 TEST_F(QueueTest, WalksTheRingAcrossIndexWrap) {
   queue_.config() = driver_.Config();
   queue_.config().next_avail = queue_.config().next_used = 0xfffe;

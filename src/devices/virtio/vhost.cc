@@ -74,17 +74,27 @@ Result<void> VhostBackend::SetMemTable(const GuestMemory& memory) const {
   return {};
 }
 
-Result<void> VhostBackend::SetUpVring(size_t index, const DeviceContext& context) const {
+Result<vhost_vring_addr> VhostBackend::VringAddr(size_t index, const DeviceContext& context) const {
   const Queue& queue = context.queues[index];
   if (!queue.active()) return Fail("queue {} (served by {}) was not enabled by the driver", index, path_);
   const QueueConfig& c = queue.config();
   const GuestMemory& memory = context.memory;
-  auto vring = static_cast<unsigned int>(index);
   vhost_vring_addr addr{};
-  addr.index = vring;
+  addr.index = static_cast<unsigned int>(index);
   addr.desc_user_addr = CLONE_TRY(RingHva(memory, c.desc_addr, DescBytes(c.size), "descriptor"));
   addr.avail_user_addr = CLONE_TRY(RingHva(memory, c.avail_addr, AvailBytes(c.size), "avail"));
   addr.used_user_addr = CLONE_TRY(RingHva(memory, c.used_addr, UsedBytes(c.size), "used"));
+  if (logging_) {
+    addr.flags = 1u << VHOST_VRING_F_LOG;
+    addr.log_guest_addr = c.used_addr;  // vhost logs used-ring writes by guest address
+  }
+  return addr;
+}
+
+Result<void> VhostBackend::SetUpVring(size_t index, const DeviceContext& context) const {
+  vhost_vring_addr addr = CLONE_TRY(VringAddr(index, context));
+  const QueueConfig& c = context.queues[index].config();
+  auto vring = static_cast<unsigned int>(index);
   CLONE_TRY_VOID(Ioctl(VHOST_SET_VRING_NUM, vhost_vring_state{vring, c.size}, "VHOST_SET_VRING_NUM"));
   CLONE_TRY_VOID(Ioctl(VHOST_SET_VRING_BASE, vhost_vring_state{vring, c.next_avail}, "VHOST_SET_VRING_BASE"));
   CLONE_TRY_VOID(Ioctl(VHOST_SET_VRING_ADDR, addr, "VHOST_SET_VRING_ADDR"));
@@ -97,10 +107,40 @@ Result<void> VhostBackend::SetUpVring(size_t index, const DeviceContext& context
 
 Result<void> VhostBackend::Start(const DeviceContext& context) {
   if (context.queues.size() < num_vrings()) return Fail("{}: device has fewer queues than vrings", path_);
-  uint64_t acked = context.features & features_;
-  CLONE_TRY_VOID(Ioctl(VHOST_SET_FEATURES, acked, "VHOST_SET_FEATURES"));
+  acked_features_ = context.features & features_ & ~(uint64_t{1} << VHOST_F_LOG_ALL);
+  logging_ = false;
+  CLONE_TRY_VOID(Ioctl(VHOST_SET_FEATURES, acked_features_, "VHOST_SET_FEATURES"));
   CLONE_TRY_VOID(SetMemTable(context.memory));
   for (size_t i = 0; i < num_vrings(); ++i) CLONE_TRY_VOID(SetUpVring(i, context));
+  return SyncDirtyLog(context);
+}
+
+Result<void> VhostBackend::SyncDirtyLog(const DeviceContext& context) {
+  DirtyLog& log = context.memory.dirty_log();
+  bool want = log.enabled();
+  if (want == logging_) return {};
+  auto set = SetLogging(context, want);
+  if (!set && want) {
+    log.SetIncomplete();  // vhost's writes are now unknown: the next snapshot takes every page
+    logging_ = false;
+  }
+  return set;
+}
+
+Result<void> VhostBackend::SetLogging(const DeviceContext& context, bool on) {
+  if (on && (features_ & (uint64_t{1} << VHOST_F_LOG_ALL)) == 0) return Fail("{} cannot log dirty pages (no VHOST_F_LOG_ALL)", path_);
+  if (on) {
+    uint64_t base = reinterpret_cast<uint64_t>(context.memory.dirty_log().base());
+    CLONE_TRY_VOID(Ioctl(VHOST_SET_LOG_BASE, base, "VHOST_SET_LOG_BASE"));
+  }
+  uint64_t features = acked_features_ | (on ? uint64_t{1} << VHOST_F_LOG_ALL : 0);
+  CLONE_TRY_VOID(Ioctl(VHOST_SET_FEATURES, features, "VHOST_SET_FEATURES"));
+  logging_ = on;
+  for (size_t i = 0; i < num_vrings() && i < context.queues.size(); ++i) {
+    if (!context.queues[i].active()) continue;
+    vhost_vring_addr addr = CLONE_TRY(VringAddr(i, context));
+    CLONE_TRY_VOID(Ioctl(VHOST_SET_VRING_ADDR, addr, "VHOST_SET_VRING_ADDR"));
+  }
   return {};
 }
 

@@ -24,6 +24,16 @@
 // Features: Start() acks to vhost the negotiated features that vhost offers (features()); other bits
 // (e.g. virtio-net offloads, which concern the TAP) are not vhost's business.
 //
+// Dirty logging (incremental snapshots): when the guest memory's DirtyLog is enabled, Start() and
+// SyncDirtyLog() hand vhost that log (VHOST_SET_LOG_BASE, the same words the VMM marks), ack
+// VHOST_F_LOG_ALL and set VHOST_VRING_F_LOG with log_guest_addr = the used ring's guest address on
+// every vring, so the kernel logs its used-ring writes and (for devices that log, such as vhost-net)
+// the buffers it fills; when the log is disabled they take it back. If vhost cannot log (it lacks
+// VHOST_F_LOG_ALL or refuses), the DirtyLog is told it is incomplete (DirtyLog::SetIncomplete) so the
+// next incremental snapshot conservatively holds every page instead of silently missing vhost's
+// writes. Linux's vhost-vsock does not log the receive buffers it fills (only its used ring): see
+// docs/snapshots.md for what that means.
+//
 // Thread-safety: none; called under the transport lock. The fds may be used from any thread.
 #pragma once
 
@@ -34,6 +44,7 @@
 #include "base/fd.h"
 #include "base/result.h"
 #include "devices/virtio/virtio_device.h"
+#include "kvm/uapi.h"  // <linux/vhost.h>
 
 namespace clonevm::virtio {
 
@@ -58,6 +69,11 @@ class VhostBackend {
   // that leaves one disabled gets an Error, i.e. NEEDS_RESET). The backend must be stopped.
   [[nodiscard]] Result<void> Start(const DeviceContext& context);
 
+  // Brings vhost's dirty logging in line with context.memory.dirty_log().enabled() (see above). For
+  // a started device, called by the device while its backend is stopped (Pause/Resume). Errors are
+  // also recorded in the DirtyLog (incomplete), so a caller may log them and carry on.
+  [[nodiscard]] Result<void> SyncDirtyLog(const DeviceContext& context);
+
   // After the device stopped its backend: reads each vring's next avail index (VHOST_GET_VRING_BASE)
   // and the used index from the used ring into queues[i].config(), so the transport saves them.
   [[nodiscard]] Result<void> SaveRingPositions(const DeviceContext& context);
@@ -74,10 +90,15 @@ class VhostBackend {
   [[nodiscard]] Result<void> IoctlPtr(unsigned long request, const void* arg, const char* what) const;
   [[nodiscard]] Result<void> SetMemTable(const GuestMemory& memory) const;
   [[nodiscard]] Result<void> SetUpVring(size_t index, const DeviceContext& context) const;
+  [[nodiscard]] Result<vhost_vring_addr> VringAddr(size_t index, const DeviceContext& context) const;
+  // Programs logging on (log base, LOG_ALL, per-vring F_LOG) or off.
+  [[nodiscard]] Result<void> SetLogging(const DeviceContext& context, bool on);
 
   Fd fd_;
   std::string path_;
   uint64_t features_ = 0;
+  uint64_t acked_features_ = 0;  // what Start() acked, without VHOST_F_LOG_ALL
+  bool logging_ = false;         // vhost is logging into the guest memory's DirtyLog
   std::vector<EventFd> call_eventfds_;
 };
 

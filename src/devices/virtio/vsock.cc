@@ -127,6 +127,9 @@ Result<void> Vsock::Pause() {
 
 Result<void> Vsock::Resume() {
   if (!context_ || running_) return {};
+  // Dirty logging may have been switched on while paused (a snapshot started tracking). A failure
+  // is recorded in the dirty log itself (snapshots then take every page); the device runs on.
+  if (auto synced = vhost_.SyncDirtyLog(*context_); !synced) Log(LogLevel::kWarn, "virtio-vsock: {}", synced.error().message());
   return SetRunning(true);
 }
 
