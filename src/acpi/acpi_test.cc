@@ -452,7 +452,8 @@ TEST(AcpiIaslTest, DsdtDisassemblesAndRecompiles) {
   EXPECT_NE(ged.find(R"(Name (_HID, "ACPI0013")"), std::string::npos) << dsl;  // iasl appends a comment
   EXPECT_TRUE(Matches(ged, R"(Interrupt \(ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, \)\s*\{\s*0x00000009,)"))
       << ged;
-  EXPECT_TRUE(Matches(ged, R"(Method \(_EVT, 1, Serialized\)[^{]*\{\s*If \(\(Arg0 == 0x09\)\)\s*\{\s*Notify \(\\_SB\.VGEN, 0x80\))"))
+  EXPECT_TRUE(Matches(
+      ged, R"(Method \(_EVT, 1, Serialized\)[^{]*\{\s*If \(\(Arg0 == 0x09\)\)\s*\{\s*Notify \(\\_SB\.VGEN, 0x80\))"))
       << ged;
 
   iasl::Compile(dir, "dsdt");

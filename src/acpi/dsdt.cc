@@ -82,14 +82,12 @@ Term VmGenIdDevice(uint64_t guid_gpa) {
 // with the irqchip), and the AML is in guest RAM, so a snapshot carries both unchanged.
 Term GedDevice(uint32_t gsi) {
   const Term notify_vgen = aml::Notify(aml::Path("\\_SB.VGEN"), aml::Integer(kVmGenIdNotifyValue));
-  return aml::Device(
-      "GED0",
-      {aml::Name("_HID", aml::String(kGedHid)), aml::Name("_UID", aml::Integer(0)),
-       aml::Name("_CRS", aml::ResourceTemplate({aml::Interrupt(aml::Usage::kConsumer, aml::Trigger::kEdge,
-                                                                aml::Polarity::kActiveHigh, aml::Sharing::kExclusive,
-                                                                {gsi})})),
-       aml::Method("_EVT", 1, aml::Serialize::kSerialized,
-                   {aml::If(aml::Equal(aml::Arg(0), aml::Integer(gsi)), {notify_vgen})})});
+  return aml::Device("GED0", {aml::Name("_HID", aml::String(kGedHid)), aml::Name("_UID", aml::Integer(0)),
+                              aml::Name("_CRS", aml::ResourceTemplate({aml::Interrupt(
+                                                    aml::Usage::kConsumer, aml::Trigger::kEdge,
+                                                    aml::Polarity::kActiveHigh, aml::Sharing::kExclusive, {gsi})})),
+                              aml::Method("_EVT", 1, aml::Serialize::kSerialized,
+                                          {aml::If(aml::Equal(aml::Arg(0), aml::Integer(gsi)), {notify_vgen})})});
 }
 
 }  // namespace
