@@ -98,7 +98,8 @@ Result<std::unique_ptr<VmService>> VmService::Create(ServiceOptions options) {
     return FailErrno("getrandom");
   }
   // A new VM Generation ID for every VM process: a restored or forked guest must reseed its RNG.
-  if (::getrandom(identity.vmgenid.data(), identity.vmgenid.size(), 0) != static_cast<ssize_t>(identity.vmgenid.size())) {
+  if (::getrandom(identity.vmgenid.data(), identity.vmgenid.size(), 0) !=
+      static_cast<ssize_t>(identity.vmgenid.size())) {
     return FailErrno("getrandom");
   }
   VmDir dir = CLONE_TRY(VmDir::Create(options.id));
