@@ -191,15 +191,26 @@ Result<net::VmNetwork> AddAutoNetwork(const std::string& id, VmConfig* config) {
   return network;
 }
 
+// Opens a disk image and records what it was opened from (absolute path, the format actually
+// used), which is what a snapshot of the VM needs. `what` names the disk in errors.
+Result<DiskConfig> OpenDisk(const std::string& path, bool read_only, Format format, std::string serial,
+                            std::string_view what) {
+  auto backend = OpenImage(path, OpenMode{.read_only = read_only}, format);
+  if (!backend) return Fail(backend.error().Wrap(fmt::format("cannot open {} {}", what, path)));
+  Format opened = dynamic_cast<const Qcow2Backend*>(backend->get()) != nullptr ? Format::kQcow2 : Format::kRaw;
+  std::error_code ec;
+  std::filesystem::path absolute = std::filesystem::absolute(path, ec);
+  std::string recorded = ec ? path : absolute.lexically_normal().string();
+  return DiskConfig{std::move(*backend), DiskImage{recorded, read_only, opened, std::move(serial)}};
+}
+
 // The upper layer of --overlay=PATH: a qcow2 image, created (sparse, kOverlayDiskBytes) when missing.
-Result<std::unique_ptr<BlockBackend>> OpenOverlayDisk(const std::string& path) {
+Result<DiskConfig> OpenOverlayDisk(const std::string& path) {
   if (::access(path.c_str(), F_OK) != 0) {
     auto created = Qcow2Create(path, kOverlayDiskBytes);
     if (!created) return Fail(created.error().Wrap(fmt::format("cannot create overlay {}", path)));
   }
-  auto backend = OpenImage(path, OpenMode{}, Format::kQcow2);
-  if (!backend) return Fail(backend.error().Wrap(fmt::format("cannot open overlay {}", path)));
-  return std::move(*backend);
+  return OpenDisk(path, false, Format::kQcow2, "clone-overlay", "overlay");
 }
 
 // --rootfs: the image becomes the first disk and a generated initrd switches root into it.
@@ -214,15 +225,13 @@ Result<void> AddRootfs(const RunOptions& o, VmConfig* config) {
   auto initrd = CachedRootfsInitrd(modules, DefaultInitrdCacheDir());
   if (!initrd) return Fail(initrd.error().Wrap("generating the rootfs initrd"));
   config->initrd = std::move(initrd->bytes);
-  auto backend = OpenImage(o.rootfs, OpenMode{.read_only = overlay}, Format::kAuto);
-  if (!backend) return Fail(backend.error().Wrap(fmt::format("cannot open rootfs {}", o.rootfs)));
-  config->disks.push_back({std::move(*backend), "clone-rootfs"});
+  config->disks.push_back(CLONE_TRY(OpenDisk(o.rootfs, overlay, Format::kAuto, "clone-rootfs", "rootfs")));
   RootMode mode = RootMode::kReadWrite;
   if (overlay && o.overlay == "tmpfs") {
     mode = RootMode::kOverlayTmpfs;
   } else if (overlay) {
     mode = RootMode::kOverlayDisk;
-    config->disks.push_back({CLONE_TRY(OpenOverlayDisk(o.overlay)), "clone-overlay"});
+    config->disks.push_back(CLONE_TRY(OpenOverlayDisk(o.overlay)));
   }
   config->cmdline += " " + RootfsCmdline(mode);
   return {};
@@ -262,9 +271,8 @@ Result<VmConfig> PrepareVmConfig(const RunOptions& o) {
   if (!o.rootfs.empty()) CLONE_TRY_VOID(AddRootfs(o, &config));
   for (size_t i = 0; i < o.blocks.size(); ++i) {
     BlockSpec spec = CLONE_TRY(ParseBlockSpec(o.blocks[i]));
-    auto backend = OpenImage(spec.path, OpenMode{.read_only = spec.read_only}, spec.format);
-    if (!backend) return Fail(backend.error().Wrap(fmt::format("cannot open disk {}", spec.path)));
-    config.disks.push_back({std::move(*backend), fmt::format("clone-disk{}", config.disks.size())});
+    std::string serial = fmt::format("clone-disk{}", config.disks.size());
+    config.disks.push_back(CLONE_TRY(OpenDisk(spec.path, spec.read_only, spec.format, std::move(serial), "disk")));
   }
   CLONE_TRY_VOID(AddVsockAndTaps(o, &config));
   config.mem_bytes = o.mem_mb * x86::kMiB;

@@ -90,7 +90,7 @@ int Remove(const SnapshotOptions& o) {
 }
 
 // The restored VM's life: service, VM, run; mirrors RunCommand after the config is ready.
-int RunRestored(const RestoreOptions& o, snapshot::Loaded loaded, VmConfig config, Fd ready, BootTimer& timer) {
+int RunRestored(const RestoreOptions& o, snapshot::Loaded loaded, Fd ready, BootTimer& timer) {
   nlohmann::json info = loaded.config.info;
   info["snapshot"] = loaded.path;
   info["mem_mib"] = loaded.config.mem_bytes >> 20;
@@ -103,6 +103,13 @@ int RunRestored(const RestoreOptions& o, snapshot::Loaded loaded, VmConfig confi
     Log(LogLevel::kError, "{}", service.error().message());
     return kExitError;
   }
+  // Writable disks get qcow2 overlays in the VM's runtime directory (removed with the VM).
+  auto restored = snapshot::RestoreVmConfig(loaded.config, loaded.path, snapshot::DiskPlan{(*service)->dir().path(), {}});
+  if (!restored) {
+    Log(LogLevel::kError, "{}", restored.error().message());
+    return kExitError;
+  }
+  VmConfig config = std::move(*restored);
   config.console_in = STDIN_FILENO;
   config.console_out = STDOUT_FILENO;
   (*service)->ConnectConsole(config);
@@ -180,9 +187,8 @@ int RestoreCommand(const RestoreOptions& o, BootTimer& timer) {
     Log(LogLevel::kError, "{}", loaded.error().message());
     return kExitError;
   }
-  auto config = snapshot::RestoreVmConfig(loaded->config);
-  if (!config) {
-    Log(LogLevel::kError, "{}", config.error().message());
+  if (auto disks = snapshot::CheckDisks(loaded->config, loaded->path, {}); !disks) {
+    Log(LogLevel::kError, "{}: {}", loaded->path, disks.error().message());
     return kExitError;
   }
   timer.Mark("snapshot read");
@@ -190,7 +196,7 @@ int RestoreCommand(const RestoreOptions& o, BootTimer& timer) {
   if (o.detach) {
     if (auto parent_status = ForkDetached(&ready)) return *parent_status;
   }
-  return RunRestored(o, std::move(*loaded), std::move(*config), std::move(ready), timer);
+  return RunRestored(o, std::move(*loaded), std::move(ready), timer);
 }
 
 }  // namespace clonevm::cli

@@ -136,6 +136,59 @@ Result<Loaded> ReadChecked(const std::string& path) {
   return loaded;
 }
 
+// --- Disks (SnapshotDisk) ---
+
+json StampToJson(const FileStamp& s) { return {{"size", s.size}, {"mtime_ns", s.mtime_ns}, {"inode", s.inode}}; }
+
+Result<FileStamp> StampFromJson(const json& j) {
+  FileStamp s;
+  s.size = CLONE_TRY(JsonUint<uint64_t>(j, "size"));
+  auto mtime = j.find("mtime_ns");
+  if (mtime == j.end() || !mtime->is_number_integer()) return Fail("missing or non-integer \"mtime_ns\"");
+  s.mtime_ns = mtime->get<int64_t>();
+  s.inode = CLONE_TRY(JsonUint<uint64_t>(j, "inode"));
+  return s;
+}
+
+json DiskToJson(const SnapshotDisk& d) {
+  json backing = json::array();
+  for (const auto& b : d.backing) backing.push_back({{"path", b.path}, {"stamp", StampToJson(b.stamp)}});
+  return {{"path", d.path},     {"read_only", d.read_only},     {"format", FormatName(d.format)},
+          {"serial", d.serial}, {"stamp", StampToJson(d.stamp)}, {"backing", std::move(backing)}};
+}
+
+// The config may come from a shared templates directory: a frozen disk's name must stay inside
+// the snapshot directory, and other paths must be absolute (they are not relative to anything).
+Result<SnapshotDisk> DiskFromJson(const json& j) {
+  if (!j.is_object()) return Fail("bad \"disks\" entry");
+  SnapshotDisk d;
+  d.path = CLONE_TRY(JsonString(j, "path"));
+  d.read_only = CLONE_TRY(JsonBool(j, "read_only"));
+  std::string format = CLONE_TRY(JsonString(j, "format"));
+  d.format = CLONE_TRY(ParseFormatName(format));
+  d.serial = CLONE_TRY(JsonString(j, "serial"));
+  auto stamp = j.find("stamp");
+  if (stamp == j.end() || !stamp->is_object()) return Fail("disk {}: missing \"stamp\"", d.path);
+  d.stamp = CLONE_TRY(StampFromJson(*stamp));
+  if (d.read_only && !d.path.starts_with("/")) return Fail("disk \"{}\": a read-only disk's path must be absolute", d.path);
+  if (!d.read_only && (d.path.empty() || d.path == "." || d.path == ".." || d.path.find('/') != std::string::npos)) {
+    return Fail("disk \"{}\": a frozen disk must be a file name in the snapshot directory", d.path);
+  }
+  if (auto backing = j.find("backing"); backing != j.end()) {
+    if (!backing->is_array()) return Fail("disk {}: \"backing\" is not an array", d.path);
+    for (const auto& b : *backing) {
+      if (!b.is_object() || !b.contains("stamp") || !b["stamp"].is_object()) return Fail("disk {}: bad backing entry", d.path);
+      BackingFile file{CLONE_TRY(JsonString(b, "path")), CLONE_TRY(StampFromJson(b["stamp"]))};
+      if (!file.path.starts_with("/")) return Fail("disk {}: backing file \"{}\" is not absolute", d.path, file.path);
+      d.backing.push_back(std::move(file));
+    }
+  }
+  if (!d.backing.empty() && (d.read_only || d.format != Format::kQcow2)) {
+    return Fail("disk {}: only a frozen qcow2 disk has a backing chain", d.path);
+  }
+  return d;
+}
+
 uint64_t DirDiskBytes(const std::string& path) {
   uint64_t total = 0;
   std::error_code ec;
@@ -161,7 +214,7 @@ uint32_t Crc32(std::span<const uint8_t> bytes) {
 
 nlohmann::json ConfigToJson(const SnapshotConfig& c) {
   json disks = json::array();
-  for (const auto& d : c.disks) disks.push_back({{"path", d.path}, {"read_only", d.read_only}, {"serial", d.serial}});
+  for (const auto& d : c.disks) disks.push_back(DiskToJson(d));
   json j = {{"version", 1},          {"mem_bytes", c.mem_bytes},   {"vcpus", c.vcpus},
             {"virtio", c.virtio_types}, {"rng", c.rng},           {"disks", std::move(disks)},
             {"cmdline", c.cmdline},  {"source_vm", c.source_vm}, {"created_unix", c.created_unix},
@@ -187,10 +240,7 @@ Result<SnapshotConfig> ConfigFromJson(const nlohmann::json& j) {
     if (j.contains("vsock_cid")) c.vsock_cid = CLONE_TRY(JsonUint<uint64_t>(j, "vsock_cid"));
     auto disks = j.find("disks");
     if (disks == j.end() || !disks->is_array()) return Fail("missing \"disks\"");
-    for (const auto& d : *disks) {
-      if (!d.is_object()) return Fail("bad \"disks\" entry");
-      c.disks.push_back({CLONE_TRY(JsonString(d, "path")), CLONE_TRY(JsonBool(d, "read_only")), CLONE_TRY(JsonString(d, "serial"))});
-    }
+    for (const auto& d : *disks) c.disks.push_back(CLONE_TRY(DiskFromJson(d)));
     c.cmdline = j.value("cmdline", "");
     c.source_vm = j.value("source_vm", "");
     c.created_unix = j.value("created_unix", int64_t{0});
@@ -264,7 +314,7 @@ Result<StateBody> DecodeStateFile(std::span<const uint8_t> bytes) {
 }
 
 Result<WriteResult> Write(const std::string& dir, const std::string& name, const GuestMemory& memory,
-                          const VmState& state, const SnapshotConfig& config) {
+                          const VmState& state, const SnapshotConfig& config, const AddFiles& add_files) {
   CLONE_TRY_VOID(ValidateName(name));
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -279,6 +329,7 @@ Result<WriteResult> Write(const std::string& dir, const std::string& name, const
     result.path = final_path;
     result.memory_bytes = memory.ram_bytes();
     result.data_bytes = CLONE_TRY(WriteMemory(tmp + "/memory", memory));
+    if (add_files) CLONE_TRY_VOID(add_files(tmp));
     std::string config_text = ConfigToJson(config).dump(2) + "\n";
     std::span<const uint8_t> config_bytes(reinterpret_cast<const uint8_t*>(config_text.data()), config_text.size());
     CLONE_TRY_VOID(WriteFileSynced(tmp + "/config", config_bytes));

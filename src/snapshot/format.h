@@ -29,6 +29,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <span>
@@ -37,6 +38,7 @@
 
 #include "base/fd.h"
 #include "base/result.h"
+#include "block/image.h"
 #include "memory/guest_memory.h"
 #include "vmm/vm_state.h"
 
@@ -47,10 +49,33 @@ inline constexpr uint32_t kFormatVersion = 1;
 inline constexpr size_t kHeaderSize = 32;
 inline constexpr uint64_t kPageSize = 4096;
 
+// A file a restore depends on, as it was when the snapshot was taken. A restore refuses a file
+// whose size or modification time differs, or whose inode differs when its path was not
+// rewritten (snapshot/disks.h).
+struct FileStamp {
+  uint64_t size = 0;
+  int64_t mtime_ns = 0;
+  uint64_t inode = 0;
+  bool operator==(const FileStamp&) const = default;
+};
+struct BackingFile {
+  std::string path;  // absolute
+  FileStamp stamp;
+};
+
+// One disk, in attach order (docs/snapshots.md "Disks"; taken and restored by snapshot/disks.h).
+// Read-only disks are referenced where they are; writable disks are frozen: copied into the
+// snapshot directory while the VM is paused, and every restore gets its own qcow2 overlay on them.
 struct SnapshotDisk {
-  std::string path;
+  std::string path;  // read-only: the image's absolute path; writable: the frozen copy's file name
+                     // in the snapshot directory (a plain name, e.g. "disk0.raw")
   bool read_only = false;
+  Format format = Format::kRaw;  // as opened; a restore never probes
   std::string serial;
+  FileStamp stamp;  // of `path`
+  // A frozen qcow2 whose image had a backing file: its chain (absolute paths, top first), kept in
+  // place and checked on restore.
+  std::vector<BackingFile> backing;
 };
 
 // What a restore rebuilds (and what people want to know about a snapshot).
@@ -92,8 +117,13 @@ struct WriteResult {
   uint64_t data_bytes = 0;    // bytes written (non-zero pages)
 };
 // Writes a snapshot of `memory` and `state` (the VM must be paused with its devices paused).
+// `add_files`, when set, is called with the temporary directory after the memory file is written
+// and before the config, to put more files in the snapshot (the frozen disks); its failure fails
+// the write and removes the temporary directory.
+using AddFiles = std::function<Result<void>(const std::string& tmp_dir)>;
 [[nodiscard]] Result<WriteResult> Write(const std::string& dir, const std::string& name, const GuestMemory& memory,
-                                        const VmState& state, const SnapshotConfig& config);
+                                        const VmState& state, const SnapshotConfig& config,
+                                        const AddFiles& add_files = {});
 
 struct Loaded {
   std::string path;

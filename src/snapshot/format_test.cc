@@ -211,7 +211,11 @@ TEST_F(SnapshotFormatTest, ListAndRemove) {
 TEST_F(SnapshotFormatTest, ConfigRoundTrips) {
   SnapshotConfig c = Config();
   c.vsock_cid = 7;
-  c.disks.push_back({"/images/a.qcow2", true, "clone-disk0"});
+  SnapshotDisk disk;
+  disk.path = "/images/a.qcow2";
+  disk.read_only = true;
+  disk.serial = "clone-disk0";
+  c.disks.push_back(disk);
   auto back = ConfigFromJson(ConfigToJson(c));
   ASSERT_TRUE(back) << back.error().message();
   EXPECT_EQ(back->vsock_cid, 7u);

@@ -7,6 +7,7 @@
 #include "base/log.h"
 #include "block/image.h"
 #include "devices/virtio/virtio_spec.h"
+#include "snapshot/disks.h"
 
 namespace clonevm::snapshot {
 namespace {
@@ -15,7 +16,8 @@ namespace {
 Result<void> CheckSnapshottable(const Vm& vm) {
   for (uint32_t type : vm.virtio_device_types()) {
     if (type == virtio::kDeviceTypeNet) return Fail("VMs with virtio-net (--tap/--net) cannot be snapshotted yet");
-    if (type == virtio::kDeviceTypeBlock) return Fail("VMs with disks (--block/--rootfs) cannot be snapshotted yet");
+    // Disks: read-only ones referenced, writable ones frozen into the snapshot (disks.h).
+    if (type == virtio::kDeviceTypeBlock) continue;
     if (type != virtio::kDeviceTypeEntropy && type != virtio::kDeviceTypeVsock) {
       return Fail("virtio device type {} cannot be snapshotted", type);
     }
@@ -41,12 +43,19 @@ SnapshotConfig ConfigOf(const Vm& vm, const TakeOptions& options) {
   return config;
 }
 
-// With the vCPUs paused: pauses the devices, saves and writes, resumes the devices.
-Result<WriteResult> WritePaused(Vm& vm, const TakeOptions& options, const SnapshotConfig& config) {
+// With the vCPUs paused: pauses the devices, saves and writes, resumes the devices. The disks are
+// described and frozen here, while paused devices have drained and flushed their backends.
+Result<WriteResult> WritePaused(Vm& vm, const TakeOptions& options, SnapshotConfig config) {
   CLONE_TRY_VOID(vm.PauseDevices());
   auto written = [&]() -> Result<WriteResult> {
     VmState state = CLONE_TRY(vm.SaveState());
-    return Write(options.dir, options.name, vm.memory(), state, config);
+    config.disks = CLONE_TRY(DescribeDisks(vm.disk_images(), config.created_unix * 1'000'000'000));
+    auto freeze = [&](const std::string& tmp) -> Result<void> {
+      uint64_t copied = CLONE_TRY(FreezeDisks(vm.disk_images(), config.disks, tmp));
+      if (copied > 0) Log(LogLevel::kInfo, "snapshot '{}': {} MiB of disk data frozen", options.name, copied >> 20);
+      return {};
+    };
+    return Write(options.dir, options.name, vm.memory(), state, config, freeze);
   }();
   vm.ResumeDevices();
   return written;
@@ -75,17 +84,17 @@ Result<TakeResult> Take(Vm& vm, const TakeOptions& options) {
   return result;
 }
 
-Result<VmConfig> RestoreVmConfig(const SnapshotConfig& config) {
+Result<VmConfig> RestoreVmConfig(const SnapshotConfig& config, const std::string& snapshot_path, const DiskPlan& disks) {
   VmConfig vm;
   vm.mem_bytes = config.mem_bytes;
   vm.vcpus = config.vcpus;
   vm.cmdline = config.cmdline;
   vm.rng = config.rng;
   if (config.vsock_cid) vm.vsock = VsockConfig{*config.vsock_cid};
-  for (const auto& disk : config.disks) {
-    auto backend = OpenImage(disk.path, OpenMode{.read_only = disk.read_only}, Format::kAuto);
-    if (!backend) return Fail(backend.error().Wrap(fmt::format("cannot reopen disk {}", disk.path)));
-    vm.disks.push_back({std::move(*backend), disk.serial});
+  if (!config.disks.empty()) {
+    auto opened = OpenDisks(config, snapshot_path, disks);
+    if (!opened) return Fail(opened.error().Wrap(fmt::format("snapshot {}", snapshot_path)));
+    vm.disks = std::move(*opened);
   }
   for (uint32_t type : config.virtio_types) {
     if (type == virtio::kDeviceTypeNet) return Fail("the snapshot has a virtio-net device, which restore does not support yet");

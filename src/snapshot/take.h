@@ -18,6 +18,7 @@
 
 #include "base/result.h"
 #include "control/router.h"
+#include "snapshot/disks.h"
 #include "snapshot/format.h"
 #include "vmm/vm.h"
 
@@ -39,10 +40,15 @@ struct TakeResult {
 // Loop thread (see above).
 [[nodiscard]] Result<TakeResult> Take(Vm& vm, const TakeOptions& options);
 
-// The config a VM must be built with to restore `config`'s snapshot: memory, vCPUs, virtio-rng,
-// vsock with the saved CID, disks reopened by path. The kernel, initrd and console are left empty
-// for the caller.
-[[nodiscard]] Result<VmConfig> RestoreVmConfig(const SnapshotConfig& config);
+// The config a VM must be built with to restore `config`'s snapshot (in directory `snapshot_path`):
+// memory, vCPUs, virtio-rng, vsock with the saved CID, and the disks as disks.h says — read-only
+// ones reopened (paths rewritten by `disks.rewrites`), writable ones as new qcow2 overlays in
+// `disks.overlay_dir` on the snapshot's frozen bases. A missing or changed base is an error and
+// leaves no overlay behind; on success the caller owns the overlays (they live as long as the
+// overlay directory: the new VM's runtime directory). The kernel, initrd and console are left
+// empty for the caller.
+[[nodiscard]] Result<VmConfig> RestoreVmConfig(const SnapshotConfig& config, const std::string& snapshot_path,
+                                               const DiskPlan& disks);
 
 // PUT /vm/snapshot {"name": "...", "dir": "...", "resume": true}: Take() on the loop thread;
 // 201 {"name", "path", "memory_bytes", "data_bytes", "paused_ms"}; 400 for a bad body or name,

@@ -132,8 +132,9 @@ Result<void> Vm::SetUpDevices(VmConfig& config) {
   CLONE_TRY_VOID(pio_bus_.Insert(x86::kAcpiPmPort, x86::kAcpiPmPortLen, std::make_shared<AcpiPm>(power)));
   if (config.rng) CLONE_TRY_VOID(AddVirtioDevice(std::make_unique<virtio::Rng>()));
   for (auto& disk : config.disks) {
-    auto block = CLONE_TRY(virtio::Block::Create(std::move(disk.backend), disk.serial));
+    auto block = CLONE_TRY(virtio::Block::Create(std::move(disk.backend), disk.image.serial));
     CLONE_TRY_VOID(AddVirtioDevice(std::move(block)));
+    disk_images_.push_back(disk.image);
   }
   if (config.vsock) {
     auto vsock = CLONE_TRY(virtio::Vsock::Create(config.vsock->cid));

@@ -25,6 +25,7 @@
 #include "devices/bus.h"
 #include "devices/legacy/serial.h"
 #include "block/block_backend.h"
+#include "block/image.h"
 #include "devices/virtio/mmio_transport.h"
 #include "devices/virtio/net.h"
 #include "kvm/kvm.h"
@@ -35,10 +36,19 @@
 
 namespace clonevm {
 
+// What a disk was opened from: what a snapshot records about it (snapshot/disks.h) and the Vm
+// keeps after the backend has moved into the device.
+struct DiskImage {
+  std::string path;            // the image file as opened (absolute, or relative to the cwd)
+  bool read_only = false;
+  Format format = Format::kRaw;  // the format it was opened as (resolved: never kAuto)
+  std::string serial;          // VIRTIO_BLK_T_GET_ID, at most 20 bytes
+};
+
 // A disk attached as a virtio-blk device, in order (the first is the guest's /dev/vda).
 struct DiskConfig {
   std::unique_ptr<BlockBackend> backend;  // opened (and locked) before the VM is built
-  std::string serial;                     // VIRTIO_BLK_T_GET_ID, at most 20 bytes
+  DiskImage image;                        // where `backend` came from; image.serial is the device's
 };
 
 // The virtio-vsock device (data path in /dev/vhost-vsock).
@@ -136,6 +146,8 @@ class Vm {
   [[nodiscard]] Result<VmState> SaveState() const;
   // The device types in MMIO slot order (virtio::kDeviceType*), what a restore must recreate.
   std::vector<uint32_t> virtio_device_types() const;
+  // The disks in attach order (the i-th block device in virtio_device_types() is disk i).
+  const std::vector<DiskImage>& disk_images() const { return disk_images_; }
 
   // --- Dirty page tracking for incremental snapshots (vmm/vm_dirty.cc) ---
   // Event-loop thread, with the vCPUs and devices paused (snapshot::Take does both). Tracking, once
@@ -207,6 +219,7 @@ class Vm {
     uint32_t gsi;
   };
   std::vector<VirtioSlot> virtio_;
+  std::vector<DiskImage> disk_images_;  // set by SetUpDevices
   bool dirty_tracking_ = false;                  // event-loop thread (vm_dirty.cc)
   std::optional<SnapshotBase> snapshot_base_;    // event-loop thread
   virtio::MmioTransport* vsock_transport_ = nullptr;  // in virtio_, when there is a vsock device
