@@ -49,15 +49,17 @@ int Take(const SnapshotOptions& o) {
     return kExitError;
   }
   nlohmann::json body = {{"name", o.name}, {"dir", TemplatesDir(o.dir)}, {"resume", !o.no_resume}};
+  if (!o.parent.empty()) body["parent"] = o.parent;
   auto response = control::Call(vm->control_socket(), "PUT", "/vm/snapshot", body, kSnapshotTimeout);
   auto result = response ? control::ResponseJson(*response) : Result<nlohmann::json>(Fail(response.error()));
   if (!result) {
     Log(LogLevel::kError, "{}: {}", vm->id, result.error().message());
     return kExitError;
   }
-  std::string line = fmt::format("{} ({} of RAM, {} written, vCPUs paused {:.0f} ms)\n", result->value("path", ""),
+  std::string line = fmt::format("{} ({} of RAM, {} written{}, vCPUs paused {:.0f} ms)\n", result->value("path", ""),
                                  Mib(result->value("memory_bytes", uint64_t{0})),
-                                 Mib(result->value("data_bytes", uint64_t{0})), result->value("paused_ms", 0.0));
+                                 Mib(result->value("data_bytes", uint64_t{0})),
+                                 o.parent.empty() ? "" : ", incremental over " + o.parent, result->value("paused_ms", 0.0));
   [[maybe_unused]] auto w = WriteAll(STDOUT_FILENO, line.data(), line.size());
   return kExitOk;
 }
@@ -74,10 +76,25 @@ int List(const SnapshotOptions& o) {
     time_t t = static_cast<time_t>(e.config->created_unix);
     tm tm_utc{};
     if (::gmtime_r(&t, &tm_utc) != nullptr) ::strftime(created, sizeof(created), "%Y-%m-%d %H:%M:%SZ", &tm_utc);
-    out += fmt::format("{:<24} {:>9} {:>6} {:>12} {:<12} {}\n", e.name, Mib(e.config->mem_bytes), e.config->vcpus,
-                       Mib(e.disk_bytes), e.config->source_vm, created);
+    std::string parent = e.config->parent ? "  (incremental over " + e.config->parent->name + ")" : "";
+    out += fmt::format("{:<24} {:>9} {:>6} {:>12} {:<12} {}{}\n", e.name, Mib(e.config->mem_bytes), e.config->vcpus,
+                       Mib(e.disk_bytes), e.config->source_vm, created, parent);
   }
   [[maybe_unused]] auto w = WriteAll(STDOUT_FILENO, out.data(), out.size());
+  return kExitOk;
+}
+
+int Merge(const SnapshotOptions& o) {
+  auto start = std::chrono::steady_clock::now();
+  auto merged = snapshot::Merge(TemplatesDir(o.dir), o.merge_name);
+  if (!merged) {
+    Log(LogLevel::kError, "{}", merged.error().message());
+    return kExitError;
+  }
+  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  std::string line = fmt::format("{} (now a full snapshot: {} of RAM, {} written, {:.0f} ms)\n", merged->path,
+                                 Mib(merged->memory_bytes), Mib(merged->data_bytes), ms);
+  [[maybe_unused]] auto w = WriteAll(STDOUT_FILENO, line.data(), line.size());
   return kExitOk;
 }
 
@@ -145,6 +162,8 @@ void AddSnapshotCommands(CLI::App& app, SnapshotOptions& s, RestoreOptions& r) {
       "Examples:\n"
       "  clone snapshot --name warm-shell             # the only running VM, resumed afterwards\n"
       "  clone snapshot --name t1 --vm-id vm-1a2b3c --no-resume\n"
+      "  clone snapshot --name t2 --parent t1           # incremental: only what changed since t1\n"
+      "  clone snapshot merge t2                        # t2 becomes a full snapshot\n"
       "  clone snapshot list\n"
       "  clone snapshot rm t1\n"
       "Snapshots live in $CLONE_TEMPLATES_DIR or ~/.clone/templates; start one with 'clone restore'.");
@@ -152,11 +171,16 @@ void AddSnapshotCommands(CLI::App& app, SnapshotOptions& s, RestoreOptions& r) {
   snap->add_option("--vm-id", s.vm_id, "The VM to snapshot (default: the only running VM)");
   snap->add_option("--dir", s.dir, "Templates directory (default $CLONE_TEMPLATES_DIR or ~/.clone/templates)");
   snap->add_flag("--no-resume", s.no_resume, "Leave the VM paused afterwards");
+  snap->add_option("--parent", s.parent,
+                   "Incremental: write only the pages changed since snapshot P, the VM's last snapshot");
   s.list = snap->add_subcommand("list", "List snapshots");
   s.list->add_option("--dir", s.dir, "Templates directory");
   s.rm = snap->add_subcommand("rm", "Remove a snapshot");
   s.rm->add_option("name", s.rm_name, "The snapshot to remove")->required();
   s.rm->add_option("--dir", s.dir, "Templates directory");
+  s.merge = snap->add_subcommand("merge", "Rewrite an incremental snapshot as a full one (atomically)");
+  s.merge->add_option("name", s.merge_name, "The incremental snapshot")->required();
+  s.merge->add_option("--dir", s.dir, "Templates directory");
 
   auto* restore = app.add_subcommand("restore", "Start a new VM from a snapshot; the guest continues where it was");
   restore->footer(
@@ -174,6 +198,7 @@ void AddSnapshotCommands(CLI::App& app, SnapshotOptions& s, RestoreOptions& r) {
 int SnapshotCommand(const SnapshotOptions& options) {
   if (options.list->parsed()) return List(options);
   if (options.rm->parsed()) return Remove(options);
+  if (options.merge->parsed()) return Merge(options);
   return Take(options);
 }
 

@@ -1,6 +1,9 @@
 // `clone snapshot` (take, list, rm) and `clone restore`: templates on disk (snapshot/format.h).
 //
-//   clone snapshot --name N [--vm-id ID] [--dir D] [--no-resume]   PUT /vm/snapshot on the VM
+//   clone snapshot --name N [--parent P] [--vm-id ID] [--dir D] [--no-resume]
+//                                                                    PUT /vm/snapshot on the VM
+//                                                                    (--parent: incremental over P)
+//   clone snapshot merge N [--dir D]                                 N rewritten as a full snapshot
 //   clone snapshot list [--dir D]                                    what is under D
 //   clone snapshot rm N [--dir D]
 //   clone restore --snapshot N [--name ID] [-d] [--dir D]            a new VM process continuing it
@@ -23,8 +26,11 @@ struct SnapshotOptions {
   std::string dir;
   bool no_resume = false;
   std::string rm_name;
+  std::string parent;      // --parent: an incremental snapshot over this one
+  std::string merge_name;  // snapshot merge N
   CLI::App* list = nullptr;
   CLI::App* rm = nullptr;
+  CLI::App* merge = nullptr;
 };
 
 struct RestoreOptions {

@@ -6,11 +6,13 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cstdio>  // renameat2
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
 #include "devices/virtio/json_state.h"
+#include "arch/x86/layout.h"
 #include "devices/virtio/virtio_spec.h"
 
 namespace clonevm::snapshot {
@@ -57,22 +59,27 @@ bool AllZero(const uint8_t* p, size_t n) {
   return std::memcmp(p, kZero, n) == 0;
 }
 
-// Writes the regions back to back; runs of all-zero pages are left as holes. Returns bytes written.
-Result<uint64_t> WriteMemory(const std::string& path, const GuestMemory& memory) {
+// Writes the regions back to back; runs of all-zero pages are left as holes, and so are pages not
+// in `only_pages` when it is given (memory-file pages). Returns bytes written.
+Result<uint64_t> WriteMemory(const std::string& path, const GuestMemory& memory, const PageBitmap* only_pages) {
   Fd fd = CLONE_TRY(OpenFile(path, O_WRONLY | O_CREAT | O_EXCL, 0600));
   if (::ftruncate(fd.get(), static_cast<off_t>(memory.ram_bytes())) != 0) return FailErrno("ftruncate", path);
   uint64_t written = 0;
   for (size_t r = 0; r < memory.regions().size(); ++r) {
     const MemoryRegion& region = memory.regions()[r];
     uint64_t base = memory.FileOffset(r);
+    auto wanted = [&](uint64_t offset) {
+      return (only_pages == nullptr || only_pages->Test((base + offset) / kPageSize)) &&
+             !AllZero(region.host() + offset, kPageSize);
+    };
     uint64_t page = 0;
     while (page < region.size) {
-      if (AllZero(region.host() + page, kPageSize)) {
+      if (!wanted(page)) {
         page += kPageSize;
         continue;
       }
       uint64_t end = page + kPageSize;
-      while (end < region.size && end - page < (8ull << 20) && !AllZero(region.host() + end, kPageSize)) end += kPageSize;
+      while (end < region.size && end - page < (8ull << 20) && wanted(end)) end += kPageSize;
       const uint8_t* data = region.host() + page;
       uint64_t offset = base + page, left = end - page;
       while (left > 0) {
@@ -127,13 +134,90 @@ Result<Loaded> ReadChecked(const std::string& path) {
   for (size_t i = 0; i < loaded.state.virtio.size(); ++i) {
     if (loaded.state.virtio[i].device_type != loaded.config.virtio_types[i]) return Fail("config and state disagree on device {}", i);
   }
-  loaded.memory = CLONE_TRY(OpenFile(path + "/memory", O_RDONLY));
+  if (body.memory_pages.has_value() != loaded.config.parent.has_value()) {
+    return Fail("config and state disagree on whether the snapshot is incremental");
+  }
+  if (body.memory_pages && body.memory_pages->pages() != body.memory_bytes / kPageSize) {
+    return Fail("the memory page bitmap does not match the memory size");
+  }
+  loaded.memory.base = CLONE_TRY(OpenFile(path + "/memory", O_RDONLY));
   struct stat st {};
-  if (::fstat(loaded.memory.get(), &st) != 0) return FailErrno("fstat", path + "/memory");
+  if (::fstat(loaded.memory.base.get(), &st) != 0) return FailErrno("fstat", path + "/memory");
   if (static_cast<uint64_t>(st.st_size) != body.memory_bytes) {
     return Fail("the memory file has {} bytes, {} expected (truncated?)", st.st_size, body.memory_bytes);
   }
+  if (body.memory_pages) loaded.memory.layers.push_back({Fd(), std::move(*body.memory_pages)});  // file: see ResolveChain
   return loaded;
+}
+
+// One snapshot, checked on its own (an incremental one's memory.layers[0] holds its page bitmap).
+Result<Loaded> ReadOne(const std::string& dir, const std::string& name) {
+  CLONE_TRY_VOID(ValidateName(name));
+  std::string path = dir + "/" + name;
+  std::error_code ec;
+  if (!fs::is_directory(path, ec)) return Fail("no snapshot '{}' in {}", name, dir);
+  auto loaded = ReadChecked(path);
+  if (!loaded) return Fail(loaded.error().Wrap(fmt::format("snapshot '{}' ({})", name, path)));
+  loaded->chain.push_back(name);
+  return loaded;
+}
+
+// Follows `loaded`'s parents down to a full snapshot and builds its MemoryImage (oldest layer first).
+Result<void> ResolveChain(const std::string& dir, Loaded& loaded) {
+  if (!loaded.config.parent) return {};
+  std::vector<MemoryLayer> layers;  // newest first while walking
+  layers.push_back({std::move(loaded.memory.base), std::move(loaded.memory.layers[0].pages)});
+  loaded.memory.layers.clear();
+  std::string child = loaded.chain.back();
+  SnapshotParent want = *loaded.config.parent;
+  for (;;) {
+    if (std::find(loaded.chain.begin(), loaded.chain.end(), want.name) != loaded.chain.end()) {
+      return Fail("snapshot '{}': its chain of parents loops back to '{}'", loaded.chain.front(), want.name);
+    }
+    if (loaded.chain.size() > kMaxChainLength) {
+      return Fail("snapshot '{}': more than {} incremental snapshots over one full snapshot", loaded.chain.front(),
+                  kMaxChainLength);
+    }
+    auto parent = ReadOne(dir, want.name);
+    if (!parent) {
+      return Fail(parent.error().Wrap(fmt::format("snapshot '{}' is incremental and its parent '{}' cannot be used",
+                                                   child, want.name)));
+    }
+    if (parent->config.id != want.id) {
+      return Fail("snapshot '{}' is incremental and its parent '{}' has changed since (id {}, expected {}): it was "
+                  "removed and re-taken or replaced, so '{}' cannot be restored",
+                  child, want.name, parent->config.id.empty() ? "none" : parent->config.id, want.id, loaded.chain.front());
+    }
+    if (parent->config.mem_bytes != loaded.config.mem_bytes) {
+      return Fail("snapshot '{}': parent '{}' has a different memory size", child, want.name);
+    }
+    loaded.chain.push_back(want.name);
+    if (!parent->config.parent) {
+      loaded.memory.base = std::move(parent->memory.base);
+      break;
+    }
+    layers.push_back({std::move(parent->memory.base), std::move(parent->memory.layers[0].pages)});
+    child = want.name;
+    want = *parent->config.parent;
+  }
+  std::reverse(layers.begin(), layers.end());
+  loaded.memory.layers = std::move(layers);
+  return {};
+}
+
+// Links (or, across filesystems, copies) every file of `from` but memory/state/config into `to`.
+Result<void> CarryExtraFiles(const std::string& from, const std::string& to) {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(from, ec)) {
+    std::string name = entry.path().filename().string();
+    if (name == "memory" || name == "state" || name == "config") continue;
+    std::string target = to + "/" + name;
+    if (::link(entry.path().c_str(), target.c_str()) == 0) continue;
+    fs::copy(entry.path(), target, fs::copy_options::recursive, ec);
+    if (ec) return Fail("copying {}: {}", entry.path().string(), ec.message());
+  }
+  if (ec) return Fail("listing {}: {}", from, ec.message());
+  return {};
 }
 
 // --- Disks (SnapshotDisk) ---
@@ -220,6 +304,8 @@ nlohmann::json ConfigToJson(const SnapshotConfig& c) {
             {"cmdline", c.cmdline},  {"source_vm", c.source_vm}, {"created_unix", c.created_unix},
             {"info", c.info}};
   if (c.vsock_cid) j["vsock_cid"] = *c.vsock_cid;
+  if (!c.id.empty()) j["id"] = c.id;
+  if (c.parent) j["parent"] = {{"name", c.parent->name}, {"id", c.parent->id}};
   return j;
 }
 
@@ -241,6 +327,14 @@ Result<SnapshotConfig> ConfigFromJson(const nlohmann::json& j) {
     auto disks = j.find("disks");
     if (disks == j.end() || !disks->is_array()) return Fail("missing \"disks\"");
     for (const auto& d : *disks) c.disks.push_back(CLONE_TRY(DiskFromJson(d)));
+    if (j.contains("id")) c.id = CLONE_TRY(JsonString(j, "id"));
+    if (auto parent = j.find("parent"); parent != j.end()) {
+      if (!parent->is_object()) return Fail("\"parent\" is not an object");
+      SnapshotParent p{CLONE_TRY(JsonString(*parent, "name")), CLONE_TRY(JsonString(*parent, "id"))};
+      CLONE_TRY_VOID(ValidateName(p.name));
+      if (p.id.empty()) return Fail("\"parent\" has an empty id");
+      c.parent = std::move(p);
+    }
     c.cmdline = j.value("cmdline", "");
     c.source_vm = j.value("source_vm", "");
     c.created_unix = j.value("created_unix", int64_t{0});
@@ -271,12 +365,14 @@ Result<void> ValidateName(const std::string& name) {
   return {};
 }
 
-std::vector<uint8_t> EncodeStateFile(const nlohmann::json& components, uint64_t memory_bytes, uint32_t config_crc32) {
+std::vector<uint8_t> EncodeStateFile(const nlohmann::json& components, uint64_t memory_bytes, uint32_t config_crc32,
+                                     const PageBitmap* memory_pages) {
   json body = {{"memory_bytes", memory_bytes}, {"config_crc32", config_crc32}, {"components", components}};
+  if (memory_pages != nullptr) body["memory_pages"] = json::binary(memory_pages->ToBytes());
   std::vector<uint8_t> cbor = json::to_cbor(body);
   std::vector<uint8_t> out(kHeaderSize, 0);
   std::memcpy(out.data(), kMagic, sizeof(kMagic));
-  PutLe(&out[8], kFormatVersion, 4);
+  PutLe(&out[8], memory_pages != nullptr ? kIncrementalFormatVersion : kFormatVersion, 4);
   PutLe(&out[12], kHeaderSize, 4);
   PutLe(&out[16], cbor.size(), 8);
   PutLe(&out[24], Crc32(cbor), 4);
@@ -290,8 +386,9 @@ Result<StateBody> DecodeStateFile(std::span<const uint8_t> bytes) {
   if (std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) return Fail("the state file is not a Clone snapshot (bad magic)");
   if (Crc32(bytes.subspan(0, 28)) != GetLe(&bytes[28], 4)) return Fail("the state file header is corrupt (CRC mismatch)");
   uint64_t version = GetLe(&bytes[8], 4);
-  if (version != kFormatVersion) {
-    return Fail("snapshot format version {} is not supported (this clone reads version {})", version, kFormatVersion);
+  if (version != kFormatVersion && version != kIncrementalFormatVersion) {
+    return Fail("snapshot format version {} is not supported (this clone reads versions {} and {})", version,
+                kFormatVersion, kIncrementalFormatVersion);
   }
   uint64_t header = GetLe(&bytes[12], 4);
   uint64_t length = GetLe(&bytes[16], 8);
@@ -310,11 +407,44 @@ Result<StateBody> DecodeStateFile(std::span<const uint8_t> bytes) {
   auto components = body.find("components");
   if (components == body.end() || !components->is_object()) return Fail("the state body has no components");
   out.components = std::move(*components);
+  auto pages = body.find("memory_pages");
+  if ((pages != body.end()) != (version == kIncrementalFormatVersion)) {
+    return Fail("the state body {} a memory page bitmap but has format version {}",
+                pages != body.end() ? "has" : "lacks", version);
+  }
+  if (pages != body.end()) {
+    if (!pages->is_binary()) return Fail("the memory page bitmap is not a byte string");
+    if (out.memory_bytes % kPageSize != 0) return Fail("memory size {} is not a whole number of pages", out.memory_bytes);
+    const auto& words = pages->get_binary();
+    out.memory_pages = CLONE_TRY(PageBitmap::FromBytes(std::span(words.data(), words.size()), out.memory_bytes / kPageSize));
+  }
   return out;
 }
 
+namespace {
+
+// The snapshot's files in `tmp` (memory, extra files, config, state), each fsynced, then `tmp`.
+Result<uint64_t> WriteInto(const std::string& tmp, const GuestMemory& memory, const VmState& state,
+                           const SnapshotConfig& config, const AddFiles& add_files, const PageBitmap* only_pages) {
+  if ((only_pages != nullptr) != config.parent.has_value()) {
+    return Fail("an incremental snapshot needs both a parent and its page set");
+  }
+  uint64_t data_bytes = CLONE_TRY(WriteMemory(tmp + "/memory", memory, only_pages));
+  if (add_files) CLONE_TRY_VOID(add_files(tmp));
+  std::string config_text = ConfigToJson(config).dump(2) + "\n";
+  std::span<const uint8_t> config_bytes(reinterpret_cast<const uint8_t*>(config_text.data()), config_text.size());
+  CLONE_TRY_VOID(WriteFileSynced(tmp + "/config", config_bytes));
+  CLONE_TRY_VOID(WriteFileSynced(
+      tmp + "/state", EncodeStateFile(VmStateToJson(state), memory.ram_bytes(), Crc32(config_bytes), only_pages)));
+  CLONE_TRY_VOID(FsyncDir(tmp));
+  return data_bytes;
+}
+
+}  // namespace
+
 Result<WriteResult> Write(const std::string& dir, const std::string& name, const GuestMemory& memory,
-                          const VmState& state, const SnapshotConfig& config, const AddFiles& add_files) {
+                          const VmState& state, const SnapshotConfig& config, const AddFiles& add_files,
+                          const PageBitmap* only_pages) {
   CLONE_TRY_VOID(ValidateName(name));
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -328,13 +458,7 @@ Result<WriteResult> Write(const std::string& dir, const std::string& name, const
     WriteResult result;
     result.path = final_path;
     result.memory_bytes = memory.ram_bytes();
-    result.data_bytes = CLONE_TRY(WriteMemory(tmp + "/memory", memory));
-    if (add_files) CLONE_TRY_VOID(add_files(tmp));
-    std::string config_text = ConfigToJson(config).dump(2) + "\n";
-    std::span<const uint8_t> config_bytes(reinterpret_cast<const uint8_t*>(config_text.data()), config_text.size());
-    CLONE_TRY_VOID(WriteFileSynced(tmp + "/config", config_bytes));
-    CLONE_TRY_VOID(WriteFileSynced(tmp + "/state", EncodeStateFile(VmStateToJson(state), memory.ram_bytes(), Crc32(config_bytes))));
-    CLONE_TRY_VOID(FsyncDir(tmp));
+    result.data_bytes = CLONE_TRY(WriteInto(tmp, memory, state, config, add_files, only_pages));
     if (::rename(tmp.c_str(), final_path.c_str()) != 0) return FailErrno("rename", final_path);
     CLONE_TRY_VOID(FsyncDir(dir));
     return result;
@@ -347,13 +471,40 @@ Result<WriteResult> Write(const std::string& dir, const std::string& name, const
 }
 
 Result<Loaded> Read(const std::string& dir, const std::string& name) {
-  CLONE_TRY_VOID(ValidateName(name));
-  std::string path = dir + "/" + name;
-  std::error_code ec;
-  if (!fs::is_directory(path, ec)) return Fail("no snapshot '{}' in {}", name, dir);
-  auto loaded = ReadChecked(path);
-  if (!loaded) return Fail(loaded.error().Wrap(fmt::format("snapshot '{}' ({})", name, path)));
+  Loaded loaded = CLONE_TRY(ReadOne(dir, name));
+  CLONE_TRY_VOID(ResolveChain(dir, loaded));
   return loaded;
+}
+
+Result<WriteResult> Merge(const std::string& dir, const std::string& name) {
+  Loaded loaded = CLONE_TRY(Read(dir, name));
+  if (!loaded.config.parent) return Fail("snapshot '{}' is a full snapshot already: nothing to merge", name);
+  GuestMemory memory = CLONE_TRY(GuestMemory::CreateFromImage(loaded.memory, loaded.config.mem_bytes,
+                                                              x86::kMmioHoleStart, x86::kHighRamStart));
+  SnapshotConfig config = loaded.config;
+  config.info["merged_from"] = loaded.chain;  // for people: what it was made of
+  config.parent.reset();
+  std::string final_path = dir + "/" + name;
+  std::string tmp = fmt::format("{}/.{}.merge-{}", dir, name, ::getpid());
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  if (!fs::create_directory(tmp, ec) || ec) return Fail("cannot create {}: {}", tmp, ec ? ec.message() : "exists");
+  auto merged = [&]() -> Result<WriteResult> {
+    WriteResult result;
+    result.path = final_path;
+    result.memory_bytes = memory.ram_bytes();
+    AddFiles carry = [&](const std::string& to) { return CarryExtraFiles(final_path, to); };
+    result.data_bytes = CLONE_TRY(WriteInto(tmp, memory, loaded.state, config, carry, nullptr));
+    // Atomic: readers see the old or the new directory under the name, never neither.
+    if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_path.c_str(), RENAME_EXCHANGE) != 0) {
+      return FailErrno("renameat2(RENAME_EXCHANGE)", final_path);
+    }
+    CLONE_TRY_VOID(FsyncDir(dir));
+    return result;
+  }();
+  fs::remove_all(tmp, ec);  // the old incremental snapshot, or the failed attempt
+  if (!merged) return Fail(merged.error().Wrap(fmt::format("merging snapshot '{}'", name)));
+  return merged;
 }
 
 std::vector<ListEntry> List(const std::string& dir) {
@@ -378,6 +529,19 @@ Result<void> Remove(const std::string& dir, const std::string& name) {
   std::string path = dir + "/" + name;
   std::error_code ec;
   if (!fs::is_directory(path, ec)) return Fail("no snapshot '{}' in {}", name, dir);
+  std::vector<ListEntry> entries = List(dir);
+  std::string id;
+  for (const auto& entry : entries) {
+    if (entry.name == name && entry.config) id = entry.config->id;
+  }
+  for (const auto& entry : entries) {
+    // A child whose recorded id differs is broken already (its parent was re-taken): not a dependent.
+    if (entry.config && entry.config->parent && entry.config->parent->name == name && entry.config->parent->id == id) {
+      return Fail("snapshot '{}' is the parent of incremental snapshot '{}': merge that one first (clone snapshot merge "
+                  "{}) or remove it",
+                  name, entry.name, entry.name);
+    }
+  }
   // Renamed away first so a concurrent reader never sees a half-removed snapshot under the name.
   std::string doomed = fmt::format("{}/.{}.rm-{}", dir, name, ::getpid());
   if (::rename(path.c_str(), doomed.c_str()) != 0) return FailErrno("rename", path);

@@ -1,5 +1,7 @@
 #include "snapshot/take.h"
 
+#include <sys/random.h>
+
 #include <chrono>
 #include <ctime>
 #include <filesystem>
@@ -43,11 +45,41 @@ SnapshotConfig ConfigOf(const Vm& vm, const TakeOptions& options) {
   return config;
 }
 
+// 128 random bits in hex: a snapshot's identity, so an incremental snapshot can tell its parent
+// from another snapshot later taken under the same name.
+Result<std::string> RandomId() {
+  uint8_t bytes[16];
+  if (::getrandom(bytes, sizeof(bytes), 0) != static_cast<ssize_t>(sizeof(bytes))) return FailErrno("getrandom");
+  std::string id;
+  for (uint8_t b : bytes) id += fmt::format("{:02x}", b);
+  return id;
+}
+
+std::string NormalDir(const std::string& dir) { return std::filesystem::path(dir).lexically_normal().string(); }
+
+// After a successful write, with everything still paused: the VM tracks dirty pages from here, and
+// this snapshot is its new base. Tracking that cannot start only costs incremental snapshots.
+void RebaseTracking(Vm& vm, const TakeOptions& options, const SnapshotConfig& config) {
+  if (!vm.dirty_tracking()) {
+    if (auto started = vm.StartDirtyTracking(); !started) {
+      Log(LogLevel::kWarn, "incremental snapshots of this VM are unavailable: {}", started.error().message());
+      vm.set_snapshot_base(std::nullopt);
+      return;
+    }
+  }
+  vm.set_snapshot_base(Vm::SnapshotBase{options.name, NormalDir(options.dir), config.id});
+}
+
 // With the vCPUs paused: pauses the devices, saves and writes, resumes the devices. The disks are
-// described and frozen here, while paused devices have drained and flushed their backends.
+// described and frozen here, while paused devices have drained and flushed their backends. The
+// dirty pages since the VM's base are collected with everything paused: an incremental snapshot
+// writes them; a full one drops them once written (both hand them back on failure).
 Result<WriteResult> WritePaused(Vm& vm, const TakeOptions& options, SnapshotConfig config) {
   CLONE_TRY_VOID(vm.PauseDevices());
+  auto dirty = vm.dirty_tracking() ? vm.CollectDirtyPages() : Result<PageBitmap>(PageBitmap());
   auto written = [&]() -> Result<WriteResult> {
+    if (!dirty) return Fail(dirty.error());
+    if (config.parent && !vm.dirty_tracking()) return Fail("the VM does not track dirty pages");
     VmState state = CLONE_TRY(vm.SaveState());
     config.disks = CLONE_TRY(DescribeDisks(vm.disk_images(), config.created_unix * 1'000'000'000));
     auto freeze = [&](const std::string& tmp) -> Result<void> {
@@ -55,9 +87,14 @@ Result<WriteResult> WritePaused(Vm& vm, const TakeOptions& options, SnapshotConf
       if (copied > 0) Log(LogLevel::kInfo, "snapshot '{}': {} MiB of disk data frozen", options.name, copied >> 20);
       return {};
     };
-    return Write(options.dir, options.name, vm.memory(), state, config, freeze);
+    return Write(options.dir, options.name, vm.memory(), state, config, freeze, config.parent ? &*dirty : nullptr);
   }();
-  vm.ResumeDevices();
+  if (written) {
+    RebaseTracking(vm, options, config);
+  } else if (dirty && vm.dirty_tracking()) {
+    vm.ReturnDirtyPages(*dirty);
+  }
+  vm.ResumeDevices();  // vhost devices start (or keep) logging into the dirty log here
   return written;
 }
 
@@ -72,6 +109,8 @@ Result<TakeResult> Take(Vm& vm, const TakeOptions& options) {
                 options.name);
   }
   SnapshotConfig config = ConfigOf(vm, options);
+  config.id = CLONE_TRY(RandomId());
+  if (!options.parent.empty()) config.parent = CLONE_TRY(CheckParent(vm, options.dir, options.parent));
   bool was_paused = vm.paused();
   auto start = std::chrono::steady_clock::now();
   CLONE_TRY_VOID(vm.Pause());
@@ -82,6 +121,25 @@ Result<TakeResult> Take(Vm& vm, const TakeOptions& options) {
   if (!written) return Fail(written.error());
   result.written = std::move(*written);
   return result;
+}
+
+Result<SnapshotParent> CheckParent(const Vm& vm, const std::string& dir, const std::string& parent) {
+  CLONE_TRY_VOID(ValidateName(parent));
+  const auto& base = vm.snapshot_base();
+  if (!base || base->name != parent || base->dir != NormalDir(dir)) {
+    // Tracking restarts at every snapshot: only the latest one can be a parent.
+    std::string last =
+        base ? fmt::format(", or is not its latest snapshot ('{}' in {}, the only possible parent)", base->name, base->dir) : "";
+    return Fail("'{}' was not taken from this VM since it started{}; take a full snapshot", parent, last);
+  }
+  // The directory under the name must still be that snapshot (not removed and re-taken, not merged
+  // into something else), or the pages it lacks would come from the wrong place.
+  auto loaded = Read(dir, parent);
+  if (!loaded) return Fail(loaded.error().Wrap(fmt::format("parent '{}'", parent)));
+  if (loaded->config.id != base->id) {
+    return Fail("'{}' has been replaced since this VM took it; take a full snapshot", parent);
+  }
+  return SnapshotParent{parent, base->id};
 }
 
 Result<VmConfig> RestoreVmConfig(const SnapshotConfig& config, const std::string& snapshot_path, const DiskPlan& disks) {
@@ -105,7 +163,7 @@ Result<VmConfig> RestoreVmConfig(const SnapshotConfig& config, const std::string
 control::Router::Handler SnapshotRoute(Vm& vm, std::string source_vm, nlohmann::json info) {
   return [&vm, source_vm = std::move(source_vm), info = std::move(info)](control::Request request,
                                                                          control::Responder responder) {
-    auto body = control::ParseJsonBody(request, {"name", "dir", "resume"});
+    auto body = control::ParseJsonBody(request, {"name", "dir", "resume", "parent"});
     if (!body) return responder.Respond(body.error().ToResponse());
     TakeOptions options;
     options.source_vm = source_vm;
@@ -125,6 +183,12 @@ control::Router::Handler SnapshotRoute(Vm& vm, std::string source_vm, nlohmann::
       if (!resume->is_boolean()) return responder.RespondError(400, "resume: must be a boolean");
       options.resume = resume->get<bool>();
     }
+    if (auto parent = body->find("parent"); parent != body->end()) {
+      if (!parent->is_string()) return responder.RespondError(400, "parent: a snapshot name");
+      options.parent = parent->get<std::string>();
+      if (auto valid = ValidateName(options.parent); !valid) return responder.RespondError(400, valid.error().message());
+      if (auto ok = CheckParent(vm, options.dir, options.parent); !ok) return responder.RespondError(409, ok.error().message());
+    }
     std::error_code ec;
     if (std::filesystem::exists(options.dir + "/" + options.name, ec)) {
       return responder.RespondError(409, fmt::format("snapshot '{}' already exists in {}", options.name, options.dir));
@@ -134,11 +198,13 @@ control::Router::Handler SnapshotRoute(Vm& vm, std::string source_vm, nlohmann::
     if (!taken) return responder.RespondError(500, taken.error().message());
     Log(LogLevel::kInfo, "snapshot '{}' written to {} ({} MiB of data, vCPUs paused {:.0f} ms)", options.name,
         taken->written.path, taken->written.data_bytes >> 20, taken->paused_ms);
-    responder.RespondJson(201, {{"name", options.name},
-                                {"path", taken->written.path},
-                                {"memory_bytes", taken->written.memory_bytes},
-                                {"data_bytes", taken->written.data_bytes},
-                                {"paused_ms", taken->paused_ms}});
+    nlohmann::json reply = {{"name", options.name},
+                            {"path", taken->written.path},
+                            {"memory_bytes", taken->written.memory_bytes},
+                            {"data_bytes", taken->written.data_bytes},
+                            {"paused_ms", taken->paused_ms}};
+    if (!options.parent.empty()) reply["parent"] = options.parent;
+    responder.RespondJson(201, reply);
   };
 }
 

@@ -11,6 +11,14 @@
 //
 // Not yet snapshotted: virtio-net (a TAP cannot be recreated from a path) and disks (VmConfig does
 // not record image paths yet): Take() refuses such VMs with a message saying so.
+//
+// Incremental snapshots: after the first successful Take() of a VM, the VM tracks dirty pages
+// (Vm::StartDirtyTracking, with everything still paused) and remembers that snapshot as its base
+// (name, directory, the random id in its config); every later Take() re-bases it. With
+// `parent` set, Take() requires the VM's base to be exactly that snapshot (same directory, and the
+// snapshot on disk still carries the recorded id) and writes only the pages dirtied since
+// (Vm::CollectDirtyPages), as format.h's incremental snapshot. A failed write hands the collected
+// pages back, so nothing dirty is forgotten.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -27,6 +35,7 @@ namespace clonevm::snapshot {
 struct TakeOptions {
   std::string dir;   // the templates directory
   std::string name;
+  std::string parent;  // non-empty: an incremental snapshot over this one (see above)
   bool resume = true;  // resume the vCPUs afterwards (false: the VM stays paused)
   std::string source_vm;
   nlohmann::json info = nlohmann::json::object();  // facts recorded in the config (kernel, ...)
@@ -50,9 +59,14 @@ struct TakeResult {
 [[nodiscard]] Result<VmConfig> RestoreVmConfig(const SnapshotConfig& config, const std::string& snapshot_path,
                                                const DiskPlan& disks);
 
-// PUT /vm/snapshot {"name": "...", "dir": "...", "resume": true}: Take() on the loop thread;
-// 201 {"name", "path", "memory_bytes", "data_bytes", "paused_ms"}; 400 for a bad body or name,
-// 409 when the name exists or the VM cannot be snapshotted, 500 for host failures.
+// Whether `parent` can be the parent of an incremental snapshot of `vm` in `dir` (see above); the
+// error says what to do instead. Loop thread.
+[[nodiscard]] Result<SnapshotParent> CheckParent(const Vm& vm, const std::string& dir, const std::string& parent);
+
+// PUT /vm/snapshot {"name": "...", "dir": "...", "resume": true, "parent": "..."}: Take() on the
+// loop thread; 201 {"name", "path", "memory_bytes", "data_bytes", "paused_ms", "parent"?}; 400 for a
+// bad body or name, 409 when the name exists, the VM cannot be snapshotted or the parent is not
+// this VM's base, 500 for host failures.
 control::Router::Handler SnapshotRoute(Vm& vm, std::string source_vm, nlohmann::json info);
 
 }  // namespace clonevm::snapshot

@@ -173,14 +173,15 @@ class Vm {
   const std::optional<SnapshotBase>& snapshot_base() const { return snapshot_base_; }
   void set_snapshot_base(std::optional<SnapshotBase> base) { snapshot_base_ = std::move(base); }
 
-  // Builds a VM from a snapshot instead of a kernel: guest RAM is `memory_file` mapped MAP_PRIVATE
-  // (laid out as GuestMemory::CreateFromFile says), the devices are recreated from `config` (which
+  // Builds a VM from a snapshot instead of a kernel: guest RAM is `memory` mapped MAP_PRIVATE
+  // (GuestMemory::CreateFromImage: the full memory file, then incremental layers over it; laid out
+  // as GuestMemory::CreateFromFile says), the devices are recreated from `config` (which
   // must describe the same devices in the same order as the snapshotted VM; its kernel and initrd
   // are ignored) and given their saved state, then the irqchip, PIT, vCPUs and kvmclock are
   // restored. Run() then continues the guest where it was paused. A mismatch between config and
   // state, or a state KVM refuses, is an error and no VM is left behind.
   [[nodiscard]] static Result<std::unique_ptr<Vm>> Restore(VmConfig config, const VmState& state,
-                                                           const Fd& memory_file, BootTimer* timer);
+                                                           const MemoryImage& memory, BootTimer* timer);
 
  private:
   struct Vcpu;

@@ -115,13 +115,14 @@ kvm_clock_data AdvancedClock(const kvm_clock_data& saved) {
 
 }  // namespace
 
-Result<std::unique_ptr<Vm>> Vm::Restore(VmConfig config, const VmState& state, const Fd& memory_file, BootTimer* timer) {
+Result<std::unique_ptr<Vm>> Vm::Restore(VmConfig config, const VmState& state, const MemoryImage& memory_image,
+                                        BootTimer* timer) {
   if (state.vcpus.size() != config.vcpus) {
     return Fail("the snapshot has {} vCPUs, the configuration {}", state.vcpus.size(), config.vcpus);
   }
   std::unique_ptr<Vm> vm = CLONE_TRY(OpenKvm(config, timer, "the snapshot's vCPU count"));
   GuestMemory memory = CLONE_TRY(
-      GuestMemory::CreateFromFile(memory_file.get(), config.mem_bytes, x86::kMmioHoleStart, x86::kHighRamStart));
+      GuestMemory::CreateFromImage(memory_image, config.mem_bytes, x86::kMmioHoleStart, x86::kHighRamStart));
   CLONE_TRY_VOID(vm->SetUpMemory(std::move(memory)));
   timer->Mark("memory");
   CLONE_TRY_VOID(vm->vm_fd_->CreateIrqchip());
