@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Disks in snapshots end to end (docs/snapshots.md "Disks"): a stock Debian kernel with the guest
-# agent, a writable raw data disk and a read-only disk. The guest writes a marker to its data disk,
+# agent, a writable raw data disk, a read-only disk and a writable qcow2 disk. The guest writes a marker to its data disk,
 # `clone snapshot` freezes a copy of the disk into the snapshot (the read-only disk is referenced by
 # path), the source keeps writing and stops; two `clone restore`s of the snapshot run at once: both
 # see the marker, each writes its own data into its own qcow2 overlay (in its runtime directory),
@@ -48,18 +48,21 @@ guest_read() { gx "$1" -- sh -c "echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/$
 has() { grep -aq -- "$2" "$1"; }
 vms_now() { ls "$CLONE_RUNTIME_DIR/vms" 2>/dev/null | sort | tr '\n' ' '; }
 
-# --- the source VM: a writable raw data disk (vda) and a read-only disk (vdb) ---
+# --- the source VM: a writable raw data disk (vda), a read-only disk (vdb), a writable qcow2 (vdc) ---
 truncate -s 64M "$disks/data.raw"
 truncate -s 16M "$disks/ro.raw"
+qemu-img create -q -f qcow2 "$disks/data.qcow2" 32M
 printf 'READ-ONLY-CONTENT' | dd of="$disks/ro.raw" bs=4096 conv=notrunc status=none
 id=$("$CLONE_BIN" run -d --name src --kernel "$LAB_CLOUD_KERNEL" --initrd "$E2E_WORK/agent.cpio.gz" \
   --mem-mb $mem_mb --cmdline "console=ttyS0 quiet panic=-1" \
-  --block "$disks/data.raw,format=raw" --block "$disks/ro.raw,ro,format=raw" 2>"$E2E_WORK/src.err") || true
+  --block "$disks/data.raw,format=raw" --block "$disks/ro.raw,ro,format=raw" \
+  --block "$disks/data.qcow2,format=qcow2" 2>"$E2E_WORK/src.err") || true
 cat "$E2E_WORK/src.err"
 check "source VM started" test "$id" = src
 check "source agent reachable" wait_agent src
 marker="MARKER-$RANDOM-$RANDOM"
 guest_write src vda 0 "$marker" || true
+guest_write src vdc 100 "QCOW2-$marker" || true
 check "source: the marker reached the data disk on the host" has "$disks/data.raw" "$marker"
 check "source: reads the read-only disk" test "$(guest_read src vdb 0)" = READ-ONLY-CONTENT
 
@@ -71,9 +74,11 @@ check "clone snapshot of a VM with disks succeeds" test -f "$tpl/config"
 check "the writable disk is frozen in the snapshot (disk0.raw)" test -f "$tpl/disk0.raw"
 check "the read-only disk is not copied" test ! -e "$tpl/disk1.raw"
 check "the frozen copy holds the marker" has "$tpl/disk0.raw" "$marker"
+check "the qcow2 disk is frozen too (disk2.qcow2), and qemu-img check finds it clean" qemu-img check -q "$tpl/disk2.qcow2"
 check "the config references the read-only disk by path" grep -q "\"path\": \"$disks/ro.raw\"" "$tpl/config"
 check "the frozen copy is sparse" test $(($(stat -c %b "$tpl/disk0.raw") * 512)) -lt $((8 << 20))
 base_sum=$(sha256sum "$tpl/disk0.raw" | cut -d' ' -f1)
+qbase_sum=$(sha256sum "$tpl/disk2.qcow2" | cut -d' ' -f1)
 guest_write src vda 16 "SOURCE-AFTER-SNAPSHOT" || true
 check "the source keeps its disk after the snapshot" has "$disks/data.raw" SOURCE-AFTER-SNAPSHOT
 check "the frozen copy does not follow the source" bash -c "! grep -aq SOURCE-AFTER-SNAPSHOT '$tpl/disk0.raw'"
@@ -94,11 +99,16 @@ for r in r1 r2; do
   check "$r: sees the marker written before the snapshot" test "$(guest_read $r vda 0)" = "$marker"
   check "$r: does not see what the source wrote after it" test -z "$(guest_read $r vda 16)"
   check "$r: reads the read-only disk" test "$(guest_read $r vdb 0)" = READ-ONLY-CONTENT
+  check "$r: sees the qcow2 disk's marker" test "$(guest_read $r vdc 100)" = "QCOW2-$marker"
+  check "$r: its qcow2 disk has an overlay too" test -f "$CLONE_RUNTIME_DIR/vms/$r/disk2.qcow2"
 done
 guest_write r1 vda 256 "DATA-OF-R1" || true
 guest_write r2 vda 256 "DATA-OF-R2" || true
 check "r1 reads its own data" test "$(guest_read r1 vda 256)" = DATA-OF-R1
 check "r2 reads its own data" test "$(guest_read r2 vda 256)" = DATA-OF-R2
+guest_write r1 vdc 100 "QCOW2-OF-R1" || true
+check "r1 rewrote its qcow2 disk" test "$(guest_read r1 vdc 100)" = QCOW2-OF-R1
+check "r2 still reads the snapshot's qcow2 data" test "$(guest_read r2 vdc 100)" = "QCOW2-$marker"
 status=0; gx r1 -- sh -c "echo x | dd of=/dev/vdb bs=4096 conv=sync,notrunc 2>/dev/null && sync" || status=$?
 check "r1 cannot write the read-only disk" test "$status" != 0
 for r in r1 r2; do
@@ -110,6 +120,7 @@ check "r1's overlay holds r1's data and the marker, not r2's" \
 check "r2's overlay holds r2's data, not r1's" \
   bash -c "grep -aq DATA-OF-R2 '$disks/r2.raw' && ! grep -aq DATA-OF-R1 '$disks/r2.raw'"
 check "the frozen base is unchanged (sha256)" test "$(sha256sum "$tpl/disk0.raw" | cut -d' ' -f1)" = "$base_sum"
+check "the frozen qcow2 base is unchanged (sha256)" test "$(sha256sum "$tpl/disk2.qcow2" | cut -d' ' -f1)" = "$qbase_sum"
 check "the source's own image was not touched by the restores" bash -c "! grep -aq DATA-OF-R '$disks/data.raw'"
 for r in r1 r2; do check "$r stops cleanly" stop_vm $r; done
 check "the overlays went with the VMs" test -z "$(vms_now)"
