@@ -1,6 +1,7 @@
 // The command line's handling of bad input: each case is one clear line and a non-zero status,
 // decided before KVM is touched (so these run on hosts without /dev/kvm).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -225,6 +226,40 @@ TEST_F(CliTest, RootfsCreateErrorsAreOneLineAndStatusOne) {
   auto exists = RunClone({"rootfs", "create", "--from-dir", dir_, "--size", "64M", "-o", not_a_kernel_});
   EXPECT_EQ(exists.status, kExitError);
   EXPECT_NE(exists.stderr_text.find("exists (use --force to replace it)"), std::string::npos) << exists.stderr_text;
+}
+
+// `clone fork`: every bad combination is a usage error decided before a template is read or a
+// process forked; a template that does not exist (or is damaged) is one line naming it.
+TEST_F(CliTest, ForkUsageErrors) {
+  auto r = RunClone({"fork"});
+  EXPECT_EQ(r.status, kExitUsage);
+  EXPECT_NE(r.stderr_text.find("--template"), std::string::npos) << r.stderr_text;
+  EXPECT_EQ(RunClone({"fork", "--template", "t", "--count", "0"}).status, kExitUsage);
+  EXPECT_EQ(RunClone({"fork", "--template", "t", "--count", "5000"}).status, kExitUsage);
+  EXPECT_EQ(RunClone({"fork", "--template", "t", "--count", "many"}).status, kExitUsage);
+  EXPECT_EQ(RunClone({"fork", "--template", "../etc"}).status, kExitUsage);
+  r = RunClone({"fork", "--template", "t", "--count", "2", "--tap", "tap0"});
+  EXPECT_EQ(r.status, kExitUsage);
+  EXPECT_NE(r.stderr_text.find("--net"), std::string::npos) << r.stderr_text;
+  EXPECT_EQ(RunClone({"fork", "--template", "t", "--count", "2", "--cid", "9"}).status, kExitUsage);
+  // --name with --count: NAME-K must still be a valid VM id (at most 32 characters).
+  EXPECT_EQ(RunClone({"fork", "--template", "t", "--name", std::string(31, 'a'), "--count", "10"}).status, kExitUsage);
+  EXPECT_EQ(RunClone({"fork", "--template", "t", "--name", std::string(33, 'a')}).status, kExitUsage);
+  EXPECT_EQ(RunClone({"fork", "--template", "t", "--name", "Bad_Name"}).status, kExitUsage);
+  EXPECT_EQ(RunClone({"fork", "--template", "t", "--tap", "bad,mac=zz"}).status, kExitUsage);
+}
+
+TEST_F(CliTest, ForkOfAMissingOrDamagedTemplate) {
+  auto r = RunClone({"fork", "--template", "nope", "--dir", dir_});
+  EXPECT_EQ(r.status, kExitError);
+  EXPECT_NE(r.stderr_text.find("nope"), std::string::npos) << r.stderr_text;
+  ASSERT_EQ(::mkdir((dir_ + "/junk").c_str(), 0700), 0);
+  std::ofstream(dir_ + "/junk/state") << "not a snapshot";
+  std::ofstream(dir_ + "/junk/config") << "{}";
+  std::ofstream(dir_ + "/junk/memory") << "";
+  r = RunClone({"fork", "--template", "junk", "--dir", dir_, "-d"});
+  EXPECT_EQ(r.status, kExitError);
+  EXPECT_NE(r.stderr_text.find("junk"), std::string::npos) << r.stderr_text;
 }
 
 TEST(RootfsOptionsTest, DistroDefaults) {

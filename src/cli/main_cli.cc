@@ -8,6 +8,7 @@
 #include "cli/attach.h"
 #include "cli/exec.h"
 #include "cli/exit_codes.h"
+#include "cli/fork.h"
 #include "cli/list.h"
 #include "cli/rootfs.h"
 #include "cli/run.h"
@@ -35,6 +36,8 @@ int Main(int argc, char** argv) {
   SnapshotOptions snapshot_options;
   RestoreOptions restore_options;
   AddSnapshotCommands(app, snapshot_options, restore_options);
+  ForkOptions fork_options;
+  AddForkCommand(app, fork_options);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -55,6 +58,7 @@ int Main(int argc, char** argv) {
   if (app.got_subcommand("status")) return StatusCommand(list_options);
   if (app.got_subcommand("snapshot")) return SnapshotCommand(snapshot_options);
   if (app.got_subcommand("restore")) return RestoreCommand(restore_options, timer);
+  if (app.got_subcommand("fork")) return ForkCommand(fork_options, timer);
   return kExitUsage;
 }
 

@@ -171,25 +171,9 @@ Result<TapSpec> ParseTapSpec(const std::string& value) {
 // missing TAP or a permission problem is reported before KVM is set up.
 Result<void> AddVsockAndTaps(const RunOptions& o, VmConfig* config) {
   if (o.cid != 0 || ::access(virtio::Vsock::kDefaultDevice, R_OK | W_OK) == 0) config->vsock = VsockConfig{o.cid};
-  for (const auto& value : o.taps) {
-    TapSpec spec = CLONE_TRY(ParseTapSpec(value));
-    auto tap = virtio::OpenTap(spec.name);
-    if (!tap) return Fail(tap.error().Wrap(fmt::format("--tap {}", spec.name)));
-    config->nets.push_back({std::move(*tap), spec.mac.value_or(virtio::RandomMac()), spec.vhost});
-  }
-  return {};
+  return AddTaps(o.taps, &config->nets);
 }
 
-// --net: a lease, the shared bridge + NAT, and this VM's TAP (see net/vm_network.h).
-Result<net::VmNetwork> AddAutoNetwork(const std::string& id, VmConfig* config) {
-  net::AutoNetOptions options;
-  options.owner = id;
-  auto network = CLONE_TRY(net::SetUpAutoNetwork(options));
-  Fd tap = network.TakeTapFd();
-  CLONE_TRY(virtio::PrepareTap(tap));
-  config->nets.push_back({std::move(tap), network.guest().mac, virtio::VhostMode::kAuto});
-  return network;
-}
 
 // Opens a disk image and records what it was opened from (absolute path, the format actually
 // used), which is what a snapshot of the VM needs. `what` names the disk in errors.
@@ -280,6 +264,45 @@ Result<VmConfig> PrepareVmConfig(const RunOptions& o) {
   config.console_in = STDIN_FILENO;
   config.console_out = STDOUT_FILENO;
   return config;
+}
+
+Result<void> AddTaps(const std::vector<std::string>& taps, std::vector<NetConfig>* nets) {
+  for (const auto& value : taps) {
+    TapSpec spec = CLONE_TRY(ParseTapSpec(value));
+    auto tap = virtio::OpenTap(spec.name);
+    if (!tap) return Fail(tap.error().Wrap(fmt::format("--tap {}", spec.name)));
+    nets->push_back({std::move(*tap), spec.mac.value_or(virtio::RandomMac()), spec.vhost});
+  }
+  return {};
+}
+
+Result<net::VmNetwork> AttachAutoNetwork(const std::string& id, std::vector<NetConfig>* nets, ServiceOptions* service) {
+  net::AutoNetOptions options;
+  options.owner = id;
+  auto network = CLONE_TRY(net::SetUpAutoNetwork(options));
+  Fd tap = network.TakeTapFd();
+  CLONE_TRY(virtio::PrepareTap(tap));
+  nets->push_back({std::move(tap), network.guest().mac, virtio::VhostMode::kAuto});
+  const auto& guest = network.guest();
+  agent::SetIdentity identity;
+  identity.ipv4 = fmt::format("{}/{}", net::FormatIpv4(guest.ip), guest.prefix_len);
+  identity.gateway = net::FormatIpv4(guest.gateway);
+  identity.mac = net::FormatMac(guest.mac);
+  service->network = identity;
+  ServiceOptions::PageNetwork page;
+  std::copy(guest.mac.begin(), guest.mac.end(), page.mac.begin());
+  auto be = [](uint32_t host_order) {
+    return std::array<uint8_t, 4>{static_cast<uint8_t>(host_order >> 24), static_cast<uint8_t>(host_order >> 16),
+                                  static_cast<uint8_t>(host_order >> 8), static_cast<uint8_t>(host_order)};
+  };
+  page.ipv4 = be(guest.ip);
+  page.prefix = static_cast<uint8_t>(guest.prefix_len);
+  page.gateway = be(guest.gateway);
+  service->page_network = page;
+  service->info["ip"] = net::FormatIpv4(guest.ip);
+  service->info["mac"] = net::FormatMac(guest.mac);
+  service->info["tap"] = network.tap_name();
+  return network;
 }
 
 // Removes a file when it goes out of scope (the --overlay=auto image, on every exit path).
@@ -384,21 +407,12 @@ int RunCommand(const RunOptions& options, BootTimer& timer) {
   // --net: leased address + TAP on the bridge, before KVM so a permission problem is reported first.
   std::optional<net::VmNetwork> network;
   if (o.net) {
-    auto made = AddAutoNetwork(id, &*config);
+    auto made = AttachAutoNetwork(id, &config->nets, &service_options);
     if (!made) {
       Log(LogLevel::kError, "--net: {}", made.error().message());
       return kExitError;
     }
     network.emplace(std::move(*made));
-    const auto& guest = network->guest();
-    agent::SetIdentity identity;
-    identity.ipv4 = fmt::format("{}/{}", net::FormatIpv4(guest.ip), guest.prefix_len);
-    identity.gateway = net::FormatIpv4(guest.gateway);
-    identity.mac = net::FormatMac(guest.mac);
-    service_options.network = identity;
-    service_options.info["ip"] = net::FormatIpv4(guest.ip);
-    service_options.info["mac"] = net::FormatMac(guest.mac);
-    service_options.info["tap"] = network->tap_name();
   }
   auto service = VmService::Create(std::move(service_options));
   if (!service) {

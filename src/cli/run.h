@@ -10,6 +10,8 @@
 #include "base/fd.h"
 #include "base/result.h"
 #include "block/image.h"
+#include "net/vm_network.h"
+#include "runtime/vm_service.h"
 #include "vmm/vm.h"
 
 namespace clonevm::cli {
@@ -57,6 +59,13 @@ void AddRunCommand(CLI::App& app, RunOptions& options);
 [[nodiscard]] Result<void> ValidateRunOptions(const RunOptions& options);
 // Reads and verifies the kernel and initrd: everything a bad file can break, before KVM is opened.
 [[nodiscard]] Result<VmConfig> PrepareVmConfig(const RunOptions& options);
+
+// --tap values: each TAP opened (IFF_VNET_HDR) and appended to *nets.
+[[nodiscard]] Result<void> AddTaps(const std::vector<std::string>& taps, std::vector<NetConfig>* nets);
+// --net: a lease, the shared bridge + NAT and a TAP of the VM's own (net/vm_network.h), appended
+// to *nets; the guest's address goes into service->network (applied by the agent) and info.
+[[nodiscard]] Result<net::VmNetwork> AttachAutoNetwork(const std::string& id, std::vector<NetConfig>* nets,
+                                                       ServiceOptions* service);
 
 // Runs the VM; returns the process exit status.
 int RunCommand(const RunOptions& options, BootTimer& timer);

@@ -1,5 +1,6 @@
 #include "cli/snapshot.h"
 #include "cli/run.h"
+#include "cli/fork.h"
 
 #include <unistd.h>
 
@@ -20,17 +21,14 @@
 namespace clonevm::cli {
 
 
-namespace {
-
-// Writing memory takes a while on big guests; the VM answers when the snapshot is on disk.
-constexpr std::chrono::milliseconds kSnapshotTimeout{10 * 60 * 1000};
-
 std::string TemplatesDir(const std::string& dir) {
   std::string d = dir.empty() ? snapshot::DefaultTemplatesDir() : dir;
   std::error_code ec;
   auto absolute = std::filesystem::absolute(d, ec);
   return ec ? d : absolute.lexically_normal().string();
 }
+
+namespace {
 
 std::string Mib(uint64_t bytes) { return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20)); }
 
@@ -50,7 +48,7 @@ int Take(const SnapshotOptions& o) {
   }
   nlohmann::json body = {{"name", o.name}, {"dir", TemplatesDir(o.dir)}, {"resume", !o.no_resume}};
   if (!o.parent.empty()) body["parent"] = o.parent;
-  auto response = control::Call(vm->control_socket(), "PUT", "/vm/snapshot", body, kSnapshotTimeout);
+  auto response = control::Call(vm->control_socket(), "PUT", "/vm/snapshot", body, kSnapshotCallTimeout);
   auto result = response ? control::ResponseJson(*response) : Result<nlohmann::json>(Fail(response.error()));
   if (!result) {
     Log(LogLevel::kError, "{}: {}", vm->id, result.error().message());
@@ -106,54 +104,6 @@ int Remove(const SnapshotOptions& o) {
   return kExitOk;
 }
 
-// The restored VM's life: service, VM, run; mirrors RunCommand after the config is ready.
-int RunRestored(const RestoreOptions& o, snapshot::Loaded loaded, Fd ready, BootTimer& timer) {
-  nlohmann::json info = loaded.config.info;
-  info["snapshot"] = loaded.path;
-  info["mem_mib"] = loaded.config.mem_bytes >> 20;
-  ServiceOptions service_options{o.name, o.detach, info, std::nullopt};
-  // A restore continues the same guest: it keeps its machine-id (a fork will get a new one) and
-  // takes the VM id as hostname only when the user chose one, like `clone run --name`.
-  service_options.set_hostname = !o.name.empty();
-  auto service = VmService::Create(std::move(service_options));
-  if (!service) {
-    Log(LogLevel::kError, "{}", service.error().message());
-    return kExitError;
-  }
-  // Writable disks get qcow2 overlays in the VM's runtime directory (removed with the VM).
-  auto restored = snapshot::RestoreVmConfig(loaded.config, loaded.path, snapshot::DiskPlan{(*service)->dir().path(), {}});
-  if (!restored) {
-    Log(LogLevel::kError, "{}", restored.error().message());
-    return kExitError;
-  }
-  VmConfig config = std::move(*restored);
-  config.console_in = STDIN_FILENO;
-  config.console_out = STDOUT_FILENO;
-  (*service)->ConnectConsole(config);
-  auto vm = Vm::Restore(std::move(config), loaded.state, loaded.memory, &timer);
-  if (!vm) {
-    Log(LogLevel::kError, "restoring {}: {}", loaded.path, vm.error().message());
-    return kExitError;
-  }
-  loaded.memory.reset();  // the mappings keep the file
-  if (auto served = (*service)->Serve(**vm); !served) {
-    Log(LogLevel::kError, "{}", served.error().message());
-    return kExitError;
-  }
-  if (ready) ReportDetachedReady(ready, (*service)->dir().id());
-  VmExit exit;
-  {
-    RawTerminal terminal(STDIN_FILENO);
-    auto result = (*vm)->Run();
-    exit = result ? *result : VmExit{VmExitReason::kError, result.error().message(), 0};
-  }
-  service->reset();
-  vm->reset();
-  int status = ExitStatusFor(exit);
-  Log(exit.reason == VmExitReason::kError ? LogLevel::kError : LogLevel::kInfo, "{} (exit status {})", exit.detail, status);
-  return status;
-}
-
 }  // namespace
 
 void AddSnapshotCommands(CLI::App& app, SnapshotOptions& s, RestoreOptions& r) {
@@ -193,6 +143,10 @@ void AddSnapshotCommands(CLI::App& app, SnapshotOptions& s, RestoreOptions& r) {
   restore->add_option("--name", r.name, "The new VM's id (default: a random vm-xxxxxx)");
   restore->add_option("--dir", r.dir, "Templates directory (default $CLONE_TEMPLATES_DIR or ~/.clone/templates)");
   restore->add_flag("-d,--detach", r.detach, "Run in the background: print the VM id once it runs and return");
+  restore->add_option("--cid", r.cid, "The guest's vsock CID (default: the snapshot's)");
+  restore->add_flag("--net", r.net, "Give the snapshot's network device a TAP on Clone's bridge (see clone run --net)");
+  restore->add_option("--tap", r.taps, "A TAP for each of the snapshot's network devices, in order (see clone run --tap)");
+  restore->add_option("--block", r.blocks, "FROM=TO: open the snapshot's disk FROM (or disks under directory FROM) at TO");
 }
 
 int SnapshotCommand(const SnapshotOptions& options) {
@@ -212,16 +166,23 @@ int RestoreCommand(const RestoreOptions& o, BootTimer& timer) {
     Log(LogLevel::kError, "{}", loaded.error().message());
     return kExitError;
   }
-  if (auto disks = snapshot::CheckDisks(loaded->config, loaded->path, {}); !disks) {
-    Log(LogLevel::kError, "{}: {}", loaded->path, disks.error().message());
-    return kExitError;
-  }
   timer.Mark("snapshot read");
+  SnapshotVmSpec spec;
+  spec.loaded = &*loaded;
+  spec.id = o.name;
+  spec.detach = o.detach;
+  // A restore continues the same guest: it keeps its machine-id and vsock CID (unless --cid) and
+  // takes the VM id as hostname only when the user chose one, like `clone run --name`.
+  spec.set_hostname = !o.name.empty();
+  if (o.cid != 0) spec.cid = o.cid;
+  spec.net = o.net;
+  spec.taps = o.taps;
+  spec.blocks = o.blocks;
   Fd ready;
   if (o.detach) {
     if (auto parent_status = ForkDetached(&ready)) return *parent_status;
   }
-  return RunRestored(o, std::move(*loaded), std::move(ready), timer);
+  return RunSnapshotVm(spec, std::move(ready), timer);
 }
 
 }  // namespace clonevm::cli

@@ -14,7 +14,9 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <string>
+#include <vector>
 
 #include "vmm/boot_timer.h"
 
@@ -38,7 +40,16 @@ struct RestoreOptions {
   std::string name;  // the new VM's id
   std::string dir;
   bool detach = false;
+  uint64_t cid = 0;  // 0: the snapshot's
+  bool net = false;
+  std::vector<std::string> taps;
+  std::vector<std::string> blocks;
 };
+
+// The templates directory: `dir`, or the default, made absolute.
+std::string TemplatesDir(const std::string& dir);
+// A snapshot's memory can take minutes to write on big guests; the VM answers when it is on disk.
+inline constexpr std::chrono::milliseconds kSnapshotCallTimeout{10 * 60 * 1000};
 
 void AddSnapshotCommands(CLI::App& app, SnapshotOptions& snapshot, RestoreOptions& restore);
 int SnapshotCommand(const SnapshotOptions& options);

@@ -93,6 +93,12 @@ Result<std::unique_ptr<VmService>> VmService::Create(ServiceOptions options) {
   identity.vm_id = options.id;
   identity.hostname = options.id;
   identity.token = CLONE_TRY(agent::GenerateToken());
+  if (options.page_network) {
+    identity.mac = options.page_network->mac;
+    identity.ipv4_address = options.page_network->ipv4;
+    identity.ipv4_prefix = options.page_network->prefix;
+    identity.ipv4_gateway = options.page_network->gateway;
+  }
   if (::getrandom(identity.entropy_seed.data(), identity.entropy_seed.size(), 0) !=
       static_cast<ssize_t>(identity.entropy_seed.size())) {
     return FailErrno("getrandom");
@@ -131,6 +137,13 @@ void VmService::ConnectConsole(VmConfig& config) {
 
 Result<void> VmService::Serve(Vm& vm) {
   vm_ = &vm;
+  if (options_.from_snapshot) {
+    // The guest is the template's: follow its identity generation (the agent reports it back).
+    agent::IdentityPageBytes old{};
+    if (vm.memory().ReadBytes(x86::kIdentityPageAddr, old)) {
+      if (auto previous = agent::DecodeIdentityPage(old)) identity_.generation = previous->generation + 1;
+    }
+  }
   identity_.vsock_cid = static_cast<uint32_t>(vm.vsock_cid());
   identity_.written_at_unix_ns = UnixNowNs();
   auto page = CLONE_TRY(agent::EncodeIdentityPage(identity_));
@@ -189,6 +202,7 @@ void VmService::AgentLoop() {
           std::lock_guard lock(mu_);
           agent_connected_ = true;
           agent_hello_ = monitor->hello();
+          if (!agent_ready_at_) agent_ready_at_ = std::chrono::steady_clock::now();
         }
         if (!identity_sent) {
           auto control = agent::Connect(Endpoint(), identity_.token, agent::Role::kControl, kAgentConnectTimeout);
@@ -202,6 +216,11 @@ void VmService::AgentLoop() {
           } else {
             Log(LogLevel::kWarn, "agent: cannot apply the VM's identity: {}", applied.error().message());
           }
+          {
+            std::lock_guard lock(mu_);
+            identity_settled_ = true;
+          }
+          cv_.notify_all();
         }
         for (;;) {
           auto report = monitor->Next(kReportInterval * 3);
@@ -234,6 +253,11 @@ Result<agent::SetIdentity> VmService::FirstIdentity() const {
   }
   request.generation = identity_.generation;
   return request;
+}
+
+void VmService::WaitForIdentity(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
+  cv_.wait_for(lock, timeout, [this] { return identity_settled_ || stopping_; });
 }
 
 void VmService::TrackFd(int fd) {
@@ -272,6 +296,13 @@ nlohmann::json VmService::StateJson() const {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - last_report_at_).count();
   }
   state["agent"] = agent_state;
+  auto ms_since_launch = [this](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double, std::milli>(t - options_.launched).count();
+  };
+  nlohmann::json timing = nlohmann::json::object();
+  if (auto first = vm_->first_run()) timing["first_instruction_ms"] = ms_since_launch(*first);
+  if (agent_ready_at_) timing["agent_ms"] = ms_since_launch(*agent_ready_at_);
+  state["timing"] = timing;
   return state;
 }
 
@@ -343,6 +374,7 @@ void VmService::HandleExec(control::Request request, control::Responder responde
   }
   if (identity_.vsock_cid == 0) return responder.RespondError(409, "this VM has no vsock device, so no agent");
   RunWorker([this, r = std::move(responder), request = std::move(*exec), options]() mutable {
+    WaitForIdentity(kExecSessionTimeout);
     auto conn = agent::Connect(Endpoint(), identity_.token, agent::Role::kExec, kExecSessionTimeout);
     if (!conn) return r.RespondError(504, fmt::format("guest agent not reachable: {}", conn.error().message()));
     TrackFd(conn->fd.get());
@@ -364,6 +396,7 @@ void VmService::HandleExecSession(control::Request request, control::Responder r
   if (!body) return responder.Respond(body.error().ToResponse());
   if (identity_.vsock_cid == 0) return responder.RespondError(409, "this VM has no vsock device, so no agent");
   RunWorker([this, r = std::move(responder)]() mutable {
+    WaitForIdentity(kExecSessionTimeout);
     auto conn = agent::Connect(Endpoint(), identity_.token, agent::Role::kExec, kExecSessionTimeout);
     if (!conn) return r.RespondError(504, fmt::format("guest agent not reachable: {}", conn.error().message()));
     control::Response response = control::Response::Json(200, {{"agent_version", conn->hello.agent_version},

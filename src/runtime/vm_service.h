@@ -29,6 +29,7 @@
 // event loop; the agent thread and workers as said. The destructor stops them all.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <condition_variable>
 #include <memory>
@@ -56,11 +57,25 @@ struct ServiceOptions {
   nlohmann::json info;    // extra static facts for info.json (kernel, mem_mib, ...)
   // Network identity for the guest (the agent applies it), when the VM has a network.
   std::optional<agent::SetIdentity> network;
+  // The same network facts for the identity page (MAC, IPv4 address/prefix, gateway).
+  struct PageNetwork {
+    std::array<uint8_t, 6> mac{};
+    std::array<uint8_t, 4> ipv4{};  // network byte order
+    uint8_t prefix = 0;
+    std::array<uint8_t, 4> gateway{};
+  };
+  std::optional<PageNetwork> page_network;
   // A VM made from a snapshot (restore, fork): the guest also gets a fresh /etc/machine-id.
   bool fresh_machine_id = false;
   // The agent sets the guest's hostname to the VM id (when the user named the VM, and for VMs
   // made from snapshots); otherwise the image keeps its own hostname.
   bool set_hostname = false;
+  // The VM continues a snapshot's guest (restore, fork): its identity page already holds the
+  // template's identity, whose generation the new one follows.
+  bool from_snapshot = false;
+  // When the user's command started (for forks: the `clone fork` call, before it forked the VM
+  // process): GET /vm reports the time to the first guest instruction and to the agent from here.
+  std::chrono::steady_clock::time_point launched = std::chrono::steady_clock::now();
 };
 
 class VmService {
@@ -103,6 +118,10 @@ class VmService {
   void TrackFd(int fd);
   void UntrackFd(int fd);
 
+  // Exec waits (up to `timeout`) until the agent has applied the VM's identity, so that no command
+  // of a fork runs with the template's hostname, machine-id, clock or entropy.
+  void WaitForIdentity(std::chrono::milliseconds timeout);
+
   void HandleExec(control::Request request, control::Responder responder);
   void HandleExecSession(control::Request request, control::Responder responder);
   void HandleShutdown(control::Request request, control::Responder responder);
@@ -119,6 +138,8 @@ class VmService {
   std::condition_variable cv_;
   bool stopping_ = false;
   bool agent_connected_ = false;
+  bool identity_settled_ = false;  // applied, or its first attempt failed (then exec is not held)
+  std::optional<std::chrono::steady_clock::time_point> agent_ready_at_;  // first agent hello
   std::optional<agent::HelloOk> agent_hello_;
   std::optional<agent::Report> last_report_;
   std::chrono::steady_clock::time_point last_report_at_;

@@ -17,10 +17,12 @@ namespace {
 // The devices Take() can record, or an error naming the first it cannot.
 Result<void> CheckSnapshottable(const Vm& vm) {
   for (uint32_t type : vm.virtio_device_types()) {
-    if (type == virtio::kDeviceTypeNet) return Fail("VMs with virtio-net (--tap/--net) cannot be snapshotted yet");
+    // virtio-net: the device state is saved; a TAP cannot be reopened from a snapshot, so whoever
+    // restores gives every net device a TAP of its own (fork/restore --net or --tap).
+    if (type == virtio::kDeviceTypeNet) continue;
     // Disks: read-only ones referenced, writable ones frozen into the snapshot (disks.h).
     if (type == virtio::kDeviceTypeBlock) continue;
-    if (type != virtio::kDeviceTypeEntropy && type != virtio::kDeviceTypeVsock) {
+    if (type != virtio::kDeviceTypeEntropy && type != virtio::kDeviceTypeVsock && type != virtio::kDeviceTypeNet) {
       return Fail("virtio device type {} cannot be snapshotted", type);
     }
   }
@@ -154,9 +156,7 @@ Result<VmConfig> RestoreVmConfig(const SnapshotConfig& config, const std::string
     if (!opened) return Fail(opened.error().Wrap(fmt::format("snapshot {}", snapshot_path)));
     vm.disks = std::move(*opened);
   }
-  for (uint32_t type : config.virtio_types) {
-    if (type == virtio::kDeviceTypeNet) return Fail("the snapshot has a virtio-net device, which restore does not support yet");
-  }
+  // virtio-net devices (config.virtio_types) get their TAPs from the caller: VmConfig::nets.
   return vm;
 }
 

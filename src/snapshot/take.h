@@ -9,9 +9,7 @@
 // protocol free of cross-thread hand-offs. A failure leaves the VM as it was (running or paused)
 // and no snapshot under the name.
 //
-// Not yet snapshotted: virtio-net (a TAP cannot be recreated from a path): Take() refuses such VMs
-// with a message saying so. Disks are recorded and frozen as snapshot/disks.h says, while the
-// devices are paused.
+// Disks are recorded and frozen as snapshot/disks.h says, while the devices are paused.
 //
 // Incremental snapshots: after the first successful Take() of a VM, the VM tracks dirty pages
 // (Vm::StartDirtyTracking, with everything still paused) and remembers that snapshot as its base

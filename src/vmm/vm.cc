@@ -387,6 +387,13 @@ void Vm::StopVcpus() {
   }
 }
 
+std::optional<std::chrono::steady_clock::time_point> Vm::first_run() const {
+  int64_t ns = first_run_ns_.load(std::memory_order_relaxed);
+  if (ns == 0) return std::nullopt;
+  return std::chrono::steady_clock::time_point(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::chrono::nanoseconds(ns)));
+}
+
 void Vm::VcpuLoop(Vcpu& v) {
   {
     std::lock_guard lock(pause_mu_);
@@ -404,6 +411,12 @@ void Vm::VcpuLoop(Vcpu& v) {
     if (pause_requested_.load(std::memory_order_acquire)) {
       PauseSelf(v);
       continue;
+    }
+    if (first_run_ns_.load(std::memory_order_relaxed) == 0) {
+      int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                        std::chrono::steady_clock::now().time_since_epoch()).count();
+      int64_t expected = 0;
+      first_run_ns_.compare_exchange_strong(expected, now, std::memory_order_relaxed);
     }
     auto reason = v.vcpu.Run();
     if (!reason) {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <span>
@@ -131,6 +132,10 @@ class Vm {
   // the guest then simply keeps its previous generation.
   void NotifyVmGenerationChanged();
 
+  // When a vCPU first entered KVM_RUN (the guest's first instruction of this process), if yet.
+  // Any thread.
+  std::optional<std::chrono::steady_clock::time_point> first_run() const;
+
   EventLoop& loop() { return *loop_; }
   const GuestMemory& memory() const { return *memory_; }
   uint32_t vcpu_count() const { return static_cast<uint32_t>(vcpus_.size()); }
@@ -220,9 +225,9 @@ class Vm {
     uint32_t gsi;
   };
   std::vector<VirtioSlot> virtio_;
-  std::vector<DiskImage> disk_images_;  // set by SetUpDevices
   bool dirty_tracking_ = false;                  // event-loop thread (vm_dirty.cc)
   std::optional<SnapshotBase> snapshot_base_;    // event-loop thread
+  std::vector<DiskImage> disk_images_;  // set by SetUpDevices
   virtio::MmioTransport* vsock_transport_ = nullptr;  // in virtio_, when there is a vsock device
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::unique_ptr<EventLoop> loop_;
@@ -230,6 +235,7 @@ class Vm {
   int console_in_ = -1;
   int console_out_ = 1;
   std::atomic<bool> first_output_seen_{false};
+  std::atomic<int64_t> first_run_ns_{0};  // steady_clock nanoseconds since its epoch; 0: not yet
   bool escape_pending_ = false;  // event-loop thread only
   std::atomic<bool> exiting_{false};
   std::mutex exit_mu_;

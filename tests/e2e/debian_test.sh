@@ -4,10 +4,7 @@
 # prompt on the serial console, with the hostname rootfs create wrote.
 source "$(dirname "$0")/lib.sh"
 
-e2e_prepare() {
-  "$CLONE_BIN" rootfs create --distro debian --suite bookworm --size 1G --hostname debian-e2e \
-    -o "$E2E_WORK/debian.img"
-}
+e2e_prepare() { e2e_debian_image "$E2E_WORK/debian.img"; }
 e2e_enter_lab "$0" "$@"
 
 out=$E2E_WORK/console.txt

@@ -27,7 +27,7 @@ e2e_enter_lab() {
   mkdir -p "$E2E_WORK"
   export E2E_WORK
   if declare -F e2e_prepare >/dev/null; then e2e_prepare; fi
-  CLONE_E2E_INSIDE=1 exec "$E2E_ROOT/tools/lab/run-in-lab" --timeout "${E2E_TIMEOUT:-1200}" \
+  CLONE_E2E_INSIDE=1 exec "$E2E_ROOT/tools/lab/run-in-lab" --timeout "${E2E_TIMEOUT:-1200}" ${E2E_LAB_MEM:+--mem "$E2E_LAB_MEM"} \
     --env E2E_WORK --env CLONE_BIN --env CLONE_E2E_INSIDE=1 -- bash "$script" "$@"
 }
 
@@ -86,4 +86,22 @@ e2e_finish() {
     exit 1
   fi
   echo "all checks passed"
+}
+
+# e2e_debian_image OUT — a bookworm rootfs made by `clone rootfs create --distro debian` (with the
+# guest agent and its systemd unit; hostname debian-e2e), copied sparse to OUT. debootstrap takes
+# minutes, so the image is built once per clone-agent binary and rootfs_create.cc, and kept in
+# build/e2e-cache (tests that boot it read-write get their own copy).
+e2e_debian_image() {
+  local out=$1 cache key agent
+  agent="$(dirname "$CLONE_BIN")/clone-agent"
+  key=$( (sha256sum "$agent" "$E2E_ROOT/src/image/rootfs_create.cc" | cut -c1-64; echo debian-bookworm-v1) | sha256sum | cut -c1-16)
+  cache="$E2E_ROOT/build/e2e-cache/debian-$key.img"
+  if [[ ! -f $cache ]]; then
+    mkdir -p "$(dirname "$cache")"
+    rm -f "$E2E_ROOT"/build/e2e-cache/debian-*.img
+    "$CLONE_BIN" rootfs create --distro debian --suite bookworm --size 1G --hostname debian-e2e -o "$cache.tmp"
+    mv "$cache.tmp" "$cache"
+  fi
+  cp --sparse=always "$cache" "$out"
 }

@@ -190,6 +190,11 @@ Result<void> ApplyEntropy(const std::vector<uint8_t>& seed) {
   std::memcpy(info.data() + 2, seed.data(), seed.size());
   Fd random = CLONE_TRY(OpenFile("/dev/urandom", O_WRONLY));
   if (::ioctl(random.get(), RNDADDENTROPY, info.data()) != 0) return FailErrno("RNDADDENTROPY");
+  // A fork's kernel holds the template's CRNG state: crediting entropy alone does not make it
+  // reseed now (Linux reseeds on its own schedule), so two forks would read the same /dev/urandom
+  // bytes until then. Force the reseed from the pool that now holds the new seed. (Kernels with a
+  // VMGenID driver reseed on the VMGenID notification as well.)
+  if (::ioctl(random.get(), RNDRESEEDCRNG) != 0) return FailErrno("RNDRESEEDCRNG");
   return {};
 }
 
