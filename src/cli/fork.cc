@@ -9,7 +9,6 @@
 #include <optional>
 
 #include "base/log.h"
-#include "base/terminal.h"
 #include "cli/exit_codes.h"
 #include "cli/run.h"
 #include "cli/snapshot.h"
@@ -149,22 +148,7 @@ int RunSnapshotVm(const SnapshotVmSpec& spec, Fd ready, BootTimer& timer) {
     return kExitError;
   }
   loaded.memory.reset();  // the mappings keep the file
-  if (auto served = (*service)->Serve(**vm); !served) {
-    Log(LogLevel::kError, "{}", served.error().message());
-    return kExitError;
-  }
-  if (ready) ReportDetachedReady(ready, (*service)->dir().id());
-  VmExit exit;
-  {
-    RawTerminal terminal(STDIN_FILENO);
-    auto result = (*vm)->Run();
-    exit = result ? *result : VmExit{VmExitReason::kError, result.error().message(), 0};
-  }
-  service->reset();
-  vm->reset();
-  int status = ExitStatusFor(exit);
-  Log(exit.reason == VmExitReason::kError ? LogLevel::kError : LogLevel::kInfo, "{} (exit status {})", exit.detail, status);
-  return status;
+  return ServeAndRun(std::move(*service), std::move(*vm), ready);
 }
 
 void AddForkCommand(CLI::App& app, ForkOptions& o) {

@@ -374,6 +374,27 @@ void ReportDetachedReady(Fd& ready, const std::string& id) {
   }
 }
 
+int ServeAndRun(std::unique_ptr<VmService> service, std::unique_ptr<Vm> vm, Fd& ready) {
+  if (auto served = service->Serve(*vm); !served) {
+    Log(LogLevel::kError, "{}", served.error().message());
+    return kExitError;
+  }
+  if (ready) ReportDetachedReady(ready, service->dir().id());
+  VmExit exit;
+  {
+    RawTerminal terminal(STDIN_FILENO);
+    auto result = vm->Run();
+    exit = result ? *result : VmExit{VmExitReason::kError, result.error().message(), 0};
+  }
+  service.reset();  // workers joined, sockets and directory removed, before the VM goes
+  vm.reset();
+  int status = ExitStatusFor(exit);
+  LogLevel level = status == kExitOk ? LogLevel::kInfo : LogLevel::kWarn;
+  if (exit.reason == VmExitReason::kError) level = LogLevel::kError;
+  Log(level, "{} (exit status {})", exit.detail, status);
+  return status;
+}
+
 int RunCommand(const RunOptions& options, BootTimer& timer) {
   if (auto valid = ValidateRunOptions(options); !valid) {
     Log(LogLevel::kError, "{}", valid.error().message());
@@ -425,27 +446,7 @@ int RunCommand(const RunOptions& options, BootTimer& timer) {
     Log(LogLevel::kError, "{}", vm.error().message());
     return kExitError;
   }
-  if (auto served = (*service)->Serve(**vm); !served) {
-    Log(LogLevel::kError, "{}", served.error().message());
-    return kExitError;
-  }
-  if (ready) ReportDetachedReady(ready, (*service)->dir().id());
-  VmExit exit;
-  {
-    RawTerminal terminal(STDIN_FILENO);
-    auto result = (*vm)->Run();
-    if (!result) {
-      exit = {VmExitReason::kError, result.error().message(), 0};
-    } else {
-      exit = *result;
-    }
-  }
-  service->reset();
-  vm->reset();
-  int status = ExitStatusFor(exit);
-  LogLevel level = status == kExitOk ? LogLevel::kInfo : LogLevel::kWarn;
-  if (exit.reason == VmExitReason::kError) level = LogLevel::kError;
-  Log(level, "{} (exit status {})", exit.detail, status);
+  int status = ServeAndRun(std::move(*service), std::move(*vm), ready);
   if (o.boot_timing) {
     std::string line = fmt::format("clone: boot timing: {}\n", timer.Summary());
     [[maybe_unused]] auto r = WriteAll(STDERR_FILENO, line.data(), line.size());

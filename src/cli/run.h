@@ -67,6 +67,11 @@ void AddRunCommand(CLI::App& app, RunOptions& options);
 [[nodiscard]] Result<net::VmNetwork> AttachAutoNetwork(const std::string& id, std::vector<NetConfig>* nets,
                                                        ServiceOptions* service);
 
+// The VM process's life once its VM is built: Serve (identity page, sockets, agent link), tell a
+// detached parent (`ready`), Run to the end with the terminal raw, tear down; logs how the VM
+// ended and returns the exit status (ExitStatusFor).
+int ServeAndRun(std::unique_ptr<VmService> service, std::unique_ptr<Vm> vm, Fd& ready);
+
 // Runs the VM; returns the process exit status.
 int RunCommand(const RunOptions& options, BootTimer& timer);
 

@@ -43,7 +43,7 @@ clone_procs() { pgrep -c -x clone || true; }
 # --- the template VM: Debian under a tmpfs overlay (its disk stays read-only), networked ---
 t0=$(now)
 tpl=$("$CLONE_BIN" run -d --name tpl --kernel "$LAB_CLOUD_KERNEL" --modules "$LAB_CLOUD_MODULES" \
-  --rootfs "$E2E_WORK/debian.img" --overlay tmpfs --net --mem-mb 256 \
+  --rootfs "$E2E_WORK/debian.img" --overlay --net --mem-mb 256 \
   --cmdline "console=ttyS0 quiet panic=-1" 2>"$E2E_WORK/tpl.err") || true
 check "template VM started" test "$tpl" = tpl
 check "template agent answers (systemd started clone-agent)" wait_agent tpl

@@ -105,3 +105,29 @@ e2e_debian_image() {
   fi
   cp --sparse=always "$cache" "$out"
 }
+
+# VM helpers for tests that run VMs with the agent under $CLONE_RUNTIME_DIR.
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}'; }
+# wait_agent ID [TRIES]: 0 once `clone exec` works (TRIES half-second attempts, default 240).
+wait_agent() {
+  for _ in $(seq 1 "${2:-240}"); do
+    "$CLONE_BIN" exec --vm-id "$1" --timeout 10 -- true 2>/dev/null && return 0
+    sleep 0.5
+  done
+  return 1
+}
+# pid_of ID: the VM process's pid (from info.json).
+pid_of() { sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' "$CLONE_RUNTIME_DIR/vms/$1/info.json" 2>/dev/null; }
+# stop_vm ID: forced shutdown through the control API; waits for the process to exit.
+stop_vm() {
+  local pid
+  pid=$(pid_of "$1")
+  curl -s -o /dev/null --unix-socket "$CLONE_RUNTIME_DIR/vms/$1/control.sock" -X PUT \
+    -H 'Content-Type: application/json' -d '{"mode":"force"}' http://localhost/vm/shutdown || true
+  [[ -n $pid ]] || return 0
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
+  return 1
+}
+# vm_count: VM directories under $CLONE_RUNTIME_DIR/vms.
+vm_count() { { find "$CLONE_RUNTIME_DIR/vms" -mindepth 1 -maxdepth 1 -type d 2>/dev/null || true; } | wc -l; }
