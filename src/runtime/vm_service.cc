@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <ctime>
 #include <fstream>
 
@@ -27,8 +28,14 @@ static_assert(agent::kIdentityPageGpa == x86::kIdentityPageAddr, "agent and VMM 
 static_assert(agent::kVmGenIdGpa == x86::kVmGenIdAddr, "agent and VMM disagree on the VM Generation ID");
 
 constexpr milliseconds kAgentConnectTimeout{1000};
+// A guest that gets little CPU (many VMs starting at once, e.g. `clone fork --count 100`) may need
+// longer than a second to answer a vsock connection; a fixed short timeout would then give up on
+// every attempt, and the retries themselves add load. Each failed attempt doubles the timeout up to
+// this, and a successful session resets it.
+constexpr milliseconds kAgentConnectTimeoutMax{16000};
 constexpr milliseconds kAgentRetry{250};
 constexpr milliseconds kReportInterval{2000};
+constexpr milliseconds kIdentityWaitMax{30000};
 constexpr milliseconds kExecSessionTimeout{5000};
 constexpr milliseconds kShutdownTimeout{5000};
 
@@ -183,12 +190,13 @@ agent::AgentEndpoint VmService::Endpoint() const { return agent::AgentEndpoint{i
 
 void VmService::AgentLoop() {
   bool identity_sent = false;
+  milliseconds connect_timeout = kAgentConnectTimeout;
   while (true) {
     {
       std::lock_guard lock(mu_);
       if (stopping_) return;
     }
-    auto fd = agent::ConnectVsock(identity_.vsock_cid, agent::kAgentPort, kAgentConnectTimeout);
+    auto fd = agent::ConnectVsock(identity_.vsock_cid, agent::kAgentPort, connect_timeout);
     if (fd) {
       int raw = fd->get();
       {
@@ -196,8 +204,9 @@ void VmService::AgentLoop() {
         if (stopping_) return;
         busy_fds_.insert(raw);
       }
-      auto monitor = agent::AgentMonitor::Start(std::move(*fd), identity_.token, kReportInterval, kAgentConnectTimeout);
+      auto monitor = agent::AgentMonitor::Start(std::move(*fd), identity_.token, kReportInterval, connect_timeout);
       if (monitor) {
+        connect_timeout = kAgentConnectTimeout;
         {
           std::lock_guard lock(mu_);
           agent_connected_ = true;
@@ -205,7 +214,7 @@ void VmService::AgentLoop() {
           if (!agent_ready_at_) agent_ready_at_ = std::chrono::steady_clock::now();
         }
         if (!identity_sent) {
-          auto control = agent::Connect(Endpoint(), identity_.token, agent::Role::kControl, kAgentConnectTimeout);
+          auto control = agent::Connect(Endpoint(), identity_.token, agent::Role::kControl, connect_timeout);
           auto request = FirstIdentity();
           Result<agent::IdentityOk> applied =
               !control ? Result<agent::IdentityOk>(Fail(control.error()))
@@ -233,6 +242,9 @@ void VmService::AgentLoop() {
       std::lock_guard lock(mu_);
       busy_fds_.erase(raw);
       agent_connected_ = false;
+      if (!monitor) connect_timeout = std::min(connect_timeout * 2, kAgentConnectTimeoutMax);
+    } else {
+      connect_timeout = std::min(connect_timeout * 2, kAgentConnectTimeoutMax);
     }
     std::unique_lock lock(mu_);
     cv_.wait_for(lock, kAgentRetry, [this] { return stopping_; });
@@ -257,7 +269,11 @@ Result<agent::SetIdentity> VmService::FirstIdentity() const {
 
 void VmService::WaitForIdentity(std::chrono::milliseconds timeout) {
   std::unique_lock lock(mu_);
-  cv_.wait_for(lock, timeout, [this] { return identity_settled_ || stopping_; });
+  auto settled = [this] { return identity_settled_ || stopping_; };
+  if (cv_.wait_for(lock, timeout, settled)) return;
+  // The agent answers but the identity is still being applied (a busy host): worth waiting for,
+  // so that no command runs with the template's identity. Without an agent, give up now.
+  if (agent_connected_) cv_.wait_for(lock, kIdentityWaitMax, settled);
 }
 
 void VmService::TrackFd(int fd) {
