@@ -23,22 +23,6 @@ rm -rf "$CLONE_RUNTIME_DIR" "$CLONE_TEMPLATES_DIR" "$disks" "$disks-moved"
 mkdir -p "$disks" "$disks-moved"
 tpl=$CLONE_TEMPLATES_DIR/d1
 mem_mb=256
-wait_agent() { # wait_agent ID -> 0 when `clone exec` works
-  for _ in $(seq 1 240); do
-    "$CLONE_BIN" exec --vm-id "$1" --timeout 5 -- true 2>/dev/null && return 0
-    sleep 0.5
-  done
-  return 1
-}
-pid_of() { sed -n 's/.*"pid": \([0-9]*\).*/\1/p' "$CLONE_RUNTIME_DIR/vms/$1/info.json" 2>/dev/null; }
-stop_vm() { # stop_vm ID: forced shutdown, waits for the process to exit
-  local pid
-  pid=$(pid_of "$1")
-  curl -s -o /dev/null --unix-socket "$CLONE_RUNTIME_DIR/vms/$1/control.sock" -X PUT \
-    -H 'Content-Type: application/json' -d '{"mode":"force"}' http://localhost/vm/shutdown || true
-  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
-  return 1
-}
 gx() { "$CLONE_BIN" exec --vm-id "$@"; }
 # guest_write ID DEV OFFSET_BLOCKS TEXT: TEXT at 4 KiB block OFFSET of /dev/DEV, fsynced (a cache flush:
 # a bare `sync` flushes no device cache without a file system, and qcow2 metadata is write-back).

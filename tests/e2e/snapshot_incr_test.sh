@@ -20,24 +20,6 @@ export CLONE_TEMPLATES_DIR=/tmp/clone-e2e-incr-templates
 T=$CLONE_TEMPLATES_DIR
 rm -rf "$CLONE_RUNTIME_DIR" "$T" /tmp/clone-e2e-incr-t[234]
 mem_mb=512
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}'; }
-wait_agent() { # wait_agent ID -> 0 when `clone exec` works
-  for _ in $(seq 1 240); do
-    "$CLONE_BIN" exec --vm-id "$1" --timeout 5 -- true 2>/dev/null && return 0
-    sleep 0.5
-  done
-  return 1
-}
-pid_of() { sed -n 's/.*"pid": \([0-9]*\).*/\1/p' "$CLONE_RUNTIME_DIR/vms/$1/info.json" 2>/dev/null; }
-stop_vm() { # stop_vm ID: forced shutdown, waits for the process to exit
-  local pid
-  pid=$(pid_of "$1")
-  curl -s -o /dev/null --unix-socket "$CLONE_RUNTIME_DIR/vms/$1/control.sock" -X PUT \
-    -H 'Content-Type: application/json' -d '{"mode":"force"}' http://localhost/vm/shutdown || true
-  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
-  return 1
-}
 on_disk() { du -sB1 "$1" | cut -f1; }  # allocated bytes of a snapshot directory (sparse memory)
 mib() { awk -v b="$1" 'BEGIN{printf "%.1f MiB", b/1048576}'; }
 gsum() { "$CLONE_BIN" exec --vm-id "$1" -- sha256sum "$2" 2>/dev/null | cut -d' ' -f1; }

@@ -24,22 +24,6 @@ cmdline="console=ttyS0 quiet panic=-1 apic=verbose"
 vmgenid_addr=$((0x6800))
 zero_id=00000000000000000000000000000000
 
-wait_agent() { # wait_agent ID -> 0 when `clone exec` works
-  for _ in $(seq 1 240); do
-    "$CLONE_BIN" exec --vm-id "$1" --timeout 5 -- true 2>/dev/null && return 0
-    sleep 0.5
-  done
-  return 1
-}
-pid_of() { sed -n 's/.*"pid": \([0-9]*\).*/\1/p' "$CLONE_RUNTIME_DIR/vms/$1/info.json" 2>/dev/null; }
-stop_vm() { # stop_vm ID: forced shutdown, waits for the process to exit
-  local pid
-  pid=$(pid_of "$1")
-  curl -s -o /dev/null --unix-socket "$CLONE_RUNTIME_DIR/vms/$1/control.sock" -X PUT \
-    -H 'Content-Type: application/json' -d '{"mode":"force"}' http://localhost/vm/shutdown || true
-  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
-  return 1
-}
 guest() { "$CLONE_BIN" exec --vm-id "$@"; }
 # The 16 bytes at the VM Generation ID's address, as 32 hex digits.
 read_id() {
