@@ -37,6 +37,9 @@ constexpr milliseconds kAgentRetry{250};
 constexpr milliseconds kReportInterval{2000};
 constexpr milliseconds kIdentityWaitMax{30000};
 constexpr milliseconds kExecSessionTimeout{5000};
+// While the agent link is up the agent is there, just slow to answer (a busy guest or host): a
+// connection is worth waiting longer for than when the guest may have no agent at all.
+constexpr milliseconds kExecConnectTimeoutAgentUp{30000};
 constexpr milliseconds kShutdownTimeout{5000};
 
 uint64_t UnixNowNs() {
@@ -276,6 +279,11 @@ void VmService::WaitForIdentity(std::chrono::milliseconds timeout) {
   if (agent_connected_) cv_.wait_for(lock, kIdentityWaitMax, settled);
 }
 
+milliseconds VmService::ExecConnectTimeout() const {
+  std::lock_guard lock(mu_);
+  return agent_connected_ ? kExecConnectTimeoutAgentUp : kExecSessionTimeout;
+}
+
 void VmService::TrackFd(int fd) {
   std::lock_guard lock(mu_);
   busy_fds_.insert(fd);
@@ -391,7 +399,7 @@ void VmService::HandleExec(control::Request request, control::Responder responde
   if (identity_.vsock_cid == 0) return responder.RespondError(409, "this VM has no vsock device, so no agent");
   RunWorker([this, r = std::move(responder), request = std::move(*exec), options]() mutable {
     WaitForIdentity(kExecSessionTimeout);
-    auto conn = agent::Connect(Endpoint(), identity_.token, agent::Role::kExec, kExecSessionTimeout);
+    auto conn = agent::Connect(Endpoint(), identity_.token, agent::Role::kExec, ExecConnectTimeout());
     if (!conn) return r.RespondError(504, fmt::format("guest agent not reachable: {}", conn.error().message()));
     TrackFd(conn->fd.get());
     auto result = agent::ExecCapture(conn->fd, request, options);
@@ -413,7 +421,7 @@ void VmService::HandleExecSession(control::Request request, control::Responder r
   if (identity_.vsock_cid == 0) return responder.RespondError(409, "this VM has no vsock device, so no agent");
   RunWorker([this, r = std::move(responder)]() mutable {
     WaitForIdentity(kExecSessionTimeout);
-    auto conn = agent::Connect(Endpoint(), identity_.token, agent::Role::kExec, kExecSessionTimeout);
+    auto conn = agent::Connect(Endpoint(), identity_.token, agent::Role::kExec, ExecConnectTimeout());
     if (!conn) return r.RespondError(504, fmt::format("guest agent not reachable: {}", conn.error().message()));
     control::Response response = control::Response::Json(200, {{"agent_version", conn->hello.agent_version},
                                                                {"kernel", conn->hello.kernel},

@@ -48,6 +48,10 @@ tpl=$("$CLONE_BIN" run -d --name tpl --kernel "$LAB_CLOUD_KERNEL" --modules "$LA
 check "template VM started" test "$tpl" = tpl
 check "template agent answers (systemd started clone-agent)" wait_agent tpl
 echo "template booted to its agent in $(since "$t0") s"
+# A warm template is an idle one: let systemd finish starting units first, or every fork would
+# go on booting (20 busy guests on the lab's one emulated CPU).
+state=$("$CLONE_BIN" exec --vm-id tpl --timeout 300 -- systemctl is-system-running --wait) || true
+echo "template systemd: $state after $(since "$t0") s"
 "$CLONE_BIN" exec --vm-id tpl -- sh -c 'echo warm > /root/warm-marker' || true
 
 t0=$(now)
