@@ -18,26 +18,6 @@ export CLONE_RUNTIME_DIR=/tmp/clone-e2e-fork-rt  # sockets cannot live on the 9p
 export CLONE_TEMPLATES_DIR=/tmp/clone-e2e-fork-templates
 rm -rf "$CLONE_RUNTIME_DIR" "$CLONE_TEMPLATES_DIR"
 forks=${FORK_COUNT:-20}
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}'; }
-wait_agent() { # wait_agent ID [TRIES] -> 0 when `clone exec` works
-  for _ in $(seq 1 "${2:-600}"); do
-    "$CLONE_BIN" exec --vm-id "$1" --timeout 10 -- true 2>/dev/null && return 0
-    sleep 0.5
-  done
-  return 1
-}
-pid_of() { sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' "$CLONE_RUNTIME_DIR/vms/$1/info.json" 2>/dev/null; }
-stop_vm() { # stop_vm ID: forced shutdown, waits for the process to exit
-  local pid
-  pid=$(pid_of "$1")
-  curl -s -o /dev/null --unix-socket "$CLONE_RUNTIME_DIR/vms/$1/control.sock" -X PUT \
-    -H 'Content-Type: application/json' -d '{"mode":"force"}' http://localhost/vm/shutdown || true
-  [[ -n $pid ]] || return 0
-  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
-  return 1
-}
-vm_count() { { find "$CLONE_RUNTIME_DIR/vms" -mindepth 1 -maxdepth 1 -type d 2>/dev/null || true; } | wc -l; }
 clone_procs() { pgrep -c -x clone || true; }
 
 # --- the template VM: Debian under a tmpfs overlay (its disk stays read-only), networked ---
@@ -48,10 +28,22 @@ tpl=$("$CLONE_BIN" run -d --name tpl --kernel "$LAB_CLOUD_KERNEL" --modules "$LA
 check "template VM started" test "$tpl" = tpl
 check "template agent answers (systemd started clone-agent)" wait_agent tpl
 echo "template booted to its agent in $(since "$t0") s"
-# A warm template is an idle one: let systemd finish starting units first, or every fork would
-# go on booting (20 busy guests on the lab's one emulated CPU).
-state=$("$CLONE_BIN" exec --vm-id tpl --timeout 300 -- systemctl is-system-running --wait) || true
-echo "template systemd: $state after $(since "$t0") s"
+# A warm template is an idle one: let systemd finish starting units first (the agent's report of
+# the guest's CPU use, in GET /vm, stays low), or every fork would go on booting — 20 busy guests
+# on the lab's one emulated CPU.
+idle=0
+for _ in $(seq 1 120); do
+  busy=$(curl -s --max-time 10 --unix-socket "$CLONE_RUNTIME_DIR/vms/tpl/control.sock" http://localhost/vm |
+    sed -n 's/.*"cpu_busy": *\([0-9.e-]*\).*/\1/p') || true
+  if [[ -n $busy ]] && awk -v b="$busy" 'BEGIN{exit !(b < 0.15)}'; then
+    idle=$((idle + 1))
+    ((idle >= 3)) && break
+  else
+    idle=0
+  fi
+  sleep 2
+done
+echo "template idle (guest CPU busy ${busy:-?}) $(since "$t0") s after launch"
 "$CLONE_BIN" exec --vm-id tpl -- sh -c 'echo warm > /root/warm-marker' || true
 
 t0=$(now)
