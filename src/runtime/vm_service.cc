@@ -257,7 +257,10 @@ void VmService::AgentLoop() {
 Result<agent::SetIdentity> VmService::FirstIdentity() const {
   agent::SetIdentity request = options_.network.value_or(agent::SetIdentity{});
   if (options_.set_hostname) request.hostname = dir_.id();
-  request.unix_time_ns = UnixNowNs();
+  // A booted guest's clock comes from the RTC (whole seconds): the host's time makes it exact. A
+  // restored or forked guest's kvmclock was already advanced to now (Vm::Restore); a timestamp
+  // sent here can reach the guest seconds late on a busy host and would set its clock back.
+  if (!options_.from_snapshot) request.unix_time_ns = UnixNowNs();
   uint8_t seed[64];
   if (::getrandom(seed, sizeof(seed), 0) != static_cast<ssize_t>(sizeof(seed))) return FailErrno("getrandom");
   request.entropy_seed = fmt::format("{:02x}", fmt::join(seed, ""));
