@@ -64,20 +64,6 @@ Result<void> SnapshotRunningVm(const std::string& vm_id, const std::string& dir,
   return {};
 }
 
-// Reads "ok <id>\n" from a fork's ready pipe; on EOF without it, the fork failed (it logged why).
-std::optional<std::string> AwaitReady(const Fd& pipe) {
-  std::string message;
-  char buf[256];
-  for (;;) {
-    ssize_t n = ::read(pipe.get(), buf, sizeof(buf));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    message.append(buf, static_cast<size_t>(n));
-  }
-  if (!message.starts_with("ok ")) return std::nullopt;
-  return message.substr(3);
-}
-
 }  // namespace
 
 int RunSnapshotVm(const SnapshotVmSpec& spec, Fd ready, BootTimer& timer) {

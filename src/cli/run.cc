@@ -340,17 +340,8 @@ std::optional<int> ForkDetached(Fd* ready) {
   }
   ::close(p[1]);
   Fd read_end(p[0]);
-  std::string message;
-  char buf[256];
-  for (;;) {
-    ssize_t n = ::read(read_end.get(), buf, sizeof(buf));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    message.append(buf, static_cast<size_t>(n));
-  }
-  if (message.starts_with("ok ")) {
-    std::string id = message.substr(3);
-    [[maybe_unused]] auto r = WriteAll(STDOUT_FILENO, id.data(), id.size());
+  if (auto id = AwaitReady(read_end)) {
+    [[maybe_unused]] auto r = WriteAll(STDOUT_FILENO, id->data(), id->size());
     return kExitOk;
   }
   int status = 0;
@@ -358,6 +349,19 @@ std::optional<int> ForkDetached(Fd* ready) {
   }
   if (WIFEXITED(status)) return WEXITSTATUS(status) == 0 ? kExitError : WEXITSTATUS(status);
   return kExitError;
+}
+
+std::optional<std::string> AwaitReady(const Fd& pipe) {
+  std::string message;
+  char buf[256];
+  for (;;) {
+    ssize_t n = ::read(pipe.get(), buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    message.append(buf, static_cast<size_t>(n));
+  }
+  if (!message.starts_with("ok ")) return std::nullopt;
+  return message.substr(3);
 }
 
 // In the detached child once the VM is up: tells the parent, then lets go of its terminal.

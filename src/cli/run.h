@@ -83,5 +83,8 @@ int ExitStatusFor(const VmExit& exit);
 // child, which calls ReportDetachedReady once the VM runs.
 std::optional<int> ForkDetached(Fd* ready);
 void ReportDetachedReady(Fd& ready, const std::string& id);
+// The parent's side: reads the pipe to EOF; "<id>\n" when the child reported "ok <id>\n", nullopt
+// when it ended without (it failed and logged why).
+std::optional<std::string> AwaitReady(const Fd& pipe);
 
 }  // namespace clonevm::cli
