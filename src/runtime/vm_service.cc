@@ -159,9 +159,9 @@ Result<void> VmService::Serve(Vm& vm) {
   auto page = CLONE_TRY(agent::EncodeIdentityPage(identity_));
   CLONE_TRY_VOID(vm.memory().WriteBytes(x86::kIdentityPageAddr, page));
   // The page holds a new VM Generation ID: a guest restored or forked from a snapshot learns of it
-  // through the GED on its first instruction; a booting guest has not unmasked that pin yet, drops
-  // the edge and reads the id when its vmgenid driver binds.
-  vm.NotifyVmGenerationChanged();
+  // through the GED on its first instruction. A booting guest reads the id when its vmgenid driver
+  // binds, so it gets no interrupt at all.
+  if (options_.from_snapshot) vm.NotifyVmGenerationChanged();
 
   CLONE_TRY_VOID(hub_->Listen(vm.loop(), dir_.console_socket(),
                               [&vm](std::span<const uint8_t> bytes) { vm.EnqueueConsoleInput(bytes); }));
