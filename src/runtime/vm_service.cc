@@ -228,13 +228,16 @@ void VmService::AgentLoop() {
           } else {
             Log(LogLevel::kWarn, "agent: cannot apply the VM's identity: {}", applied.error().message());
           }
+          // A booted VM's exec need not wait for a retry; a VM from a snapshot must get its own
+          // identity, so a failure ends this session and the next one tries again.
           {
             std::lock_guard lock(mu_);
-            identity_settled_ = true;
+            identity_settled_ = identity_sent || !options_.from_snapshot;
           }
           cv_.notify_all();
         }
         for (;;) {
+          if (!identity_sent && options_.from_snapshot) break;
           auto report = monitor->Next(kReportInterval * 3);
           if (!report) break;
           std::lock_guard lock(mu_);
@@ -273,13 +276,17 @@ Result<agent::SetIdentity> VmService::FirstIdentity() const {
   return request;
 }
 
-void VmService::WaitForIdentity(std::chrono::milliseconds timeout) {
+bool VmService::WaitForIdentity(std::chrono::milliseconds timeout) {
   std::unique_lock lock(mu_);
   auto settled = [this] { return identity_settled_ || stopping_; };
-  if (cv_.wait_for(lock, timeout, settled)) return;
-  // The agent answers but the identity is still being applied (a busy host): worth waiting for,
-  // so that no command runs with the template's identity. Without an agent, give up now.
-  if (agent_connected_) cv_.wait_for(lock, kIdentityWaitMax, settled);
+  // A VM from a snapshot runs the template's identity until the agent applies its own: exec must
+  // not start before that, however long a busy host takes.
+  if (options_.from_snapshot) return cv_.wait_for(lock, kIdentityWaitMax, settled);
+  if (cv_.wait_for(lock, timeout, settled)) return true;
+  // The agent answers but the identity is still being applied (a busy host): worth waiting for.
+  // Without an agent, give up now.
+  if (agent_connected_) return cv_.wait_for(lock, kIdentityWaitMax, settled);
+  return true;
 }
 
 milliseconds VmService::ExecConnectTimeout() const {
@@ -401,7 +408,9 @@ void VmService::HandleExec(control::Request request, control::Responder responde
   }
   if (identity_.vsock_cid == 0) return responder.RespondError(409, "this VM has no vsock device, so no agent");
   RunWorker([this, r = std::move(responder), request = std::move(*exec), options]() mutable {
-    WaitForIdentity(kExecSessionTimeout);
+    if (!WaitForIdentity(kExecSessionTimeout)) {
+      return r.RespondError(504, "the guest agent has not taken this VM's identity yet; retry");
+    }
     auto conn = agent::Connect(Endpoint(), identity_.token, agent::Role::kExec, ExecConnectTimeout());
     if (!conn) return r.RespondError(504, fmt::format("guest agent not reachable: {}", conn.error().message()));
     TrackFd(conn->fd.get());
@@ -423,7 +432,9 @@ void VmService::HandleExecSession(control::Request request, control::Responder r
   if (!body) return responder.Respond(body.error().ToResponse());
   if (identity_.vsock_cid == 0) return responder.RespondError(409, "this VM has no vsock device, so no agent");
   RunWorker([this, r = std::move(responder)]() mutable {
-    WaitForIdentity(kExecSessionTimeout);
+    if (!WaitForIdentity(kExecSessionTimeout)) {
+      return r.RespondError(504, "the guest agent has not taken this VM's identity yet; retry");
+    }
     auto conn = agent::Connect(Endpoint(), identity_.token, agent::Role::kExec, ExecConnectTimeout());
     if (!conn) return r.RespondError(504, fmt::format("guest agent not reachable: {}", conn.error().message()));
     control::Response response = control::Response::Json(200, {{"agent_version", conn->hello.agent_version},

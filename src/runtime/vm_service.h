@@ -120,7 +120,8 @@ class VmService {
 
   // Exec waits (up to `timeout`) until the agent has applied the VM's identity, so that no command
   // of a fork runs with the template's hostname, machine-id, clock or entropy.
-  void WaitForIdentity(std::chrono::milliseconds timeout);
+  // Returns false when a VM from a snapshot still has the template's identity after waiting.
+  bool WaitForIdentity(std::chrono::milliseconds timeout);
   // How long an exec waits for the agent's vsock connection.
   std::chrono::milliseconds ExecConnectTimeout() const;
 
