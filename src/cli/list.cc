@@ -45,6 +45,7 @@ nlohmann::json Describe(const VmEntry& vm) {
   if (state && state->is_object()) {
     d["state"] = state->value("state", "unknown");
     d["agent"] = state->value("agent", nlohmann::json::object()).value("connected", false);
+    if (auto timing = state->find("timing"); timing != state->end()) d["timing"] = *timing;
   } else {
     d["state"] = "unresponsive";
   }
