@@ -1,0 +1,941 @@
+#include "fs/passthrough.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <linux/openat2.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <vector>
+
+namespace clonevm::fs {
+namespace {
+
+constexpr int kStateVersion = 1;
+constexpr uint32_t kOurMinor = FUSE_KERNEL_MINOR_VERSION;
+// INIT flags we accept when the kernel offers them.
+constexpr uint32_t kSupportedFlags = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_ATOMIC_O_TRUNC | FUSE_DO_READDIRPLUS |
+                                     FUSE_READDIRPLUS_AUTO | FUSE_MAX_PAGES;
+
+// Reads one T from the front of `in` (advancing it); nullopt when too short.
+template <typename T>
+std::optional<T> Take(std::span<const uint8_t>& in) {
+  if (in.size() < sizeof(T)) return std::nullopt;
+  T value;
+  std::memcpy(&value, in.data(), sizeof(T));
+  in = in.subspan(sizeof(T));
+  return value;
+}
+
+// A NUL-terminated string at the front of `in` (advancing past the NUL); nullopt without a NUL.
+std::optional<std::string> TakeString(std::span<const uint8_t>& in) {
+  auto nul = std::find(in.begin(), in.end(), uint8_t{0});
+  if (nul == in.end()) return std::nullopt;
+  std::string s(in.begin(), nul);
+  in = in.subspan(static_cast<size_t>(nul - in.begin()) + 1);
+  return s;
+}
+
+// 0 for a name that is one plain path component, else the errno to answer.
+int CheckName(const std::string& name) {
+  if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) return EINVAL;
+  if (name.size() > NAME_MAX) return ENAMETOOLONG;
+  return 0;
+}
+
+void FillAttr(const struct stat& st, fuse_attr& attr) {
+  attr = {};
+  attr.ino = st.st_ino;
+  attr.size = static_cast<uint64_t>(st.st_size);
+  attr.blocks = static_cast<uint64_t>(st.st_blocks);
+  attr.atime = static_cast<uint64_t>(st.st_atim.tv_sec);
+  attr.mtime = static_cast<uint64_t>(st.st_mtim.tv_sec);
+  attr.ctime = static_cast<uint64_t>(st.st_ctim.tv_sec);
+  attr.atimensec = static_cast<uint32_t>(st.st_atim.tv_nsec);
+  attr.mtimensec = static_cast<uint32_t>(st.st_mtim.tv_nsec);
+  attr.ctimensec = static_cast<uint32_t>(st.st_ctim.tv_nsec);
+  attr.mode = st.st_mode;
+  attr.nlink = static_cast<uint32_t>(st.st_nlink);
+  attr.uid = st.st_uid;
+  attr.gid = st.st_gid;
+  attr.rdev = static_cast<uint32_t>(st.st_rdev);
+  attr.blksize = static_cast<uint32_t>(st.st_blksize);
+}
+
+int Errno() { return errno != 0 ? errno : EIO; }
+
+int StatFd(int fd, struct stat* st) {
+  return ::fstatat(fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 ? 0 : Errno();
+}
+
+long OpenAt2(int dirfd, const char* path, uint64_t flags, uint64_t resolve) {
+  open_how how{};
+  how.flags = flags;
+  how.resolve = resolve;
+  return ::syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+}
+
+constexpr uint64_t kCacheSec = static_cast<uint64_t>(PassthroughFs::kCacheSeconds);
+
+}  // namespace
+
+// The reply being built: fuse_out_header then the payload, bounded by the guest's buffer.
+struct PassthroughFs::Reply {
+  std::span<uint8_t> buffer;  // the whole reply buffer (>= sizeof(fuse_out_header))
+  size_t length = 0;          // 0: no reply
+  int error = 0;
+
+  // Payload space after the header.
+  std::span<uint8_t> payload() { return buffer.subspan(sizeof(fuse_out_header)); }
+  void Error(int err) {
+    error = err;
+    length = sizeof(fuse_out_header);
+  }
+  // A fixed-size reply; -EIO when the guest's buffer is too small for it.
+  template <typename T>
+  void Ok(const T& value) {
+    if (payload().size() < sizeof(T)) return Error(EIO);
+    std::memcpy(payload().data(), &value, sizeof(T));
+    error = 0;
+    length = sizeof(fuse_out_header) + sizeof(T);
+  }
+  void OkEmpty() {
+    error = 0;
+    length = sizeof(fuse_out_header);
+  }
+  void OkBytes(size_t n) {
+    error = 0;
+    length = sizeof(fuse_out_header) + n;
+  }
+};
+
+Result<std::unique_ptr<PassthroughFs>> PassthroughFs::Create(const std::string& root, FsOptions options) {
+  if (options.max_write < 4096 || options.max_write > kMaxIoBytes) {
+    return Fail("shared directory: max_write {} is not in 4096..{}", options.max_write, kMaxIoBytes);
+  }
+  Fd root_fd(::open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!root_fd) return FailErrno("opening the shared directory", root);
+  Fd proc_fd(::open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!proc_fd) return FailErrno("open /proc/self/fd");
+  char buf[PATH_MAX];
+  ssize_t n = ::readlinkat(proc_fd.get(), std::to_string(root_fd.get()).c_str(), buf, sizeof(buf) - 1);
+  if (n <= 0) return FailErrno("readlink of the shared directory's fd", root);
+  std::string canonical(buf, static_cast<size_t>(n));
+  struct stat st {};
+  if (StatFd(root_fd.get(), &st) != 0) return FailErrno("stat", root);
+  std::unique_ptr<PassthroughFs> fs(
+      new PassthroughFs(std::move(root_fd), std::move(canonical), options, std::move(proc_fd)));
+  Inode& inode = fs->inodes_[kRootNodeId];
+  inode.fd.reset(::open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!inode.fd) return FailErrno("opening the shared directory", root);
+  inode.lookups = 1;
+  inode.dev = st.st_dev;
+  inode.ino = st.st_ino;
+  inode.type = st.st_mode & S_IFMT;
+  fs->by_host_inode_[{st.st_dev, st.st_ino}] = kRootNodeId;
+  return fs;
+}
+
+PassthroughFs::PassthroughFs(Fd root, std::string root_path, FsOptions options, Fd proc_fd)
+    : root_fd_(std::move(root)), root_path_(std::move(root_path)), options_(options), proc_fd_(std::move(proc_fd)) {}
+
+uint64_t PassthroughFs::lookup_count(uint64_t nodeid) const {
+  auto it = inodes_.find(nodeid);
+  return it == inodes_.end() ? 0 : it->second.lookups;
+}
+
+std::string PassthroughFs::ProcName(int fd) { return std::to_string(fd); }
+
+Result<PassthroughFs::Inode*> PassthroughFs::GetInode(uint64_t nodeid) {
+  auto it = inodes_.find(nodeid);
+  if (it == inodes_.end()) return Fail(Error("unknown nodeid", EBADF));
+  if (!it->second.fd) return Fail(Error("stale nodeid", ESTALE));
+  return &it->second;
+}
+
+Result<PassthroughFs::OpenFile*> PassthroughFs::GetHandle(uint64_t fh, bool dir) {
+  auto it = handles_.find(fh);
+  if (it == handles_.end() || it->second.dir != dir) return Fail(Error("unknown fh", EBADF));
+  if (!it->second.fd) return Fail(Error("stale fh", ESTALE));
+  return &it->second;
+}
+
+Result<Fd> PassthroughFs::ReopenInode(const Inode& inode, int flags) const {
+  if (inode.type == S_IFLNK) return Fail(Error("symlink", ELOOP));
+  int fd = ::openat(proc_fd_.get(), ProcName(inode.fd.get()).c_str(), flags | O_CLOEXEC);
+  if (fd < 0) return Fail(Error("open", Errno()));
+  return Fd(fd);
+}
+
+uint64_t PassthroughFs::AddHandle(Fd fd, uint64_t nodeid, uint32_t flags, bool dir) {
+  uint64_t fh = next_fh_++;
+  handles_[fh] = OpenFile{std::move(fd), nodeid, flags, dir};
+  return fh;
+}
+
+size_t PassthroughFs::Handle(std::span<const uint8_t> request, std::span<uint8_t> reply_buffer) {
+  if (reply_buffer.size() < sizeof(fuse_out_header)) reply_buffer = {};
+  std::span<const uint8_t> in = request;
+  auto header = Take<fuse_in_header>(in);
+  if (!header) return 0;  // the transport checks this; nothing to answer without a unique id
+  Reply reply{reply_buffer};
+  const uint64_t node = header->nodeid;
+  const uint32_t op = header->opcode;
+
+  if (op == FUSE_FORGET) {
+    if (auto arg = Take<fuse_forget_in>(in)) DoForget(node, arg->nlookup);
+    return 0;
+  }
+  if (op == FUSE_BATCH_FORGET) {
+    DoBatchForget(in);
+    return 0;
+  }
+  if (reply_buffer.empty()) return 0;
+
+  if (op == FUSE_INIT) {
+    DoInit(in, reply);
+  } else if (!initialized_) {
+    reply.Error(EIO);
+  } else {
+    switch (op) {
+      case FUSE_DESTROY:
+        DoDestroy();
+        reply.OkEmpty();
+        break;
+      case FUSE_LOOKUP: DoLookup(node, in, reply); break;
+      case FUSE_GETATTR: DoGetattr(node, reply); break;
+      case FUSE_SETATTR: DoSetattr(node, in, reply); break;
+      case FUSE_READLINK: DoReadlink(node, reply); break;
+      case FUSE_SYMLINK: DoSymlink(node, in, header->uid, header->gid, reply); break;
+      case FUSE_MKNOD: DoMknod(node, in, header->uid, header->gid, reply); break;
+      case FUSE_MKDIR: DoMkdir(node, in, header->uid, header->gid, reply); break;
+      case FUSE_UNLINK: DoUnlink(node, in, false, reply); break;
+      case FUSE_RMDIR: DoUnlink(node, in, true, reply); break;
+      case FUSE_RENAME: DoRename(node, in, false, reply); break;
+      case FUSE_RENAME2: DoRename(node, in, true, reply); break;
+      case FUSE_LINK: DoLink(node, in, reply); break;
+      case FUSE_OPEN: DoOpen(node, in, false, reply); break;
+      case FUSE_OPENDIR: DoOpen(node, in, true, reply); break;
+      case FUSE_CREATE: DoCreate(node, in, header->uid, header->gid, reply); break;
+      case FUSE_READ: DoRead(in, reply); break;
+      case FUSE_WRITE: DoWrite(in, reply); break;
+      case FUSE_STATFS: DoStatfs(node, reply); break;
+      case FUSE_RELEASE: DoRelease(in, false, reply); break;
+      case FUSE_RELEASEDIR: DoRelease(in, true, reply); break;
+      case FUSE_FLUSH:
+        // Nothing is buffered here: writes went to the host file when they were answered.
+        if (auto arg = Take<fuse_flush_in>(in); !arg) {
+          reply.Error(EINVAL);
+        } else if (auto h = GetHandle(arg->fh, false); !h) {
+          reply.Error(h.error().error_number());
+        } else {
+          reply.OkEmpty();
+        }
+        break;
+      case FUSE_FSYNC: DoFsync(in, false, reply); break;
+      case FUSE_FSYNCDIR: DoFsync(in, true, reply); break;
+      case FUSE_READDIR: DoReaddir(in, false, reply); break;
+      case FUSE_READDIRPLUS: DoReaddir(in, true, reply); break;
+      case FUSE_ACCESS: DoAccess(node, in, reply); break;
+      case FUSE_FALLOCATE: DoFallocate(in, reply); break;
+      case FUSE_LSEEK: DoLseek(in, reply); break;
+      default: reply.Error(ENOSYS); break;
+    }
+  }
+  if (reply.length == 0) return 0;
+  fuse_out_header out{};
+  out.len = static_cast<uint32_t>(reply.length);
+  out.error = -reply.error;
+  out.unique = header->unique;
+  std::memcpy(reply_buffer.data(), &out, sizeof(out));
+  return reply.length;
+}
+
+void PassthroughFs::DoInit(std::span<const uint8_t> in, Reply& reply) {
+  auto arg = Take<fuse_init_in>(in);
+  if (!arg) {
+    // Kernels before 7.36 send the 16-byte form (no flags2).
+    std::span<const uint8_t> again = in;
+    if (again.size() < 16) return reply.Error(EINVAL);
+    fuse_init_in short_in{};
+    std::memcpy(&short_in, again.data(), 16);
+    arg = short_in;
+  }
+  if (initialized_) return reply.Error(EPROTO);
+  if (arg->major < 7) return reply.Error(EPROTO);
+  fuse_init_out out{};
+  out.major = FUSE_KERNEL_VERSION;
+  out.minor = kOurMinor;
+  if (arg->major > FUSE_KERNEL_VERSION) return reply.Ok(out);  // the kernel retries with our major
+  out.minor = std::min(arg->minor, kOurMinor);
+  out.max_readahead = arg->max_readahead;
+  out.flags = arg->flags & kSupportedFlags;
+  out.max_background = 64;
+  out.congestion_threshold = 48;
+  out.max_write = options_.max_write;
+  out.time_gran = 1;
+  out.max_pages = static_cast<uint16_t>(options_.max_write / 4096);
+  minor_ = out.minor;
+  init_flags_ = out.flags;
+  max_write_ = out.max_write;
+  initialized_ = true;
+  // Older kernels want the older, shorter reply.
+  if (out.minor < 5) {
+    if (reply.payload().size() < FUSE_COMPAT_INIT_OUT_SIZE) return reply.Error(EIO);
+    std::memcpy(reply.payload().data(), &out, FUSE_COMPAT_INIT_OUT_SIZE);
+    return reply.OkBytes(FUSE_COMPAT_INIT_OUT_SIZE);
+  }
+  if (out.minor < 23) {
+    if (reply.payload().size() < FUSE_COMPAT_22_INIT_OUT_SIZE) return reply.Error(EIO);
+    std::memcpy(reply.payload().data(), &out, FUSE_COMPAT_22_INIT_OUT_SIZE);
+    return reply.OkBytes(FUSE_COMPAT_22_INIT_OUT_SIZE);
+  }
+  reply.Ok(out);
+}
+
+void PassthroughFs::DoDestroy() {
+  // The guest unmounted: it forgets every inode but the root and every handle.
+  handles_.clear();
+  for (auto it = inodes_.begin(); it != inodes_.end();) {
+    if (it->first == kRootNodeId) {
+      ++it;
+      continue;
+    }
+    by_host_inode_.erase({it->second.dev, it->second.ino});
+    it = inodes_.erase(it);
+  }
+  initialized_ = false;
+}
+
+int PassthroughFs::LookupEntry(Inode& parent, const char* name, void* entry_out) {
+  int fd = ::openat(parent.fd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return Errno();
+  Fd new_fd(fd);
+  struct stat st {};
+  if (int err = StatFd(new_fd.get(), &st); err != 0) return err;
+  uint64_t nodeid;
+  auto known = by_host_inode_.find({st.st_dev, st.st_ino});
+  if (known != by_host_inode_.end() && inodes_.count(known->second) != 0) {
+    nodeid = known->second;
+    Inode& inode = inodes_[nodeid];
+    if (!inode.fd) inode.fd = std::move(new_fd);  // a stale entry found again
+    ++inode.lookups;
+  } else {
+    if (inodes_.size() >= kMaxInodes) return ENFILE;
+    nodeid = next_nodeid_++;
+    Inode& inode = inodes_[nodeid];
+    inode.fd = std::move(new_fd);
+    inode.lookups = 1;
+    inode.dev = st.st_dev;
+    inode.ino = st.st_ino;
+    inode.type = st.st_mode & S_IFMT;
+    by_host_inode_[{st.st_dev, st.st_ino}] = nodeid;
+  }
+  fuse_entry_out entry{};
+  entry.nodeid = nodeid;
+  entry.generation = 0;
+  entry.entry_valid = kCacheSec;
+  entry.attr_valid = kCacheSec;
+  FillAttr(st, entry.attr);
+  std::memcpy(entry_out, &entry, sizeof(entry));
+  return 0;
+}
+
+void PassthroughFs::DoLookup(uint64_t parent, std::span<const uint8_t> in, Reply& reply) {
+  auto name = TakeString(in);
+  if (!name) return reply.Error(EINVAL);
+  if (int err = CheckName(*name)) return reply.Error(err);
+  auto dir = GetInode(parent);
+  if (!dir) return reply.Error(dir.error().error_number());
+  fuse_entry_out entry;
+  if (int err = LookupEntry(**dir, name->c_str(), &entry)) return reply.Error(err);
+  reply.Ok(entry);
+}
+
+void PassthroughFs::DoForget(uint64_t nodeid, uint64_t nlookup) {
+  if (nodeid == kRootNodeId) return;  // the root lives as long as the server
+  auto it = inodes_.find(nodeid);
+  if (it == inodes_.end()) return;
+  Inode& inode = it->second;
+  inode.lookups -= std::min(inode.lookups, nlookup);
+  if (inode.lookups > 0) return;
+  auto key = std::make_pair(inode.dev, inode.ino);
+  if (auto k = by_host_inode_.find(key); k != by_host_inode_.end() && k->second == nodeid) by_host_inode_.erase(k);
+  inodes_.erase(it);
+}
+
+void PassthroughFs::DoBatchForget(std::span<const uint8_t> in) {
+  auto arg = Take<fuse_batch_forget_in>(in);
+  if (!arg) return;
+  for (uint32_t i = 0; i < arg->count; ++i) {
+    auto one = Take<fuse_forget_one>(in);
+    if (!one) return;  // count larger than the request: forget what is there
+    DoForget(one->nodeid, one->nlookup);
+  }
+}
+
+void PassthroughFs::DoGetattr(uint64_t nodeid, Reply& reply) {
+  auto inode = GetInode(nodeid);
+  if (!inode) return reply.Error(inode.error().error_number());
+  struct stat st {};
+  if (int err = StatFd((*inode)->fd.get(), &st)) return reply.Error(err);
+  fuse_attr_out out{};
+  out.attr_valid = kCacheSec;
+  FillAttr(st, out.attr);
+  reply.Ok(out);
+}
+
+void PassthroughFs::DoSetattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply) {
+  auto arg = Take<fuse_setattr_in>(in);
+  if (!arg) return reply.Error(EINVAL);
+  auto got = GetInode(nodeid);
+  if (!got) return reply.Error(got.error().error_number());
+  if (options_.read_only) return reply.Error(EROFS);
+  Inode& inode = **got;
+  const std::string proc = ProcName(inode.fd.get());
+  const bool symlink = inode.type == S_IFLNK;
+  const uint32_t valid = arg->valid;
+  if (valid & FATTR_MODE) {
+    if (symlink) return reply.Error(EOPNOTSUPP);
+    if (::fchmodat(proc_fd_.get(), proc.c_str(), arg->mode & 07777, 0) != 0) return reply.Error(Errno());
+  }
+  if (valid & (FATTR_UID | FATTR_GID)) {
+    uid_t uid = (valid & FATTR_UID) ? arg->uid : static_cast<uid_t>(-1);
+    gid_t gid = (valid & FATTR_GID) ? arg->gid : static_cast<gid_t>(-1);
+    if (::fchownat(inode.fd.get(), "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) {
+      return reply.Error(Errno());
+    }
+  }
+  if (valid & FATTR_SIZE) {
+    int result;
+    if (auto h = (valid & FATTR_FH) ? GetHandle(arg->fh, false) : Result<OpenFile*>(nullptr); h && *h != nullptr) {
+      result = ::ftruncate((*h)->fd.get(), static_cast<off_t>(arg->size));
+    } else {
+      auto fd = ReopenInode(inode, O_WRONLY);
+      if (!fd) return reply.Error(fd.error().error_number());
+      result = ::ftruncate(fd->get(), static_cast<off_t>(arg->size));
+    }
+    if (result != 0) return reply.Error(Errno());
+  }
+  if (valid & (FATTR_ATIME | FATTR_MTIME)) {
+    if (symlink) return reply.Error(EOPNOTSUPP);
+    timespec times[2];
+    times[0] = {0, UTIME_OMIT};
+    times[1] = {0, UTIME_OMIT};
+    if (valid & FATTR_ATIME) {
+      times[0] = (valid & FATTR_ATIME_NOW) ? timespec{0, UTIME_NOW}
+                                           : timespec{static_cast<time_t>(arg->atime), static_cast<long>(arg->atimensec)};
+    }
+    if (valid & FATTR_MTIME) {
+      times[1] = (valid & FATTR_MTIME_NOW) ? timespec{0, UTIME_NOW}
+                                           : timespec{static_cast<time_t>(arg->mtime), static_cast<long>(arg->mtimensec)};
+    }
+    if (::utimensat(proc_fd_.get(), proc.c_str(), times, 0) != 0) return reply.Error(Errno());
+  }
+  DoGetattr(nodeid, reply);
+}
+
+void PassthroughFs::DoReadlink(uint64_t nodeid, Reply& reply) {
+  auto inode = GetInode(nodeid);
+  if (!inode) return reply.Error(inode.error().error_number());
+  char buf[PATH_MAX];
+  ssize_t n = ::readlinkat((*inode)->fd.get(), "", buf, sizeof(buf));
+  if (n < 0) return reply.Error(Errno());
+  if (static_cast<size_t>(n) > reply.payload().size()) return reply.Error(ERANGE);
+  std::memcpy(reply.payload().data(), buf, static_cast<size_t>(n));
+  reply.OkBytes(static_cast<size_t>(n));
+}
+
+void PassthroughFs::FinishCreate(Inode& parent, const char* name, uint32_t uid, uint32_t gid, Reply& reply) {
+  if (::geteuid() == 0) {
+    // Best effort: the object exists either way; a failed chown leaves it owned by root.
+    [[maybe_unused]] int r = ::fchownat(parent.fd.get(), name, uid, gid, AT_SYMLINK_NOFOLLOW);
+  }
+  fuse_entry_out entry;
+  if (int err = LookupEntry(parent, name, &entry)) return reply.Error(err);
+  reply.Ok(entry);
+}
+
+void PassthroughFs::DoSymlink(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply) {
+  auto name = TakeString(in);
+  auto target = name ? TakeString(in) : std::nullopt;
+  if (!target) return reply.Error(EINVAL);
+  if (int err = CheckName(*name)) return reply.Error(err);
+  if (target->empty() || target->size() >= PATH_MAX) return reply.Error(EINVAL);
+  auto dir = GetInode(parent);
+  if (!dir) return reply.Error(dir.error().error_number());
+  if (options_.read_only) return reply.Error(EROFS);
+  // The target is only text stored in the link; the server never follows it.
+  if (::symlinkat(target->c_str(), (*dir)->fd.get(), name->c_str()) != 0) return reply.Error(Errno());
+  FinishCreate(**dir, name->c_str(), uid, gid, reply);
+}
+
+void PassthroughFs::DoMknod(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply) {
+  auto arg = Take<fuse_mknod_in>(in);
+  auto name = arg ? TakeString(in) : std::nullopt;
+  if (!name) return reply.Error(EINVAL);
+  if (int err = CheckName(*name)) return reply.Error(err);
+  auto dir = GetInode(parent);
+  if (!dir) return reply.Error(dir.error().error_number());
+  if (options_.read_only) return reply.Error(EROFS);
+  mode_t type = arg->mode & S_IFMT;
+  if (type != S_IFREG && type != S_IFIFO) return reply.Error(EPERM);  // no device nodes or sockets
+  if (::mknodat((*dir)->fd.get(), name->c_str(), arg->mode & (S_IFMT | 07777), 0) != 0) return reply.Error(Errno());
+  FinishCreate(**dir, name->c_str(), uid, gid, reply);
+}
+
+void PassthroughFs::DoMkdir(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply) {
+  auto arg = Take<fuse_mkdir_in>(in);
+  auto name = arg ? TakeString(in) : std::nullopt;
+  if (!name) return reply.Error(EINVAL);
+  if (int err = CheckName(*name)) return reply.Error(err);
+  auto dir = GetInode(parent);
+  if (!dir) return reply.Error(dir.error().error_number());
+  if (options_.read_only) return reply.Error(EROFS);
+  if (::mkdirat((*dir)->fd.get(), name->c_str(), arg->mode & 07777) != 0) return reply.Error(Errno());
+  FinishCreate(**dir, name->c_str(), uid, gid, reply);
+}
+
+void PassthroughFs::DoUnlink(uint64_t parent, std::span<const uint8_t> in, bool dir, Reply& reply) {
+  auto name = TakeString(in);
+  if (!name) return reply.Error(EINVAL);
+  if (int err = CheckName(*name)) return reply.Error(err);
+  auto inode = GetInode(parent);
+  if (!inode) return reply.Error(inode.error().error_number());
+  if (options_.read_only) return reply.Error(EROFS);
+  if (::unlinkat((*inode)->fd.get(), name->c_str(), dir ? AT_REMOVEDIR : 0) != 0) return reply.Error(Errno());
+  reply.OkEmpty();
+}
+
+void PassthroughFs::DoRename(uint64_t parent, std::span<const uint8_t> in, bool rename2, Reply& reply) {
+  uint64_t newdir;
+  uint32_t flags = 0;
+  if (rename2) {
+    auto arg = Take<fuse_rename2_in>(in);
+    if (!arg) return reply.Error(EINVAL);
+    newdir = arg->newdir;
+    flags = arg->flags;
+  } else {
+    auto arg = Take<fuse_rename_in>(in);
+    if (!arg) return reply.Error(EINVAL);
+    newdir = arg->newdir;
+  }
+  auto oldname = TakeString(in);
+  auto newname = oldname ? TakeString(in) : std::nullopt;
+  if (!newname) return reply.Error(EINVAL);
+  if (int err = CheckName(*oldname)) return reply.Error(err);
+  if (int err = CheckName(*newname)) return reply.Error(err);
+  if ((flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) != 0) return reply.Error(EINVAL);  // no WHITEOUT
+  auto from = GetInode(parent);
+  if (!from) return reply.Error(from.error().error_number());
+  auto to = GetInode(newdir);
+  if (!to) return reply.Error(to.error().error_number());
+  if (options_.read_only) return reply.Error(EROFS);
+  if (::renameat2((*from)->fd.get(), oldname->c_str(), (*to)->fd.get(), newname->c_str(), flags) != 0) {
+    return reply.Error(Errno());
+  }
+  reply.OkEmpty();
+}
+
+void PassthroughFs::DoLink(uint64_t parent, std::span<const uint8_t> in, Reply& reply) {
+  auto arg = Take<fuse_link_in>(in);
+  auto name = arg ? TakeString(in) : std::nullopt;
+  if (!name) return reply.Error(EINVAL);
+  if (int err = CheckName(*name)) return reply.Error(err);
+  auto dir = GetInode(parent);
+  if (!dir) return reply.Error(dir.error().error_number());
+  auto target = GetInode(arg->oldnodeid);
+  if (!target) return reply.Error(target.error().error_number());
+  if (options_.read_only) return reply.Error(EROFS);
+  if ((*target)->type == S_IFDIR) return reply.Error(EPERM);
+  // linkat through /proc/self/fd/N names the inode itself (AT_EMPTY_PATH would need
+  // CAP_DAC_READ_SEARCH); a symlink is linked as itself because /proc's magic link is not followed
+  // further for the final component.
+  if (::linkat(proc_fd_.get(), ProcName((*target)->fd.get()).c_str(), (*dir)->fd.get(), name->c_str(),
+               AT_SYMLINK_FOLLOW) != 0) {
+    return reply.Error(Errno());
+  }
+  fuse_entry_out entry;
+  if (int err = LookupEntry(**dir, name->c_str(), &entry)) return reply.Error(err);
+  reply.Ok(entry);
+}
+
+void PassthroughFs::DoOpen(uint64_t nodeid, std::span<const uint8_t> in, bool dir, Reply& reply) {
+  auto arg = Take<fuse_open_in>(in);
+  if (!arg) return reply.Error(EINVAL);
+  auto got = GetInode(nodeid);
+  if (!got) return reply.Error(got.error().error_number());
+  Inode& inode = **got;
+  if (handles_.size() >= kMaxHandles) return reply.Error(ENFILE);
+  int flags = static_cast<int>(arg->flags) & ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW | O_PATH);
+  if (dir) {
+    if (inode.type != S_IFDIR) return reply.Error(ENOTDIR);
+    flags = O_RDONLY | O_DIRECTORY;
+  } else {
+    if (inode.type == S_IFDIR) return reply.Error(EISDIR);
+    if (options_.read_only && ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC))) return reply.Error(EROFS);
+  }
+  auto fd = ReopenInode(inode, flags);
+  if (!fd) return reply.Error(fd.error().error_number());
+  fuse_open_out out{};
+  out.fh = AddHandle(std::move(*fd), nodeid, static_cast<uint32_t>(flags), dir);
+  reply.Ok(out);
+  if (reply.error != 0) handles_.erase(out.fh);
+}
+
+void PassthroughFs::DoCreate(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply) {
+  auto arg = Take<fuse_create_in>(in);
+  auto name = arg ? TakeString(in) : std::nullopt;
+  if (!name) return reply.Error(EINVAL);
+  if (int err = CheckName(*name)) return reply.Error(err);
+  auto dir = GetInode(parent);
+  if (!dir) return reply.Error(dir.error().error_number());
+  if (options_.read_only) return reply.Error(EROFS);
+  if (handles_.size() >= kMaxHandles) return reply.Error(ENFILE);
+  int flags = (static_cast<int>(arg->flags) & ~(O_NOCTTY | O_PATH | O_DIRECTORY)) | O_CREAT | O_NOFOLLOW | O_CLOEXEC;
+  int fd = ::openat((*dir)->fd.get(), name->c_str(), flags, arg->mode & 07777);
+  if (fd < 0) return reply.Error(Errno());
+  Fd file(fd);
+  if (::geteuid() == 0) [[maybe_unused]] int r = ::fchown(file.get(), uid, gid);
+  struct {
+    fuse_entry_out entry;
+    fuse_open_out open;
+  } out{};
+  if (int err = LookupEntry(**dir, name->c_str(), &out.entry)) return reply.Error(err);
+  out.open.fh = AddHandle(std::move(file), out.entry.nodeid, static_cast<uint32_t>(flags & ~O_CREAT), false);
+  reply.Ok(out);
+  if (reply.error != 0) {
+    handles_.erase(out.open.fh);
+    DoForget(out.entry.nodeid, 1);
+  }
+}
+
+void PassthroughFs::DoRead(std::span<const uint8_t> in, Reply& reply) {
+  auto arg = Take<fuse_read_in>(in);
+  if (!arg) return reply.Error(EINVAL);
+  auto h = GetHandle(arg->fh, false);
+  if (!h) return reply.Error(h.error().error_number());
+  size_t size = std::min<size_t>({arg->size, reply.payload().size(), kMaxIoBytes});
+  if (arg->offset > static_cast<uint64_t>(INT64_MAX)) return reply.Error(EINVAL);
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = ::pread((*h)->fd.get(), reply.payload().data() + done, size - done,
+                        static_cast<off_t>(arg->offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (done == 0) return reply.Error(Errno());
+      break;
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  reply.OkBytes(done);
+}
+
+void PassthroughFs::DoWrite(std::span<const uint8_t> in, Reply& reply) {
+  auto arg = Take<fuse_write_in>(in);
+  if (!arg) return reply.Error(EINVAL);
+  if (arg->size > in.size() || arg->size > max_write_) return reply.Error(EINVAL);
+  if (arg->offset > static_cast<uint64_t>(INT64_MAX)) return reply.Error(EINVAL);
+  auto h = GetHandle(arg->fh, false);
+  if (!h) return reply.Error(h.error().error_number());
+  if (options_.read_only) return reply.Error(EROFS);
+  size_t done = 0;
+  while (done < arg->size) {
+    ssize_t n = ::pwrite((*h)->fd.get(), in.data() + done, arg->size - done, static_cast<off_t>(arg->offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (done == 0) return reply.Error(Errno());
+      break;
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  fuse_write_out out{};
+  out.size = static_cast<uint32_t>(done);
+  reply.Ok(out);
+}
+
+void PassthroughFs::DoStatfs(uint64_t nodeid, Reply& reply) {
+  auto inode = GetInode(nodeid);
+  if (!inode) return reply.Error(inode.error().error_number());
+  struct statfs st {};
+  if (::fstatfs((*inode)->fd.get(), &st) != 0) return reply.Error(Errno());
+  fuse_statfs_out out{};
+  out.st.blocks = st.f_blocks;
+  out.st.bfree = st.f_bfree;
+  out.st.bavail = st.f_bavail;
+  out.st.files = st.f_files;
+  out.st.ffree = st.f_ffree;
+  out.st.bsize = static_cast<uint32_t>(st.f_bsize);
+  out.st.namelen = static_cast<uint32_t>(st.f_namelen);
+  out.st.frsize = static_cast<uint32_t>(st.f_frsize);
+  reply.Ok(out);
+}
+
+void PassthroughFs::DoRelease(std::span<const uint8_t> in, bool dir, Reply& reply) {
+  auto arg = Take<fuse_release_in>(in);
+  if (!arg) return reply.Error(EINVAL);
+  auto it = handles_.find(arg->fh);
+  if (it == handles_.end() || it->second.dir != dir) return reply.Error(EBADF);
+  handles_.erase(it);  // stale handles are released too
+  reply.OkEmpty();
+}
+
+void PassthroughFs::DoFsync(std::span<const uint8_t> in, bool dir, Reply& reply) {
+  auto arg = Take<fuse_fsync_in>(in);
+  if (!arg) return reply.Error(EINVAL);
+  auto h = GetHandle(arg->fh, dir);
+  if (!h) return reply.Error(h.error().error_number());
+  int r = (arg->fsync_flags & 1) ? ::fdatasync((*h)->fd.get()) : ::fsync((*h)->fd.get());
+  if (r != 0) return reply.Error(Errno());
+  reply.OkEmpty();
+}
+
+void PassthroughFs::DoReaddir(std::span<const uint8_t> in, bool plus, Reply& reply) {
+  auto arg = Take<fuse_read_in>(in);
+  if (!arg) return reply.Error(EINVAL);
+  auto h = GetHandle(arg->fh, true);
+  if (!h) return reply.Error(h.error().error_number());
+  auto dir_inode = GetInode((*h)->nodeid);
+  if (!dir_inode) return reply.Error(dir_inode.error().error_number());
+  const int fd = (*h)->fd.get();
+  std::span<uint8_t> out = reply.payload().first(std::min<size_t>(reply.payload().size(), arg->size));
+  if (::lseek(fd, static_cast<off_t>(arg->offset), SEEK_SET) < 0) return reply.Error(Errno());
+  size_t used = 0;
+  alignas(8) uint8_t buf[16384];
+  bool full = false;
+  while (!full) {
+    long n = ::syscall(SYS_getdents64, fd, buf, sizeof(buf));
+    if (n < 0) {
+      if (used == 0) return reply.Error(Errno());
+      break;
+    }
+    if (n == 0) break;
+    for (long pos = 0; pos < n;) {
+      dirent64 d;
+      std::memcpy(&d, buf + pos, offsetof(dirent64, d_name));
+      const char* name = reinterpret_cast<const char*>(buf + pos + offsetof(dirent64, d_name));
+      pos += d.d_reclen;
+      size_t namelen = ::strnlen(name, NAME_MAX + 1);
+      size_t dirent_size = FUSE_DIRENT_ALIGN(FUSE_NAME_OFFSET + namelen);
+      size_t entry_size = plus ? FUSE_DIRENT_ALIGN(FUSE_NAME_OFFSET_DIRENTPLUS + namelen) : dirent_size;
+      if (used + entry_size > out.size()) {
+        full = true;
+        break;
+      }
+      fuse_dirent dirent{};
+      dirent.ino = d.d_ino;
+      dirent.off = static_cast<uint64_t>(d.d_off);
+      dirent.namelen = static_cast<uint32_t>(namelen);
+      dirent.type = d.d_type;
+      uint8_t* dst = out.data() + used;
+      std::memset(dst, 0, entry_size);
+      if (plus) {
+        fuse_entry_out entry{};
+        bool dot = std::strcmp(name, ".") == 0 || std::strcmp(name, "..") == 0;
+        // "." and ".." carry no entry (nodeid 0: the kernel does not instantiate them); an entry
+        // that cannot be looked up (raced with an unlink) is skipped.
+        if (!dot && LookupEntry(**dir_inode, name, &entry) != 0) continue;
+        std::memcpy(dst, &entry, sizeof(entry));
+        dst += sizeof(entry);
+      }
+      std::memcpy(dst, &dirent, FUSE_NAME_OFFSET);
+      std::memcpy(dst + FUSE_NAME_OFFSET, name, namelen);
+      used += entry_size;
+    }
+  }
+  reply.OkBytes(used);
+}
+
+void PassthroughFs::DoAccess(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply) {
+  auto arg = Take<fuse_access_in>(in);
+  if (!arg) return reply.Error(EINVAL);
+  auto inode = GetInode(nodeid);
+  if (!inode) return reply.Error(inode.error().error_number());
+  if (options_.read_only && (arg->mask & W_OK)) return reply.Error(EROFS);
+  if ((*inode)->type == S_IFLNK) return reply.OkEmpty();  // access() follows links in the guest
+  if (::faccessat(proc_fd_.get(), ProcName((*inode)->fd.get()).c_str(), static_cast<int>(arg->mask & 7), 0) != 0) {
+    return reply.Error(Errno());
+  }
+  reply.OkEmpty();
+}
+
+void PassthroughFs::DoFallocate(std::span<const uint8_t> in, Reply& reply) {
+  auto arg = Take<fuse_fallocate_in>(in);
+  if (!arg) return reply.Error(EINVAL);
+  auto h = GetHandle(arg->fh, false);
+  if (!h) return reply.Error(h.error().error_number());
+  if (options_.read_only) return reply.Error(EROFS);
+  if (arg->offset > static_cast<uint64_t>(INT64_MAX) || arg->length > static_cast<uint64_t>(INT64_MAX)) {
+    return reply.Error(EINVAL);
+  }
+  if (::fallocate((*h)->fd.get(), static_cast<int>(arg->mode), static_cast<off_t>(arg->offset),
+                  static_cast<off_t>(arg->length)) != 0) {
+    return reply.Error(Errno());
+  }
+  reply.OkEmpty();
+}
+
+void PassthroughFs::DoLseek(std::span<const uint8_t> in, Reply& reply) {
+  auto arg = Take<fuse_lseek_in>(in);
+  if (!arg) return reply.Error(EINVAL);
+  auto h = GetHandle(arg->fh, false);
+  if (!h) return reply.Error(h.error().error_number());
+  if (arg->whence != SEEK_DATA && arg->whence != SEEK_HOLE) return reply.Error(EINVAL);
+  off_t r = ::lseek((*h)->fd.get(), static_cast<off_t>(arg->offset), static_cast<int>(arg->whence));
+  if (r < 0) return reply.Error(Errno());
+  fuse_lseek_out out{};
+  out.offset = static_cast<uint64_t>(r);
+  reply.Ok(out);
+}
+
+// ---- State ----
+
+std::optional<std::string> PassthroughFs::RelativePath(int fd) const {
+  char buf[PATH_MAX];
+  ssize_t n = ::readlinkat(proc_fd_.get(), ProcName(fd).c_str(), buf, sizeof(buf) - 1);
+  if (n <= 0) return std::nullopt;
+  std::string path(buf, static_cast<size_t>(n));
+  if (path == root_path_) return std::string();
+  std::string prefix = root_path_ == "/" ? "/" : root_path_ + "/";
+  if (path.compare(0, prefix.size(), prefix) != 0) return std::nullopt;
+  std::string rel = path.substr(prefix.size());
+  // An unlinked file reads "<path> (deleted)": it cannot be found again by path.
+  struct stat st {};
+  if (StatFd(fd, &st) != 0 || st.st_nlink == 0) return std::nullopt;
+  return rel;
+}
+
+nlohmann::json PassthroughFs::SaveState() const {
+  nlohmann::json inodes = nlohmann::json::array();
+  for (const auto& [nodeid, inode] : inodes_) {
+    nlohmann::json entry = {{"nodeid", nodeid}, {"lookups", inode.lookups}};
+    std::optional<std::string> path = inode.fd ? RelativePath(inode.fd.get()) : std::nullopt;
+    if (path) {
+      entry["path"] = *path;
+    } else {
+      entry["stale"] = true;
+    }
+    inodes.push_back(std::move(entry));
+  }
+  nlohmann::json handles = nlohmann::json::array();
+  for (const auto& [fh, handle] : handles_) {
+    handles.push_back({{"fh", fh}, {"nodeid", handle.nodeid}, {"flags", handle.flags}, {"dir", handle.dir}});
+  }
+  return {{"version", kStateVersion},
+          {"initialized", initialized_},
+          {"minor", minor_},
+          {"init_flags", init_flags_},
+          {"max_write", max_write_},
+          {"next_nodeid", next_nodeid_},
+          {"next_fh", next_fh_},
+          {"inodes", std::move(inodes)},
+          {"handles", std::move(handles)}};
+}
+
+Result<void> PassthroughFs::RestoreState(const nlohmann::json& state) {
+  try {
+    if (!state.is_object()) return Fail("virtio-fs state is not an object");
+    int version = state.at("version").get<int>();
+    if (version < 1 || version > kStateVersion) return Fail("virtio-fs state version {} is not supported", version);
+    bool initialized = state.at("initialized").get<bool>();
+    uint32_t minor = state.at("minor").get<uint32_t>();
+    uint32_t init_flags = state.at("init_flags").get<uint32_t>();
+    uint32_t max_write = state.at("max_write").get<uint32_t>();
+    uint64_t next_nodeid = state.at("next_nodeid").get<uint64_t>();
+    uint64_t next_fh = state.at("next_fh").get<uint64_t>();
+    if (initialized && (minor > kOurMinor || max_write > options_.max_write || max_write == 0)) {
+      return Fail("virtio-fs state: minor {} / max_write {} exceed this server's {} / {}", minor, max_write, kOurMinor,
+                  options_.max_write);
+    }
+    const auto& inodes = state.at("inodes");
+    const auto& handles = state.at("handles");
+    if (!inodes.is_array() || !handles.is_array() || inodes.size() > kMaxInodes || handles.size() > kMaxHandles) {
+      return Fail("virtio-fs state: bad inode or handle table");
+    }
+    std::unordered_map<uint64_t, Inode> new_inodes;
+    std::map<std::pair<dev_t, ino_t>, uint64_t> new_by_host;
+    size_t stale = 0;
+    for (const auto& entry : inodes) {
+      uint64_t nodeid = entry.at("nodeid").get<uint64_t>();
+      uint64_t lookups = entry.at("lookups").get<uint64_t>();
+      if (nodeid == 0 || nodeid >= next_nodeid || new_inodes.count(nodeid) != 0) {
+        return Fail("virtio-fs state: bad or duplicate nodeid {}", nodeid);
+      }
+      Inode inode;
+      inode.lookups = lookups;
+      if (entry.contains("path")) {
+        std::string path = entry.at("path").get<std::string>();
+        long fd;
+        if (path.empty()) {
+          fd = ::openat(root_fd_.get(), ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        } else {
+          fd = OpenAt2(root_fd_.get(), path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC,
+                       RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+        }
+        if (fd >= 0) {
+          inode.fd.reset(static_cast<int>(fd));
+          struct stat st {};
+          if (StatFd(inode.fd.get(), &st) == 0) {
+            inode.dev = st.st_dev;
+            inode.ino = st.st_ino;
+            inode.type = st.st_mode & S_IFMT;
+            new_by_host.emplace(std::make_pair(st.st_dev, st.st_ino), nodeid);
+          } else {
+            inode.fd.reset();
+          }
+        }
+      }
+      if (nodeid == kRootNodeId && !inode.fd) return Fail("virtio-fs state: the shared root cannot be reopened");
+      if (!inode.fd) ++stale;
+      new_inodes.emplace(nodeid, std::move(inode));
+    }
+    if (new_inodes.count(kRootNodeId) == 0) return Fail("virtio-fs state: no root inode");
+    std::unordered_map<uint64_t, OpenFile> new_handles;
+    for (const auto& entry : handles) {
+      uint64_t fh = entry.at("fh").get<uint64_t>();
+      OpenFile handle;
+      handle.nodeid = entry.at("nodeid").get<uint64_t>();
+      handle.flags = entry.at("flags").get<uint32_t>();
+      handle.dir = entry.at("dir").get<bool>();
+      if (fh == 0 || fh >= next_fh || new_handles.count(fh) != 0) return Fail("virtio-fs state: bad or duplicate fh {}", fh);
+      auto inode = new_inodes.find(handle.nodeid);
+      if (inode == new_inodes.end()) return Fail("virtio-fs state: fh {} names unknown nodeid {}", fh, handle.nodeid);
+      if (inode->second.fd) {
+        int flags = handle.dir ? O_RDONLY | O_DIRECTORY
+                               : static_cast<int>(handle.flags) & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_PATH);
+        if (options_.read_only && !handle.dir && (flags & O_ACCMODE) != O_RDONLY) {
+          flags = (flags & ~O_ACCMODE) | O_RDONLY;  // writes through it answer EROFS anyway
+        }
+        if (auto fd = ReopenInode(inode->second, flags)) handle.fd = std::move(*fd);
+      }
+      if (!handle.fd) ++stale;
+      new_handles.emplace(fh, std::move(handle));
+    }
+    inodes_ = std::move(new_inodes);
+    by_host_inode_ = std::move(new_by_host);
+    handles_ = std::move(new_handles);
+    initialized_ = initialized;
+    minor_ = minor;
+    init_flags_ = init_flags;
+    max_write_ = max_write;
+    next_nodeid_ = next_nodeid;
+    next_fh_ = next_fh;
+    stale_entries_ = stale;
+    return {};
+  } catch (const nlohmann::json::exception& e) {
+    return Fail("restoring virtio-fs: {}", e.what());
+  }
+}
+
+}  // namespace clonevm::fs

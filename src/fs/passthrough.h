@@ -1,0 +1,192 @@
+// PassthroughFs: an in-process FUSE server that exports one host directory (the server behind
+// virtio-fs, devices/virtio/fs.h; no external virtiofsd).
+//
+//   auto fs = CLONE_TRY(fs::PassthroughFs::Create("/srv/share", {.read_only = false}));
+//   size_t n = fs->Handle(request_bytes, reply_buffer);   // one FUSE request -> its reply (0: none)
+//
+// Protocol: linux/fuse.h, major 7, minor negotiated down to the kernel's (at most
+// FUSE_KERNEL_MINOR_VERSION of our headers). Served: INIT, DESTROY, LOOKUP, FORGET, BATCH_FORGET,
+// GETATTR, SETATTR (mode, uid/gid, size, atime/mtime), READLINK, SYMLINK, MKNOD (regular files and
+// FIFOs only), MKDIR, UNLINK, RMDIR, RENAME, RENAME2, LINK, OPEN, CREATE, READ, WRITE, STATFS,
+// RELEASE, FLUSH, FSYNC, OPENDIR, READDIR, READDIRPLUS, RELEASEDIR, FSYNCDIR, ACCESS, FALLOCATE,
+// LSEEK. Everything else (xattrs, locks, ioctl, ...) is answered -ENOSYS, which makes the kernel
+// stop asking or fall back to local behaviour.
+//
+// Confinement (virtiofsd's design): every inode the guest knows is an O_PATH|O_NOFOLLOW fd opened
+// relative to its parent's fd, starting from the shared root; no host path is ever built from a
+// guest string. Names from the guest must be single components: empty, ".", "..", a '/' or a name
+// longer than NAME_MAX is refused (EINVAL / ENAMETOOLONG) before any syscall. Symlinks are never
+// followed by the server: a LOOKUP of a symlink returns the link itself, READLINK returns its text
+// (the guest resolves it in its own namespace), and OPEN of a symlink fails with ELOOP. Operations
+// on the inode itself (open, chmod, truncate, utimes, link) go through /proc/self/fd/N of that
+// O_PATH fd, which names the inode, not a path. A host process moving directories around under a
+// running guest cannot make the server leave the tree through these fds.
+//
+// Tables: nodeids (1 = the root) map to inodes with a lookup count; the same host inode (st_dev,
+// st_ino) always gets the same nodeid while the guest remembers it. FORGET/BATCH_FORGET subtract
+// from the count (never below zero) and drop the inode at zero. File handles (fh) map to an open
+// fd, its nodeid and its open flags. An unknown nodeid or fh is EBADF; at most kMaxInodes inodes
+// and kMaxHandles handles exist at once (ENFILE beyond).
+//
+// Read-only (`read_only`): every modifying request (SETATTR, SYMLINK, MKNOD, MKDIR, UNLINK, RMDIR,
+// RENAME(2), LINK, CREATE, WRITE, FALLOCATE, and OPEN for writing or with O_TRUNC) fails with EROFS.
+//
+// Hostile input: Handle() takes the request as bytes the guest wrote (already copied out of guest
+// memory). The caller guarantees only that it starts with a whole fuse_in_header whose len equals
+// the request's size (the transport's check). Every argument struct and string is length-checked
+// here; a short or malformed argument is an EINVAL reply, never a crash or a read past the bytes.
+// Replies never exceed the reply buffer: READ/READDIR are cut to fit, a fixed-size reply that does
+// not fit becomes -EIO (-ERANGE for READLINK).
+//
+// State (snapshots and forks): SaveState() records the negotiated INIT parameters, each inode as
+// (nodeid, lookup count, path relative to the root, from /proc/self/fd) and each handle as (fh,
+// nodeid, open flags, dir). RestoreState() — on a fresh server, possibly over a different root —
+// reopens them with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS) under
+// the root; an entry that no longer exists (or was already unlinked when saved) becomes stale: it
+// keeps its nodeid/fh so the guest's FORGET/RELEASE work, and every other use answers ESTALE.
+//
+// Credentials: requests run with the VMM's credentials. When the VMM runs as root, new files,
+// directories, nodes and symlinks are chowned to the requesting guest uid/gid.
+//
+// Thread-safety: none. One thread (the device's fs worker) calls Handle(); SaveState() and
+// RestoreState() must not run concurrently with it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <nlohmann/json_fwd.hpp>
+#include <optional>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include "base/fd.h"
+#include "base/result.h"
+
+namespace clonevm::fs {
+
+struct FsOptions {
+  bool read_only = false;
+  // Largest WRITE payload (and READ the kernel is told to expect), 4 KiB..kMaxIoBytes.
+  uint32_t max_write = 1u << 20;
+};
+
+class PassthroughFs {
+ public:
+  static constexpr uint32_t kMaxIoBytes = 1u << 20;  // max_write/max_pages ceiling (256 pages)
+  static constexpr size_t kMaxInodes = 1u << 16;
+  static constexpr size_t kMaxHandles = 1u << 14;
+  static constexpr uint64_t kRootNodeId = 1;
+  static constexpr double kCacheSeconds = 1.0;  // entry and attribute timeouts given to the kernel
+
+  // Opens `root` (must be a directory). Fails when it cannot be opened.
+  [[nodiscard]] static Result<std::unique_ptr<PassthroughFs>> Create(const std::string& root, FsOptions options);
+
+  // Serves one request (see the header comment) and writes its reply into `reply`. Returns the
+  // reply's length (fuse_out_header included), or 0 for requests without a reply (FORGET,
+  // BATCH_FORGET) and when `reply` cannot even hold a fuse_out_header.
+  size_t Handle(std::span<const uint8_t> request, std::span<uint8_t> reply);
+
+  // Ends the FUSE session as DESTROY does (the device was reset): every inode but the root and
+  // every handle is forgotten, and the next request must be INIT.
+  void EndSession() { DoDestroy(); }
+
+  [[nodiscard]] nlohmann::json SaveState() const;
+  [[nodiscard]] Result<void> RestoreState(const nlohmann::json& state);
+
+  // For tests and logs.
+  bool initialized() const { return initialized_; }
+  uint32_t negotiated_minor() const { return minor_; }
+  size_t inode_count() const { return inodes_.size(); }
+  size_t handle_count() const { return handles_.size(); }
+  // The lookup count of `nodeid` (0 when unknown).
+  uint64_t lookup_count(uint64_t nodeid) const;
+  const std::string& root() const { return root_path_; }
+  // Inodes and handles the last RestoreState() could not reopen (now stale).
+  size_t stale_entries() const { return stale_entries_; }
+
+ private:
+  struct Inode {
+    Fd fd;  // O_PATH | O_NOFOLLOW; invalid when stale
+    uint64_t lookups = 0;
+    dev_t dev = 0;
+    ino_t ino = 0;
+    mode_t type = 0;  // S_IFMT bits
+  };
+  struct OpenFile {
+    Fd fd;  // invalid when stale
+    uint64_t nodeid = 0;
+    uint32_t flags = 0;
+    bool dir = false;
+  };
+  struct Reply;
+
+  PassthroughFs(Fd root, std::string root_path, FsOptions options, Fd proc_fd);
+
+  // The handlers: `in` is the argument bytes after fuse_in_header.
+  void DoInit(std::span<const uint8_t> in, Reply& reply);
+  void DoLookup(uint64_t parent, std::span<const uint8_t> in, Reply& reply);
+  void DoForget(uint64_t nodeid, uint64_t nlookup);
+  void DoBatchForget(std::span<const uint8_t> in);
+  void DoGetattr(uint64_t nodeid, Reply& reply);
+  void DoSetattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
+  void DoReadlink(uint64_t nodeid, Reply& reply);
+  void DoSymlink(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply);
+  void DoMknod(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply);
+  void DoMkdir(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply);
+  void DoUnlink(uint64_t parent, std::span<const uint8_t> in, bool dir, Reply& reply);
+  void DoRename(uint64_t parent, std::span<const uint8_t> in, bool rename2, Reply& reply);
+  void DoLink(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
+  void DoOpen(uint64_t nodeid, std::span<const uint8_t> in, bool dir, Reply& reply);
+  void DoCreate(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply);
+  void DoRead(std::span<const uint8_t> in, Reply& reply);
+  void DoWrite(std::span<const uint8_t> in, Reply& reply);
+  void DoStatfs(uint64_t nodeid, Reply& reply);
+  void DoRelease(std::span<const uint8_t> in, bool dir, Reply& reply);
+  void DoFsync(std::span<const uint8_t> in, bool dir, Reply& reply);
+  void DoReaddir(std::span<const uint8_t> in, bool plus, Reply& reply);
+  void DoAccess(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
+  void DoFallocate(std::span<const uint8_t> in, Reply& reply);
+  void DoLseek(std::span<const uint8_t> in, Reply& reply);
+  void DoDestroy();
+
+  // The inode of `nodeid` with a usable fd, or an errno (EBADF unknown, ESTALE stale).
+  Result<Inode*> GetInode(uint64_t nodeid);
+  Result<OpenFile*> GetHandle(uint64_t fh, bool dir);
+  // Looks `name` up under `parent`: a new or existing nodeid with its lookup count + 1 and the
+  // entry written to `out` (a fuse_entry_out). Returns an errno on failure.
+  int LookupEntry(Inode& parent, const char* name, void* entry_out);
+  // After creating `name` in `parent`: chown to the guest's credentials (as root), then look it up.
+  void FinishCreate(Inode& parent, const char* name, uint32_t uid, uint32_t gid, Reply& reply);
+  // "/proc/self/fd/N" relative to proc_fd_: the name of inode `fd`.
+  static std::string ProcName(int fd);
+  // Opens the inode's file itself (not O_PATH) with `flags`.
+  Result<Fd> ReopenInode(const Inode& inode, int flags) const;
+  uint64_t AddHandle(Fd fd, uint64_t nodeid, uint32_t flags, bool dir);
+  // The path of an inode fd relative to the root ("" = the root), or nullopt when it is outside
+  // the root or deleted.
+  std::optional<std::string> RelativePath(int fd) const;
+
+  Fd root_fd_;
+  std::string root_path_;  // canonical, from /proc/self/fd
+  FsOptions options_;
+  Fd proc_fd_;  // /proc/self/fd, O_PATH
+
+  bool initialized_ = false;
+  uint32_t minor_ = 0;
+  uint32_t init_flags_ = 0;
+  uint32_t max_write_ = 0;
+
+  std::unordered_map<uint64_t, Inode> inodes_;
+  std::map<std::pair<dev_t, ino_t>, uint64_t> by_host_inode_;
+  uint64_t next_nodeid_ = kRootNodeId + 1;
+  std::unordered_map<uint64_t, OpenFile> handles_;
+  uint64_t next_fh_ = 1;
+  size_t stale_entries_ = 0;
+};
+
+}  // namespace clonevm::fs

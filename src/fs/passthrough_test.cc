@@ -1,0 +1,521 @@
+// PassthroughFs unit tests: FUSE requests built as bytes (as the guest kernel sends them) against
+// a temporary host directory, without KVM or a guest.
+#include "fs/passthrough.h"
+
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "base/testing/host_tools.h"
+#include "gtest/gtest.h"
+
+namespace clonevm::fs {
+namespace {
+
+namespace stdfs = std::filesystem;
+using host_tools::TempDir;
+
+std::string ReadHost(const stdfs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+void WriteHost(const stdfs::path& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
+
+struct Answer {
+  int error = 0;  // errno (positive) or 0
+  std::vector<uint8_t> payload;
+  size_t length = 0;  // 0: no reply
+  template <typename T>
+  T As() const {
+    T value{};
+    EXPECT_GE(payload.size(), sizeof(T));
+    std::memcpy(&value, payload.data(), std::min(sizeof(T), payload.size()));
+    return value;
+  }
+  std::string Text() const { return std::string(payload.begin(), payload.end()); }
+};
+
+class FsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(dir_.ok());
+    root_ = dir_.path() / "share";
+    stdfs::create_directory(root_);
+    WriteHost(root_ / "hello.txt", "hello from the host\n");
+    stdfs::create_directory(root_ / "sub");
+    WriteHost(root_ / "sub" / "inner", "inner");
+    WriteHost(dir_.path() / "secret", "outside");
+    stdfs::create_symlink("/etc/passwd", root_ / "abs-link");
+    stdfs::create_symlink("../secret", root_ / "rel-link");
+  }
+
+  void Make(FsOptions options = {}) {
+    auto fs = PassthroughFs::Create(root_.string(), options);
+    ASSERT_TRUE(fs) << fs.error().message();
+    fs_ = std::move(*fs);
+  }
+
+  // Sends opcode with `args` (raw bytes) on `nodeid`; `reply_size` bounds the reply.
+  Answer Send(uint32_t opcode, uint64_t nodeid, const std::vector<uint8_t>& args, size_t reply_size = 1 << 21) {
+    fuse_in_header h{};
+    h.len = static_cast<uint32_t>(sizeof(h) + args.size());
+    h.opcode = opcode;
+    h.unique = ++unique_;
+    h.nodeid = nodeid;
+    std::vector<uint8_t> req(sizeof(h));
+    std::memcpy(req.data(), &h, sizeof(h));
+    req.insert(req.end(), args.begin(), args.end());
+    std::vector<uint8_t> reply(reply_size);
+    Answer a;
+    a.length = fs_->Handle(req, reply);
+    if (a.length == 0) return a;
+    fuse_out_header out;
+    std::memcpy(&out, reply.data(), sizeof(out));
+    EXPECT_EQ(out.len, a.length);
+    EXPECT_EQ(out.unique, unique_);
+    a.error = -out.error;
+    a.payload.assign(reply.begin() + sizeof(out), reply.begin() + static_cast<long>(a.length));
+    return a;
+  }
+
+  template <typename T>
+  static std::vector<uint8_t> Bytes(const T& v, const std::vector<std::string>& strings = {}, const std::string& tail = {}) {
+    std::vector<uint8_t> b(sizeof(T));
+    std::memcpy(b.data(), &v, sizeof(T));
+    for (const auto& s : strings) {
+      b.insert(b.end(), s.begin(), s.end());
+      b.push_back(0);
+    }
+    b.insert(b.end(), tail.begin(), tail.end());
+    return b;
+  }
+  static std::vector<uint8_t> Name(const std::string& s) {
+    std::vector<uint8_t> b(s.begin(), s.end());
+    b.push_back(0);
+    return b;
+  }
+
+  void Init() {
+    fuse_init_in in{};
+    in.major = 7;
+    in.minor = 31;
+    in.max_readahead = 65536;
+    in.flags = FUSE_ASYNC_READ | FUSE_DO_READDIRPLUS | FUSE_MAX_PAGES | FUSE_POSIX_ACL;
+    Answer a = Send(FUSE_INIT, 0, Bytes(in));
+    ASSERT_EQ(a.error, 0);
+    auto out = a.As<fuse_init_out>();
+    EXPECT_EQ(out.major, 7u);
+    EXPECT_EQ(out.minor, 31u);
+    EXPECT_EQ(out.max_write, 1u << 20);
+    EXPECT_EQ(out.max_pages, 256u);
+    EXPECT_EQ(out.flags & FUSE_POSIX_ACL, 0u);  // not ours to grant
+    EXPECT_NE(out.flags & FUSE_DO_READDIRPLUS, 0u);
+  }
+
+  Answer Lookup(uint64_t parent, const std::string& name) { return Send(FUSE_LOOKUP, parent, Name(name)); }
+  uint64_t LookupId(uint64_t parent, const std::string& name) {
+    Answer a = Lookup(parent, name);
+    EXPECT_EQ(a.error, 0) << name;
+    return a.error == 0 ? a.As<fuse_entry_out>().nodeid : 0;
+  }
+  uint64_t Open(uint64_t node, uint32_t flags, int* error = nullptr) {
+    fuse_open_in in{};
+    in.flags = flags;
+    Answer a = Send(FUSE_OPEN, node, Bytes(in));
+    if (error) *error = a.error;
+    return a.error == 0 ? a.As<fuse_open_out>().fh : 0;
+  }
+  Answer Read(uint64_t fh, uint64_t offset, uint32_t size, size_t reply_size = 1 << 21) {
+    fuse_read_in in{};
+    in.fh = fh;
+    in.offset = offset;
+    in.size = size;
+    return Send(FUSE_READ, 0, Bytes(in), reply_size);
+  }
+  Answer Write(uint64_t fh, uint64_t offset, const std::string& data) {
+    fuse_write_in in{};
+    in.fh = fh;
+    in.offset = offset;
+    in.size = static_cast<uint32_t>(data.size());
+    return Send(FUSE_WRITE, 0, Bytes(in, {}, data));
+  }
+  // (fh of the new file, nodeid)
+  std::pair<uint64_t, uint64_t> Create(uint64_t parent, const std::string& name, int* error = nullptr) {
+    fuse_create_in in{};
+    in.flags = O_RDWR | O_CREAT | O_EXCL;
+    in.mode = S_IFREG | 0644;
+    Answer a = Send(FUSE_CREATE, parent, Bytes(in, {name}));
+    if (error) *error = a.error;
+    if (a.error != 0) return {0, 0};
+    struct {
+      fuse_entry_out entry;
+      fuse_open_out open;
+    } out{};
+    EXPECT_EQ(a.payload.size(), sizeof(out));
+    std::memcpy(&out, a.payload.data(), sizeof(out));
+    return {out.open.fh, out.entry.nodeid};
+  }
+  // Names returned by READDIR(PLUS) over the whole directory.
+  std::set<std::string> List(uint64_t dir_node, bool plus, size_t reply_size = 4096) {
+    fuse_open_in oin{};
+    Answer o = Send(FUSE_OPENDIR, dir_node, Bytes(oin));
+    EXPECT_EQ(o.error, 0);
+    uint64_t fh = o.As<fuse_open_out>().fh;
+    std::set<std::string> names;
+    uint64_t offset = 0;
+    for (int round = 0; round < 100; ++round) {
+      fuse_read_in in{};
+      in.fh = fh;
+      in.offset = offset;
+      in.size = static_cast<uint32_t>(reply_size - sizeof(fuse_out_header));
+      Answer a = Send(plus ? FUSE_READDIRPLUS : FUSE_READDIR, dir_node, Bytes(in), reply_size);
+      EXPECT_EQ(a.error, 0);
+      if (a.payload.empty()) break;
+      size_t pos = 0;
+      while (pos < a.payload.size()) {
+        fuse_dirent d;
+        size_t skip = plus ? sizeof(fuse_entry_out) : 0;
+        std::memcpy(&d, a.payload.data() + pos + skip, sizeof(d));
+        std::string name(reinterpret_cast<const char*>(a.payload.data() + pos + skip + FUSE_NAME_OFFSET), d.namelen);
+        EXPECT_TRUE(names.insert(name).second) << "duplicate " << name;
+        offset = d.off;
+        pos += plus ? FUSE_DIRENT_ALIGN(FUSE_NAME_OFFSET_DIRENTPLUS + d.namelen)
+                    : FUSE_DIRENT_ALIGN(FUSE_NAME_OFFSET + d.namelen);
+      }
+    }
+    fuse_release_in rin{};
+    rin.fh = fh;
+    EXPECT_EQ(Send(FUSE_RELEASEDIR, dir_node, Bytes(rin)).error, 0);
+    return names;
+  }
+
+  TempDir dir_{"clone-fs-test"};
+  stdfs::path root_;
+  std::unique_ptr<PassthroughFs> fs_;
+  uint64_t unique_ = 0;
+};
+
+TEST_F(FsTest, RequestsBeforeInitFailAndInitNegotiatesDown) {
+  Make();
+  EXPECT_EQ(Lookup(1, "hello.txt").error, EIO);
+  Init();
+  EXPECT_TRUE(fs_->initialized());
+  EXPECT_EQ(fs_->negotiated_minor(), 31u);
+  fuse_init_in again{};
+  again.major = 7;
+  again.minor = 31;
+  EXPECT_EQ(Send(FUSE_INIT, 0, Bytes(again)).error, EPROTO);
+}
+
+TEST_F(FsTest, MaxWriteOptionIsBoundedAndAdvertised) {
+  EXPECT_FALSE(PassthroughFs::Create(root_.string(), {.max_write = 1024}));
+  EXPECT_FALSE(PassthroughFs::Create(root_.string(), {.max_write = (1u << 20) + 4096}));
+  EXPECT_FALSE(PassthroughFs::Create((root_ / "hello.txt").string(), {}));
+  EXPECT_FALSE(PassthroughFs::Create((root_ / "missing").string(), {}));
+}
+
+TEST_F(FsTest, LookupGetattrReadHostFile) {
+  Make();
+  Init();
+  Answer a = Lookup(1, "hello.txt");
+  ASSERT_EQ(a.error, 0);
+  auto entry = a.As<fuse_entry_out>();
+  EXPECT_GE(entry.nodeid, 2u);
+  EXPECT_EQ(entry.attr.size, 20u);
+  EXPECT_TRUE(S_ISREG(entry.attr.mode));
+  EXPECT_EQ(LookupId(1, "hello.txt"), entry.nodeid);  // same host inode, same nodeid
+  EXPECT_EQ(fs_->lookup_count(entry.nodeid), 2u);
+  Answer attr = Send(FUSE_GETATTR, entry.nodeid, Bytes(fuse_getattr_in{}));
+  ASSERT_EQ(attr.error, 0);
+  EXPECT_EQ(attr.As<fuse_attr_out>().attr.size, 20u);
+
+  uint64_t fh = Open(entry.nodeid, O_RDONLY);
+  ASSERT_NE(fh, 0u);
+  EXPECT_EQ(Read(fh, 0, 4096).Text(), "hello from the host\n");
+  EXPECT_EQ(Read(fh, 6, 4).Text(), "from");
+  // A reply buffer smaller than the request: the data is cut to fit, never overflows.
+  EXPECT_EQ(Read(fh, 0, 4096, sizeof(fuse_out_header) + 5).Text(), "hello");
+  EXPECT_EQ(Read(fh, 100, 10).payload.size(), 0u);
+  EXPECT_EQ(Lookup(1, "missing").error, ENOENT);
+  EXPECT_EQ(Read(999, 0, 10).error, EBADF);
+  EXPECT_EQ(Send(FUSE_GETATTR, 12345, Bytes(fuse_getattr_in{})).error, EBADF);
+
+  // FORGET: the count drops, the nodeid disappears at zero; the root is never forgotten.
+  fuse_forget_in f{};
+  f.nlookup = 1;
+  EXPECT_EQ(Send(FUSE_FORGET, entry.nodeid, Bytes(f)).length, 0u);
+  EXPECT_EQ(fs_->lookup_count(entry.nodeid), 1u);
+  f.nlookup = 100;  // more than it has: clamps at zero
+  Send(FUSE_FORGET, entry.nodeid, Bytes(f));
+  EXPECT_EQ(fs_->lookup_count(entry.nodeid), 0u);
+  EXPECT_EQ(Send(FUSE_GETATTR, entry.nodeid, {}).error, EBADF);
+  Send(FUSE_FORGET, 1, Bytes(f));
+  EXPECT_EQ(Send(FUSE_GETATTR, 1, {}).error, 0);
+}
+
+TEST_F(FsTest, CreateWriteMkdirRenameLinkUnlinkSymlink) {
+  Make();
+  Init();
+  auto [fh, node] = Create(1, "new.txt");
+  ASSERT_NE(fh, 0u);
+  Answer w = Write(fh, 0, "written by the guest");
+  ASSERT_EQ(w.error, 0);
+  EXPECT_EQ(w.As<fuse_write_out>().size, 20u);
+  fuse_fsync_in sync{};
+  sync.fh = fh;
+  EXPECT_EQ(Send(FUSE_FSYNC, node, Bytes(sync)).error, 0);
+  EXPECT_EQ(ReadHost(root_ / "new.txt"), "written by the guest");
+  int err = 0;
+  Create(1, "new.txt", &err);
+  EXPECT_EQ(err, EEXIST);
+
+  // SETATTR: size and mode.
+  fuse_setattr_in sa{};
+  sa.valid = FATTR_SIZE | FATTR_MODE;
+  sa.size = 7;
+  sa.mode = 0600;
+  Answer s = Send(FUSE_SETATTR, node, Bytes(sa));
+  ASSERT_EQ(s.error, 0);
+  EXPECT_EQ(s.As<fuse_attr_out>().attr.size, 7u);
+  EXPECT_EQ(ReadHost(root_ / "new.txt"), "written");
+  EXPECT_EQ(stdfs::status(root_ / "new.txt").permissions(), stdfs::perms::owner_read | stdfs::perms::owner_write);
+
+  fuse_mkdir_in mk{};
+  mk.mode = 0755;
+  Answer d = Send(FUSE_MKDIR, 1, Bytes(mk, {"dir"}));
+  ASSERT_EQ(d.error, 0);
+  uint64_t dir = d.As<fuse_entry_out>().nodeid;
+  EXPECT_TRUE(stdfs::is_directory(root_ / "dir"));
+
+  fuse_rename_in rn{};
+  rn.newdir = dir;
+  EXPECT_EQ(Send(FUSE_RENAME, 1, Bytes(rn, {"new.txt", "moved.txt"})).error, 0);
+  EXPECT_EQ(ReadHost(root_ / "dir" / "moved.txt"), "written");
+  fuse_rename2_in rn2{};
+  rn2.newdir = 1;
+  rn2.flags = RENAME_NOREPLACE;
+  EXPECT_EQ(Send(FUSE_RENAME2, dir, Bytes(rn2, {"moved.txt", "hello.txt"})).error, EEXIST);
+  rn2.flags = 4;  // RENAME_WHITEOUT: not for guests
+  EXPECT_EQ(Send(FUSE_RENAME2, dir, Bytes(rn2, {"moved.txt", "x"})).error, EINVAL);
+
+  fuse_link_in ln{};
+  ln.oldnodeid = node;
+  Answer l = Send(FUSE_LINK, 1, Bytes(ln, {"hard"}));
+  ASSERT_EQ(l.error, 0);
+  EXPECT_EQ(l.As<fuse_entry_out>().nodeid, node);  // same inode
+  EXPECT_EQ(l.As<fuse_entry_out>().attr.nlink, 2u);
+
+  std::vector<uint8_t> sym_args = Name("link");
+  for (uint8_t c : Name("dir/moved.txt")) sym_args.push_back(c);
+  Answer sym = Send(FUSE_SYMLINK, 1, sym_args);
+  ASSERT_EQ(sym.error, 0);
+  EXPECT_EQ(stdfs::read_symlink(root_ / "link"), "dir/moved.txt");
+  Answer rl = Send(FUSE_READLINK, sym.As<fuse_entry_out>().nodeid, {});
+  EXPECT_EQ(rl.Text(), "dir/moved.txt");
+
+  fuse_mknod_in mn{};
+  mn.mode = S_IFIFO | 0644;
+  EXPECT_EQ(Send(FUSE_MKNOD, 1, Bytes(mn, {"fifo"})).error, 0);
+  EXPECT_TRUE(stdfs::is_fifo(root_ / "fifo"));
+  mn.mode = S_IFCHR | 0644;
+  mn.rdev = makedev(1, 3);
+  EXPECT_EQ(Send(FUSE_MKNOD, 1, Bytes(mn, {"null"})).error, EPERM);
+  EXPECT_FALSE(stdfs::exists(root_ / "null"));
+
+  EXPECT_EQ(Send(FUSE_RMDIR, 1, Name("dir")).error, ENOTEMPTY);
+  EXPECT_EQ(Send(FUSE_UNLINK, dir, Name("moved.txt")).error, 0);
+  EXPECT_EQ(Send(FUSE_RMDIR, 1, Name("dir")).error, 0);
+  EXPECT_FALSE(stdfs::exists(root_ / "dir"));
+  EXPECT_EQ(ReadHost(root_ / "hard"), "written");  // the other link is still there
+
+  fuse_release_in rel{};
+  rel.fh = fh;
+  EXPECT_EQ(Send(FUSE_RELEASE, node, Bytes(rel)).error, 0);
+  EXPECT_EQ(Send(FUSE_RELEASE, node, Bytes(rel)).error, EBADF);
+  EXPECT_EQ(fs_->handle_count(), 0u);
+
+  fuse_statfs_out st = Send(FUSE_STATFS, 1, {}).As<fuse_statfs_out>();
+  EXPECT_GT(st.st.bsize, 0u);
+}
+
+TEST_F(FsTest, ReaddirAndReaddirplusListEverythingOnceAcrossSmallBuffers) {
+  for (int i = 0; i < 50; ++i) WriteHost(root_ / ("file-" + std::to_string(i)), "x");
+  Make();
+  Init();
+  std::set<std::string> expected = {".", "..", "hello.txt", "sub", "abs-link", "rel-link"};
+  for (int i = 0; i < 50; ++i) expected.insert("file-" + std::to_string(i));
+  EXPECT_EQ(List(1, false, 512), expected);
+  EXPECT_EQ(List(1, true, 1024), expected);
+  // READDIRPLUS looked every entry up (but not . and ..): each now has a lookup count of 1.
+  EXPECT_EQ(fs_->inode_count(), 1u + expected.size() - 2);
+}
+
+TEST_F(FsTest, GuestCannotLeaveTheSharedDirectory) {
+  Make();
+  Init();
+  EXPECT_EQ(Lookup(1, "..").error, EINVAL);
+  EXPECT_EQ(Lookup(1, ".").error, EINVAL);
+  EXPECT_EQ(Lookup(1, "sub/../../secret").error, EINVAL);
+  EXPECT_EQ(Lookup(1, "").error, EINVAL);
+  EXPECT_EQ(Lookup(1, std::string(300, 'a')).error, ENAMETOOLONG);
+  uint64_t sub = LookupId(1, "sub");
+  EXPECT_EQ(Lookup(sub, "..").error, EINVAL);
+  fuse_mkdir_in mk{};
+  mk.mode = 0755;
+  EXPECT_EQ(Send(FUSE_MKDIR, 1, Bytes(mk, {"../escaped"})).error, EINVAL);
+  EXPECT_FALSE(stdfs::exists(dir_.path() / "escaped"));
+  fuse_rename_in rn{};
+  rn.newdir = 1;
+  EXPECT_EQ(Send(FUSE_RENAME, 1, Bytes(rn, {"hello.txt", "../stolen"})).error, EINVAL);
+
+  // Symlinks pointing outside: the lookup returns the link itself, never its target.
+  for (const char* link : {"abs-link", "rel-link"}) {
+    Answer a = Lookup(1, link);
+    ASSERT_EQ(a.error, 0);
+    auto entry = a.As<fuse_entry_out>();
+    EXPECT_TRUE(S_ISLNK(entry.attr.mode)) << link;
+    int err = 0;
+    EXPECT_EQ(Open(entry.nodeid, O_RDONLY, &err), 0u);
+    EXPECT_EQ(err, ELOOP) << link;
+    fuse_setattr_in sa{};
+    sa.valid = FATTR_SIZE;
+    EXPECT_NE(Send(FUSE_SETATTR, entry.nodeid, Bytes(sa)).error, 0);
+    fuse_open_in oin{};
+    EXPECT_EQ(Send(FUSE_OPENDIR, entry.nodeid, Bytes(oin)).error, ENOTDIR);
+  }
+  EXPECT_EQ(ReadHost(dir_.path() / "secret"), "outside");
+  // Creating through a symlinked directory name is refused by O_NOFOLLOW / the lookup rules.
+  stdfs::create_directory_symlink(dir_.path(), root_ / "up");
+  uint64_t up = LookupId(1, "up");
+  int err = 0;
+  Create(up, "planted", &err);
+  EXPECT_NE(err, 0);
+  EXPECT_FALSE(stdfs::exists(dir_.path() / "planted"));
+}
+
+TEST_F(FsTest, MalformedArgumentsAreErrnoRepliesNotCrashes) {
+  Make();
+  Init();
+  EXPECT_EQ(Send(FUSE_LOOKUP, 1, {'a', 'b'}).error, EINVAL);  // no NUL
+  EXPECT_EQ(Send(FUSE_OPEN, 1, {1, 2}).error, EINVAL);        // short fuse_open_in
+  EXPECT_EQ(Send(FUSE_READ, 1, {}).error, EINVAL);
+  EXPECT_EQ(Send(FUSE_SETATTR, 1, {0}).error, EINVAL);
+  EXPECT_EQ(Send(FUSE_RENAME, 1, Bytes(fuse_rename_in{}, {"only-one"})).error, EINVAL);
+  EXPECT_EQ(Send(9999, 1, {}).error, ENOSYS);
+  EXPECT_EQ(Send(FUSE_GETXATTR, 1, {}).error, ENOSYS);
+  // A WRITE whose size claims more data than the request carries.
+  auto [fh, node] = Create(1, "w");
+  ASSERT_NE(fh, 0u);
+  fuse_write_in win{};
+  win.fh = fh;
+  win.size = 1000;
+  EXPECT_EQ(Send(FUSE_WRITE, node, Bytes(win, {}, "short")).error, EINVAL);
+  // BATCH_FORGET with a count larger than its entries: forgets what is there, no reply.
+  fuse_batch_forget_in bf{};
+  bf.count = 1000000;
+  EXPECT_EQ(Send(FUSE_BATCH_FORGET, 0, Bytes(bf)).length, 0u);
+  // A reply buffer too small for a fixed-size reply.
+  EXPECT_EQ(Send(FUSE_GETATTR, 1, {}, sizeof(fuse_out_header) + 8).error, EIO);
+  EXPECT_EQ(Send(FUSE_GETATTR, 1, {}, 4).length, 0u);
+}
+
+TEST_F(FsTest, ReadOnlyRefusesEveryChange) {
+  Make({.read_only = true});
+  Init();
+  int err = 0;
+  Create(1, "x", &err);
+  EXPECT_EQ(err, EROFS);
+  uint64_t hello = LookupId(1, "hello.txt");
+  Open(hello, O_RDWR, &err);
+  EXPECT_EQ(err, EROFS);
+  Open(hello, O_RDONLY | O_TRUNC, &err);
+  EXPECT_EQ(err, EROFS);
+  uint64_t fh = Open(hello, O_RDONLY);
+  ASSERT_NE(fh, 0u);
+  EXPECT_EQ(Read(fh, 0, 5).Text(), "hello");
+  EXPECT_EQ(Write(fh, 0, "x").error, EROFS);
+  fuse_mkdir_in mk{};
+  EXPECT_EQ(Send(FUSE_MKDIR, 1, Bytes(mk, {"d"})).error, EROFS);
+  EXPECT_EQ(Send(FUSE_UNLINK, 1, Name("hello.txt")).error, EROFS);
+  fuse_setattr_in sa{};
+  sa.valid = FATTR_SIZE;
+  EXPECT_EQ(Send(FUSE_SETATTR, hello, Bytes(sa)).error, EROFS);
+  fuse_access_in acc{};
+  acc.mask = W_OK;
+  EXPECT_EQ(Send(FUSE_ACCESS, hello, Bytes(acc)).error, EROFS);
+  EXPECT_EQ(ReadHost(root_ / "hello.txt"), "hello from the host\n");
+}
+
+TEST_F(FsTest, StateRoundTripsIntoAnotherRootAndMissingEntriesGoStale) {
+  Make();
+  Init();
+  uint64_t sub = LookupId(1, "sub");
+  uint64_t inner = LookupId(sub, "inner");
+  uint64_t hello = LookupId(1, "hello.txt");
+  uint64_t fh = Open(inner, O_RDWR);
+  uint64_t hello_fh = Open(hello, O_RDONLY);
+  ASSERT_NE(fh, 0u);
+  nlohmann::json state = fs_->SaveState();
+  EXPECT_EQ(state["version"], 1);
+
+  // A copy of the tree elsewhere (a fork's new shared directory), minus hello.txt.
+  stdfs::path other = dir_.path() / "other";
+  stdfs::copy(root_, other, stdfs::copy_options::recursive | stdfs::copy_options::copy_symlinks);
+  WriteHost(other / "sub" / "inner", "INNER-COPY");
+  stdfs::remove(other / "hello.txt");
+  auto restored = PassthroughFs::Create(other.string(), {});
+  ASSERT_TRUE(restored);
+  // Through JSON text, as a snapshot stores it.
+  ASSERT_TRUE((*restored)->RestoreState(nlohmann::json::parse(state.dump())));
+  fs_ = std::move(*restored);
+  EXPECT_TRUE(fs_->initialized());
+  EXPECT_EQ(fs_->negotiated_minor(), 31u);
+  EXPECT_EQ(fs_->lookup_count(inner), 1u);
+  EXPECT_EQ(fs_->stale_entries(), 2u);  // hello.txt's inode and its handle
+  EXPECT_EQ(Read(fh, 0, 100).Text(), "INNER-COPY");
+  EXPECT_EQ(Write(fh, 0, "inner").error, 0);
+  EXPECT_EQ(ReadHost(other / "sub" / "inner"), "inner-COPY");
+  EXPECT_EQ(ReadHost(root_ / "sub" / "inner"), "inner");  // the old root is untouched
+  EXPECT_EQ(Read(hello_fh, 0, 10).error, ESTALE);
+  EXPECT_EQ(Send(FUSE_GETATTR, hello, {}).error, ESTALE);
+  fuse_release_in rel{};
+  rel.fh = hello_fh;
+  EXPECT_EQ(Send(FUSE_RELEASE, hello, Bytes(rel)).error, 0);  // stale handles still release
+  // New lookups get fresh nodeids above the saved ones.
+  WriteHost(other / "fresh", "f");
+  uint64_t fresh = LookupId(1, "fresh");
+  EXPECT_GT(fresh, std::max({sub, inner, hello}));
+  // A symlink planted where a directory was cannot redirect a restore outside the root.
+  nlohmann::json state2 = fs_->SaveState();
+  stdfs::path third = dir_.path() / "third";
+  stdfs::create_directory(third);
+  stdfs::create_directory_symlink(dir_.path(), third / "sub");
+  auto again = PassthroughFs::Create(third.string(), {});
+  ASSERT_TRUE(again);
+  ASSERT_TRUE((*again)->RestoreState(state2));
+  EXPECT_EQ((*again)->lookup_count(inner), 1u);
+  fs_ = std::move(*again);
+  EXPECT_EQ(Read(fh, 0, 10).error, ESTALE);
+
+  // Garbage is refused, not crashed on.
+  auto fresh_fs = PassthroughFs::Create(root_.string(), {});
+  ASSERT_TRUE(fresh_fs);
+  EXPECT_FALSE((*fresh_fs)->RestoreState(nlohmann::json{{"version", 2}}));
+  EXPECT_FALSE((*fresh_fs)->RestoreState(nlohmann::json{{"version", 1}, {"inodes", 3}}));
+  nlohmann::json bad = state;
+  bad["inodes"].push_back({{"nodeid", 0}, {"lookups", 1}, {"path", "x"}});
+  EXPECT_FALSE((*fresh_fs)->RestoreState(bad));
+}
+
+}  // namespace
+}  // namespace clonevm::fs
