@@ -205,7 +205,8 @@ class Vm {
   [[nodiscard]] Result<void> CreateVcpus(uint32_t count);
   // Snapshot restore steps (vm_snapshot.cc).
   [[nodiscard]] Result<void> RestoreDevices(const VmState& state);
-  [[nodiscard]] Result<void> RestoreVcpus(const VmState& state);
+  // `elapsed_ns`: wall-clock time since the snapshot; every vCPU's TSC moves on by it (vm_state.h).
+  [[nodiscard]] Result<void> RestoreVcpus(const VmState& state, uint64_t elapsed_ns);
   [[nodiscard]] Result<void> WatchConsoleInput();
   std::vector<uint8_t> FilterConsoleEscape(std::span<const uint8_t> input);
   void VcpuLoop(Vcpu& vcpu);

@@ -11,6 +11,7 @@
 //   4. devices and transports (a transport re-signals a pending interrupt: the irqchip and LAPICs
 //      must already hold their final state or the edge would be overwritten);
 //   5. kvmclock (KVM_SET_CLOCK), once every vCPU's TSC is set.
+// IA32_TSC (3.) and the kvmclock (5.) both move on by the wall-clock time since the snapshot.
 //
 // MSRs: every index of KVM_GET_MSR_INDEX_LIST that KVM_GET_MSRS reads (MSRs the host CPU lacks are
 // skipped). On restore an MSR KVM refuses is skipped with a warning rather than failing the whole
@@ -98,19 +99,10 @@ Result<VmState> Vm::SaveState() const {
 
 namespace {
 
-// The saved kvmclock moved forward by the wall-clock time since the snapshot, so the guest's
-// clocks read "now" (as after a suspend) rather than the moment the template was taken: forks of a
-// template taken hours ago must not start hours behind. Computed here rather than with
-// KVM_CLOCK_REALTIME because KVM offers that flag only on TSC-clocksource hosts.
-kvm_clock_data AdvancedClock(const kvm_clock_data& saved) {
-  kvm_clock_data clock{};
-  clock.clock = saved.clock;
-  if (saved.realtime == 0) return clock;  // an older snapshot: continue where it stopped
+uint64_t RealtimeNs() {
   timespec now{};
   ::clock_gettime(CLOCK_REALTIME, &now);
-  uint64_t now_ns = static_cast<uint64_t>(now.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(now.tv_nsec);
-  if (now_ns > saved.realtime) clock.clock += now_ns - saved.realtime;
-  return clock;
+  return static_cast<uint64_t>(now.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(now.tv_nsec);
 }
 
 }  // namespace
@@ -130,17 +122,21 @@ Result<std::unique_ptr<Vm>> Vm::Restore(VmConfig config, const VmState& state, c
   vm->loop_ = CLONE_TRY(EventLoop::Create());
   CLONE_TRY_VOID(vm->SetUpDevices(config));
   timer->Mark("devices");
-  CLONE_TRY_VOID(vm->RestoreVcpus(state));
+  // The guest's time moves on by the wall-clock time since the snapshot (vm_state.h): forks of a
+  // template taken hours ago must not start hours behind. Computed here rather than with
+  // KVM_CLOCK_REALTIME because KVM offers that flag only on TSC-clocksource hosts.
+  uint64_t elapsed_ns = ElapsedSinceSnapshot(state.clock, RealtimeNs());
+  CLONE_TRY_VOID(vm->RestoreVcpus(state, elapsed_ns));
   timer->Mark("vcpus");
   CLONE_TRY_VOID(vm->RestoreDevices(state));
-  CLONE_TRY_VOID(vm->vm_fd_->SetClock(AdvancedClock(state.clock)));
+  CLONE_TRY_VOID(vm->vm_fd_->SetClock(AdvanceClock(state.clock, elapsed_ns)));
   timer->Mark("restored");
   return vm;
 }
 
 namespace {
 
-Result<void> RestoreVcpu(kvm::VcpuFd& fd, const VcpuState& s, size_t xsave_size) {
+Result<void> RestoreVcpu(kvm::VcpuFd& fd, const VcpuState& s, size_t xsave_size, uint64_t elapsed_ns) {
   if (s.tsc_khz != 0) {
     auto khz = fd.GetTscKhz();
     if (khz && *khz != s.tsc_khz) {
@@ -159,7 +155,9 @@ Result<void> RestoreVcpu(kvm::VcpuFd& fd, const VcpuState& s, size_t xsave_size)
   CLONE_TRY_VOID(fd.SetXcrs(s.xcrs));
   CLONE_TRY_VOID(fd.SetDebugRegs(s.debugregs));
   CLONE_TRY_VOID(fd.SetLapic(s.lapic));
-  std::vector<uint32_t> refused = CLONE_TRY(fd.SetMsrsSkippingRefused(s.msrs));
+  std::vector<kvm_msr_entry> msrs = s.msrs;
+  AdvanceTsc(msrs, s.tsc_khz, elapsed_ns);
+  std::vector<uint32_t> refused = CLONE_TRY(fd.SetMsrsSkippingRefused(msrs));
   for (uint32_t index : refused) Log(LogLevel::kDebug, "vcpu {}: KVM refused MSR {:#x}; skipped", fd.id(), index);
   kvm_vcpu_events events = s.events;
   // GET reports these unconditionally; SET applies them only when flagged.
@@ -170,7 +168,7 @@ Result<void> RestoreVcpu(kvm::VcpuFd& fd, const VcpuState& s, size_t xsave_size)
 
 }  // namespace
 
-Result<void> Vm::RestoreVcpus(const VmState& state) {
+Result<void> Vm::RestoreVcpus(const VmState& state, uint64_t elapsed_ns) {
   CLONE_TRY_VOID(vm_fd_->SetIrqchip(state.pic_master));
   CLONE_TRY_VOID(vm_fd_->SetIrqchip(state.pic_slave));
   CLONE_TRY_VOID(vm_fd_->SetIrqchip(state.ioapic));
@@ -179,7 +177,7 @@ Result<void> Vm::RestoreVcpus(const VmState& state) {
   for (uint32_t i = 0; i < state.vcpus.size(); ++i) {
     auto fd = CLONE_TRY(vm_fd_->CreateVcpu(i, kvm_->vcpu_mmap_size()));
     auto vcpu = std::make_unique<Vcpu>(std::move(fd));
-    auto restored = RestoreVcpu(vcpu->vcpu, state.vcpus[i], xsave_size);
+    auto restored = RestoreVcpu(vcpu->vcpu, state.vcpus[i], xsave_size, elapsed_ns);
     if (!restored) return Fail(restored.error().Wrap(fmt::format("restoring vcpu {}", i)));
     vcpus_.push_back(std::move(vcpu));
   }

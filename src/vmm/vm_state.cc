@@ -300,4 +300,25 @@ bool operator==(const VmState& a, const VmState& b) {
          a.cmos.nvram == b.cmos.nvram && a.pci.config_address == b.pci.config_address && virtio_equal;
 }
 
+uint64_t ElapsedSinceSnapshot(const kvm_clock_data& saved, uint64_t now_realtime_ns) {
+  if (saved.realtime == 0 || now_realtime_ns <= saved.realtime) return 0;
+  return now_realtime_ns - saved.realtime;
+}
+
+kvm_clock_data AdvanceClock(const kvm_clock_data& saved, uint64_t elapsed_ns) {
+  kvm_clock_data clock{};
+  clock.clock = saved.clock + elapsed_ns;
+  return clock;
+}
+
+void AdvanceTsc(std::vector<kvm_msr_entry>& msrs, uint32_t tsc_khz, uint64_t elapsed_ns) {
+  constexpr uint32_t kMsrIa32Tsc = 0x10;
+  if (tsc_khz == 0 || elapsed_ns == 0) return;
+  // kHz × ns / 10^6 = ticks; 128-bit so years at 10 GHz cannot overflow the product.
+  auto ticks = static_cast<uint64_t>(static_cast<unsigned __int128>(elapsed_ns) * tsc_khz / 1'000'000u);
+  for (auto& msr : msrs) {
+    if (msr.index == kMsrIa32Tsc) msr.data += ticks;
+  }
+}
+
 }  // namespace clonevm

@@ -77,6 +77,18 @@ struct VmState {
 nlohmann::json VmStateToJson(const VmState& state);
 [[nodiscard]] Result<VmState> VmStateFromJson(const nlohmann::json& tree);
 
+// Restored time. A snapshot stops the guest's clocks; a restore (or fork) hours later must not
+// start hours behind, so both of the guest's time bases move forward by the wall-clock time between
+// the snapshot (`clock.realtime`) and `now_realtime_ns`, as after a suspend:
+//   * ElapsedSinceSnapshot: that time (0 for snapshots without `realtime`, or a clock that went back);
+//   * AdvanceClock: the kvmclock (KVM_SET_CLOCK's value), what Linux guests keep time with;
+//   * AdvanceTsc: IA32_TSC in a vCPU's saved MSRs by elapsed × tsc_khz, so rdtsc users and the
+//     guest's clocksource watchdog (TSC against kvmclock) see the same jump. Every vCPU moves by the
+//     same amount, so their TSCs stay synchronised. No-op without a TSC MSR or a known frequency.
+uint64_t ElapsedSinceSnapshot(const kvm_clock_data& saved, uint64_t now_realtime_ns);
+kvm_clock_data AdvanceClock(const kvm_clock_data& saved, uint64_t elapsed_ns);
+void AdvanceTsc(std::vector<kvm_msr_entry>& msrs, uint32_t tsc_khz, uint64_t elapsed_ns);
+
 // Byte-wise equality of every field (for round-trip tests and checks).
 bool operator==(const VcpuState& a, const VcpuState& b);
 bool operator==(const VmState& a, const VmState& b);

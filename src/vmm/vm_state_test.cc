@@ -176,5 +176,39 @@ TEST(VmStateTest, MalformedComponentsGiveErrors) {
   EXPECT_FALSE(VmStateFromJson(nlohmann::json::array()));
 }
 
+TEST(RestoredTimeTest, ElapsedIsZeroWithoutRealtimeOrWhenTheClockWentBack) {
+  kvm_clock_data saved{};
+  saved.clock = 5'000'000'000ull;
+  EXPECT_EQ(ElapsedSinceSnapshot(saved, 123), 0u);
+  saved.realtime = 1'000'000'000'000ull;
+  EXPECT_EQ(ElapsedSinceSnapshot(saved, saved.realtime - 1), 0u);
+  EXPECT_EQ(ElapsedSinceSnapshot(saved, saved.realtime + 7'500'000'000ull), 7'500'000'000ull);
+  kvm_clock_data advanced = AdvanceClock(saved, 7'500'000'000ull);
+  EXPECT_EQ(advanced.clock, 12'500'000'000ull);
+  EXPECT_EQ(advanced.flags, 0u);
+}
+
+TEST(RestoredTimeTest, TscMovesOnByElapsedTimesFrequencyOnlyForTheTscMsr) {
+  std::vector<kvm_msr_entry> msrs(3);
+  msrs[0].index = 0x10;   // IA32_TSC
+  msrs[0].data = 1'000'000;
+  msrs[1].index = 0x6e0;  // TSC deadline: absolute, left alone (it fires at once if now past)
+  msrs[1].data = 2'000'000;
+  msrs[2].index = 0x4b564d00;  // kvmclock wall clock MSR
+  msrs[2].data = 42;
+  auto moved = msrs;
+  AdvanceTsc(moved, 2'500'000, 3'000'000'000ull);  // 2.5 GHz, 3 s
+  EXPECT_EQ(moved[0].data, 1'000'000u + 7'500'000'000u);
+  EXPECT_EQ(moved[1].data, msrs[1].data);
+  EXPECT_EQ(moved[2].data, msrs[2].data);
+  // A year at 10 GHz does not overflow the intermediate product.
+  moved = msrs;
+  AdvanceTsc(moved, 10'000'000, 365ull * 24 * 3600 * 1'000'000'000ull);
+  EXPECT_EQ(moved[0].data, 1'000'000u + 365ull * 24 * 3600 * 10'000'000'000ull);
+  moved = msrs;
+  AdvanceTsc(moved, 0, 3'000'000'000ull);  // unknown frequency: unchanged
+  EXPECT_EQ(moved[0].data, msrs[0].data);
+}
+
 }  // namespace
 }  // namespace clonevm

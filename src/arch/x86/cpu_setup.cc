@@ -182,6 +182,13 @@ std::vector<kvm_cpuid_entry2> VcpuCpuid(std::vector<kvm_cpuid_entry2> entries, u
           e.ecx = e.index;
         }
         break;
+      case 0x80000007:
+        // EDX[8] invariant TSC off. With it, Linux prefers the TSC clocksource to kvm-clock, and a
+        // restored or forked guest's time would stand still at the snapshot: Clone moves a
+        // restored guest's time on through the kvmclock (vm_state.h AdvanceClock). QEMU hides it
+        // by default for the same reason (it blocks migration).
+        e.edx &= ~(1u << 8);
+        break;
       case 0x80000008:
         // ECX[15:12] APIC ID size, ECX[7:0] cores - 1 (AMD).
         e.ecx = (shift << 12) | ((count - 1) & 0xff);

@@ -65,6 +65,14 @@ TEST(CpuSetupTest, CpuidCarriesApicIdAndTopology) {
   EXPECT_EQ(cpuid[2].ecx & 0xff, 3u);
 }
 
+TEST(CpuSetupTest, CpuidHidesInvariantTscKeepsTheRest) {
+  std::vector<kvm_cpuid_entry2> supported(1);
+  supported[0].function = 0x80000007;
+  supported[0].edx = 0xffffffffu;
+  auto cpuid = VcpuCpuid(supported, 0, 1);
+  EXPECT_EQ(cpuid[0].edx, 0xffffffffu & ~(1u << 8));
+}
+
 TEST(CpuSetupTest, BootMsrsIncludeMiscEnableAndMtrr) {
   auto msrs = BootMsrs();
   bool misc = false, mtrr = false;
