@@ -582,6 +582,10 @@ void PassthroughFs::DoOpen(uint64_t nodeid, std::span<const uint8_t> in, bool di
     flags = O_RDONLY | O_DIRECTORY;
   } else {
     if (inode.type == S_IFDIR) return reply.Error(EISDIR);
+    // Only regular files: a device node in the share must not become a host device for the
+    // guest, and opening a FIFO would block the server.
+    if (inode.type == S_IFLNK) return reply.Error(ELOOP);
+    if (inode.type != S_IFREG) return reply.Error(EACCES);
     if (options_.read_only && ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC))) return reply.Error(EROFS);
   }
   auto fd = ReopenInode(inode, flags);
@@ -602,9 +606,17 @@ void PassthroughFs::DoCreate(uint64_t parent, std::span<const uint8_t> in, uint3
   if (options_.read_only) return reply.Error(EROFS);
   if (handles_.size() >= kMaxHandles) return reply.Error(ENFILE);
   int flags = (static_cast<int>(arg->flags) & ~(O_NOCTTY | O_PATH | O_DIRECTORY)) | O_CREAT | O_NOFOLLOW | O_CLOEXEC;
-  int fd = ::openat((*dir)->fd.get(), name->c_str(), flags, arg->mode & 07777);
+  // O_NONBLOCK until the type is known: an existing FIFO under that name must not block the
+  // server, and only regular files are opened (as in OPEN).
+  int fd = ::openat((*dir)->fd.get(), name->c_str(), flags | O_NONBLOCK, arg->mode & 07777);
   if (fd < 0) return reply.Error(Errno());
   Fd file(fd);
+  struct stat st {};
+  if (int err = StatFd(file.get(), &st)) return reply.Error(err);
+  if (!S_ISREG(st.st_mode)) return reply.Error(EACCES);
+  if (!(flags & O_NONBLOCK) && ::fcntl(file.get(), F_SETFL, ::fcntl(file.get(), F_GETFL) & ~O_NONBLOCK) != 0) {
+    return reply.Error(Errno());
+  }
   if (::geteuid() == 0) [[maybe_unused]] int r = ::fchown(file.get(), uid, gid);
   struct {
     fuse_entry_out entry;

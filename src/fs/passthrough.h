@@ -17,7 +17,9 @@
 // guest string. Names from the guest must be single components: empty, ".", "..", a '/' or a name
 // longer than NAME_MAX is refused (EINVAL / ENAMETOOLONG) before any syscall. Symlinks are never
 // followed by the server: a LOOKUP of a symlink returns the link itself, READLINK returns its text
-// (the guest resolves it in its own namespace), and OPEN of a symlink fails with ELOOP. Operations
+// (the guest resolves it in its own namespace), and OPEN of a symlink fails with ELOOP. OPEN and
+// CREATE open regular files only (EACCES otherwise): a device node in the share is not a host
+// device for the guest, and a FIFO cannot block the server. Operations
 // on the inode itself (open, chmod, truncate, utimes, link) go through /proc/self/fd/N of that
 // O_PATH fd, which names the inode, not a path. A host process moving directories around under a
 // running guest cannot make the server leave the tree through these fds.

@@ -325,8 +325,17 @@ TEST_F(FsTest, CreateWriteMkdirRenameLinkUnlinkSymlink) {
 
   fuse_mknod_in mn{};
   mn.mode = S_IFIFO | 0644;
-  EXPECT_EQ(Send(FUSE_MKNOD, 1, Bytes(mn, {"fifo"})).error, 0);
+  Answer fifo = Send(FUSE_MKNOD, 1, Bytes(mn, {"fifo"}));
+  EXPECT_EQ(fifo.error, 0);
   EXPECT_TRUE(stdfs::is_fifo(root_ / "fifo"));
+  // Neither OPEN nor CREATE opens it (either would block the server or reach a non-file).
+  int open_err = 0;
+  EXPECT_EQ(Open(fifo.As<fuse_entry_out>().nodeid, O_WRONLY, &open_err), 0u);
+  EXPECT_EQ(open_err, EACCES);
+  fuse_create_in cf{};
+  cf.flags = O_WRONLY | O_CREAT;
+  cf.mode = S_IFREG | 0644;
+  EXPECT_NE(Send(FUSE_CREATE, 1, Bytes(cf, {"fifo"})).error, 0);  // ENXIO (no reader) or EACCES
   mn.mode = S_IFCHR | 0644;
   mn.rdev = makedev(1, 3);
   EXPECT_EQ(Send(FUSE_MKNOD, 1, Bytes(mn, {"null"})).error, EPERM);

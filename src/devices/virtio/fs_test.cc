@@ -1,0 +1,220 @@
+// virtio-fs device tests: FUSE requests through real virtqueues in guest memory, served by the
+// device's worker thread and completed through its eventfd, as the VMM's event loop does.
+#include "devices/virtio/fs.h"
+
+#include <gtest/gtest.h>
+#include <linux/fuse.h>
+#include <poll.h>
+#include <sys/epoll.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "base/testing/host_tools.h"
+#include "devices/virtio/mmio_transport.h"
+#include "devices/virtio/testing/mmio_driver.h"
+#include "devices/virtio/testing/queue_driver.h"
+#include "devices/virtio/virtio_spec.h"
+
+namespace clonevm::virtio {
+namespace {
+
+using testing::MmioDriver;
+using testing::QueueDriver;
+
+constexpr uint64_t kMiB = 1 << 20;
+
+std::unique_ptr<Fs> MakeDevice(const std::string& root, const std::string& tag = "myfs") {
+  auto server = fs::PassthroughFs::Create(root, {});
+  EXPECT_TRUE(server);
+  auto device = Fs::Create(tag, std::move(*server));
+  EXPECT_TRUE(device) << (device ? "" : device.error().message());
+  return std::move(*device);
+}
+
+class FsDeviceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(dir_.ok());
+    std::ofstream(dir_.File("hello.txt")) << "hello";
+    Start(MakeDevice(dir_.path().string()));
+  }
+
+  void Start(std::unique_ptr<Fs> device) {
+    device_ = device.get();
+    transport_ = MmioTransport::Create(memory_, std::move(device)).value();
+    driver_ = std::make_unique<MmioDriver>(*transport_);
+    ASSERT_TRUE(driver_->Negotiate(kFeatureVersion1 | kFeatureEventIdx | kFeatureIndirectDesc));
+    driver_->SetUpQueue(0, hiprio_);
+    driver_->SetUpQueue(1, requests_);
+    driver_->DriverOk();
+    ASSERT_EQ(driver_->Status() & kStatusDriverOk, kStatusDriverOk);
+  }
+
+  std::vector<uint8_t> Request(uint32_t opcode, uint64_t nodeid, std::vector<uint8_t> args, uint32_t len_delta = 0) {
+    fuse_in_header h{};
+    h.len = static_cast<uint32_t>(sizeof(h) + args.size()) + len_delta;
+    h.opcode = opcode;
+    h.unique = ++unique_;
+    h.nodeid = nodeid;
+    std::vector<uint8_t> req(sizeof(h));
+    std::memcpy(req.data(), &h, sizeof(h));
+    req.insert(req.end(), args.begin(), args.end());
+    return req;
+  }
+
+  // Puts `request` (readable) and a `reply_size` writable buffer on `q`, notifies, and waits for
+  // the worker's completion (when `wait`). Returns the reply buffer's gpa.
+  uint64_t Submit(QueueDriver& q, uint32_t index, const std::vector<uint8_t>& request, uint32_t reply_size,
+                  bool wait = true) {
+    uint64_t in = q.Alloc(static_cast<uint32_t>(request.size()));
+    EXPECT_TRUE(memory_.WriteBytes(in, request));
+    std::vector<testing::BufferSpec> chain = {{in, static_cast<uint32_t>(request.size()), false}};
+    uint64_t out = 0;
+    if (reply_size > 0) {
+      out = q.Alloc(reply_size);
+      chain.push_back({out, reply_size, true});
+    }
+    q.AddChain(chain);
+    driver_->Notify(index);
+    if (wait) WaitCompletion();
+    return out;
+  }
+
+  void WaitCompletion() {
+    pollfd p{device_->completion_fd(), POLLIN, 0};
+    ASSERT_EQ(::poll(&p, 1, 5000), 1);
+    transport_->HandleDeviceFd(0, EPOLLIN);
+  }
+
+  fuse_out_header Header(uint64_t gpa) {
+    fuse_out_header h;
+    std::memcpy(&h, memory_.Span(gpa, sizeof(h)).data(), sizeof(h));
+    return h;
+  }
+
+  void Init() {
+    fuse_init_in in{};
+    in.major = 7;
+    in.minor = 38;
+    in.flags = FUSE_MAX_PAGES;
+    std::vector<uint8_t> args(sizeof(in));
+    std::memcpy(args.data(), &in, sizeof(in));
+    uint64_t out = Submit(requests_, 1, Request(FUSE_INIT, 0, args), 4096);
+    EXPECT_EQ(Header(out).error, 0);
+    EXPECT_EQ(Header(out).len, sizeof(fuse_out_header) + sizeof(fuse_init_out));
+  }
+
+  host_tools::TempDir dir_{"clone-virtiofs-test"};
+  GuestMemory memory_ = std::move(GuestMemory::Create(16 * kMiB, 3ull << 30, 4ull << 30).value());
+  QueueDriver hiprio_{memory_, Fs::kHiprioQueueSize, 0x10000, 0x200000};
+  QueueDriver requests_{memory_, Fs::kRequestQueueSize, 0x40000, 0x600000};
+  std::shared_ptr<MmioTransport> transport_;
+  std::unique_ptr<MmioDriver> driver_;
+  Fs* device_ = nullptr;
+  uint64_t unique_ = 0;
+};
+
+TEST_F(FsDeviceTest, IsAFsDeviceWithTagAndTwoQueues) {
+  EXPECT_EQ(driver_->Read32(0x008), kDeviceTypeFs);
+  EXPECT_EQ(transport_->num_queues(), 2u);
+  char tag[37] = {};
+  for (int i = 0; i < 36; i += 4) {
+    uint32_t v = driver_->Read32(0x100 + static_cast<uint64_t>(i));
+    std::memcpy(tag + i, &v, 4);
+  }
+  EXPECT_STREQ(tag, "myfs");
+  EXPECT_EQ(driver_->Read32(0x100 + 36), 1u);  // num_request_queues
+
+  auto server = [&] { return std::move(fs::PassthroughFs::Create(dir_.path().string(), {}).value()); };
+  EXPECT_FALSE(Fs::Create("", server()));
+  EXPECT_FALSE(Fs::Create(std::string(37, 't'), server()));
+  EXPECT_TRUE(Fs::Create(std::string(36, 't'), server()));
+  EXPECT_FALSE(Fs::Create(std::string("a\0b", 3), server()));
+  EXPECT_FALSE(Fs::Create("x", nullptr));
+}
+
+TEST_F(FsDeviceTest, ServesRequestsOnTheWorkerAndCompletesThroughTheEventfd) {
+  Init();
+  std::vector<uint8_t> name = {'h', 'e', 'l', 'l', 'o', '.', 't', 'x', 't', 0};
+  uint64_t out = Submit(requests_, 1, Request(FUSE_LOOKUP, 1, name), 4096);
+  ASSERT_EQ(requests_.UsedIdx(), 2);
+  EXPECT_EQ(requests_.UsedElem(1).second, sizeof(fuse_out_header) + sizeof(fuse_entry_out));
+  EXPECT_EQ(Header(out).error, 0);
+  EXPECT_EQ(Header(out).unique, unique_);
+  fuse_entry_out entry;
+  std::memcpy(&entry, memory_.Span(out + sizeof(fuse_out_header), sizeof(entry)).data(), sizeof(entry));
+  EXPECT_EQ(entry.attr.size, 5u);
+  EXPECT_EQ(driver_->InterruptStatus() & kInterruptUsedBuffer, kInterruptUsedBuffer);
+
+  // Unknown opcode: an errno reply, the device keeps working.
+  out = Submit(requests_, 1, Request(4242, 1, {}), 4096);
+  EXPECT_EQ(Header(out).error, -ENOSYS);
+  EXPECT_EQ(driver_->Status() & kStatusNeedsReset, 0u);
+
+  // FORGET on the hiprio queue: no writable part, no reply, used length 0.
+  fuse_forget_in f{};
+  f.nlookup = 1;
+  std::vector<uint8_t> fargs(sizeof(f));
+  std::memcpy(fargs.data(), &f, sizeof(f));
+  Submit(hiprio_, 0, Request(FUSE_FORGET, entry.nodeid, fargs), 0);
+  ASSERT_EQ(hiprio_.UsedIdx(), 1);
+  EXPECT_EQ(hiprio_.UsedElem(0).second, 0u);
+  EXPECT_EQ(driver_->Status() & kStatusNeedsReset, 0u);
+}
+
+TEST_F(FsDeviceTest, HeaderLengthLargerThanTheChainIsAGuestError) {
+  Init();
+  Submit(requests_, 1, Request(FUSE_GETATTR, 1, {}, 100), 4096, false);
+  EXPECT_EQ(driver_->Status() & kStatusNeedsReset, kStatusNeedsReset);
+}
+
+TEST_F(FsDeviceTest, ShortHeaderIsAGuestError) {
+  Submit(requests_, 1, std::vector<uint8_t>(8, 0), 4096, false);
+  EXPECT_EQ(driver_->Status() & kStatusNeedsReset, kStatusNeedsReset);
+}
+
+TEST_F(FsDeviceTest, RequestWithoutRoomForAReplyIsAGuestError) {
+  Init();
+  Submit(requests_, 1, Request(FUSE_GETATTR, 1, {}), 8, false);
+  EXPECT_EQ(driver_->Status() & kStatusNeedsReset, kStatusNeedsReset);
+}
+
+TEST_F(FsDeviceTest, PauseCompletesEverythingAndStateRestoresOnAFreshDevice) {
+  Init();
+  std::vector<uint8_t> name = {'h', 'e', 'l', 'l', 'o', '.', 't', 'x', 't', 0};
+  // Several requests without waiting: Pause() must wait for all of them and answer them.
+  for (int i = 0; i < 8; ++i) Submit(requests_, 1, Request(FUSE_LOOKUP, 1, name), 4096, false);
+  ASSERT_TRUE(transport_->PauseDevice());
+  EXPECT_EQ(device_->requests_in_flight(), 0u);
+  EXPECT_EQ(requests_.UsedIdx(), 9);
+  nlohmann::json state = transport_->SaveState();
+  ASSERT_TRUE(transport_->ResumeDevice());
+
+  // The restored device knows the session (no INIT) and the nodeid.
+  auto restored = MakeDevice(dir_.path().string());
+  Fs* raw = restored.get();
+  auto transport = MmioTransport::Create(memory_, std::move(restored)).value();
+  ASSERT_TRUE(transport->RestoreState(state)) << transport->RestoreState(state).error().message();
+  nlohmann::json device_state = state["device"];
+  EXPECT_EQ(device_state["server"]["inodes"].size(), 2u);
+  EXPECT_EQ(device_state["tag"], "myfs");
+  (void)raw;
+
+  // A different tag is refused: the guest already read the config space.
+  auto other = MakeDevice(dir_.path().string(), "other");
+  EXPECT_FALSE(other->RestoreState(device_state));
+}
+
+TEST_F(FsDeviceTest, ResetEndsTheSessionAndAbandonsNothingOwed) {
+  Init();
+  for (int i = 0; i < 4; ++i) Submit(requests_, 1, Request(FUSE_GETATTR, 1, {}), 4096, false);
+  driver_->SetStatus(0);  // reset while requests may be queued or in flight
+  EXPECT_EQ(device_->requests_in_flight(), 0u);
+  EXPECT_EQ(driver_->Status(), 0u);
+}
+
+}  // namespace
+}  // namespace clonevm::virtio
