@@ -127,6 +127,9 @@ int RunSnapshotVm(const SnapshotVmSpec& spec, Fd ready, BootTimer& timer) {
   config->nets = std::move(nets);
   config->console_in = STDIN_FILENO;
   config->console_out = STDOUT_FILENO;
+  auto recorded = loaded.config.info.find("seccomp");  // the snapshot's VM ran with --seccomp
+  bool seccomp = spec.seccomp || (recorded != loaded.config.info.end() && *recorded == true);
+  config->seccomp = seccomp ? sandbox::SeccompMode::kOn : sandbox::SeccompMode::kOff;
   (*service)->ConnectConsole(*config);
   auto vm = Vm::Restore(std::move(*config), loaded.state, loaded.memory, &timer);
   if (!vm) {
@@ -157,6 +160,8 @@ void AddForkCommand(CLI::App& app, ForkOptions& o) {
   fork->add_option("--cid", o.cid, "The fork's vsock CID (default: the first free one)");
   fork->add_option("--block", o.blocks, "FROM=TO: open the template's disk FROM (or disks under directory FROM) at TO");
   fork->add_option("--dir", o.dir, "Templates directory (default $CLONE_TEMPLATES_DIR or ~/.clone/templates)");
+  fork->add_flag("--seccomp", o.seccomp,
+                 "Confine each fork's VM process with seccomp (see clone run --seccomp); implied when the template's VM ran with it");
 }
 
 int ForkCommand(const ForkOptions& o, BootTimer& timer) {
@@ -210,6 +215,7 @@ int ForkCommand(const ForkOptions& o, BootTimer& timer) {
   spec.net = o.net;
   spec.taps = o.taps;
   spec.blocks = o.blocks;
+  spec.seccomp = o.seccomp;
   spec.launched = launched;
   bool detach = o.detach || o.count > 1;
   spec.detach = detach;

@@ -48,6 +48,7 @@ struct ForkOptions {
   uint64_t cid = 0;                 // 0: the first free CID
   std::vector<std::string> blocks;  // --block FROM=TO: disk path rewrites
   std::string dir;
+  bool seccomp = false;  // --seccomp (also implied by a template of a confined VM)
 };
 
 // What one VM process made from a snapshot needs (restore or fork).
@@ -61,6 +62,7 @@ struct SnapshotVmSpec {
   bool net = false;
   std::vector<std::string> taps;
   std::vector<std::string> blocks;
+  bool seccomp = false;  // --seccomp; a snapshot of a confined VM (config info "seccomp") implies it
   std::chrono::steady_clock::time_point launched = std::chrono::steady_clock::now();
 };
 

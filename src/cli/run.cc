@@ -96,6 +96,10 @@ void AddRunCommand(CLI::App& app, RunOptions& o) {
   run->add_flag("-d,--detach", o.detach,
                 "Run in the background: print the VM id once it runs and return; the console goes to "
                 "the VM's console socket ('clone attach') and console.log");
+  run->add_flag("--seccomp", o.seccomp,
+                "Confine the VM process with seccomp: the event loop, each vCPU and the agent/request workers may "
+                "make only the syscalls their role needs (no exec, no new processes, no executable memory); "
+                "a forbidden call stops the VM with one line on stderr naming the thread role and syscall");
 }
 
 Result<void> ValidateRunOptions(const RunOptions& o) {
@@ -425,6 +429,7 @@ int RunCommand(const RunOptions& options, BootTimer& timer) {
     return kExitError;
   }
   timer.Mark("images read");
+  config->seccomp = o.seccomp ? sandbox::SeccompMode::kOn : sandbox::SeccompMode::kOff;
   std::string id = o.name.empty() ? NewVmId() : o.name;
   ServiceOptions service_options{id, o.detach,
                                  {{"kernel", o.kernel}, {"mem_mib", o.mem_mb}, {"rootfs", o.rootfs}}};

@@ -35,6 +35,7 @@ struct RunOptions {
   std::string modules;              // --modules DIR: the kernel's modules (default /lib/modules/RELEASE)
   std::string name;                 // --name ID: the VM id (default: a random vm-xxxxxx)
   bool detach = false;              // --detach: run in the background, print the id
+  bool seccomp = false;             // --seccomp: confine each thread to its role (sandbox/seccomp.h)
 };
 
 // A parsed --block value.

@@ -147,6 +147,8 @@ void AddSnapshotCommands(CLI::App& app, SnapshotOptions& s, RestoreOptions& r) {
   restore->add_flag("--net", r.net, "Give the snapshot's network device a TAP on Clone's bridge (see clone run --net)");
   restore->add_option("--tap", r.taps, "A TAP for each of the snapshot's network devices, in order (see clone run --tap)");
   restore->add_option("--block", r.blocks, "FROM=TO: open the snapshot's disk FROM (or disks under directory FROM) at TO");
+  restore->add_flag("--seccomp", r.seccomp,
+                    "Confine the VM process with seccomp (see clone run --seccomp); implied when the snapshot's VM ran with it");
 }
 
 int SnapshotCommand(const SnapshotOptions& options) {
@@ -178,6 +180,7 @@ int RestoreCommand(const RestoreOptions& o, BootTimer& timer) {
   spec.net = o.net;
   spec.taps = o.taps;
   spec.blocks = o.blocks;
+  spec.seccomp = o.seccomp;
   Fd ready;
   if (o.detach) {
     if (auto parent_status = ForkDetached(&ready)) return *parent_status;

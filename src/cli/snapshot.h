@@ -44,6 +44,7 @@ struct RestoreOptions {
   bool net = false;
   std::vector<std::string> taps;
   std::vector<std::string> blocks;
+  bool seccomp = false;  // --seccomp (also implied by a snapshot of a confined VM)
 };
 
 // The templates directory: `dir`, or the default, made absolute.

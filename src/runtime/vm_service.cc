@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <ctime>
 #include <fstream>
 
@@ -147,6 +148,8 @@ void VmService::ConnectConsole(VmConfig& config) {
 
 Result<void> VmService::Serve(Vm& vm) {
   vm_ = &vm;
+  // Recorded in snapshots of this VM (their config's info), so its forks run confined too.
+  if (vm.seccomp() != nullptr) options_.info["seccomp"] = true;
   if (options_.from_snapshot) {
     // The guest is the template's: follow its identity generation (the agent reports it back).
     agent::IdentityPageBytes old{};
@@ -173,6 +176,7 @@ Result<void> VmService::Serve(Vm& vm) {
   info["cid"] = identity_.vsock_cid;
   info["created_unix"] = static_cast<int64_t>(::time(nullptr));
   info["detached"] = options_.detached;
+  info["seccomp"] = vm.seccomp() != nullptr;
   CLONE_TRY_VOID(dir_.WriteInfo(info));
   if (identity_.vsock_cid != 0) {
     // Signals for the VM (SIGINT/SIGTERM, SIGUSR1 kicks) must never land on this thread: start it
@@ -183,10 +187,23 @@ Result<void> VmService::Serve(Vm& vm) {
     sigaddset(&block, SIGTERM);
     sigaddset(&block, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &block, &saved);
-    agent_thread_ = std::thread([this] { AgentLoop(); });
+    agent_thread_ = std::thread([this] {
+      ConfineThisThread();
+      AgentLoop();
+    });
     pthread_sigmask(SIG_SETMASK, &saved, nullptr);
   }
   return {};
+}
+
+void VmService::ConfineThisThread() const {
+  const sandbox::SeccompFilters* filters = vm_ == nullptr ? nullptr : vm_->seccomp();
+  if (filters == nullptr) return;
+  if (auto confined = filters->InstallForThisThread(sandbox::ThreadRole::kWorker); !confined) {
+    // The same program is already installed on other threads: failing here is a bug, not a state.
+    Log(LogLevel::kError, "{}", confined.error().message());
+    std::abort();
+  }
 }
 
 agent::AgentEndpoint VmService::Endpoint() const { return agent::AgentEndpoint{identity_.vsock_cid}; }
@@ -312,6 +329,7 @@ nlohmann::json VmService::StateJson() const {
   state["state"] = vm_->paused() ? "paused" : "running";
   state["vcpus"] = vm_->vcpu_count();
   state["cid"] = identity_.vsock_cid;
+  state["seccomp"] = vm_->seccomp() != nullptr;
   state["rss_kib"] = ProcStatusKib("VmRSS");
   state["uptime_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
   state["console_socket"] = dir_.console_socket();

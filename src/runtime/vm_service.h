@@ -26,7 +26,9 @@
 // loop never waits for the guest; their Responders complete from the worker (control/responder.h).
 //
 // Threads: Create/ConnectConsole/Serve on the main thread before Run(); route handlers on the VM's
-// event loop; the agent thread and workers as said. The destructor stops them all.
+// event loop; the agent thread and workers as said. The destructor stops them all. When the VM
+// runs with --seccomp (vm.seccomp()), the agent thread and every worker confine themselves to the
+// worker role first thing (sandbox/seccomp.h); GET /vm and info.json report "seccomp".
 #pragma once
 
 #include <array>
@@ -108,12 +110,15 @@ class VmService {
       ++active_workers_;
     }
     std::thread([this, f = std::forward<F>(fn)]() mutable {
+      ConfineThisThread();
       f();
       std::lock_guard lock(mu_);
       --active_workers_;
       cv_.notify_all();
     }).detach();
   }
+  // With --seccomp: the worker role on the calling thread (the agent thread, a worker).
+  void ConfineThisThread() const;
   // Agent connections in use by workers, shut down when the service stops.
   void TrackFd(int fd);
   void UntrackFd(int fd);

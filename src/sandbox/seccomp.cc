@@ -129,7 +129,7 @@ constexpr Syscall kSyscalls[] = {
     {"seccomp", kVmm, Check::kFilterOnly},  // a new thread installing its role (can only narrow)
     {"sched_getaffinity", kVmm},     // glibc thread creation
     {"getcwd", kVmmFs},              // std::filesystem::absolute (snapshot paths)
-    {"geteuid", kVmm},               // runtime directory checks
+    {"geteuid", kVmmFs},             // runtime directory checks; shared directory permission checks
     {"umask", kVmm},                 // snapshot files
     // --- files: snapshots and teardown (vmm), the shared directory (fs) ---
     {"openat", kVmmFs},              // snapshot files, --net lease lock at exit
@@ -166,6 +166,9 @@ constexpr Syscall kSyscalls[] = {
     {"readlinkat", kFs},             // shared directory
     {"mknodat", kFs},                // shared directory
     {"statfs", kFs},                 // shared directory: statfs
+    {"openat2", kFs},                // shared directory: lookups confined beneath the root (RESOLVE_BENEATH)
+    {"faccessat", kFs},              // shared directory: access
+    {"faccessat2", kFs},             // same (glibc)
     {"fgetxattr", kFs},              // shared directory: xattrs
     {"fsetxattr", kFs},              // same
     {"flistxattr", kFs},             // same

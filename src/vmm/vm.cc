@@ -59,6 +59,7 @@ Result<std::unique_ptr<Vm>> Vm::OpenKvm(const VmConfig& config, BootTimer* timer
   vm->timer_ = timer;
   vm->console_in_ = config.console_in;
   vm->console_out_ = config.console_out;
+  if (config.seccomp == sandbox::SeccompMode::kOn) vm->seccomp_ = CLONE_TRY(sandbox::SeccompFilters::Compile());
   vm->kvm_ = CLONE_TRY(kvm::Kvm::Open());
   if (config.vcpus > static_cast<uint32_t>(vm->kvm_->MaxVcpus())) {
     return Fail("{} {}: this host's KVM supports at most {}", what, config.vcpus, vm->kvm_->MaxVcpus());
@@ -292,6 +293,9 @@ Result<VmExit> Vm::Run() {
   }));
   CLONE_TRY_VOID(WatchConsoleInput());
   InstallKickHandler();
+  // Setup is done: confine this (event-loop) thread before any vCPU exists. vCPU threads inherit
+  // this filter and narrow it to their role in VcpuLoop, before their first KVM_RUN.
+  if (seccomp_) CLONE_TRY_VOID(seccomp_->InstallForThisThread(sandbox::ThreadRole::kVmm));
   for (auto& vcpu : vcpus_) {
     Vcpu* v = vcpu.get();
     v->thread = std::thread([this, v] { VcpuLoop(*v); });
@@ -407,6 +411,12 @@ void Vm::VcpuLoop(Vcpu& v) {
       vm->pause_cv_.notify_all();
     }
   } leave{this};
+  if (seccomp_) {
+    if (auto confined = seccomp_->InstallForThisThread(sandbox::ThreadRole::kVcpu); !confined) {
+      RequestExit({VmExitReason::kError, fmt::format("vcpu {}: {}", v.vcpu.id(), confined.error().message()), 0});
+      return;
+    }
+  }
   while (!exiting_) {
     if (pause_requested_.load(std::memory_order_acquire)) {
       PauseSelf(v);

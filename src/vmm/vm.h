@@ -31,6 +31,7 @@
 #include "devices/virtio/net.h"
 #include "kvm/kvm.h"
 #include "memory/guest_memory.h"
+#include "sandbox/seccomp.h"
 #include "vmm/boot_timer.h"
 #include "vmm/vm_state.h"
 #include "arch/x86/kernel_loader.h"
@@ -79,6 +80,8 @@ struct VmConfig {
   std::vector<DiskConfig> disks;
   std::optional<VsockConfig> vsock;  // virtio-vsock, when set
   std::vector<NetConfig> nets;       // virtio-net devices
+  // kOn: every thread confined to its role's syscalls (sandbox/seccomp.h) from Run() on.
+  sandbox::SeccompMode seccomp = sandbox::SeccompMode::kOff;
 };
 
 // The kernel command line the guest gets: the user's, plus what Clone's platform needs unless the
@@ -135,6 +138,10 @@ class Vm {
   // When a vCPU first entered KVM_RUN (the guest's first instruction of this process), if yet.
   // Any thread.
   std::optional<std::chrono::steady_clock::time_point> first_run() const;
+
+  // The compiled seccomp filters when the VM runs confined, else null. Run() installs the vmm and
+  // vcpu roles; threads the VM's owner starts install theirs (worker, fs) from these. Any thread.
+  const sandbox::SeccompFilters* seccomp() const { return seccomp_ ? &*seccomp_ : nullptr; }
 
   EventLoop& loop() { return *loop_; }
   const GuestMemory& memory() const { return *memory_; }
@@ -214,6 +221,7 @@ class Vm {
   void StopVcpus();
 
   BootTimer* timer_ = nullptr;
+  std::optional<sandbox::SeccompFilters> seccomp_;  // compiled in OpenKvm with --seccomp
   std::optional<kvm::Kvm> kvm_;
   std::optional<kvm::VmFd> vm_fd_;
   std::optional<GuestMemory> memory_;
