@@ -342,3 +342,61 @@ TEST(PlatformCmdlineTest, AppendsTheRebootMethodUnlessChosen) {
 
 }  // namespace
 }  // namespace clonevm
+
+namespace clonevm::cli {
+namespace {
+
+TEST(SharedDirTest, ParsesHostTagAndReadOnly) {
+  auto dir = ParseSharedDirSpec("/srv/data:data");
+  ASSERT_TRUE(dir) << dir.error().message();
+  EXPECT_EQ(dir->host_path, "/srv/data");
+  EXPECT_EQ(dir->tag, "data");
+  EXPECT_FALSE(dir->read_only);
+  dir = ParseSharedDirSpec("/srv/a:b/:my.fs-1:ro");  // the host path may contain ':'
+  ASSERT_TRUE(dir) << dir.error().message();
+  EXPECT_EQ(dir->host_path, "/srv/a:b");
+  EXPECT_EQ(dir->tag, "my.fs-1");
+  EXPECT_TRUE(dir->read_only);
+  dir = ParseSharedDirSpec("relative/dir:t");
+  ASSERT_TRUE(dir);
+  EXPECT_EQ(dir->host_path.front(), '/');  // made absolute
+  EXPECT_FALSE(ParseSharedDirSpec("/srv/data"));
+  EXPECT_FALSE(ParseSharedDirSpec(":tag"));
+  EXPECT_FALSE(ParseSharedDirSpec("/srv/data:"));
+  EXPECT_FALSE(ParseSharedDirSpec("/srv/data:bad tag"));
+  EXPECT_FALSE(ParseSharedDirSpec("/srv/data:a/b"));
+  EXPECT_TRUE(ParseSharedDirSpec("/srv:" + std::string(36, 't')));
+  EXPECT_FALSE(ParseSharedDirSpec("/srv:" + std::string(37, 't')));
+}
+
+TEST(SharedDirTest, ChecksDirectoriesAndResolvesSnapshotOverrides) {
+  char tmpl[] = "/tmp/clone-shared-dir-test-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  std::string dir = tmpl;
+  std::ofstream(dir + "/file") << "x";
+  ::mkdir((dir + "/new").c_str(), 0755);
+  EXPECT_TRUE(CheckSharedDirs({{dir, "a", false}}));
+  EXPECT_FALSE(CheckSharedDirs({{dir, "a", false}, {dir + "/new", "a", false}}));  // duplicate tag
+  EXPECT_FALSE(CheckSharedDirs({{dir + "/missing", "a", false}}));
+  EXPECT_FALSE(CheckSharedDirs({{dir + "/file", "a", false}}));
+
+  std::vector<SharedDirConfig> recorded = {{dir, "myfs", false}, {dir, "rofs", true}};
+  auto same = ResolveSharedDirs(recorded, {});
+  ASSERT_TRUE(same) << same.error().message();
+  EXPECT_EQ(same->size(), 2u);
+  auto moved = ResolveSharedDirs(recorded, {dir + "/new:myfs"});
+  ASSERT_TRUE(moved) << moved.error().message();
+  EXPECT_EQ((*moved)[0].host_path, dir + "/new");
+  EXPECT_EQ((*moved)[1].host_path, dir);
+  EXPECT_TRUE((*moved)[1].read_only);
+  auto unknown = ResolveSharedDirs(recorded, {dir + "/new:other"});
+  ASSERT_FALSE(unknown);
+  EXPECT_NE(unknown.error().message().find("no shared directory tagged 'other'"), std::string::npos);
+  EXPECT_FALSE(ResolveSharedDirs(recorded, {dir + "/missing:myfs"}));
+  EXPECT_FALSE(ResolveSharedDirs(recorded, {dir + "/new:myfs", dir + ":myfs"}));
+  EXPECT_FALSE(ResolveSharedDirs({}, {dir + ":myfs"}));
+  std::system(("rm -rf " + dir).c_str());
+}
+
+}  // namespace
+}  // namespace clonevm::cli

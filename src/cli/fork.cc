@@ -78,6 +78,14 @@ int RunSnapshotVm(const SnapshotVmSpec& spec, Fd ready, BootTimer& timer) {
     Log(LogLevel::kError, "{}: {}", loaded.path, disks.error().message());
     return kExitError;
   }
+  // Shared directories: the recorded ones, or --shared-dir's new directory for a recorded tag.
+  std::vector<SharedDirConfig> recorded_dirs;
+  for (const auto& d : loaded.config.shared_dirs) recorded_dirs.push_back({d.host_path, d.tag, d.read_only});
+  auto shared_dirs = ResolveSharedDirs(recorded_dirs, spec.shared_dirs);
+  if (!shared_dirs) {
+    Log(LogLevel::kError, "{}: {}", loaded.path, shared_dirs.error().message());
+    return kExitUsage;
+  }
   std::string id = spec.id.empty() ? NewVmId() : spec.id;
   nlohmann::json info = loaded.config.info;
   info["snapshot"] = loaded.path;
@@ -124,6 +132,7 @@ int RunSnapshotVm(const SnapshotVmSpec& spec, Fd ready, BootTimer& timer) {
     return kExitError;
   }
   if (spec.cid && config->vsock) config->vsock->cid = *spec.cid;
+  config->shared_dirs = std::move(*shared_dirs);
   config->nets = std::move(nets);
   config->console_in = STDIN_FILENO;
   config->console_out = STDOUT_FILENO;
@@ -158,6 +167,9 @@ void AddForkCommand(CLI::App& app, ForkOptions& o) {
   fork->add_flag("--net", o.net, "Automatic networking for each fork (a TAP on clonebr0 and an address; see clone run --net)");
   fork->add_option("--tap", o.taps, "A TAP for each of the template's network devices, in order (--count 1 only)");
   fork->add_option("--cid", o.cid, "The fork's vsock CID (default: the first free one)");
+  fork->add_option("--shared-dir", o.shared_dirs,
+                   "HOST:TAG[:ro]: serve the template's shared directory TAG from HOST instead of the recorded "
+                   "directory (repeatable; e.g. --shared-dir /tmp/shared:myfs)");
   fork->add_option("--block", o.blocks, "FROM=TO: open the template's disk FROM (or disks under directory FROM) at TO");
   fork->add_option("--dir", o.dir, "Templates directory (default $CLONE_TEMPLATES_DIR or ~/.clone/templates)");
   fork->add_flag("--seccomp", o.seccomp,
@@ -216,6 +228,7 @@ int ForkCommand(const ForkOptions& o, BootTimer& timer) {
   spec.taps = o.taps;
   spec.blocks = o.blocks;
   spec.seccomp = o.seccomp;
+  spec.shared_dirs = o.shared_dirs;
   spec.launched = launched;
   bool detach = o.detach || o.count > 1;
   spec.detach = detach;

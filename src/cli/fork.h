@@ -45,6 +45,7 @@ struct ForkOptions {
   bool detach = false;
   bool net = false;
   std::vector<std::string> taps;
+  std::vector<std::string> shared_dirs;  // --shared-dir HOST:TAG[:ro]: a new directory for TAG
   uint64_t cid = 0;                 // 0: the first free CID
   std::vector<std::string> blocks;  // --block FROM=TO: disk path rewrites
   std::string dir;
@@ -59,6 +60,7 @@ struct SnapshotVmSpec {
   bool fork = false;                   // fresh identity (machine-id, hostname) vs. the same machine
   bool set_hostname = false;
   std::optional<uint64_t> cid;         // vsock CID override (0: the first free one)
+  std::vector<std::string> shared_dirs;  // --shared-dir overrides of the snapshot's directories
   bool net = false;
   std::vector<std::string> taps;
   std::vector<std::string> blocks;

@@ -4,6 +4,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstring>
 #include <cstdlib>
@@ -18,6 +20,7 @@
 #include "base/terminal.h"
 #include "cli/exit_codes.h"
 #include "block/qcow2.h"
+#include "devices/virtio/fs.h"
 #include "devices/virtio/tap.h"
 #include "devices/virtio/vsock.h"
 #include "image/rootfs_initrd.h"
@@ -57,6 +60,8 @@ void AddRunCommand(CLI::App& app, RunOptions& o) {
       "Examples:\n"
       "  clone run --kernel /boot/vmlinuz --initrd initrd.img\n"
       "  clone run --kernel vmlinuz --initrd initrd.img --vcpus 2 --mem-mb 1024 --cmdline 'console=ttyS0'\n"
+      "  clone run --kernel vmlinuz --initrd initrd.img --shared-dir /srv/data:data --shared-dir /srv/ref:ref:ro\n"
+      "    (guest: mount -t virtiofs data /mnt)\n"
       "On a terminal, Ctrl-A x stops the VM.\n"
       "Exit status: 0 guest powered off, 1 VMM error, 2 usage error, 3 guest rebooted,\n"
       "4 guest crashed, 128+N stopped by signal N.");
@@ -76,6 +81,10 @@ void AddRunCommand(CLI::App& app, RunOptions& o) {
   run->add_option("--tap", o.taps,
                   "Attach an existing TAP interface as virtio-net (repeatable; the first is eth0): "
                   "NAME[,mac=52:54:00:12:34:56][,vhost=on|off] (vhost-net when available by default)");
+  run->add_option("--shared-dir", o.shared_dirs,
+                  "Share a host directory as virtio-fs (repeatable): HOST:TAG[:ro]; the guest mounts it "
+                  "with 'mount -t virtiofs TAG /mnt'. TAG: 1-36 of A-Z a-z 0-9 . _ -; ro refuses every "
+                  "change (EROFS). Served in-process; the guest cannot reach outside HOST");
   run->add_option("--rootfs", o.rootfs,
                   "Boot from this disk image (ext4; becomes /dev/vda): Clone generates an initrd that "
                   "mounts it and runs its /sbin/init");
@@ -114,6 +123,7 @@ Result<void> ValidateRunOptions(const RunOptions& o) {
     return Fail("--cid {}: use {}..{}", o.cid, virtio::Vsock::kFirstGuestCid, virtio::Vsock::kMaxGuestCid);
   }
   for (const auto& tap : o.taps) CLONE_TRY(ParseTapSpec(tap));
+  for (const auto& dir : o.shared_dirs) CLONE_TRY(ParseSharedDirSpec(dir));
   if (!o.rootfs.empty() && !o.initrd.empty()) return Fail("--rootfs and --initrd cannot be used together");
   if (o.rootfs.empty() && (!o.overlay.empty() || !o.modules.empty())) {
     return Fail("--overlay and --modules need --rootfs");
@@ -169,6 +179,75 @@ Result<TapSpec> ParseTapSpec(const std::string& value) {
     comma = next;
   }
   return spec;
+}
+
+Result<SharedDirConfig> ParseSharedDirSpec(const std::string& value) {
+  SharedDirConfig dir;
+  std::string rest = value;
+  if (rest.ends_with(":ro")) {
+    dir.read_only = true;
+    rest.resize(rest.size() - 3);
+  }
+  size_t colon = rest.rfind(':');
+  if (colon == std::string::npos) return Fail("--shared-dir '{}': expected HOST:TAG[:ro]", value);
+  std::string host = rest.substr(0, colon);
+  dir.tag = rest.substr(colon + 1);
+  if (host.empty()) return Fail("--shared-dir '{}': missing the host directory", value);
+  if (dir.tag.empty() || dir.tag.size() > virtio::Fs::kMaxTagLength) {
+    return Fail("--shared-dir '{}': the tag must be 1 to {} characters", value, virtio::Fs::kMaxTagLength);
+  }
+  for (char c : dir.tag) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
+      return Fail("--shared-dir '{}': the tag '{}' may only use A-Z a-z 0-9 . _ -", value, dir.tag);
+    }
+  }
+  std::error_code ec;
+  std::filesystem::path absolute = std::filesystem::absolute(host, ec);
+  dir.host_path = ec ? host : absolute.lexically_normal().string();
+  if (dir.host_path.size() > 1 && dir.host_path.ends_with('/')) dir.host_path.pop_back();
+  return dir;
+}
+
+Result<void> CheckSharedDirs(const std::vector<SharedDirConfig>& dirs) {
+  for (size_t i = 0; i < dirs.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (dirs[j].tag == dirs[i].tag) return Fail("--shared-dir: the tag '{}' is used twice", dirs[i].tag);
+    }
+    std::error_code ec;
+    auto status = std::filesystem::status(dirs[i].host_path, ec);
+    if (ec || !std::filesystem::exists(status)) {
+      return Fail("--shared-dir {}:{}: {} does not exist", dirs[i].host_path, dirs[i].tag, dirs[i].host_path);
+    }
+    if (!std::filesystem::is_directory(status)) {
+      return Fail("--shared-dir {}:{}: {} is not a directory", dirs[i].host_path, dirs[i].tag, dirs[i].host_path);
+    }
+  }
+  return {};
+}
+
+Result<std::vector<SharedDirConfig>> ResolveSharedDirs(const std::vector<SharedDirConfig>& recorded,
+                                                       const std::vector<std::string>& specs) {
+  std::vector<SharedDirConfig> dirs = recorded;
+  std::vector<std::string> overridden;
+  for (const auto& value : specs) {
+    SharedDirConfig spec = CLONE_TRY(ParseSharedDirSpec(value));
+    auto it = std::find_if(dirs.begin(), dirs.end(), [&](const SharedDirConfig& d) { return d.tag == spec.tag; });
+    if (it == dirs.end()) {
+      std::string known;
+      for (const auto& d : recorded) known += (known.empty() ? "" : ", ") + d.tag;
+      return Fail("--shared-dir '{}': the snapshot has no shared directory tagged '{}' ({}); a restored guest's "
+                  "devices are fixed, so only a recorded tag can be given a new directory",
+                  value, spec.tag, known.empty() ? "it has none" : "it has: " + known);
+    }
+    if (std::find(overridden.begin(), overridden.end(), spec.tag) != overridden.end()) {
+      return Fail("--shared-dir: the tag '{}' is given twice", spec.tag);
+    }
+    overridden.push_back(spec.tag);
+    it->host_path = spec.host_path;
+    it->read_only = spec.read_only;
+  }
+  CLONE_TRY_VOID(CheckSharedDirs(dirs));
+  return dirs;
 }
 
 // --cid / --tap: vsock (on by default where /dev/vhost-vsock exists) and the TAPs, opened now so a
@@ -263,6 +342,8 @@ Result<VmConfig> PrepareVmConfig(const RunOptions& o) {
     config.disks.push_back(CLONE_TRY(OpenDisk(spec.path, spec.read_only, spec.format, std::move(serial), "disk")));
   }
   CLONE_TRY_VOID(AddVsockAndTaps(o, &config));
+  for (const auto& value : o.shared_dirs) config.shared_dirs.push_back(CLONE_TRY(ParseSharedDirSpec(value)));
+  CLONE_TRY_VOID(CheckSharedDirs(config.shared_dirs));
   config.mem_bytes = o.mem_mb * x86::kMiB;
   config.vcpus = o.vcpus;
   config.console_in = STDIN_FILENO;

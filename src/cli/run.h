@@ -29,6 +29,7 @@ struct RunOptions {
   std::vector<std::string> blocks;  // --block PATH[,ro][,format=raw|qcow2]
   uint64_t cid = 0;                 // --cid N: the guest's vsock CID (0: automatic)
   std::vector<std::string> taps;    // --tap NAME[,mac=XX:XX:XX:XX:XX:XX][,vhost=on|off]
+  std::vector<std::string> shared_dirs;  // --shared-dir HOST:TAG[:ro] (virtio-fs)
   bool net = false;                 // --net: a TAP on Clone's NAT bridge, address set by the agent
   std::string rootfs;               // --rootfs IMG: boot from a disk image via a generated initrd
   std::string overlay;              // --overlay[=tmpfs]: share the rootfs read-only under an overlay
@@ -53,6 +54,17 @@ struct TapSpec {
   virtio::VhostMode vhost = virtio::VhostMode::kAuto;
 };
 [[nodiscard]] Result<TapSpec> ParseTapSpec(const std::string& value);
+
+// A parsed --shared-dir HOST:TAG[:ro]: the host path made absolute (not checked for existence);
+// the tag 1..36 characters of [A-Za-z0-9._-]. HOST may itself contain ':'.
+[[nodiscard]] Result<SharedDirConfig> ParseSharedDirSpec(const std::string& value);
+// Checks a VM's shared directories: each host path an existing directory, no tag twice.
+[[nodiscard]] Result<void> CheckSharedDirs(const std::vector<SharedDirConfig>& dirs);
+// A restore's or fork's shared directories: the snapshot's `recorded` ones, where a --shared-dir
+// HOST:TAG[:ro] names a new host directory (and mode) for a recorded TAG. A tag the snapshot does
+// not have is an error (the guest's devices are fixed); the result is checked (CheckSharedDirs).
+[[nodiscard]] Result<std::vector<SharedDirConfig>> ResolveSharedDirs(const std::vector<SharedDirConfig>& recorded,
+                                                                     const std::vector<std::string>& specs);
 
 void AddRunCommand(CLI::App& app, RunOptions& options);
 

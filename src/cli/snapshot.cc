@@ -146,6 +146,9 @@ void AddSnapshotCommands(CLI::App& app, SnapshotOptions& s, RestoreOptions& r) {
   restore->add_option("--cid", r.cid, "The guest's vsock CID (default: the snapshot's)");
   restore->add_flag("--net", r.net, "Give the snapshot's network device a TAP on Clone's bridge (see clone run --net)");
   restore->add_option("--tap", r.taps, "A TAP for each of the snapshot's network devices, in order (see clone run --tap)");
+  restore->add_option("--shared-dir", r.shared_dirs,
+                      "HOST:TAG[:ro]: serve the snapshot's shared directory TAG from HOST instead of the recorded "
+                      "directory (repeatable)");
   restore->add_option("--block", r.blocks, "FROM=TO: open the snapshot's disk FROM (or disks under directory FROM) at TO");
   restore->add_flag("--seccomp", r.seccomp,
                     "Confine the VM process with seccomp (see clone run --seccomp); implied when the snapshot's VM ran with it");
@@ -179,6 +182,7 @@ int RestoreCommand(const RestoreOptions& o, BootTimer& timer) {
   if (o.cid != 0) spec.cid = o.cid;
   spec.net = o.net;
   spec.taps = o.taps;
+  spec.shared_dirs = o.shared_dirs;
   spec.blocks = o.blocks;
   spec.seccomp = o.seccomp;
   Fd ready;

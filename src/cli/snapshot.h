@@ -43,6 +43,7 @@ struct RestoreOptions {
   uint64_t cid = 0;  // 0: the snapshot's
   bool net = false;
   std::vector<std::string> taps;
+  std::vector<std::string> shared_dirs;  // --shared-dir HOST:TAG[:ro]: a new directory for TAG
   std::vector<std::string> blocks;
   bool seccomp = false;  // --seccomp (also implied by a snapshot of a confined VM)
 };

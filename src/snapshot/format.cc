@@ -304,6 +304,11 @@ nlohmann::json ConfigToJson(const SnapshotConfig& c) {
             {"cmdline", c.cmdline},  {"source_vm", c.source_vm}, {"created_unix", c.created_unix},
             {"info", c.info}};
   if (c.vsock_cid) j["vsock_cid"] = *c.vsock_cid;
+  if (!c.shared_dirs.empty()) {
+    json dirs = json::array();
+    for (const auto& d : c.shared_dirs) dirs.push_back({{"tag", d.tag}, {"host_path", d.host_path}, {"read_only", d.read_only}});
+    j["shared_dirs"] = std::move(dirs);
+  }
   if (!c.id.empty()) j["id"] = c.id;
   if (c.parent) j["parent"] = {{"name", c.parent->name}, {"id", c.parent->id}};
   return j;
@@ -327,6 +332,19 @@ Result<SnapshotConfig> ConfigFromJson(const nlohmann::json& j) {
     auto disks = j.find("disks");
     if (disks == j.end() || !disks->is_array()) return Fail("missing \"disks\"");
     for (const auto& d : *disks) c.disks.push_back(CLONE_TRY(DiskFromJson(d)));
+    if (auto dirs = j.find("shared_dirs"); dirs != j.end()) {
+      if (!dirs->is_array()) return Fail("\"shared_dirs\" is not an array");
+      for (const auto& d : *dirs) {
+        SnapshotSharedDir dir{CLONE_TRY(JsonString(d, "tag")), CLONE_TRY(JsonString(d, "host_path")),
+                              CLONE_TRY(JsonBool(d, "read_only"))};
+        c.shared_dirs.push_back(std::move(dir));
+      }
+    }
+    if (static_cast<size_t>(std::count(c.virtio_types.begin(), c.virtio_types.end(), virtio::kDeviceTypeFs)) !=
+        c.shared_dirs.size()) {
+      return Fail("{} shared directories for {} virtio-fs devices", c.shared_dirs.size(),
+                  std::count(c.virtio_types.begin(), c.virtio_types.end(), virtio::kDeviceTypeFs));
+    }
     if (j.contains("id")) c.id = CLONE_TRY(JsonString(j, "id"));
     if (auto parent = j.find("parent"); parent != j.end()) {
       if (!parent->is_object()) return Fail("\"parent\" is not an object");

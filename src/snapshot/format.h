@@ -91,6 +91,15 @@ struct SnapshotDisk {
   std::vector<BackingFile> backing;
 };
 
+// One shared directory (virtio-fs), in attach order. A restore or fork serves `host_path` unless
+// it names another directory for the tag (the guest's device list and tags are fixed).
+struct SnapshotSharedDir {
+  std::string tag;
+  std::string host_path;  // absolute
+  bool read_only = false;
+  bool operator==(const SnapshotSharedDir&) const = default;
+};
+
 // The snapshot an incremental snapshot's memory is relative to.
 struct SnapshotParent {
   std::string name;
@@ -108,6 +117,7 @@ struct SnapshotConfig {
   bool rng = false;
   std::optional<uint64_t> vsock_cid;
   std::vector<SnapshotDisk> disks;
+  std::vector<SnapshotSharedDir> shared_dirs;  // "shared_dirs"; absent in older snapshots
   std::string cmdline;       // for the record
   std::string source_vm;     // the VM it was taken from
   int64_t created_unix = 0;

@@ -2,6 +2,8 @@
 // it back, and check that damaged snapshots are refused with clear errors.
 #include "snapshot/format.h"
 
+#include "devices/virtio/virtio_spec.h"
+
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <cstring>
@@ -231,6 +233,25 @@ TEST_F(SnapshotFormatTest, ConfigRoundTrips) {
   EXPECT_EQ(back->disks[0].path, "/images/a.qcow2");
   EXPECT_TRUE(back->disks[0].read_only);
   EXPECT_FALSE(ConfigFromJson(nlohmann::json{{"version", 9}}));
+}
+
+TEST_F(SnapshotFormatTest, SharedDirsRoundTripAndOlderConfigsHaveNone) {
+  SnapshotConfig c = Config();
+  nlohmann::json old_style = ConfigToJson(c);
+  EXPECT_FALSE(old_style.contains("shared_dirs"));  // nothing new written for VMs without shares
+  auto old_back = ConfigFromJson(old_style);
+  ASSERT_TRUE(old_back) << old_back.error().message();
+  EXPECT_TRUE(old_back->shared_dirs.empty());
+
+  c.virtio_types.push_back(virtio::kDeviceTypeFs);
+  c.shared_dirs.push_back({"myfs", "/srv/share", true});
+  auto back = ConfigFromJson(ConfigToJson(c));
+  ASSERT_TRUE(back) << back.error().message();
+  ASSERT_EQ(back->shared_dirs.size(), 1u);
+  EXPECT_EQ(back->shared_dirs[0], (SnapshotSharedDir{"myfs", "/srv/share", true}));
+  // A shared directory without its virtio-fs device (or the reverse) is refused.
+  c.shared_dirs.push_back({"other", "/srv/other", false});
+  EXPECT_FALSE(ConfigFromJson(ConfigToJson(c)));
 }
 
 // --- Incremental snapshots ---

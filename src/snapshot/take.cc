@@ -22,6 +22,8 @@ Result<void> CheckSnapshottable(const Vm& vm) {
     if (type == virtio::kDeviceTypeNet) continue;
     // Disks: read-only ones referenced, writable ones frozen into the snapshot (disks.h).
     if (type == virtio::kDeviceTypeBlock) continue;
+    // Shared directories: recorded by host path; the server's inode/handle tables are device state.
+    if (type == virtio::kDeviceTypeFs) continue;
     if (type != virtio::kDeviceTypeEntropy && type != virtio::kDeviceTypeVsock && type != virtio::kDeviceTypeNet) {
       return Fail("virtio device type {} cannot be snapshotted", type);
     }
@@ -38,6 +40,7 @@ SnapshotConfig ConfigOf(const Vm& vm, const TakeOptions& options) {
     if (type == virtio::kDeviceTypeEntropy) config.rng = true;
     if (type == virtio::kDeviceTypeVsock) config.vsock_cid = vm.vsock_cid();
   }
+  for (const auto& dir : vm.shared_dirs()) config.shared_dirs.push_back({dir.tag, dir.host_path, dir.read_only});
   config.source_vm = options.source_vm;
   config.created_unix = static_cast<int64_t>(::time(nullptr));
   config.info = options.info.is_object() ? options.info : nlohmann::json::object();
@@ -156,6 +159,7 @@ Result<VmConfig> RestoreVmConfig(const SnapshotConfig& config, const std::string
     if (!opened) return Fail(opened.error().Wrap(fmt::format("snapshot {}", snapshot_path)));
     vm.disks = std::move(*opened);
   }
+  for (const auto& dir : config.shared_dirs) vm.shared_dirs.push_back({dir.host_path, dir.tag, dir.read_only});
   // virtio-net devices (config.virtio_types) get their TAPs from the caller: VmConfig::nets.
   return vm;
 }

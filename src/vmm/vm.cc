@@ -16,6 +16,7 @@
 #include "devices/legacy/power.h"
 #include "devices/pci/pci_root.h"
 #include "devices/virtio/block.h"
+#include "devices/virtio/fs.h"
 #include "devices/virtio/rng.h"
 #include "devices/virtio/vsock.h"
 
@@ -145,6 +146,12 @@ Result<void> Vm::SetUpDevices(VmConfig& config) {
   for (auto& net : config.nets) {
     auto device = CLONE_TRY(virtio::Net::Create(std::move(net.tap), net.mac, net.vhost));
     CLONE_TRY_VOID(AddVirtioDevice(std::move(device)));
+  }
+  for (const auto& dir : config.shared_dirs) {
+    auto server = CLONE_TRY(fs::PassthroughFs::Create(dir.host_path, {.read_only = dir.read_only}));
+    auto device = CLONE_TRY(virtio::Fs::Create(dir.tag, std::move(server), dir.read_only));
+    CLONE_TRY_VOID(AddVirtioDevice(std::move(device)));
+    shared_dirs_.push_back(dir);
   }
   return {};
 }
@@ -356,6 +363,8 @@ Result<void> Vm::Pause() {
 
 void Vm::Resume() {
   std::lock_guard lock(pause_mu_);
+  // Parked vCPUs are outside KVM_RUN (the ioctl would wait for one inside it).
+  if (pause_requested_.load(std::memory_order_acquire) && parked_vcpus_ == running_vcpus_) MarkGuestPaused();
   pause_requested_.store(false, std::memory_order_release);
   pause_cv_.notify_all();
 }

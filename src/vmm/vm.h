@@ -65,6 +65,14 @@ struct NetConfig {
   virtio::VhostMode vhost = virtio::VhostMode::kAuto;  // vhost-net, else the userspace data path
 };
 
+// A host directory shared with the guest as virtio-fs (guest: mount -t virtiofs TAG /mnt), served
+// by an in-process FUSE server (fs/passthrough.h).
+struct SharedDirConfig {
+  std::string host_path;  // an existing directory (absolute)
+  std::string tag;        // 1..36 bytes, [A-Za-z0-9._-]
+  bool read_only = false;
+};
+
 struct VmConfig {
   std::vector<uint8_t> kernel;  // the image bytes, already read and verified
   std::vector<uint8_t> initrd;
@@ -80,6 +88,7 @@ struct VmConfig {
   std::vector<DiskConfig> disks;
   std::optional<VsockConfig> vsock;  // virtio-vsock, when set
   std::vector<NetConfig> nets;       // virtio-net devices
+  std::vector<SharedDirConfig> shared_dirs;  // virtio-fs devices, after every other virtio device
   // kOn: every thread confined to its role's syscalls (sandbox/seccomp.h) from Run() on.
   sandbox::SeccompMode seccomp = sandbox::SeccompMode::kOff;
 };
@@ -160,6 +169,8 @@ class Vm {
   std::vector<uint32_t> virtio_device_types() const;
   // The disks in attach order (the i-th block device in virtio_device_types() is disk i).
   const std::vector<DiskImage>& disk_images() const { return disk_images_; }
+  // The shared directories in attach order (the i-th fs device in virtio_device_types()).
+  const std::vector<SharedDirConfig>& shared_dirs() const { return shared_dirs_; }
 
   // --- Dirty page tracking for incremental snapshots (vmm/vm_dirty.cc) ---
   // Event-loop thread, with the vCPUs and devices paused (snapshot::Take does both). Tracking, once
@@ -214,6 +225,9 @@ class Vm {
   [[nodiscard]] Result<void> RestoreDevices(const VmState& state);
   // `elapsed_ns`: wall-clock time since the snapshot; every vCPU's TSC moves on by it (vm_state.h).
   [[nodiscard]] Result<void> RestoreVcpus(const VmState& state, uint64_t elapsed_ns);
+  // KVM_KVMCLOCK_CTRL on every vCPU, none of them in KVM_RUN: the guest's soft-lockup and RCU-stall
+  // detectors then ignore the time its vCPUs were stopped (a restore, a snapshot's pause).
+  void MarkGuestPaused();
   [[nodiscard]] Result<void> WatchConsoleInput();
   std::vector<uint8_t> FilterConsoleEscape(std::span<const uint8_t> input);
   void VcpuLoop(Vcpu& vcpu);
@@ -237,6 +251,7 @@ class Vm {
   bool dirty_tracking_ = false;                  // event-loop thread (vm_dirty.cc)
   std::optional<SnapshotBase> snapshot_base_;    // event-loop thread
   std::vector<DiskImage> disk_images_;  // set by SetUpDevices
+  std::vector<SharedDirConfig> shared_dirs_;  // set by SetUpDevices
   virtio::MmioTransport* vsock_transport_ = nullptr;  // in virtio_, when there is a vsock device
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::unique_ptr<EventLoop> loop_;
