@@ -432,4 +432,9 @@ Result<void> VcpuFd::SetTscKhz(uint32_t khz) {
   return {};
 }
 
+Result<void> VcpuFd::MarkGuestPaused() {
+  if (::ioctl(fd_.get(), KVM_KVMCLOCK_CTRL, 0) != 0) return FailErrno("KVM_KVMCLOCK_CTRL");
+  return {};
+}
+
 }  // namespace clonevm::kvm

@@ -137,6 +137,10 @@ class VcpuFd {
   // KVM_GET/SET_TSC_KHZ (KVM_CAP_GET_TSC_KHZ / KVM_CAP_TSC_CONTROL).
   [[nodiscard]] Result<uint32_t> GetTscKhz() const;
   [[nodiscard]] Result<void> SetTscKhz(uint32_t khz);
+  // KVM_KVMCLOCK_CTRL: tells the guest (PVCLOCK_GUEST_STOPPED in its kvmclock page) that the host
+  // stopped this vCPU, so its soft-lockup and RCU-stall detectors do not report the gap. EINVAL when
+  // the guest has not enabled kvmclock on this vCPU. Not while the vCPU is in KVM_RUN.
+  [[nodiscard]] Result<void> MarkGuestPaused();
 
  private:
   friend class VmFd;

@@ -130,6 +130,9 @@ Result<std::unique_ptr<Vm>> Vm::Restore(VmConfig config, const VmState& state, c
   timer->Mark("vcpus");
   CLONE_TRY_VOID(vm->RestoreDevices(state));
   CLONE_TRY_VOID(vm->vm_fd_->SetClock(AdvanceClock(state.clock, elapsed_ns)));
+  // The guest's clocks jumped by `elapsed_ns` while its vCPUs did not run: without this every
+  // fork of an old template reports "soft lockup - CPU#0 stuck for ...s" on its console.
+  vm->MarkGuestPaused();
   timer->Mark("restored");
   return vm;
 }
@@ -182,6 +185,15 @@ Result<void> Vm::RestoreVcpus(const VmState& state, uint64_t elapsed_ns) {
     vcpus_.push_back(std::move(vcpu));
   }
   return {};
+}
+
+void Vm::MarkGuestPaused() {
+  for (auto& v : vcpus_) {
+    // EINVAL: the guest never enabled kvmclock on this vCPU, so it has no paused flag to read.
+    if (auto marked = v->vcpu.MarkGuestPaused(); !marked) {
+      Log(LogLevel::kDebug, "vcpu {}: {}", v->vcpu.id(), marked.error().message());
+    }
+  }
 }
 
 Result<void> Vm::RestoreDevices(const VmState& state) {
