@@ -32,8 +32,17 @@ constexpr milliseconds kAgentConnectTimeout{1000};
 // A guest that gets little CPU (many VMs starting at once, e.g. `clone fork --count 100`) may need
 // longer than a second to answer a vsock connection; a fixed short timeout would then give up on
 // every attempt, and the retries themselves add load. Each failed attempt doubles the timeout up to
-// this, and a successful session resets it.
+// this, and a successful session resets it. A VM from a snapshot starts at the longer timeout: its
+// vsock driver is already up, so no answer means a busy guest, not one still booting.
 constexpr milliseconds kAgentConnectTimeoutMax{16000};
+constexpr milliseconds kAgentConnectTimeoutRestored{8000};
+// Once a connection is established the guest is alive and its agent answers when it gets CPU. An
+// abandoned connection is not free for the guest: its agent has already forked a session for it
+// and then fails on the closed socket. With a 1 s handshake limit, 100 forks on one busy lab CPU
+// spent their time on session after abandoned session and no agent connected in 10 minutes. So
+// the handshake, the identity and the gap between two reports may each take this long; a guest
+// that reboots or loses its agent closes the connection, which ends the wait at once.
+constexpr milliseconds kAgentSessionTimeout{60000};
 constexpr milliseconds kAgentRetry{250};
 constexpr milliseconds kReportInterval{2000};
 constexpr milliseconds kIdentityWaitMax{30000};
@@ -210,7 +219,7 @@ agent::AgentEndpoint VmService::Endpoint() const { return agent::AgentEndpoint{i
 
 void VmService::AgentLoop() {
   bool identity_sent = false;
-  milliseconds connect_timeout = kAgentConnectTimeout;
+  milliseconds connect_timeout = options_.from_snapshot ? kAgentConnectTimeoutRestored : kAgentConnectTimeout;
   while (true) {
     {
       std::lock_guard lock(mu_);
@@ -224,7 +233,7 @@ void VmService::AgentLoop() {
         if (stopping_) return;
         busy_fds_.insert(raw);
       }
-      auto monitor = agent::AgentMonitor::Start(std::move(*fd), identity_.token, kReportInterval, connect_timeout);
+      auto monitor = agent::AgentMonitor::Start(std::move(*fd), identity_.token, kReportInterval, kAgentSessionTimeout);
       if (monitor) {
         connect_timeout = kAgentConnectTimeout;
         {
@@ -234,12 +243,7 @@ void VmService::AgentLoop() {
           if (!agent_ready_at_) agent_ready_at_ = std::chrono::steady_clock::now();
         }
         if (!identity_sent) {
-          auto control = agent::Connect(Endpoint(), identity_.token, agent::Role::kControl, connect_timeout);
-          auto request = FirstIdentity();
-          Result<agent::IdentityOk> applied =
-              !control ? Result<agent::IdentityOk>(Fail(control.error()))
-                       : !request ? Result<agent::IdentityOk>(Fail(request.error()))
-                                  : agent::SendIdentity(control->fd, *request, kShutdownTimeout);
+          Result<agent::IdentityOk> applied = SendFirstIdentity();
           if (applied) {
             identity_sent = true;
           } else {
@@ -255,7 +259,7 @@ void VmService::AgentLoop() {
         }
         for (;;) {
           if (!identity_sent && options_.from_snapshot) break;
-          auto report = monitor->Next(kReportInterval * 3);
+          auto report = monitor->Next(kAgentSessionTimeout);
           if (!report) break;
           std::lock_guard lock(mu_);
           last_report_ = *report;
@@ -272,6 +276,19 @@ void VmService::AgentLoop() {
     std::unique_lock lock(mu_);
     cv_.wait_for(lock, kAgentRetry, [this] { return stopping_; });
   }
+}
+
+Result<agent::IdentityOk> VmService::SendFirstIdentity() {
+  agent::SetIdentity request = CLONE_TRY(FirstIdentity());
+  // The agent has just answered: connecting is quick. The handshake and the identity may wait
+  // long on a busy guest; the fd is tracked so that a stopping VM cuts the wait short.
+  Fd fd = CLONE_TRY(agent::ConnectVsock(identity_.vsock_cid, agent::kAgentPort, kAgentConnectTimeoutRestored));
+  TrackFd(fd.get());
+  auto hello = agent::Handshake(fd, identity_.token, agent::Role::kControl, kAgentSessionTimeout);
+  Result<agent::IdentityOk> applied =
+      hello ? agent::SendIdentity(fd, request, kAgentSessionTimeout) : Result<agent::IdentityOk>(Fail(hello.error()));
+  UntrackFd(fd.get());
+  return applied;
 }
 
 Result<agent::SetIdentity> VmService::FirstIdentity() const {

@@ -101,6 +101,8 @@ class VmService {
   // What the agent applies on its first connection: hostname = VM id, wall-clock time, fresh
   // entropy, the network (if any) and, for restored/forked VMs, a new machine-id.
   Result<agent::SetIdentity> FirstIdentity() const;
+  // FirstIdentity() sent over a control connection of its own (agent thread).
+  Result<agent::IdentityOk> SendFirstIdentity();
   void AgentLoop();
   // Runs fn (move-only is fine) on a detached worker thread; the destructor waits for all.
   template <typename F>
