@@ -220,6 +220,7 @@ constexpr Ioctl kIoctls[] = {
     {KVM_GET_DEBUGREGS, kVmm},                // snapshot
     {KVM_GET_TSC_KHZ, kVmm},                  // snapshot
     {KVM_CHECK_EXTENSION, kVmm},              // snapshot (XSAVE2 size)
+    {KVM_KVMCLOCK_CTRL, kVmm},                // resume after a snapshot: tell the guest it was stopped
     {FICLONE, kVmm},                          // freezing a writable disk into a snapshot
     {TCGETS, kVmm},                           // the console terminal, restored at exit
     {TCSETS, kVmm},                           // same
