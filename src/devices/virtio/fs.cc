@@ -158,8 +158,20 @@ void Fs::WorkerLoop(const std::function<void()>& worker_start) {
     Work work;
     {
       std::unique_lock lock(mu_);
-      work_cv_.wait(lock, [this] { return stop_ || !pending_.empty(); });
+      work_cv_.wait(lock, [this] { return stop_ || !pending_.empty() || task_ != nullptr; });
       if (stop_) return;
+      if (pending_.empty()) {
+        const std::function<void()>* task = task_;
+        lock.unlock();
+        {
+          std::lock_guard server_lock(server_mu_);
+          (*task)();
+        }
+        lock.lock();
+        task_ = nullptr;
+        idle_cv_.notify_all();
+        continue;
+      }
       work = std::move(pending_.front());
       pending_.pop_front();
       busy_ = true;
@@ -231,14 +243,23 @@ Result<void> Fs::Resume() {
   return TakeRequests(kRequestQueue);
 }
 
+void Fs::RunOnWorker(const std::function<void()>& fn) const {
+  std::unique_lock lock(mu_);
+  idle_cv_.wait(lock, [this] { return task_ == nullptr; });
+  task_ = &fn;
+  work_cv_.notify_one();
+  idle_cv_.wait(lock, [this, &fn] { return task_ != &fn; });
+}
+
 size_t Fs::requests_in_flight() const {
   std::lock_guard lock(mu_);
   return pending_.size() + (busy_ ? 1 : 0) + done_.size();
 }
 
 nlohmann::json Fs::SaveState() const {
-  std::lock_guard server_lock(server_mu_);
-  return {{"version", kStateVersion}, {"tag", tag_}, {"read_only", read_only_}, {"server", server_->SaveState()}};
+  nlohmann::json server;
+  RunOnWorker([&] { server = server_->SaveState(); });  // the worker holds server_mu_
+  return {{"version", kStateVersion}, {"tag", tag_}, {"read_only", read_only_}, {"server", std::move(server)}};
 }
 
 Result<void> Fs::RestoreState(const nlohmann::json& state) {

@@ -32,7 +32,8 @@
 // in flight, abandons queued and finished chains (the driver reset them) and ends the FUSE session
 // (the server forgets every inode but the root and every handle; the next mount sends INIT).
 //
-// State: {"version", "tag", "read_only", "server": PassthroughFs::SaveState()}. The first
+// State: {"version", "tag", "read_only", "server": PassthroughFs::SaveState()}, computed on the
+// worker thread (it reads /proc/self/fd links and stats the inodes). The first
 // Activate() after RestoreState() takes the chains already in the avail rings (a notification the
 // snapshotted VMM had not handled yet is not repeated). The server is
 // recreated by the VMM (possibly over another host directory, for a fork) and handed to a fresh
@@ -124,6 +125,9 @@ class Fs : public VirtioDevice {
   void CompleteDone();
   // Waits until the worker has nothing queued or running (mu_ held through `lock`).
   void WaitIdle(std::unique_lock<std::mutex>& lock);
+  // Runs `fn` on the worker thread, after the requests queued before it, and waits for it: every
+  // file-system syscall of the device stays on that thread (its seccomp role allows them).
+  void RunOnWorker(const std::function<void()>& fn) const;
 
   std::string tag_;
   bool read_only_;
@@ -134,8 +138,9 @@ class Fs : public VirtioDevice {
 
   // Shared with the worker.
   mutable std::mutex mu_;
-  std::condition_variable work_cv_;  // work queued or stop
-  std::condition_variable idle_cv_;  // the worker finished a request
+  mutable std::condition_variable work_cv_;  // work or a task queued, or stop
+  mutable std::condition_variable idle_cv_;  // the worker finished a request or a task
+  mutable const std::function<void()>* task_ = nullptr;  // RunOnWorker()'s, until done
   std::deque<Work> pending_;
   std::vector<Done> done_;
   bool busy_ = false;
