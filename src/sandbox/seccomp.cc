@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -238,6 +239,9 @@ constexpr int kMaxSyscall = 512;
 constexpr size_t kNameLen = 28;
 char g_syscall_names[kMaxSyscall][kNameLen];  // written once under g_names_once, then read-only
 std::once_flag g_names_once;
+// CLONE_SECCOMP_REPORT_ONLY=1 (read by Compile, before any filter exists): report every forbidden call and fail it
+// with ENOSYS instead of dying, so one lab run lists everything a new code path is missing.
+bool g_report_only = false;
 thread_local const char* t_role_name = "unconfined";
 
 void FillNames() {
@@ -290,7 +294,7 @@ void OnSigsys(int, siginfo_t* info, void* context) {
   line.AddDecimal(static_cast<unsigned long>(nr));
   line.Add(") [args ");
   // SAFETY: the kernel passes a ucontext_t as the third argument of an SA_SIGINFO handler.
-  const auto* uc = static_cast<const ucontext_t*>(context);
+  auto* uc = static_cast<ucontext_t*>(context);
   line.AddHex(static_cast<unsigned long>(uc->uc_mcontext.gregs[REG_RDI]));
   line.Add(", ");
   line.AddHex(static_cast<unsigned long>(uc->uc_mcontext.gregs[REG_RSI]));
@@ -298,6 +302,11 @@ void OnSigsys(int, siginfo_t* info, void* context) {
   line.AddHex(static_cast<unsigned long>(uc->uc_mcontext.gregs[REG_RDX]));
   line.Add("]\n");
   [[maybe_unused]] long n = ::syscall(SYS_write, STDERR_FILENO, line.buf, line.len);
+  if (g_report_only) {
+    uc->uc_mcontext.gregs[REG_RAX] = -ENOSYS;  // the trapped call returns ENOSYS; the thread goes on
+    errno = saved_errno;
+    return;
+  }
   // SIGSYS is blocked while this handler runs: a second trapped syscall makes the kernel force the
   // default action (terminate the process). reboot is on no role's list; were it reachable, the
   // zero magic numbers make it fail with EINVAL.
@@ -308,6 +317,8 @@ void OnSigsys(int, siginfo_t* info, void* context) {
 
 Result<void> InstallSigsysHandler() {
   std::call_once(g_names_once, FillNames);
+  const char* report_only = std::getenv("CLONE_SECCOMP_REPORT_ONLY");
+  g_report_only = report_only != nullptr && std::strcmp(report_only, "1") == 0;
   struct sigaction sa {};
   sa.sa_sigaction = OnSigsys;
   sigemptyset(&sa.sa_mask);

@@ -25,7 +25,9 @@
 // Compile) writes one line with async-signal-safe calls only,
 //   clone: seccomp: thread vcpu called forbidden syscall openat (257) [args 0x..., ...]
 // then repeats a syscall no role allows while SIGSYS is blocked, so the kernel forces the default
-// action: the whole process dies by SIGSYS. Nothing forbidden ever runs.
+// action: the whole process dies by SIGSYS. Nothing forbidden ever runs. For bringing up a new code
+// path, CLONE_SECCOMP_REPORT_ONLY=1 in the environment reports every forbidden call and fails it
+// with ENOSYS instead (still nothing forbidden runs, but the VM may go on half-working).
 //
 // Order (filters are inherited by threads created later and stack as an intersection):
 //   1. SeccompFilters::Compile() on the main thread during setup: libseccomp builds every role's

@@ -211,5 +211,17 @@ TEST(SeccompFilters, FsRoleMayUseFilesButNotSockets) {
   ExpectKilled(r, "fs", "socket");
 }
 
+TEST(SeccompFilters, ReportOnlyFailsTheCallWithEnosysAndGoesOn) {
+  auto r = RunInChild([] {
+    ::setenv("CLONE_SECCOMP_REPORT_ONLY", "1", 1);
+    if (!Install(ThreadRole::kVcpu)) return false;
+    int fd = ::open("/dev/null", O_RDONLY);
+    return fd == -1 && errno == ENOSYS;
+  });
+  EXPECT_TRUE(r.exited && r.exit_code == 0) << r.stderr_text;
+  EXPECT_NE(r.stderr_text.find("clone: seccomp: thread vcpu called forbidden syscall openat ("), std::string::npos)
+      << r.stderr_text;
+}
+
 }  // namespace
 }  // namespace clonevm::sandbox

@@ -30,7 +30,7 @@ declare -A vm_pid=()
 start_vm() { # start_vm ID COMMAND-ARGS...
   local id=$1
   shift
-  "$CLONE_BIN" "$@" </dev/null >"$w/$id.console" 2>"$w/$id.err" &
+  "$CLONE_BIN" "$@" </dev/null >"$E2E_WORK/$id.console" 2>"$E2E_WORK/$id.err" &
   vm_pid[$id]=$!
 }
 wait_listed() { for _ in $(seq 1 120); do [[ -f $CLONE_RUNTIME_DIR/vms/$1/info.json ]] && return 0; sleep 0.5; done; return 1; }
@@ -58,7 +58,7 @@ stop_with_sigterm() { # stop_with_sigterm ID: sets $status to the VM process's e
   kill -TERM "${vm_pid[$1]}" || true
   wait "${vm_pid[$1]}" || status=$?
 }
-no_report() { ! grep -a 'seccomp:' "$w/$1.err"; }
+no_report() { ! grep -a 'seccomp:' "$E2E_WORK/$1.err"; }
 
 # --- the control: no --seccomp ---
 start_vm plain run --name plain "${kernel_args[@]}" --cmdline "$cmdline clone.noagent"
@@ -74,8 +74,13 @@ check "control VM: SIGTERM -> exit status 143" test "$status" = 143
 start_vm s1 run --seccomp --net --name s1 "${kernel_args[@]}" --block "$w/disk.raw" --cmdline "$cmdline"
 check "confined VM started" wait_listed s1
 t0=$(now)
-check "confined VM: the agent answers (vsock, worker threads)" wait_agent s1
-echo "agent answered after $(since "$t0") s"
+if ! wait_agent s1 120; then
+  fail "confined VM: the agent answers (vsock, worker threads)"
+  cat "$E2E_WORK/s1.err"; tail -20 "$E2E_WORK/s1.console"
+  stop_with_sigterm s1
+  e2e_finish
+fi
+pass "confined VM: the agent answers (vsock, worker threads) after $(since "$t0") s"
 pid=$(pid_of s1)
 echo "s1 threads' Seccomp_filters (main first): $(filters "$pid")"
 check "confined VM: every thread in seccomp filter mode (Seccomp: 2)" every_task_confined "$pid"
@@ -100,7 +105,7 @@ for _ in $(seq 1 40); do busybox ping -c 1 -W 1 "$ip" >/dev/null 2>&1 && break; 
 check "virtio-net: the host pings the guest at $ip" busybox ping -c 3 -W 2 "$ip"
 out=$( (printf 'echo console-$((6*7))\n'; sleep 3) | timeout 6 socat - UNIX-CONNECT:"$CLONE_RUNTIME_DIR/vms/s1/console.sock" 2>/dev/null | tr -d '\r' | grep -a console-42 | head -1) || true
 check "console socket: a command typed on the serial console answers" test "$out" = console-42
-check "console output reached stdout (vCPU serial writes)" grep -aq CLONE-AGENT-READY "$w/s1.console"
+check "console output reached stdout (vCPU serial writes)" grep -aq CLONE-AGENT-READY "$E2E_WORK/s1.console"
 "$CLONE_BIN" list >"$w/list.txt" 2>&1 || true
 check "clone list shows s1" grep -q '^s1 ' "$w/list.txt"
 "$CLONE_BIN" status --json >"$w/status.json" 2>&1 || true
@@ -138,7 +143,7 @@ for id in f2 f1 s1; do
   check "$id: SIGTERM -> exit status 143 (not 159, SIGSYS)" test "$status" = 143
   check "$id: runtime directory removed" test ! -e "$CLONE_RUNTIME_DIR/vms/$id"
   check "$id: no thread called a forbidden syscall" no_report "$id"
-  if grep -aq 'seccomp:' "$w/$id.err"; then cat "$w/$id.err"; fi
+  if grep -aq 'seccomp:' "$E2E_WORK/$id.err"; then cat "$E2E_WORK/$id.err"; fi
 done
 check "no VM left" test "$(vm_count)" = 0
 e2e_finish
