@@ -2,7 +2,9 @@
 # Snapshots end to end: a stock Debian kernel with the guest agent boots, gets a marker file,
 # `clone snapshot` saves it (sparse memory, CRC-checked state), the source stops, and
 # `clone restore` continues the same guest in a new VM process: the marker is there, uptime went
-# on from where it was, the agent answers. Damaged snapshots (a flipped byte, truncated state or
+# on from where it was, the agent answers. The guest has 2 vCPUs, the second busy at the snapshot: the
+# restored guest and two forks of the snapshot run on both (a busy loop pinned to CPU 1 goes on).
+# Damaged snapshots (a flipped byte, truncated state or
 # memory) are refused with a clear error and leave no VM process behind.
 source "$(dirname "$0")/lib.sh"
 
@@ -17,16 +19,22 @@ export CLONE_RUNTIME_DIR=/tmp/clone-e2e-snap-rt  # sockets cannot live on the 9p
 export CLONE_TEMPLATES_DIR=/tmp/clone-e2e-templates
 rm -rf "$CLONE_RUNTIME_DIR" "$CLONE_TEMPLATES_DIR"
 mem_mb=256
+# The 2nd vCPU runs a busy loop pinned to it until /stop exists; field 39 of /proc/PID/stat is the CPU.
+spin='taskset 2 sh -c "while [ ! -e /stop ]; do :; done" </dev/null >/dev/null 2>&1 & echo $!'
+on_cpu() { "$CLONE_BIN" exec --vm-id "$1" -- taskset "$2" cut -d' ' -f39 /proc/self/stat 2>/dev/null || true; }
+cpu1_ticks() { "$CLONE_BIN" exec --vm-id "$1" -- sh -c 'grep "^cpu1 " /proc/stat' 2>/dev/null | awk '{print $2 + $4}' || true; }
 
 # --- the source VM ---
 id=$("$CLONE_BIN" run -d --name src --kernel "$LAB_CLOUD_KERNEL" --initrd "$E2E_WORK/agent.cpio.gz" \
-  --mem-mb $mem_mb --cmdline "console=ttyS0 quiet panic=-1" 2>"$E2E_WORK/src.err") || true
+  --mem-mb $mem_mb --vcpus 2 --cmdline "console=ttyS0 quiet panic=-1" 2>"$E2E_WORK/src.err") || true
 check "source VM started" test "$id" = src
 check "source agent reachable" wait_agent src
 marker="marker-$RANDOM-$RANDOM"
 "$CLONE_BIN" exec --vm-id src -- sh -c "echo $marker > /marker" || true
 up_before=$("$CLONE_BIN" exec --vm-id src -- cut -d' ' -f1 /proc/uptime) || true
 echo "source uptime before the snapshot: $up_before s"
+spin_pid=$("$CLONE_BIN" exec --vm-id src -- sh -c "$spin") || true
+check "source: a busy loop runs on CPU 1" test "$("$CLONE_BIN" exec --vm-id src -- cut -d' ' -f39 /proc/"$spin_pid"/stat 2>/dev/null)" = 1
 
 # --- take it ---
 t0=$(now)
@@ -78,8 +86,33 @@ check "restored VM runs commands" test "$out" = "$(printf '42\nok')"
 sum=$("$CLONE_BIN" exec --vm-id r1 -- sh -c 'head -c 4194304 /dev/urandom | tee /tmp/r | md5sum' | cut -d' ' -f1) || true
 sum2=$("$CLONE_BIN" exec --vm-id r1 -- cat /tmp/r | md5sum | cut -d' ' -f1) || true
 check "restored VM: vsock data path carries 4 MiB intact" test -n "$sum" -a "$sum" = "$sum2"
+out=$("$CLONE_BIN" exec --vm-id r1 -- nproc) || true
+check "restored VM: 2 CPUs online" test "$out" = 2
+out=$("$CLONE_BIN" exec --vm-id r1 -- cut -d' ' -f39 /proc/"$spin_pid"/stat) || true
+check "restored VM: the busy loop from before the snapshot still runs on CPU 1" test "$out" = 1
+a=$(cpu1_ticks r1); sleep 2; b=$(cpu1_ticks r1)
+echo "restored VM: CPU 1 user+system ticks $a -> $b"
+check "restored VM: CPU 1 executes (its tick count grows)" test "${b:-0}" -gt "${a:-0}"
+"$CLONE_BIN" exec --vm-id r1 -- touch /stop || true
+check "restored VM: a new process runs on CPU 0" test "$(on_cpu r1 1)" = 0
+check "restored VM: a new process runs on CPU 1" test "$(on_cpu r1 2)" = 1
 out=$( (printf 'echo console-$((6*7))\n'; sleep 4) | timeout 8 socat - UNIX-CONNECT:"$CLONE_RUNTIME_DIR/vms/r1/console.sock" 2>/dev/null | tr -d '\r' | grep -a console-42 | head -1) || true
 if command -v socat >/dev/null; then check "restored VM: the serial console answers" test "$out" = console-42; fi
+
+# --- forks of the 2-vCPU snapshot ---
+t0=$(now)
+ids=$("$CLONE_BIN" fork --template t1 --count 2 --name f 2>"$E2E_WORK/fork.err" | tr '\n' ' ') || true
+echo "fork --count 2: '$ids' in $(since "$t0") s"; cat "$E2E_WORK/fork.err"
+check "fork --count 2 of the 2-vCPU snapshot prints both ids" test "$ids" = "f-1 f-2 "
+for f in f-1 f-2; do
+  check "$f: the agent answers" wait_agent "$f"
+  check "$f: hostname is its id" test "$("$CLONE_BIN" exec --vm-id "$f" -- hostname 2>/dev/null)" = "$f"
+  check "$f: 2 CPUs online" test "$("$CLONE_BIN" exec --vm-id "$f" -- nproc 2>/dev/null)" = 2
+  check "$f: the template's busy loop goes on on CPU 1" test "$("$CLONE_BIN" exec --vm-id "$f" -- cut -d' ' -f39 /proc/"$spin_pid"/stat 2>/dev/null)" = 1
+  "$CLONE_BIN" exec --vm-id "$f" -- touch /stop || true
+  check "$f: a new process runs on CPU 1" test "$(on_cpu "$f" 2)" = 1
+  check "$f stops cleanly" stop_vm "$f"
+done
 
 # --- damaged snapshots ---
 for n in flip trunc mem; do
