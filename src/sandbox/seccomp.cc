@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <termios.h>
+#include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -446,6 +447,9 @@ Result<SeccompFilters> SeccompFilters::Compile() {
     filters.programs_[i] = CLONE_TRY(CompileRole(static_cast<ThreadRole>(i)));
   }
   CLONE_TRY_VOID(InstallSigsysHandler());
+  // glibc reads /etc/localtime on the first gmtime_r/localtime_r, which a vCPU thread makes when the
+  // guest reads the CMOS clock: load the time zone now, while this thread may still open files.
+  ::tzset();
   return filters;
 }
 
