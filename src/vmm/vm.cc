@@ -149,7 +149,16 @@ Result<void> Vm::SetUpDevices(VmConfig& config) {
   }
   for (const auto& dir : config.shared_dirs) {
     auto server = CLONE_TRY(fs::PassthroughFs::Create(dir.host_path, {.read_only = dir.read_only}));
-    auto device = CLONE_TRY(virtio::Fs::Create(dir.tag, std::move(server), dir.read_only));
+    // With --seccomp the device's worker confines itself to the fs role before serving anything.
+    std::function<void()> confine;
+    if (seccomp_) {
+      confine = [this] {
+        if (auto confined = seccomp_->InstallForThisThread(sandbox::ThreadRole::kFs); !confined) {
+          RequestExit({VmExitReason::kError, fmt::format("virtio-fs worker: {}", confined.error().message()), 0});
+        }
+      };
+    }
+    auto device = CLONE_TRY(virtio::Fs::Create(dir.tag, std::move(server), dir.read_only, std::move(confine)));
     CLONE_TRY_VOID(AddVirtioDevice(std::move(device)));
     shared_dirs_.push_back(dir);
   }
