@@ -162,6 +162,20 @@ Result<PassthroughFs::Inode*> PassthroughFs::GetInode(uint64_t nodeid) {
   return &it->second;
 }
 
+PassthroughFs::Inode* PassthroughFs::DirFor(uint64_t parent, const std::optional<std::string>& name, Access access,
+                                            Reply& reply) {
+  auto fail = [&reply](int err) -> Inode* {
+    reply.Error(err);
+    return nullptr;
+  };
+  if (!name) return fail(EINVAL);
+  if (int err = CheckName(*name)) return fail(err);
+  auto dir = GetInode(parent);
+  if (!dir) return fail(dir.error().error_number());
+  if (access == Access::kChange && options_.read_only) return fail(EROFS);
+  return *dir;
+}
+
 Result<PassthroughFs::OpenFile*> PassthroughFs::GetHandle(uint64_t fh, bool dir) {
   auto it = handles_.find(fh);
   if (it == handles_.end() || it->second.dir != dir) return Fail(Error("unknown fh", EBADF));
@@ -352,12 +366,10 @@ int PassthroughFs::LookupEntry(Inode& parent, const char* name, void* entry_out)
 
 void PassthroughFs::DoLookup(uint64_t parent, std::span<const uint8_t> in, Reply& reply) {
   auto name = TakeString(in);
-  if (!name) return reply.Error(EINVAL);
-  if (int err = CheckName(*name)) return reply.Error(err);
-  auto dir = GetInode(parent);
-  if (!dir) return reply.Error(dir.error().error_number());
+  Inode* dir = DirFor(parent, name, Access::kLookup, reply);
+  if (!dir) return;
   fuse_entry_out entry;
-  if (int err = LookupEntry(**dir, name->c_str(), &entry)) return reply.Error(err);
+  if (int err = LookupEntry(*dir, name->c_str(), &entry)) return reply.Error(err);
   reply.Ok(entry);
 }
 
@@ -468,51 +480,39 @@ void PassthroughFs::FinishCreate(Inode& parent, const char* name, uint32_t uid, 
 void PassthroughFs::DoSymlink(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply) {
   auto name = TakeString(in);
   auto target = name ? TakeString(in) : std::nullopt;
-  if (!target) return reply.Error(EINVAL);
-  if (int err = CheckName(*name)) return reply.Error(err);
-  if (target->empty() || target->size() >= PATH_MAX) return reply.Error(EINVAL);
-  auto dir = GetInode(parent);
-  if (!dir) return reply.Error(dir.error().error_number());
-  if (options_.read_only) return reply.Error(EROFS);
+  if (!target || target->empty() || target->size() >= PATH_MAX) return reply.Error(EINVAL);
+  Inode* dir = DirFor(parent, name, Access::kChange, reply);
+  if (!dir) return;
   // The target is only text stored in the link; the server never follows it.
-  if (::symlinkat(target->c_str(), (*dir)->fd.get(), name->c_str()) != 0) return reply.Error(Errno());
-  FinishCreate(**dir, name->c_str(), uid, gid, reply);
+  if (::symlinkat(target->c_str(), dir->fd.get(), name->c_str()) != 0) return reply.Error(Errno());
+  FinishCreate(*dir, name->c_str(), uid, gid, reply);
 }
 
 void PassthroughFs::DoMknod(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply) {
   auto arg = Take<fuse_mknod_in>(in);
   auto name = arg ? TakeString(in) : std::nullopt;
-  if (!name) return reply.Error(EINVAL);
-  if (int err = CheckName(*name)) return reply.Error(err);
-  auto dir = GetInode(parent);
-  if (!dir) return reply.Error(dir.error().error_number());
-  if (options_.read_only) return reply.Error(EROFS);
+  Inode* dir = DirFor(parent, name, Access::kChange, reply);
+  if (!dir) return;
   mode_t type = arg->mode & S_IFMT;
   if (type != S_IFREG && type != S_IFIFO) return reply.Error(EPERM);  // no device nodes or sockets
-  if (::mknodat((*dir)->fd.get(), name->c_str(), arg->mode & (S_IFMT | 07777), 0) != 0) return reply.Error(Errno());
-  FinishCreate(**dir, name->c_str(), uid, gid, reply);
+  if (::mknodat(dir->fd.get(), name->c_str(), arg->mode & (S_IFMT | 07777), 0) != 0) return reply.Error(Errno());
+  FinishCreate(*dir, name->c_str(), uid, gid, reply);
 }
 
 void PassthroughFs::DoMkdir(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply) {
   auto arg = Take<fuse_mkdir_in>(in);
   auto name = arg ? TakeString(in) : std::nullopt;
-  if (!name) return reply.Error(EINVAL);
-  if (int err = CheckName(*name)) return reply.Error(err);
-  auto dir = GetInode(parent);
-  if (!dir) return reply.Error(dir.error().error_number());
-  if (options_.read_only) return reply.Error(EROFS);
-  if (::mkdirat((*dir)->fd.get(), name->c_str(), arg->mode & 07777) != 0) return reply.Error(Errno());
-  FinishCreate(**dir, name->c_str(), uid, gid, reply);
+  Inode* dir = DirFor(parent, name, Access::kChange, reply);
+  if (!dir) return;
+  if (::mkdirat(dir->fd.get(), name->c_str(), arg->mode & 07777) != 0) return reply.Error(Errno());
+  FinishCreate(*dir, name->c_str(), uid, gid, reply);
 }
 
 void PassthroughFs::DoUnlink(uint64_t parent, std::span<const uint8_t> in, bool dir, Reply& reply) {
   auto name = TakeString(in);
-  if (!name) return reply.Error(EINVAL);
-  if (int err = CheckName(*name)) return reply.Error(err);
-  auto inode = GetInode(parent);
-  if (!inode) return reply.Error(inode.error().error_number());
-  if (options_.read_only) return reply.Error(EROFS);
-  if (::unlinkat((*inode)->fd.get(), name->c_str(), dir ? AT_REMOVEDIR : 0) != 0) return reply.Error(Errno());
+  Inode* parent_dir = DirFor(parent, name, Access::kChange, reply);
+  if (!parent_dir) return;
+  if (::unlinkat(parent_dir->fd.get(), name->c_str(), dir ? AT_REMOVEDIR : 0) != 0) return reply.Error(Errno());
   reply.OkEmpty();
 }
 
@@ -599,16 +599,13 @@ void PassthroughFs::DoOpen(uint64_t nodeid, std::span<const uint8_t> in, bool di
 void PassthroughFs::DoCreate(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply) {
   auto arg = Take<fuse_create_in>(in);
   auto name = arg ? TakeString(in) : std::nullopt;
-  if (!name) return reply.Error(EINVAL);
-  if (int err = CheckName(*name)) return reply.Error(err);
-  auto dir = GetInode(parent);
-  if (!dir) return reply.Error(dir.error().error_number());
-  if (options_.read_only) return reply.Error(EROFS);
+  Inode* dir = DirFor(parent, name, Access::kChange, reply);
+  if (!dir) return;
   if (handles_.size() >= kMaxHandles) return reply.Error(ENFILE);
   int flags = (static_cast<int>(arg->flags) & ~(O_NOCTTY | O_PATH | O_DIRECTORY)) | O_CREAT | O_NOFOLLOW | O_CLOEXEC;
   // O_NONBLOCK until the type is known: an existing FIFO under that name must not block the
   // server, and only regular files are opened (as in OPEN).
-  int fd = ::openat((*dir)->fd.get(), name->c_str(), flags | O_NONBLOCK, arg->mode & 07777);
+  int fd = ::openat(dir->fd.get(), name->c_str(), flags | O_NONBLOCK, arg->mode & 07777);
   if (fd < 0) return reply.Error(Errno());
   Fd file(fd);
   struct stat st {};
@@ -622,7 +619,7 @@ void PassthroughFs::DoCreate(uint64_t parent, std::span<const uint8_t> in, uint3
     fuse_entry_out entry;
     fuse_open_out open;
   } out{};
-  if (int err = LookupEntry(**dir, name->c_str(), &out.entry)) return reply.Error(err);
+  if (int err = LookupEntry(*dir, name->c_str(), &out.entry)) return reply.Error(err);
   out.open.fh = AddHandle(std::move(file), out.entry.nodeid, static_cast<uint32_t>(flags & ~O_CREAT), false);
   reply.Ok(out);
   if (reply.error != 0) {

@@ -158,6 +158,12 @@ class PassthroughFs {
 
   // The inode of `nodeid` with a usable fd, or an errno (EBADF unknown, ESTALE stale).
   Result<Inode*> GetInode(uint64_t nodeid);
+  // The directory `parent` in which the guest names an entry `name` (`change`: to create or remove
+  // it, so a read-only share refuses). Checks, in this order: the name was there (EINVAL) and is
+  // one plain component (CheckName), the inode, then read-only (EROFS). On failure it answers
+  // `reply` with that errno and returns null.
+  enum class Access { kLookup, kChange };
+  Inode* DirFor(uint64_t parent, const std::optional<std::string>& name, Access access, Reply& reply);
   Result<OpenFile*> GetHandle(uint64_t fh, bool dir);
   // Looks `name` up under `parent`: a new or existing nodeid with its lookup count + 1 and the
   // entry written to `out` (a fuse_entry_out). Returns an errno on failure.
