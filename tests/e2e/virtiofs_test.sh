@@ -136,6 +136,23 @@ check "fork writes into the new directory" test "$(cat "$top/new/fork.txt" 2>/de
 check "the template's directory is untouched by the fork" test ! -e "$top/share/fork.txt"
 check "fork: the ro share is still read-only" bash -c "! '$CLONE_BIN' exec --vm-id f1 -- sh -c 'echo x > /mnt/ro/x' 2>/dev/null"
 check "fork stopped" stop_vm f1
+# --- --seccomp: the fs worker confines itself to its role and still serves (and snapshots) ---
+id=$("$CLONE_BIN" run -d --seccomp --name fssec --kernel "$LAB_CLOUD_KERNEL" --initrd "$E2E_WORK/fs.cpio.gz" --mem-mb 256 \
+  --shared-dir "$top/share:myfs" --shared-dir "$top/ro:rofs:ro" --cmdline "$cmdline" 2>"$E2E_WORK/sec.err") || true
+cat "$E2E_WORK/sec.err"
+check "confined VM with shares started" test "$id" = fssec
+check "confined VM: agent reachable" wait_agent fssec
+pid=$(pid_of fssec || true)
+fs_task=$(grep -l '^clone-fs$' /proc/"${pid:-0}"/task/*/comm 2>/dev/null | head -1) || true
+check "confined VM: the clone-fs thread runs under a seccomp filter" grep -q '^Seccomp:[[:space:]]*2' "${fs_task%/comm}/status"
+gx fssec 'mkdir /mnt/fs/sec && echo s > /mnt/fs/sec/f && mv /mnt/fs/sec/f /mnt/fs/sec/g && ln -s g /mnt/fs/sec/l && rm /mnt/fs/sec/l && touch -d "2020-01-01 00:00" /mnt/fs/sec/g && chmod 600 /mnt/fs/sec/g && ls /mnt/fs/sec >/dev/null && df /mnt/fs >/dev/null' || true
+check "confined VM: mkdir/write/rename/symlink/unlink/utimes/chmod reach the host" test "$(cat "$top/share/sec/g" 2>/dev/null)" = s -a ! -e "$top/share/sec/l" -a "$(stat -c %a "$top/share/sec/g" 2>/dev/null)" = 600
+check "confined VM: 8 MiB read intact" test "$(gx fssec 'sha256sum /mnt/fs/big.bin' | cut -d' ' -f1)" = "$host_big"
+"$CLONE_BIN" snapshot --vm-id fssec --name fs2 >/dev/null 2>"$E2E_WORK/snap2.err" || true
+check "confined VM: snapshot with the share mounted" test -f "$CLONE_TEMPLATES_DIR/fs2/config"
+check "confined VM: still serving after the snapshot" test "$(gx fssec 'cat /mnt/fs/sec/g')" = s
+check "confined VM: the process is alive (no forbidden syscall)" kill -0 "${pid:-0}"
+check "confined VM stopped" stop_vm fssec
 if [[ $E2E_FAILURES -gt 0 ]]; then
   for f in "$CLONE_RUNTIME_DIR"/vms/*/console.log; do echo "== $f"; tail -20 "$f"; done 2>/dev/null
   tail -20 "$E2E_WORK/exec.err"
