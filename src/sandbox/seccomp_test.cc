@@ -21,6 +21,17 @@
 namespace clonevm::sandbox {
 namespace {
 
+// Under AddressSanitizer the sanitizer runtime makes syscalls of its own in a filtered thread
+// (sigaltstack at thread exit, pipe2 around fork, open for its reports) that no VMM role allows,
+// so tests that expect a filtered child to live, or to die on one particular call, only mean
+// something in the release build (CI runs both; the VMM itself never runs sanitized in the lab).
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+constexpr char kSanitizedSkip[] = "the sanitizer runtime's own syscalls are outside every role";
+
 struct ChildResult {
   bool exited = false;
   int exit_code = -1;
@@ -104,6 +115,7 @@ TEST(SeccompFilters, CompilesEveryRole) {
 }
 
 TEST(SeccompFilters, AllowedCallsWork) {
+  if (kSanitized) GTEST_SKIP() << kSanitizedSkip;
   auto r = RunInChild([] {
     if (!Install(ThreadRole::kWorker)) return false;
     int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);  // allowed family
@@ -143,6 +155,7 @@ TEST(SeccompFilters, VcpuCannotOpenFiles) {
 }
 
 TEST(SeccompFilters, VcpuIoctlRequestsAreChecked) {
+  if (kSanitized) GTEST_SKIP() << kSanitizedSkip;
   // KVM_RUN is on the vCPU's list: on an eventfd it reaches the kernel and fails with ENOTTY.
   auto allowed = RunInChild([] {
     int fd = ::eventfd(0, EFD_CLOEXEC);
@@ -173,6 +186,7 @@ TEST(SeccompFilters, NoExecutableMappings) {
 }
 
 TEST(SeccompFilters, VmmStartsThreadsThatNarrowFurtherButNoProcesses) {
+  if (kSanitized) GTEST_SKIP() << kSanitizedSkip;
   // std::thread under vmm (clone3 -> ENOSYS -> clone with CLONE_THREAD), and the new thread stacks
   // the worker role: then it cannot open files while its creator still can.
   auto r = RunInChild([] {
@@ -213,6 +227,7 @@ TEST(SeccompFilters, FsRoleMayUseFilesButNotSockets) {
 }
 
 TEST(SeccompFilters, VcpuCanReadTheClock) {
+  if (kSanitized) GTEST_SKIP() << kSanitizedSkip;
   // The CMOS RTC runs gmtime_r on a vCPU thread; glibc's first call opens /etc/localtime unless
   // Compile loaded the zone. (This process never asked for the zone before, so the child's first
   // gmtime_r would be that first call.)
@@ -226,6 +241,7 @@ TEST(SeccompFilters, VcpuCanReadTheClock) {
 }
 
 TEST(SeccompFilters, ReportOnlyFailsTheCallWithEnosysAndGoesOn) {
+  if (kSanitized) GTEST_SKIP() << kSanitizedSkip;
   auto r = RunInChild([] {
     ::setenv("CLONE_SECCOMP_REPORT_ONLY", "1", 1);
     if (!Install(ThreadRole::kVcpu)) return false;
