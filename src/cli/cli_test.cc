@@ -1,7 +1,9 @@
 // The command line's handling of bad input: each case is one clear line and a non-zero status,
 // decided before KVM is touched (so these run on hosts without /dev/kvm).
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -322,6 +324,33 @@ TEST(RootfsOptionsTest, FromOci) {
   EXPECT_EQ(*password, std::nullopt);  // the image's own
   o.from_dir = "/x";
   EXPECT_FALSE(ToRootfsCreateOptions(o));
+}
+
+// A detached VM process keeps its stderr in the VM directory's vmm.log: a warning or a seccomp
+// report written after the parent let go must still be readable.
+TEST_F(CliTest, DetachedChildSendsStderrToItsLog) {
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  std::string log = dir_ + "/vmm.log";
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::close(fds[0]);
+    Fd ready(fds[1]);
+    ReportDetachedReady(ready, "vm-1", log);
+    constexpr char kLine[] = "clone: seccomp: thread vcpu called forbidden syscall openat (257)\n";
+    ssize_t n = ::write(STDERR_FILENO, kLine, sizeof(kLine) - 1);
+    ::_exit(n == static_cast<ssize_t>(sizeof(kLine) - 1) ? 0 : 1);
+  }
+  ::close(fds[1]);
+  Fd parent_end(fds[0]);
+  EXPECT_EQ(AwaitReady(parent_end), std::optional<std::string>("vm-1\n"));
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  std::ifstream in(log);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "clone: seccomp: thread vcpu called forbidden syscall openat (257)\n");
 }
 
 }  // namespace

@@ -450,17 +450,19 @@ std::optional<std::string> AwaitReady(const Fd& pipe) {
 }
 
 // In the detached child once the VM is up: tells the parent, then lets go of its terminal.
-void ReportDetachedReady(Fd& ready, const std::string& id) {
+void ReportDetachedReady(Fd& ready, const std::string& id, const std::string& log_path) {
   std::string line = "ok " + id + "\n";
   [[maybe_unused]] auto r = WriteAll(ready.get(), line.data(), line.size());
   ready.reset();
   int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   if (null >= 0) {
     ::dup2(null, STDIN_FILENO);
     ::dup2(null, STDOUT_FILENO);
-    ::dup2(null, STDERR_FILENO);
+    ::dup2(log >= 0 ? log : null, STDERR_FILENO);
     ::close(null);
   }
+  if (log >= 0) ::close(log);
 }
 
 int ServeAndRun(std::unique_ptr<VmService> service, std::unique_ptr<Vm> vm, Fd& ready) {
@@ -468,7 +470,7 @@ int ServeAndRun(std::unique_ptr<VmService> service, std::unique_ptr<Vm> vm, Fd& 
     Log(LogLevel::kError, "{}", served.error().message());
     return kExitError;
   }
-  if (ready) ReportDetachedReady(ready, service->dir().id());
+  if (ready) ReportDetachedReady(ready, service->dir().id(), service->dir().vmm_log());
   VmExit exit;
   {
     RawTerminal terminal(STDIN_FILENO);

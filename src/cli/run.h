@@ -93,9 +93,11 @@ int ExitStatusFor(const VmExit& exit);
 
 // --detach for commands that start a VM process: forks before KVM is touched; returns the parent's
 // exit status in the parent (after the child reported "ok <id>" or failed) and nullopt in the
-// child, which calls ReportDetachedReady once the VM runs.
+// child, which calls ReportDetachedReady once the VM runs: it reports the id, then lets go of the
+// terminal (stdin and stdout to /dev/null) and sends its stderr to `log_path` (the VM directory's
+// vmm.log), so a detached VM's warnings, errors and a seccomp report are not lost.
 std::optional<int> ForkDetached(Fd* ready);
-void ReportDetachedReady(Fd& ready, const std::string& id);
+void ReportDetachedReady(Fd& ready, const std::string& id, const std::string& log_path);
 // The parent's side: reads the pipe to EOF; "<id>\n" when the child reported "ok <id>\n", nullopt
 // when it ended without (it failed and logged why).
 std::optional<std::string> AwaitReady(const Fd& pipe);

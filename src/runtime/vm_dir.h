@@ -48,6 +48,8 @@ class VmDir {
   std::string control_socket() const { return path_ + "/control.sock"; }
   std::string console_socket() const { return path_ + "/console.sock"; }
   std::string console_log() const { return path_ + "/console.log"; }
+  // A detached VM process's own stderr: its warnings, errors and a seccomp report.
+  std::string vmm_log() const { return path_ + "/vmm.log"; }
   // Writes info.json atomically.
   [[nodiscard]] Result<void> WriteInfo(const nlohmann::json& info) const;
 
