@@ -16,6 +16,7 @@
 
 #include "arch/x86/layout.h"
 #include "agent/identity_page.h"
+#include "base/clock.h"
 #include "base/log.h"
 #include "control/router.h"
 #include "snapshot/take.h"
@@ -51,12 +52,6 @@ constexpr milliseconds kExecSessionTimeout{5000};
 // connection is worth waiting longer for than when the guest may have no agent at all.
 constexpr milliseconds kExecConnectTimeoutAgentUp{30000};
 constexpr milliseconds kShutdownTimeout{5000};
-
-uint64_t UnixNowNs() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 // A /proc/self/status field in KiB ("VmRSS"), 0 if absent.
 uint64_t ProcStatusKib(const std::string& field) {
@@ -167,7 +162,7 @@ Result<void> VmService::Serve(Vm& vm) {
     }
   }
   identity_.vsock_cid = static_cast<uint32_t>(vm.vsock_cid());
-  identity_.written_at_unix_ns = UnixNowNs();
+  identity_.written_at_unix_ns = RealtimeNs();
   auto page = CLONE_TRY(agent::EncodeIdentityPage(identity_));
   CLONE_TRY_VOID(vm.memory().WriteBytes(x86::kIdentityPageAddr, page));
   // The page holds a new VM Generation ID: a guest restored or forked from a snapshot learns of it
@@ -297,7 +292,7 @@ Result<agent::SetIdentity> VmService::FirstIdentity() const {
   // A booted guest's clock comes from the RTC (whole seconds): the host's time makes it exact. A
   // restored or forked guest's kvmclock was already advanced to now (Vm::Restore); a timestamp
   // sent here can reach the guest seconds late on a busy host and would set its clock back.
-  if (!options_.from_snapshot) request.unix_time_ns = UnixNowNs();
+  if (!options_.from_snapshot) request.unix_time_ns = RealtimeNs();
   uint8_t seed[64];
   if (::getrandom(seed, sizeof(seed), 0) != static_cast<ssize_t>(sizeof(seed))) return FailErrno("getrandom");
   request.entropy_seed = fmt::format("{:02x}", fmt::join(seed, ""));

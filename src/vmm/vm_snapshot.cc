@@ -21,6 +21,7 @@
 #include <cstring>
 
 #include "arch/x86/layout.h"
+#include "base/clock.h"
 #include "base/log.h"
 #include "devices/legacy/cmos.h"
 #include "devices/pci/pci_root.h"
@@ -81,9 +82,7 @@ Result<VmState> Vm::SaveState() const {
   if ((state.clock.flags & KVM_CLOCK_REALTIME) == 0) {
     // KVM reports the host's wall clock with the kvmclock only on TSC-clocksource hosts; take it
     // here (the vCPUs are stopped, so the two readings are microseconds apart).
-    timespec now{};
-    ::clock_gettime(CLOCK_REALTIME, &now);
-    state.clock.realtime = static_cast<uint64_t>(now.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(now.tv_nsec);
+    state.clock.realtime = RealtimeNs();
   }
   state.serial = serial_->SaveState();
   auto cmos = std::dynamic_pointer_cast<Cmos>(pio_bus_.DeviceAt(x86::kCmosPort));
@@ -96,16 +95,6 @@ Result<VmState> Vm::SaveState() const {
   }
   return state;
 }
-
-namespace {
-
-uint64_t RealtimeNs() {
-  timespec now{};
-  ::clock_gettime(CLOCK_REALTIME, &now);
-  return static_cast<uint64_t>(now.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(now.tv_nsec);
-}
-
-}  // namespace
 
 Result<std::unique_ptr<Vm>> Vm::Restore(VmConfig config, const VmState& state, const MemoryImage& memory_image,
                                         BootTimer* timer) {
