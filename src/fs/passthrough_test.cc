@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "base/testing/host_tools.h"
+#include "fs/testing/fuse_args.h"
 #include "gtest/gtest.h"
 
 namespace clonevm::fs {
@@ -90,14 +91,7 @@ class FsTest : public ::testing::Test {
 
   template <typename T>
   static std::vector<uint8_t> Bytes(const T& v, const std::vector<std::string>& strings = {}, const std::string& tail = {}) {
-    std::vector<uint8_t> b(sizeof(T));
-    std::memcpy(b.data(), &v, sizeof(T));
-    for (const auto& s : strings) {
-      b.insert(b.end(), s.begin(), s.end());
-      b.push_back(0);
-    }
-    b.insert(b.end(), tail.begin(), tail.end());
-    return b;
+    return testing::FuseArgs(v, strings, tail);
   }
   static std::vector<uint8_t> Name(const std::string& s) {
     std::vector<uint8_t> b(s.begin(), s.end());

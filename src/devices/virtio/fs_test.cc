@@ -19,6 +19,7 @@
 #include "devices/virtio/testing/mmio_driver.h"
 #include "devices/virtio/testing/queue_driver.h"
 #include "devices/virtio/virtio_spec.h"
+#include "fs/testing/fuse_args.h"
 #include "sandbox/seccomp.h"
 
 namespace clonevm::virtio {
@@ -236,14 +237,7 @@ TEST_F(FsDeviceTest, WorkerServesEveryRequestKindUnderTheFsSeccompRole) {
         Init();
         if (!confined) std::_Exit(11);
         auto args = [](const auto& value, std::vector<std::string> strings = {}, std::string tail = {}) {
-          std::vector<uint8_t> b(sizeof(value));
-          std::memcpy(b.data(), &value, sizeof(value));
-          for (const auto& str : strings) {
-            b.insert(b.end(), str.begin(), str.end());
-            b.push_back(0);
-          }
-          b.insert(b.end(), tail.begin(), tail.end());
-          return b;
+          return fs::testing::FuseArgs(value, strings, tail);
         };
         auto error = [&](uint32_t op, uint64_t node, std::vector<uint8_t> a) {
           uint64_t out = Submit(requests_, 1, Request(op, node, std::move(a)), 8192);
