@@ -185,6 +185,9 @@ Result<PassthroughFs::OpenFile*> PassthroughFs::GetHandle(uint64_t fh, bool dir)
 
 Result<Fd> PassthroughFs::ReopenInode(const Inode& inode, int flags) const {
   if (inode.type == S_IFLNK) return Fail(Error("symlink", ELOOP));
+  // A FIFO would block the worker until a reader came (forever, and with it every pause and
+  // reset); a device node would open the host's device.
+  if (inode.type != S_IFREG && inode.type != S_IFDIR) return Fail(Error("not a regular file", EACCES));
   int fd = ::openat(proc_fd_.get(), ProcName(inode.fd.get()).c_str(), flags | O_CLOEXEC);
   if (fd < 0) return Fail(Error("open", Errno()));
   return Fd(fd);

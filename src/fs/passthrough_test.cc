@@ -330,6 +330,10 @@ TEST_F(FsTest, CreateWriteMkdirRenameLinkUnlinkSymlink) {
   cf.flags = O_WRONLY | O_CREAT;
   cf.mode = S_IFREG | 0644;
   EXPECT_NE(Send(FUSE_CREATE, 1, Bytes(cf, {"fifo"})).error, 0);  // ENXIO (no reader) or EACCES
+  // Nor does truncating it through SETATTR (an O_WRONLY open of a FIFO would block for ever).
+  fuse_setattr_in trunc{};
+  trunc.valid = FATTR_SIZE;
+  EXPECT_EQ(Send(FUSE_SETATTR, fifo.As<fuse_entry_out>().nodeid, Bytes(trunc)).error, EACCES);
   mn.mode = S_IFCHR | 0644;
   mn.rdev = makedev(1, 3);
   EXPECT_EQ(Send(FUSE_MKNOD, 1, Bytes(mn, {"null"})).error, EPERM);

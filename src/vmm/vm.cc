@@ -154,7 +154,10 @@ Result<void> Vm::SetUpDevices(VmConfig& config) {
     if (seccomp_) {
       confine = [this] {
         if (auto confined = seccomp_->InstallForThisThread(sandbox::ThreadRole::kFs); !confined) {
-          RequestExit({VmExitReason::kError, fmt::format("virtio-fs worker: {}", confined.error().message()), 0});
+          // Never serve the guest unconfined; the same program is installed on the other threads,
+          // so this is a bug, not a state (as VmService::ConfineThisThread).
+          Log(LogLevel::kError, "virtio-fs worker: {}", confined.error().message());
+          std::abort();
         }
       };
     }

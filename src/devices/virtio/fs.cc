@@ -87,10 +87,9 @@ void Fs::Reset() {
   }
   for (Work& w : dropped) w.chain->Abandon();
   completion_.Drain();
-  {
-    std::lock_guard server_lock(server_mu_);
-    server_->EndSession();
-  }
+  // Ending the session closes the server's fds. Reset runs on a vCPU thread (a guest's status
+  // write or a bad chain), whose seccomp role has no close(2): the worker, in the fs role, does it.
+  RunOnWorker([this] { server_->EndSession(); });
   context_.reset();
   paused_ = false;
 }
@@ -125,16 +124,15 @@ Result<void> Fs::TakeRequests(size_t index) {
       result = guest_error(fmt::format("{} readable bytes, more than {}", readable, kMaxRequestBytes));
       break;
     }
-    // Copy the request once: the guest may change its buffers under us.
-    std::vector<uint8_t> request(readable);
-    chain.CopyFromReadable(0, request);
+    // Only the header is read here; the worker copies the whole request into its one buffer
+    // when it serves it, so a full queue of 1 MiB requests costs no memory while it waits. The
+    // guest may change its buffers in between: the server checks every length again.
     fuse_in_header header;
-    std::memcpy(&header, request.data(), sizeof(header));
+    chain.CopyFromReadable(0, std::span(reinterpret_cast<uint8_t*>(&header), sizeof(header)));
     if (header.len < sizeof(fuse_in_header) || header.len > readable) {
       result = guest_error(fmt::format("header len {} but {} readable bytes", header.len, readable));
       break;
     }
-    request.resize(header.len);
     if (NeedsReply(header.opcode) && chain.writable_bytes() < sizeof(fuse_out_header)) {
       result = guest_error(fmt::format("opcode {} with {} writable bytes, no room for a reply", header.opcode,
                                        chain.writable_bytes()));
@@ -142,7 +140,7 @@ Result<void> Fs::TakeRequests(size_t index) {
     }
     {
       std::lock_guard lock(mu_);
-      pending_.push_back(Work{index, std::move(chain), std::move(request)});
+      pending_.push_back(Work{index, std::move(chain), header.len});
     }
     queued = true;
   }
@@ -153,6 +151,7 @@ Result<void> Fs::TakeRequests(size_t index) {
 void Fs::WorkerLoop(const std::function<void()>& worker_start) {
   ::pthread_setname_np(::pthread_self(), "clone-fs");
   if (worker_start) worker_start();
+  std::vector<uint8_t> request;
   std::vector<uint8_t> reply;
   for (;;) {
     Work work;
@@ -176,12 +175,14 @@ void Fs::WorkerLoop(const std::function<void()>& worker_start) {
       pending_.pop_front();
       busy_ = true;
     }
+    request.resize(work.length);
+    work.chain->CopyFromReadable(0, request);  // once: the server parses this copy only
     const uint64_t writable = std::min(work.chain->writable_bytes(), kMaxReplyBytes);
     reply.resize(writable);
     size_t length;
     {
       std::lock_guard server_lock(server_mu_);
-      length = server_->Handle(work.request, reply);
+      length = server_->Handle(request, reply);
     }
     if (length > 0) work.chain->CopyToWritable(0, std::span(reply).first(length));
     {
@@ -245,6 +246,12 @@ Result<void> Fs::Resume() {
 
 void Fs::RunOnWorker(const std::function<void()>& fn) const {
   std::unique_lock lock(mu_);
+  if (stop_ || !worker_.joinable()) {  // tearing down: no worker to ask
+    lock.unlock();
+    std::lock_guard server_lock(server_mu_);
+    fn();
+    return;
+  }
   idle_cv_.wait(lock, [this] { return task_ == nullptr; });
   task_ = &fn;
   work_cv_.notify_one();

@@ -109,7 +109,7 @@ class Fs : public VirtioDevice {
   struct Work {
     size_t queue = 0;
     std::optional<DescriptorChain> chain;
-    std::vector<uint8_t> request;
+    uint32_t length = 0;  // the request's bytes (fuse_in_header.len, checked against the chain)
   };
   struct Done {
     size_t queue = 0;
