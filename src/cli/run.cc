@@ -454,15 +454,13 @@ void ReportDetachedReady(Fd& ready, const std::string& id, const std::string& lo
   std::string line = "ok " + id + "\n";
   [[maybe_unused]] auto r = WriteAll(ready.get(), line.data(), line.size());
   ready.reset();
-  int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
-  int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-  if (null >= 0) {
-    ::dup2(null, STDIN_FILENO);
-    ::dup2(null, STDOUT_FILENO);
-    ::dup2(log >= 0 ? log : null, STDERR_FILENO);
-    ::close(null);
+  Fd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
+  Fd log(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+  if (null) {
+    ::dup2(null.get(), STDIN_FILENO);
+    ::dup2(null.get(), STDOUT_FILENO);
+    ::dup2(log ? log.get() : null.get(), STDERR_FILENO);
   }
-  if (log >= 0) ::close(log);
 }
 
 int ServeAndRun(std::unique_ptr<VmService> service, std::unique_ptr<Vm> vm, Fd& ready) {

@@ -214,7 +214,8 @@ agent::AgentEndpoint VmService::Endpoint() const { return agent::AgentEndpoint{i
 
 void VmService::AgentLoop() {
   bool identity_sent = false;
-  milliseconds connect_timeout = options_.from_snapshot ? kAgentConnectTimeoutRestored : kAgentConnectTimeout;
+  const milliseconds first_timeout = options_.from_snapshot ? kAgentConnectTimeoutRestored : kAgentConnectTimeout;
+  milliseconds connect_timeout = first_timeout;
   while (true) {
     {
       std::lock_guard lock(mu_);
@@ -230,7 +231,7 @@ void VmService::AgentLoop() {
       }
       auto monitor = agent::AgentMonitor::Start(std::move(*fd), identity_.token, kReportInterval, kAgentSessionTimeout);
       if (monitor) {
-        connect_timeout = kAgentConnectTimeout;
+        connect_timeout = first_timeout;
         {
           std::lock_guard lock(mu_);
           agent_connected_ = true;
