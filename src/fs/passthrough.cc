@@ -608,7 +608,14 @@ void PassthroughFs::DoCreate(uint64_t parent, std::span<const uint8_t> in, uint3
   int flags = (static_cast<int>(arg->flags) & ~(O_NOCTTY | O_PATH | O_DIRECTORY)) | O_CREAT | O_NOFOLLOW | O_CLOEXEC;
   // O_NONBLOCK until the type is known: an existing FIFO under that name must not block the
   // server, and only regular files are opened (as in OPEN).
-  int fd = ::openat(dir->fd.get(), name->c_str(), flags | O_NONBLOCK, arg->mode & 07777);
+  // O_EXCL first, so the chown below only ever applies to a file this request made: a guest user
+  // must not take over a host file that already existed under the name (a stale negative dentry,
+  // a hostile kernel). Without the guest's own O_EXCL an existing file is then opened as it is.
+  int fd = ::openat(dir->fd.get(), name->c_str(), flags | O_EXCL | O_NONBLOCK, arg->mode & 07777);
+  const bool created = fd >= 0;
+  if (fd < 0 && errno == EEXIST && !(flags & O_EXCL)) {
+    fd = ::openat(dir->fd.get(), name->c_str(), (flags & ~O_CREAT) | O_NONBLOCK);
+  }
   if (fd < 0) return reply.Error(Errno());
   Fd file(fd);
   struct stat st {};
@@ -617,7 +624,7 @@ void PassthroughFs::DoCreate(uint64_t parent, std::span<const uint8_t> in, uint3
   if (!(flags & O_NONBLOCK) && ::fcntl(file.get(), F_SETFL, ::fcntl(file.get(), F_GETFL) & ~O_NONBLOCK) != 0) {
     return reply.Error(Errno());
   }
-  if (::geteuid() == 0) [[maybe_unused]] int r = ::fchown(file.get(), uid, gid);
+  if (created && ::geteuid() == 0) [[maybe_unused]] int r = ::fchown(file.get(), uid, gid);
   struct {
     fuse_entry_out entry;
     fuse_open_out open;

@@ -73,6 +73,8 @@ class FsTest : public ::testing::Test {
     h.opcode = opcode;
     h.unique = ++unique_;
     h.nodeid = nodeid;
+    h.uid = guest_uid_;
+    h.gid = guest_uid_;
     std::vector<uint8_t> req(sizeof(h));
     std::memcpy(req.data(), &h, sizeof(h));
     req.insert(req.end(), args.begin(), args.end());
@@ -197,6 +199,7 @@ class FsTest : public ::testing::Test {
   stdfs::path root_;
   std::unique_ptr<PassthroughFs> fs_;
   uint64_t unique_ = 0;
+  uint32_t guest_uid_ = 0;  // the caller's uid and gid in every request
 };
 
 TEST_F(FsTest, RequestsBeforeInitFailAndInitNegotiatesDown) {
@@ -408,6 +411,28 @@ TEST_F(FsTest, GuestCannotLeaveTheSharedDirectory) {
   Create(up, "planted", &err);
   EXPECT_NE(err, 0);
   EXPECT_FALSE(stdfs::exists(dir_.path() / "planted"));
+}
+
+// As root the server gives what a guest creates to the guest's uid/gid, and only that: CREATE
+// without O_EXCL on a name that exists opens the host's file and leaves its owner alone.
+TEST_F(FsTest, CreateChownsOnlyWhatItMade) {
+  if (::geteuid() != 0) GTEST_SKIP() << "chown needs root";
+  Make();
+  Init();
+  guest_uid_ = 4321;
+  fuse_create_in in{};
+  in.flags = O_RDWR | O_CREAT;
+  in.mode = S_IFREG | 0644;
+  EXPECT_EQ(Send(FUSE_CREATE, 1, Bytes(in, {"hello.txt"})).error, 0);
+  struct stat st {};
+  ASSERT_EQ(::stat((root_ / "hello.txt").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 0u);
+  EXPECT_EQ(ReadHost(root_ / "hello.txt"), "hello from the host\n");
+  EXPECT_EQ(Send(FUSE_CREATE, 1, Bytes(in, {"mine.txt"})).error, 0);
+  ASSERT_EQ(::stat((root_ / "mine.txt").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 4321u);
+  in.flags |= O_EXCL;
+  EXPECT_EQ(Send(FUSE_CREATE, 1, Bytes(in, {"mine.txt"})).error, EEXIST);
 }
 
 TEST_F(FsTest, MalformedArgumentsAreErrnoRepliesNotCrashes) {
