@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <linux/fuse.h>
 #include <linux/openat2.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
@@ -134,6 +135,16 @@ Result<std::unique_ptr<PassthroughFs>> PassthroughFs::Create(const std::string& 
   if (StatFd(root_fd.get(), &st) != 0) return FailErrno("stat", root);
   std::unique_ptr<PassthroughFs> fs(
       new PassthroughFs(std::move(root_fd), std::move(canonical), options, std::move(proc_fd)));
+  rlimit files{};
+  if (::getrlimit(RLIMIT_NOFILE, &files) == 0) {
+    if (files.rlim_cur < files.rlim_max) {
+      files.rlim_cur = files.rlim_max;
+      [[maybe_unused]] int raised = ::setrlimit(RLIMIT_NOFILE, &files);
+      ::getrlimit(RLIMIT_NOFILE, &files);
+    }
+    fs->max_inodes_ = std::min<size_t>(kMaxInodes, files.rlim_cur / 4);
+    fs->max_handles_ = std::min<size_t>(kMaxHandles, files.rlim_cur / 16);
+  }
   Inode& inode = fs->inodes_[kRootNodeId];
   inode.fd.reset(::open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!inode.fd) return FailErrno("opening the shared directory", root);
@@ -347,7 +358,7 @@ int PassthroughFs::LookupEntry(Inode& parent, const char* name, void* entry_out)
     if (!inode.fd) inode.fd = std::move(new_fd);  // a stale entry found again
     ++inode.lookups;
   } else {
-    if (inodes_.size() >= kMaxInodes) return ENFILE;
+    if (inodes_.size() >= max_inodes_) return ENFILE;
     nodeid = next_nodeid_++;
     Inode& inode = inodes_[nodeid];
     inode.fd = std::move(new_fd);
@@ -578,7 +589,7 @@ void PassthroughFs::DoOpen(uint64_t nodeid, std::span<const uint8_t> in, bool di
   auto got = GetInode(nodeid);
   if (!got) return reply.Error(got.error().error_number());
   Inode& inode = **got;
-  if (handles_.size() >= kMaxHandles) return reply.Error(ENFILE);
+  if (handles_.size() >= max_handles_) return reply.Error(ENFILE);
   int flags = static_cast<int>(arg->flags) & ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW | O_PATH);
   if (dir) {
     if (inode.type != S_IFDIR) return reply.Error(ENOTDIR);
@@ -604,7 +615,7 @@ void PassthroughFs::DoCreate(uint64_t parent, std::span<const uint8_t> in, uint3
   auto name = arg ? TakeString(in) : std::nullopt;
   Inode* dir = DirFor(parent, name, Access::kChange, reply);
   if (!dir) return;
-  if (handles_.size() >= kMaxHandles) return reply.Error(ENFILE);
+  if (handles_.size() >= max_handles_) return reply.Error(ENFILE);
   int flags = (static_cast<int>(arg->flags) & ~(O_NOCTTY | O_PATH | O_DIRECTORY)) | O_CREAT | O_NOFOLLOW | O_CLOEXEC;
   // O_NONBLOCK until the type is known: an existing FIFO under that name must not block the
   // server, and only regular files are opened (as in OPEN).

@@ -28,7 +28,9 @@
 // st_ino) always gets the same nodeid while the guest remembers it. FORGET/BATCH_FORGET subtract
 // from the count (never below zero) and drop the inode at zero. File handles (fh) map to an open
 // fd, its nodeid and its open flags. An unknown nodeid or fh is EBADF; at most kMaxInodes inodes
-// and kMaxHandles handles exist at once (ENFILE beyond).
+// and kMaxHandles handles exist at once (ENFILE beyond), and never more than a quarter and a
+// sixteenth of the process's fd limit (raised to its hard limit at Create): a guest that looks up
+// without forgetting must not leave the VMM's other devices and snapshots without fds.
 //
 // Read-only (`read_only`): every modifying request (SETATTR, SYMLINK, MKNOD, MKDIR, UNLINK, RMDIR,
 // RENAME(2), LINK, CREATE, WRITE, FALLOCATE, and OPEN for writing or with O_TRUNC) fails with EROFS.
@@ -182,6 +184,8 @@ class PassthroughFs {
   Fd root_fd_;
   std::string root_path_;  // canonical, from /proc/self/fd
   FsOptions options_;
+  size_t max_inodes_ = kMaxInodes;    // kMaxInodes, or less under a low RLIMIT_NOFILE
+  size_t max_handles_ = kMaxHandles;
   Fd proc_fd_;  // /proc/self/fd, O_PATH
 
   bool initialized_ = false;

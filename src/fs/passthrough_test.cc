@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <linux/fuse.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -433,6 +434,28 @@ TEST_F(FsTest, CreateChownsOnlyWhatItMade) {
   EXPECT_EQ(st.st_uid, 4321u);
   in.flags |= O_EXCL;
   EXPECT_EQ(Send(FUSE_CREATE, 1, Bytes(in, {"mine.txt"})).error, EEXIST);
+}
+
+// Under a low fd limit the inode table stops at a quarter of it (ENFILE), leaving the rest of the
+// VMM its fds. In a child: the limit is lowered for good there.
+TEST_F(FsTest, InodesStopAtAQuarterOfTheFdLimit) {
+  for (int i = 0; i < 40; ++i) WriteHost(root_ / ("f" + std::to_string(i)), "x");
+  auto child = [this] {
+    rlimit low{128, 128};
+    if (::setrlimit(RLIMIT_NOFILE, &low) != 0) std::_Exit(2);
+    Make();
+    Init();
+    int ok = 0;
+    int enfile = 0;
+    for (int i = 0; i < 40; ++i) {
+      int err = Lookup(1, "f" + std::to_string(i)).error;
+      ok += err == 0;
+      enfile += err == ENFILE;
+    }
+    // 128 / 4 = 32 inodes, the root among them.
+    std::_Exit(ok == 31 && enfile == 9 ? 0 : 1);
+  };
+  EXPECT_EXIT(child(), ::testing::ExitedWithCode(0), "");
 }
 
 TEST_F(FsTest, MalformedArgumentsAreErrnoRepliesNotCrashes) {

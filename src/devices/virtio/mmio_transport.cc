@@ -348,7 +348,9 @@ Result<void> MmioTransport::PauseDevice() {
 Result<void> MmioTransport::ResumeDevice() {
   std::lock_guard lock(mu_);
   if (!device_active_) return {};
-  return device_->Resume();
+  // A chain taken on resume can be a guest error like any other: it breaks this device only.
+  if (auto resumed = device_->Resume(); !resumed) EnterNeedsReset(resumed.error());
+  return {};
 }
 
 uint64_t MmioTransport::guest_error_count() const {
