@@ -79,9 +79,7 @@ int RunSnapshotVm(const SnapshotVmSpec& spec, Fd ready, BootTimer& timer) {
     return kExitError;
   }
   // Shared directories: the recorded ones, or --shared-dir's new directory for a recorded tag.
-  std::vector<SharedDirConfig> recorded_dirs;
-  for (const auto& d : loaded.config.shared_dirs) recorded_dirs.push_back({d.host_path, d.tag, d.read_only});
-  auto shared_dirs = ResolveSharedDirs(recorded_dirs, spec.shared_dirs);
+  auto shared_dirs = ResolveSharedDirs(snapshot::RecordedSharedDirs(loaded.config), spec.shared_dirs);
   if (!shared_dirs) {
     Log(LogLevel::kError, "{}: {}", loaded.path, shared_dirs.error().message());
     return kExitUsage;

@@ -147,6 +147,12 @@ Result<SnapshotParent> CheckParent(const Vm& vm, const std::string& dir, const s
   return SnapshotParent{parent, base->id};
 }
 
+std::vector<SharedDirConfig> RecordedSharedDirs(const SnapshotConfig& config) {
+  std::vector<SharedDirConfig> dirs;
+  for (const auto& dir : config.shared_dirs) dirs.push_back({dir.host_path, dir.tag, dir.read_only});
+  return dirs;
+}
+
 Result<VmConfig> RestoreVmConfig(const SnapshotConfig& config, const std::string& snapshot_path, const DiskPlan& disks) {
   VmConfig vm;
   vm.mem_bytes = config.mem_bytes;
@@ -159,7 +165,7 @@ Result<VmConfig> RestoreVmConfig(const SnapshotConfig& config, const std::string
     if (!opened) return Fail(opened.error().Wrap(fmt::format("snapshot {}", snapshot_path)));
     vm.disks = std::move(*opened);
   }
-  for (const auto& dir : config.shared_dirs) vm.shared_dirs.push_back({dir.host_path, dir.tag, dir.read_only});
+  vm.shared_dirs = RecordedSharedDirs(config);
   // virtio-net devices (config.virtio_types) get their TAPs from the caller: VmConfig::nets.
   return vm;
 }

@@ -48,6 +48,10 @@ struct TakeResult {
 // Loop thread (see above).
 [[nodiscard]] Result<TakeResult> Take(Vm& vm, const TakeOptions& options);
 
+// The snapshot's shared directories as the VM takes them (RestoreVmConfig uses this; a fork
+// resolves --shared-dir overrides against it before anything starts).
+std::vector<SharedDirConfig> RecordedSharedDirs(const SnapshotConfig& config);
+
 // The config a VM must be built with to restore `config`'s snapshot (in directory `snapshot_path`):
 // memory, vCPUs, virtio-rng, vsock with the saved CID, and the disks as disks.h says — read-only
 // ones reopened (paths rewritten by `disks.rewrites`), writable ones as new qcow2 overlays in
