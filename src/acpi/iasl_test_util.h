@@ -6,8 +6,6 @@
 #pragma once
 
 #include <gtest/gtest.h>
-
-#include "base/testing/host_tools.h"
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -22,6 +20,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "base/testing/host_tools.h"
 
 namespace clonevm::acpi::iasl {
 

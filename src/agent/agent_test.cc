@@ -3,12 +3,12 @@
 // timeouts.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/vm_sockets.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <linux/vm_sockets.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -507,7 +507,8 @@ TEST_F(AgentVsockTest, SetIdentityChangesTheSystem) {
   id.ipv4 = "10.77.0.2/24";
   id.gateway = "10.77.0.1";
   id.unix_time_ns = static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
   id.entropy_seed = std::string(128, 'a');
   id.generation = 4;
   auto ok = SendIdentity(conn, id, 10s);

@@ -75,7 +75,7 @@ Result<void> WriteAllPolling(int fd, std::string_view data) {
 
 // One exec conversation, shared by RunExec (fds) and ExecCapture (memory).
 struct ExecDriverParams {
-  int stdin_fd = -1;            // forwarded until EOF, or
+  int stdin_fd = -1;                        // forwarded until EOF, or
   const std::string* stdin_data = nullptr;  // forwarded from memory
   std::function<Result<void>(std::string_view)> on_stdout, on_stderr;
   int resize_fd = -1;
@@ -283,9 +283,12 @@ Result<void> PowerRequest(Fd& conn, MessageType type, std::chrono::milliseconds 
 
 std::string_view RoleName(Role role) {
   switch (role) {
-    case Role::kExec: return "exec";
-    case Role::kMonitor: return "monitor";
-    case Role::kControl: return "control";
+    case Role::kExec:
+      return "exec";
+    case Role::kMonitor:
+      return "monitor";
+    case Role::kControl:
+      return "control";
   }
   return "exec";
 }

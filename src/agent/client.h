@@ -63,9 +63,9 @@ struct AgentConnection {
 // ---- exec ----
 
 struct ExecIo {
-  int stdin_fd = -1;   // read until EOF when request.forward_stdin (then StdinClose is sent)
-  int stdout_fd = 1;   // the program's stdout (with a tty: all terminal output)
-  int stderr_fd = 2;   // the program's stderr (unused with a tty)
+  int stdin_fd = -1;  // read until EOF when request.forward_stdin (then StdinClose is sent)
+  int stdout_fd = 1;  // the program's stdout (with a tty: all terminal output)
+  int stderr_fd = 2;  // the program's stderr (unused with a tty)
   // Optional: when resize_fd becomes readable it is drained (eventfd, pipe or signalfd for
   // SIGWINCH) and window_size() is sent as a Resize.
   int resize_fd = -1;
@@ -84,8 +84,8 @@ struct ExecIo {
 [[nodiscard]] Result<int> RunExec(Fd& conn, const ExecRequest& request, const ExecIo& io);
 
 struct ExecCaptureOptions {
-  std::string stdin_data;              // sent when request.forward_stdin, then StdinClose
-  size_t max_stdout = 16 << 20;        // bytes kept; the rest is read and dropped
+  std::string stdin_data;        // sent when request.forward_stdin, then StdinClose
+  size_t max_stdout = 16 << 20;  // bytes kept; the rest is read and dropped
   size_t max_stderr = 1 << 20;
   std::chrono::milliseconds start_timeout{10'000};
   std::chrono::milliseconds timeout{60'000};  // whole run; 0: none

@@ -47,25 +47,44 @@ bool IsKnownType(uint16_t type) {
 
 std::string_view TypeName(MessageType type) {
   switch (type) {
-    case MessageType::kHello: return "Hello";
-    case MessageType::kHelloOk: return "HelloOk";
-    case MessageType::kError: return "Error";
-    case MessageType::kExec: return "Exec";
-    case MessageType::kStarted: return "Started";
-    case MessageType::kStdin: return "Stdin";
-    case MessageType::kStdinClose: return "StdinClose";
-    case MessageType::kStdout: return "Stdout";
-    case MessageType::kStderr: return "Stderr";
-    case MessageType::kResize: return "Resize";
-    case MessageType::kSignal: return "Signal";
-    case MessageType::kExited: return "Exited";
-    case MessageType::kMonitor: return "Monitor";
-    case MessageType::kReport: return "Report";
-    case MessageType::kShutdown: return "Shutdown";
-    case MessageType::kReboot: return "Reboot";
-    case MessageType::kSetIdentity: return "SetIdentity";
-    case MessageType::kIdentityOk: return "IdentityOk";
-    case MessageType::kPowerOk: return "PowerOk";
+    case MessageType::kHello:
+      return "Hello";
+    case MessageType::kHelloOk:
+      return "HelloOk";
+    case MessageType::kError:
+      return "Error";
+    case MessageType::kExec:
+      return "Exec";
+    case MessageType::kStarted:
+      return "Started";
+    case MessageType::kStdin:
+      return "Stdin";
+    case MessageType::kStdinClose:
+      return "StdinClose";
+    case MessageType::kStdout:
+      return "Stdout";
+    case MessageType::kStderr:
+      return "Stderr";
+    case MessageType::kResize:
+      return "Resize";
+    case MessageType::kSignal:
+      return "Signal";
+    case MessageType::kExited:
+      return "Exited";
+    case MessageType::kMonitor:
+      return "Monitor";
+    case MessageType::kReport:
+      return "Report";
+    case MessageType::kShutdown:
+      return "Shutdown";
+    case MessageType::kReboot:
+      return "Reboot";
+    case MessageType::kSetIdentity:
+      return "SetIdentity";
+    case MessageType::kIdentityOk:
+      return "IdentityOk";
+    case MessageType::kPowerOk:
+      return "PowerOk";
   }
   return "unknown";
 }

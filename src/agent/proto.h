@@ -37,31 +37,31 @@ inline constexpr uint32_t kAgentPort = 1024;           // AF_VSOCK port the agen
 inline constexpr uint32_t kFrameMagic = 0x47414C43;    // "CLAG" as little-endian bytes
 inline constexpr uint16_t kProtocolVersion = 1;
 inline constexpr size_t kHeaderSize = 12;
-inline constexpr uint32_t kMaxPayload = 1u << 20;      // 1 MiB, enforced on read and write
-inline constexpr size_t kStreamChunk = 64 * 1024;      // Stdin/Stdout/Stderr chunk size senders use
-inline constexpr size_t kTokenSize = 32;               // bytes; 64 hex digits on the wire
+inline constexpr uint32_t kMaxPayload = 1u << 20;  // 1 MiB, enforced on read and write
+inline constexpr size_t kStreamChunk = 64 * 1024;  // Stdin/Stdout/Stderr chunk size senders use
+inline constexpr size_t kTokenSize = 32;           // bytes; 64 hex digits on the wire
 using Token = std::array<uint8_t, kTokenSize>;
 
 enum class MessageType : uint16_t {
-  kHello = 1,        // host → agent, first frame of every connection
-  kHelloOk = 2,      // agent → host
-  kError = 3,        // either way; the sender closes the connection afterwards
-  kExec = 16,        // host → agent (role "exec")
-  kStarted = 17,     // agent → host
-  kStdin = 18,       // host → agent, raw bytes
-  kStdinClose = 19,  // host → agent, empty
-  kStdout = 20,      // agent → host, raw bytes (with a tty: everything the terminal printed)
-  kStderr = 21,      // agent → host, raw bytes
-  kResize = 22,      // host → agent (tty only)
-  kSignal = 23,      // host → agent
-  kExited = 24,      // agent → host, last frame of an exec session
-  kMonitor = 32,     // host → agent (role "monitor"): start pushing Reports
-  kReport = 33,      // agent → host, every interval_ms
-  kShutdown = 40,    // host → agent (role "control"), empty payload
-  kReboot = 41,      // host → agent (role "control"), empty payload
-  kSetIdentity = 42, // host → agent (role "control")
-  kIdentityOk = 43,  // agent → host
-  kPowerOk = 44,     // agent → host: the power request was accepted; the guest goes down next
+  kHello = 1,         // host → agent, first frame of every connection
+  kHelloOk = 2,       // agent → host
+  kError = 3,         // either way; the sender closes the connection afterwards
+  kExec = 16,         // host → agent (role "exec")
+  kStarted = 17,      // agent → host
+  kStdin = 18,        // host → agent, raw bytes
+  kStdinClose = 19,   // host → agent, empty
+  kStdout = 20,       // agent → host, raw bytes (with a tty: everything the terminal printed)
+  kStderr = 21,       // agent → host, raw bytes
+  kResize = 22,       // host → agent (tty only)
+  kSignal = 23,       // host → agent
+  kExited = 24,       // agent → host, last frame of an exec session
+  kMonitor = 32,      // host → agent (role "monitor"): start pushing Reports
+  kReport = 33,       // agent → host, every interval_ms
+  kShutdown = 40,     // host → agent (role "control"), empty payload
+  kReboot = 41,       // host → agent (role "control"), empty payload
+  kSetIdentity = 42,  // host → agent (role "control")
+  kIdentityOk = 43,   // agent → host
+  kPowerOk = 44,      // agent → host: the power request was accepted; the guest goes down next
   // 48..63 are reserved for the balloon messages of the memory issue.
 };
 
@@ -118,7 +118,7 @@ struct HelloOk {
   static constexpr MessageType kType = MessageType::kHelloOk;
   std::string agent_version;
   uint32_t protocol = kProtocolVersion;
-  std::string kernel;    // uname -r
+  std::string kernel;  // uname -r
   std::string hostname;
   uint64_t generation = 0;  // of the identity page the token was checked against
 };
@@ -134,8 +134,8 @@ struct ExecRequest {
   std::vector<std::string> env;   // "NAME=value" entries added to / overriding the agent's defaults
   std::string cwd;                // empty: "/"
   bool tty = false;
-  uint16_t rows = 0, cols = 0;    // initial window size when tty (0: leave the kernel default)
-  bool forward_stdin = false;     // JSON "stdin"; false: the program's stdin is /dev/null
+  uint16_t rows = 0, cols = 0;  // initial window size when tty (0: leave the kernel default)
+  bool forward_stdin = false;   // JSON "stdin"; false: the program's stdin is /dev/null
 };
 
 struct Started {
@@ -155,7 +155,7 @@ struct SignalMessage {
 
 struct Exited {
   static constexpr MessageType kType = MessageType::kExited;
-  std::optional<int> code;    // exactly one of code (0..255) and signal (1..64) is set
+  std::optional<int> code;  // exactly one of code (0..255) and signal (1..64) is set
   std::optional<int> signal;
   // Shell convention: the exit code, or 128 + signal.
   int ShellStatus() const { return code ? *code : 128 + signal.value_or(0); }
@@ -168,29 +168,29 @@ struct Monitor {
 
 struct Report {
   static constexpr MessageType kType = MessageType::kReport;
-  bool active = false;                  // see docs/agent.md "Activity"
-  double cpu_busy = 0;                  // busy CPU time / wall time over the interval (0..ncpu)
-  std::optional<double> psi_some_avg10; // /proc/pressure/memory; null without PSI
+  bool active = false;                   // see docs/agent.md "Activity"
+  double cpu_busy = 0;                   // busy CPU time / wall time over the interval (0..ncpu)
+  std::optional<double> psi_some_avg10;  // /proc/pressure/memory; null without PSI
   std::optional<double> psi_full_avg10;
   double load1 = 0, load5 = 0, load15 = 0;
-  uint32_t procs = 0;                   // processes (numeric /proc entries)
-  uint32_t procs_running = 0;           // runnable tasks (/proc/stat procs_running)
+  uint32_t procs = 0;          // processes (numeric /proc entries)
+  uint32_t procs_running = 0;  // runnable tasks (/proc/stat procs_running)
   uint64_t mem_total_kb = 0, mem_available_kb = 0;
   double uptime_s = 0;
-  uint32_t exec_sessions = 0;           // exec sessions of this agent currently running
+  uint32_t exec_sessions = 0;  // exec sessions of this agent currently running
 };
 
 struct SetIdentity {
   static constexpr MessageType kType = MessageType::kSetIdentity;
-  std::optional<std::string> hostname;    // sethostname(2) + /etc/hostname
-  std::optional<std::string> machine_id;  // 32 hex digits, written to /etc/machine-id
-  std::optional<std::string> ipv4;        // "a.b.c.d/len" on `interface`
-  std::optional<std::string> gateway;     // "a.b.c.d": default route
-  std::optional<std::string> mac;         // "aa:bb:cc:dd:ee:ff": set on `interface` first
-  std::optional<std::string> interface;   // default: the first non-loopback Ethernet interface
-  std::optional<uint64_t> unix_time_ns;   // clock_settime(CLOCK_REALTIME)
+  std::optional<std::string> hostname;      // sethostname(2) + /etc/hostname
+  std::optional<std::string> machine_id;    // 32 hex digits, written to /etc/machine-id
+  std::optional<std::string> ipv4;          // "a.b.c.d/len" on `interface`
+  std::optional<std::string> gateway;       // "a.b.c.d": default route
+  std::optional<std::string> mac;           // "aa:bb:cc:dd:ee:ff": set on `interface` first
+  std::optional<std::string> interface;     // default: the first non-loopback Ethernet interface
+  std::optional<uint64_t> unix_time_ns;     // clock_settime(CLOCK_REALTIME)
   std::optional<std::string> entropy_seed;  // hex, up to 512 bytes: RNDADDENTROPY (credited)
-  uint64_t generation = 0;                // echoed in IdentityOk
+  uint64_t generation = 0;                  // echoed in IdentityOk
 };
 
 struct IdentityOk {
@@ -208,10 +208,10 @@ template <typename T>
 [[nodiscard]] Result<T> DecodePayload(std::string_view payload);
 
 // Defined in proto.cc for every message struct above.
-#define CLONE_AGENT_DECLARE_PAYLOAD(T)                  \
-  template <>                                           \
-  std::string EncodePayload<T>(const T& message);       \
-  template <>                                           \
+#define CLONE_AGENT_DECLARE_PAYLOAD(T)            \
+  template <>                                     \
+  std::string EncodePayload<T>(const T& message); \
+  template <>                                     \
   Result<T> DecodePayload<T>(std::string_view payload);
 CLONE_AGENT_DECLARE_PAYLOAD(Hello)
 CLONE_AGENT_DECLARE_PAYLOAD(HelloOk)

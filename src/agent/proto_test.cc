@@ -194,9 +194,11 @@ TEST(MessageTest, MalformedPayloadsAreErrors) {
       {MessageType::kHello, "", "missing field \"version\""},
       {MessageType::kHello, "not json", "not valid JSON"},
       {MessageType::kHello, "[1,2]", "not a JSON object"},
-      {MessageType::kHello, "{\"version\":\"1\",\"token\":\"" + token + "\",\"role\":\"exec\"}", "\"version\" must be an integer"},
+      {MessageType::kHello, "{\"version\":\"1\",\"token\":\"" + token + "\",\"role\":\"exec\"}",
+       "\"version\" must be an integer"},
       {MessageType::kHello, "{\"version\":1,\"token\":\"abc\",\"role\":\"exec\"}", "64 hex digits"},
-      {MessageType::kHello, "{\"version\":1,\"token\":\"" + std::string(64, 'g') + "\",\"role\":\"exec\"}", "not a hex"},
+      {MessageType::kHello, "{\"version\":1,\"token\":\"" + std::string(64, 'g') + "\",\"role\":\"exec\"}",
+       "not a hex"},
       {MessageType::kHello, "{\"version\":1,\"token\":\"" + token + "\",\"role\":\"root\"}", "role"},
       {MessageType::kHello, "{\"version\":-1,\"token\":\"" + token + "\",\"role\":\"exec\"}", "\"version\" must be in"},
       {MessageType::kExec, "{}", "missing field \"argv\""},
@@ -241,16 +243,35 @@ TEST(MessageTest, MalformedPayloadsAreErrors) {
     Frame frame{c.type, c.payload};
     Result<void> result;
     switch (c.type) {
-      case MessageType::kHello: result = FrameAs<Hello>(frame).map([](auto&&) {}); break;
-      case MessageType::kExec: result = FrameAs<ExecRequest>(frame).map([](auto&&) {}); break;
-      case MessageType::kExited: result = FrameAs<Exited>(frame).map([](auto&&) {}); break;
-      case MessageType::kSignal: result = FrameAs<SignalMessage>(frame).map([](auto&&) {}); break;
-      case MessageType::kMonitor: result = FrameAs<Monitor>(frame).map([](auto&&) {}); break;
-      case MessageType::kReport: result = FrameAs<Report>(frame).map([](auto&&) {}); break;
-      case MessageType::kSetIdentity: result = FrameAs<SetIdentity>(frame).map([](auto&&) {}); break;
-      case MessageType::kResize: result = FrameAs<Resize>(frame).map([](auto&&) {}); break;
-      case MessageType::kStarted: result = FrameAs<Started>(frame).map([](auto&&) {}); break;
-      default: FAIL();
+      case MessageType::kHello:
+        result = FrameAs<Hello>(frame).map([](auto&&) {});
+        break;
+      case MessageType::kExec:
+        result = FrameAs<ExecRequest>(frame).map([](auto&&) {});
+        break;
+      case MessageType::kExited:
+        result = FrameAs<Exited>(frame).map([](auto&&) {});
+        break;
+      case MessageType::kSignal:
+        result = FrameAs<SignalMessage>(frame).map([](auto&&) {});
+        break;
+      case MessageType::kMonitor:
+        result = FrameAs<Monitor>(frame).map([](auto&&) {});
+        break;
+      case MessageType::kReport:
+        result = FrameAs<Report>(frame).map([](auto&&) {});
+        break;
+      case MessageType::kSetIdentity:
+        result = FrameAs<SetIdentity>(frame).map([](auto&&) {});
+        break;
+      case MessageType::kResize:
+        result = FrameAs<Resize>(frame).map([](auto&&) {});
+        break;
+      case MessageType::kStarted:
+        result = FrameAs<Started>(frame).map([](auto&&) {});
+        break;
+      default:
+        FAIL();
     }
     ASSERT_FALSE(result) << c.payload;
     EXPECT_NE(result.error().message().find(c.message), std::string::npos)

@@ -86,7 +86,12 @@ TEST(EventLoopTest, PostRunsOnTheLoop) {
   auto loop = EventLoop::Create();
   ASSERT_TRUE(loop);
   bool ran = false;
-  std::thread t([&] { (*loop)->Post([&] { ran = true; (*loop)->Stop(); }); });
+  std::thread t([&] {
+    (*loop)->Post([&] {
+      ran = true;
+      (*loop)->Stop();
+    });
+  });
   ASSERT_TRUE((*loop)->Run());
   t.join();
   EXPECT_TRUE(ran);

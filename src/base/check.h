@@ -4,11 +4,10 @@
 #include <cstdio>
 #include <cstdlib>
 
-#define CLONE_CHECK(cond)                                                                  \
-  do {                                                                                     \
-    if (!(cond)) [[unlikely]] {                                                            \
-      std::fprintf(stderr, "clone: internal error: %s:%d: CHECK(%s) failed\n", __FILE__, \
-                   __LINE__, #cond);                                                       \
-      std::abort();                                                                        \
-    }                                                                                      \
+#define CLONE_CHECK(cond)                                                                                  \
+  do {                                                                                                     \
+    if (!(cond)) [[unlikely]] {                                                                            \
+      std::fprintf(stderr, "clone: internal error: %s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
+      std::abort();                                                                                        \
+    }                                                                                                      \
   } while (0)

@@ -1,6 +1,6 @@
-#include "base/result.h"
-
 #include <cstring>
+
+#include "base/result.h"
 
 namespace clonevm {
 

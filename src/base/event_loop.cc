@@ -25,7 +25,8 @@ Result<void> EventLoop::Add(int fd, uint32_t events, Handler handler) {
   epoll_event ev{};
   ev.events = events;
   ev.data.fd = fd;
-  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return FailErrno("epoll_ctl(ADD)", fmt::format("fd {}", fd));
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
+    return FailErrno("epoll_ctl(ADD)", fmt::format("fd {}", fd));
   handlers_[fd] = std::make_shared<Handler>(std::move(handler));
   return {};
 }
@@ -44,7 +45,7 @@ Result<void> EventLoop::RunOnce(int timeout_ms) {
   }
   for (int i = 0; i < n; ++i) {
     auto it = handlers_.find(events[i].data.fd);
-    if (it == handlers_.end()) continue;  // removed by an earlier handler in this batch
+    if (it == handlers_.end()) continue;            // removed by an earlier handler in this batch
     std::shared_ptr<Handler> handler = it->second;  // keeps it alive if it removes itself
     (*handler)(events[i].events);
   }

@@ -38,9 +38,8 @@ void LogLine(LogLevel level, std::string_view message) {
 
 bool RateLimiter::Allow() {
   if (burst_left_.load(std::memory_order_relaxed) > 0 && burst_left_.fetch_sub(1) > 0) return true;
-  int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                    std::chrono::steady_clock::now().time_since_epoch())
-                    .count();
+  int64_t now =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
   int64_t next = next_allowed_ns_.load(std::memory_order_relaxed);
   if (now < next) return false;
   return next_allowed_ns_.compare_exchange_strong(next, now + 1'000'000'000);

@@ -36,8 +36,8 @@ class RateLimiter {
 
 }  // namespace clonevm
 
-#define CLONE_LOG_RATELIMITED(level, ...)                  \
-  do {                                                     \
-    static ::clonevm::RateLimiter _clone_rate_limiter;       \
+#define CLONE_LOG_RATELIMITED(level, ...)                                \
+  do {                                                                   \
+    static ::clonevm::RateLimiter _clone_rate_limiter;                   \
     if (_clone_rate_limiter.Allow()) ::clonevm::Log(level, __VA_ARGS__); \
   } while (0)

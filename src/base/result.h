@@ -54,16 +54,16 @@ inline tl::unexpected<Error> FailErrno(std::string_view what, std::string_view c
 
 // CLONE_TRY(expr): evaluates a Result; on failure returns its Error from the enclosing function,
 // otherwise yields the value (GNU statement expression, supported by GCC and Clang).
-#define CLONE_TRY(expr)                                                          \
-  ({                                                                             \
-    auto _clone_try_result = (expr);                                             \
+#define CLONE_TRY(expr)                                                         \
+  ({                                                                            \
+    auto _clone_try_result = (expr);                                            \
     if (!_clone_try_result) return ::tl::unexpected(_clone_try_result.error()); \
-    std::move(_clone_try_result).value();                                        \
+    std::move(_clone_try_result).value();                                       \
   })
 
 // CLONE_TRY_VOID(expr): the same for Result<void>.
-#define CLONE_TRY_VOID(expr)                                                     \
-  do {                                                                           \
-    auto _clone_try_result = (expr);                                             \
+#define CLONE_TRY_VOID(expr)                                                    \
+  do {                                                                          \
+    auto _clone_try_result = (expr);                                            \
     if (!_clone_try_result) return ::tl::unexpected(_clone_try_result.error()); \
   } while (0)

@@ -5,8 +5,6 @@
 #pragma once
 
 #include <gtest/gtest.h>
-
-#include "base/testing/host_tools.h"
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -29,6 +27,8 @@
 #include <string_view>
 #include <thread>
 #include <vector>
+
+#include "base/testing/host_tools.h"
 
 namespace clonevm::blocktest {
 

@@ -68,7 +68,8 @@ Result<void> PwriteFull(int fd, uint64_t offset, std::span<const uint8_t> data, 
 Result<void> PwritevFull(int fd, uint64_t offset, std::span<iovec> iov, std::string_view path) {
   while (!iov.empty() && iov.front().iov_len == 0) iov = iov.subspan(1);
   while (!iov.empty()) {
-    ssize_t n = ::pwritev(fd, iov.data(), static_cast<int>(std::min<size_t>(iov.size(), IOV_MAX)), static_cast<off_t>(offset));
+    ssize_t n =
+        ::pwritev(fd, iov.data(), static_cast<int>(std::min<size_t>(iov.size(), IOV_MAX)), static_cast<off_t>(offset));
     if (n < 0) {
       if (errno == EINTR) continue;
       return tl::unexpected(Error::FromErrno("pwritev", errno, fmt::format("{} at 0x{:x}", path, offset)));
@@ -94,8 +95,8 @@ void AdvanceIovecs(std::span<iovec>& iov, size_t bytes) {
 Result<void> PreadvFull(int fd, uint64_t offset, std::span<iovec> iov, std::string_view path) {
   while (!iov.empty() && iov.front().iov_len == 0) iov = iov.subspan(1);
   while (!iov.empty()) {
-    ssize_t n = ::preadv(fd, iov.data(), static_cast<int>(std::min<size_t>(iov.size(), IOV_MAX)),
-                         static_cast<off_t>(offset));
+    ssize_t n =
+        ::preadv(fd, iov.data(), static_cast<int>(std::min<size_t>(iov.size(), IOV_MAX)), static_cast<off_t>(offset));
     if (n < 0) {
       if (errno == EINTR) continue;
       return tl::unexpected(Error::FromErrno("preadv", errno, fmt::format("{} at 0x{:x}", path, offset)));

@@ -55,8 +55,8 @@ Result<void> WriteImage(int fd, const std::string& path, const qcow2::Header& h,
 
 }  // namespace
 
-Result<void> Qcow2Create(const std::string& path, uint64_t size, uint64_t cluster_size,
-                         const std::string& backing_file, Format backing_format) {
+Result<void> Qcow2Create(const std::string& path, uint64_t size, uint64_t cluster_size, const std::string& backing_file,
+                         Format backing_format) {
   if (!std::has_single_bit(cluster_size) || cluster_size < (uint64_t{1} << qcow2::kMinClusterBits) ||
       cluster_size > (uint64_t{1} << qcow2::kMaxClusterBits)) {
     return Fail("{}: invalid cluster size {} (a power of two from 512 B to 2 MiB)", path, cluster_size);
@@ -65,9 +65,10 @@ Result<void> Qcow2Create(const std::string& path, uint64_t size, uint64_t cluste
   h.cluster_bits = static_cast<uint32_t>(std::countr_zero(cluster_size));
   h.refcount_order = kRefcountOrder;
   if (!backing_file.empty()) {
-    auto [backing_size, format] = CLONE_TRY(InspectBacking(path, backing_file, backing_format).map_error([&](const Error& e) {
-      return e.Wrap(fmt::format("creating {}", path));
-    }));
+    auto [backing_size, format] =
+        CLONE_TRY(InspectBacking(path, backing_file, backing_format).map_error([&](const Error& e) {
+          return e.Wrap(fmt::format("creating {}", path));
+        }));
     if (size == 0) size = backing_size;
     h.backing_file = backing_file;
     h.backing_format = std::string(FormatName(format));

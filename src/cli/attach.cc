@@ -26,7 +26,8 @@ Result<Fd> ConnectUnixStream(const std::string& path) {
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return FailErrno("socket");
   Fd sock(fd);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return FailErrno("cannot connect to {}", path);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0)
+    return FailErrno("cannot connect to {}", path);
   return sock;
 }
 

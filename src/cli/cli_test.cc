@@ -1,7 +1,7 @@
 // The command line's handling of bad input: each case is one clear line and a non-zero status,
 // decided before KVM is touched (so these run on hosts without /dev/kvm).
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -94,7 +94,8 @@ TEST_F(CliTest, VcpuAndMemoryBounds) {
 TEST_F(CliTest, MissingKernel) {
   auto r = RunClone({"run", "--kernel", dir_ + "/nope"});
   EXPECT_EQ(r.status, kExitError);
-  EXPECT_NE(r.stderr_text.find("cannot read kernel: open: No such file or directory"), std::string::npos) << r.stderr_text;
+  EXPECT_NE(r.stderr_text.find("cannot read kernel: open: No such file or directory"), std::string::npos)
+      << r.stderr_text;
 }
 
 TEST_F(CliTest, UnreadableKernel) {
@@ -199,7 +200,7 @@ TEST_F(CliTest, HelpExplainsRun) {
 TEST_F(CliTest, RootfsCreateUsageErrors) {
   const std::string out = dir_ + "/out.img";
   EXPECT_EQ(RunClone({"rootfs"}).status, kExitUsage);
-  EXPECT_EQ(RunClone({"rootfs", "create", "--from-dir", dir_, "-o", out}).status, kExitUsage);  // no --size
+  EXPECT_EQ(RunClone({"rootfs", "create", "--from-dir", dir_, "-o", out}).status, kExitUsage);       // no --size
   EXPECT_EQ(RunClone({"rootfs", "create", "--from-dir", dir_, "--size", "1G"}).status, kExitUsage);  // no -o
   auto none = RunClone({"rootfs", "create", "--size", "1G", "-o", out});
   EXPECT_EQ(none.status, kExitUsage);
@@ -277,8 +278,8 @@ TEST(RootfsOptionsTest, DistroDefaults) {
   EXPECT_EQ(c->format, Format::kQcow2);
   EXPECT_EQ(c->hostname, "clone");
   EXPECT_EQ(DebootstrapArgv(c->suite, "/stage", c->mirror),
-            (std::vector<std::string>{"debootstrap", "--variant=minbase", "--include=systemd-sysv,udev", "bookworm", "/stage",
-                                      "http://deb.debian.org/debian"}));
+            (std::vector<std::string>{"debootstrap", "--variant=minbase", "--include=systemd-sysv,udev", "bookworm",
+                                      "/stage", "http://deb.debian.org/debian"}));
   auto password = RootPasswordField(c->source, "");
   ASSERT_TRUE(password);
   EXPECT_EQ(*password, std::optional<std::string>("*"));

@@ -35,8 +35,8 @@ Fd SignalFd(std::initializer_list<int> signals) {
 Result<int> Exec(const ExecOptions& o) {
   VmEntry vm = CLONE_TRY(FindVm(o.vm_id));
   std::vector<Fd> fds;
-  auto response = CLONE_TRY(control::Call(vm.control_socket(), "POST", "/vm/exec/session", nlohmann::json::object(),
-                                          kSessionTimeout, &fds));
+  auto response = CLONE_TRY(
+      control::Call(vm.control_socket(), "POST", "/vm/exec/session", nlohmann::json::object(), kSessionTimeout, &fds));
   auto body = control::ResponseJson(response);
   if (!body) return Fail(body.error().Wrap(vm.id));
   if (fds.size() != 1) return Fail("{}: the VM answered without an agent connection", vm.id);

@@ -113,8 +113,9 @@ int RunSnapshotVm(const SnapshotVmSpec& spec, Fd ready, BootTimer& timer) {
     return kExitError;
   }
   if (nets.size() != wanted_nets) {
-    Log(LogLevel::kError, "{}: the snapshot has {} network device(s) and {} were given: use --net or one --tap per device",
-        loaded.path, wanted_nets, nets.size());
+    Log(LogLevel::kError,
+        "{}: the snapshot has {} network device(s) and {} were given: use --net or one --tap per device", loaded.path,
+        wanted_nets, nets.size());
     return kExitUsage;
   }
   auto service = VmService::Create(std::move(service_options));
@@ -157,12 +158,14 @@ void AddForkCommand(CLI::App& app, ForkOptions& o) {
       "Forks share the template's memory copy-on-write. Each gets a new VM id (its hostname), vsock\n"
       "CID, machine-id, entropy, MAC/IP when networked, and the current time. Templates come from\n"
       "'clone snapshot'; they live in $CLONE_TEMPLATES_DIR or ~/.clone/templates.");
-  fork->add_option("--template", o.template_name, "The template (snapshot) to fork; with --vm-id: save it under this name");
+  fork->add_option("--template", o.template_name,
+                   "The template (snapshot) to fork; with --vm-id: save it under this name");
   fork->add_option("--vm-id", o.vm_id, "Fork this running VM (snapshotted first; it resumes)");
   fork->add_option("--count", o.count, "How many forks (implies --detach when above 1)")->capture_default_str();
   fork->add_option("--name", o.name, "The fork's VM id (with --count K: NAME-1 .. NAME-K; default random)");
   fork->add_flag("-d,--detach", o.detach, "Run in the background: print the VM id(s) once running and return");
-  fork->add_flag("--net", o.net, "Automatic networking for each fork (a TAP on clonebr0 and an address; see clone run --net)");
+  fork->add_flag("--net", o.net,
+                 "Automatic networking for each fork (a TAP on clonebr0 and an address; see clone run --net)");
   fork->add_option("--tap", o.taps, "A TAP for each of the template's network devices, in order (--count 1 only)");
   fork->add_option("--cid", o.cid, "The fork's vsock CID (default: the first free one)");
   fork->add_option("--shared-dir", o.shared_dirs,
@@ -171,7 +174,8 @@ void AddForkCommand(CLI::App& app, ForkOptions& o) {
   fork->add_option("--block", o.blocks, "FROM=TO: open the template's disk FROM (or disks under directory FROM) at TO");
   fork->add_option("--dir", o.dir, "Templates directory (default $CLONE_TEMPLATES_DIR or ~/.clone/templates)");
   fork->add_flag("--seccomp", o.seccomp,
-                 "Confine each fork's VM process with seccomp (see clone run --seccomp); implied when the template's VM ran with it");
+                 "Confine each fork's VM process with seccomp (see clone run --seccomp); implied when the template's "
+                 "VM ran with it");
 }
 
 int ForkCommand(const ForkOptions& o, BootTimer& timer) {

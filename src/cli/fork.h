@@ -41,13 +41,13 @@ struct ForkOptions {
   std::string template_name;  // --template
   std::string vm_id;          // --vm-id: fork this running VM
   uint32_t count = 1;
-  std::string name;           // the fork's id (with --count K: NAME-1 .. NAME-K)
+  std::string name;  // the fork's id (with --count K: NAME-1 .. NAME-K)
   bool detach = false;
   bool net = false;
   std::vector<std::string> taps;
   std::vector<std::string> shared_dirs;  // --shared-dir HOST:TAG[:ro]: a new directory for TAG
-  uint64_t cid = 0;                 // 0: the first free CID
-  std::vector<std::string> blocks;  // --block FROM=TO: disk path rewrites
+  uint64_t cid = 0;                      // 0: the first free CID
+  std::vector<std::string> blocks;       // --block FROM=TO: disk path rewrites
   std::string dir;
   bool seccomp = false;  // --seccomp (also implied by a template of a confined VM)
 };
@@ -57,9 +57,9 @@ struct SnapshotVmSpec {
   snapshot::Loaded* loaded = nullptr;  // read and checked
   std::string id;                      // the VM id (empty: a random one)
   bool detach = false;
-  bool fork = false;                   // fresh identity (machine-id, hostname) vs. the same machine
+  bool fork = false;  // fresh identity (machine-id, hostname) vs. the same machine
   bool set_hostname = false;
-  std::optional<uint64_t> cid;         // vsock CID override (0: the first free one)
+  std::optional<uint64_t> cid;           // vsock CID override (0: the first free one)
   std::vector<std::string> shared_dirs;  // --shared-dir overrides of the snapshot's directories
   bool net = false;
   std::vector<std::string> taps;

@@ -83,10 +83,10 @@ int ListCommand(const ListOptions& o) {
   std::string out = fmt::format("{:<20} {:>8} {:<12} {:>5} {:>8} {:>8} {:>6} {}\n", "ID", "PID", "STATE", "VCPUS",
                                 "MEM_MIB", "RSS_MIB", "CID", "AGENT");
   for (const auto& d : all) {
-    out += fmt::format("{:<20} {:>8} {:<12} {:>5} {:>8} {:>8} {:>6} {}\n", d.value("id", ""), d.value("pid", 0),
-                       d.value("state", ""), d.value("vcpus", 0), d.value("mem_mib", 0),
-                       d.value("rss_kib", uint64_t{0}) / 1024, d.value("cid", 0),
-                       d.value("agent", false) ? "yes" : "no");
+    out +=
+        fmt::format("{:<20} {:>8} {:<12} {:>5} {:>8} {:>8} {:>6} {}\n", d.value("id", ""), d.value("pid", 0),
+                    d.value("state", ""), d.value("vcpus", 0), d.value("mem_mib", 0),
+                    d.value("rss_kib", uint64_t{0}) / 1024, d.value("cid", 0), d.value("agent", false) ? "yes" : "no");
   }
   Print(out);
   return kExitOk;
@@ -103,8 +103,8 @@ int StatusCommand(const ListOptions& o) {
     mem += d.value("mem_mib", uint64_t{0});
     all.push_back(std::move(d));
   }
-  nlohmann::json summary = {{"vms", all.size()}, {"guest_mem_mib", mem}, {"rss_kib", rss}, {"pss_kib", pss},
-                            {"private_kib", priv}};
+  nlohmann::json summary = {
+      {"vms", all.size()}, {"guest_mem_mib", mem}, {"rss_kib", rss}, {"pss_kib", pss}, {"private_kib", priv}};
   if (o.json) {
     Print(nlohmann::json{{"summary", summary}, {"vms", all}}.dump(2) + "\n");
     return kExitOk;

@@ -19,8 +19,10 @@ namespace clonevm::cli {
 int Main(int argc, char** argv) {
   BootTimer timer;
   ::signal(SIGPIPE, SIG_IGN);
-  CLI::App app("clone: a lightweight KVM virtual machine monitor.\n"
-               "Boot stock Linux kernels in milliseconds-fast VMs. Try: clone run --help", "clone");
+  CLI::App app(
+      "clone: a lightweight KVM virtual machine monitor.\n"
+      "Boot stock Linux kernels in milliseconds-fast VMs. Try: clone run --help",
+      "clone");
   app.require_subcommand(1);
   app.set_version_flag("--version", "clone 0.1.0");
   RunOptions run_options;

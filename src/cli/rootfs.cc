@@ -44,7 +44,8 @@ void AddRootfsCommand(CLI::App& app, RootfsOptions& o) {
       "Examples:\n"
       "  clone rootfs create --from-dir ./rootfs --size 1G -o rootfs.img\n"
       "  clone rootfs create --from-tar alpine-minirootfs.tar.gz --size 256M -o alpine.qcow2 --format qcow2\n"
-      "  clone rootfs create --from-oci ./alpine-oci --size 256M -o alpine.img   (skopeo copy docker://alpine oci:alpine-oci)\n"
+      "  clone rootfs create --from-oci ./alpine-oci --size 256M -o alpine.img   (skopeo copy docker://alpine "
+      "oci:alpine-oci)\n"
       "  sudo clone rootfs create --distro debian --suite bookworm --size 2G -o debian.img\n"
       "  sudo clone rootfs create --distro ubuntu --suite jammy --size 2G -o ubuntu.img\n"
       "The tree is copied (the source is never modified) and configured: /etc/hostname, a serial getty on\n"
@@ -71,10 +72,11 @@ void AddRootfsCommand(CLI::App& app, RootfsOptions& o) {
   create->add_option("--mirror", o.mirror,
                      fmt::format("With --distro: the package mirror (default: {} for debian, {} for ubuntu)",
                                  kDefaultDebianMirror, kDefaultUbuntuMirror));
-  create->add_option("--size", o.size, "Image size: 512M, 1G, 2048 (a bare number is MiB); at least 16M")
-      ->required();
+  create->add_option("--size", o.size, "Image size: 512M, 1G, 2048 (a bare number is MiB); at least 16M")->required();
   create->add_option("-o,--output", o.output, "The image file to write")->required();
-  create->add_option("--format", o.format, "Image format")->check(CLI::IsMember({"raw", "qcow2"}))->capture_default_str();
+  create->add_option("--format", o.format, "Image format")
+      ->check(CLI::IsMember({"raw", "qcow2"}))
+      ->capture_default_str();
   create->add_option("--hostname", o.hostname, "Written to /etc/hostname")->capture_default_str();
   create->add_flag("--force", o.force, "Replace the output file if it exists");
   create->add_option("--agent", o.agent, "The guest agent binary to install (default: clone-agent next to clone)");
@@ -159,8 +161,10 @@ int RootfsCreateCommand(const RootfsOptions& options) {
     return kExitError;
   }
   if (!missing_agent.empty()) {
-    Log(LogLevel::kWarn, "rootfs create: no guest agent at {} (use --agent PATH): the image has none, so "
-        "'clone exec' cannot reach it", missing_agent);
+    Log(LogLevel::kWarn,
+        "rootfs create: no guest agent at {} (use --agent PATH): the image has none, so "
+        "'clone exec' cannot reach it",
+        missing_agent);
   }
   return kExitOk;
 }

@@ -16,7 +16,7 @@ struct RootfsOptions {
   std::string distro;    // "debian" or "ubuntu"
   std::string suite;     // empty: the distro's default (kDefaultDebianSuite, kDefaultUbuntuSuite)
   std::string mirror;    // empty: the distro's default (kDefaultDebianMirror, kDefaultUbuntuMirror)
-  std::string size;  // "512M", "1G", "2048" (MiB)
+  std::string size;      // "512M", "1G", "2048" (MiB)
   std::string output;
   std::string format = "raw";
   std::string hostname = kDefaultRootfsHostname;

@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <optional>
 
@@ -18,8 +18,8 @@
 #include "base/log.h"
 #include "base/sha256.h"
 #include "base/terminal.h"
-#include "cli/exit_codes.h"
 #include "block/qcow2.h"
+#include "cli/exit_codes.h"
 #include "devices/virtio/fs.h"
 #include "devices/virtio/tap.h"
 #include "devices/virtio/vsock.h"
@@ -32,7 +32,8 @@ namespace clonevm::cli {
 namespace {
 
 constexpr uint32_t kMaxVcpus = 254;
-constexpr uint64_t kOverlayDiskBytes = 2 * x86::kGiB;  // virtual size; qcow2 allocates on write  // xAPIC IDs 0..253; the IOAPIC takes the next ID
+constexpr uint64_t kOverlayDiskBytes =
+    2 * x86::kGiB;  // virtual size; qcow2 allocates on write  // xAPIC IDs 0..253; the IOAPIC takes the next ID
 
 std::vector<uint8_t> ToBytes(std::string s) { return std::vector<uint8_t>(s.begin(), s.end()); }
 
@@ -100,8 +101,7 @@ void AddRunCommand(CLI::App& app, RunOptions& o) {
                 "Automatic networking: a TAP on the bridge clonebr0 (created if missing, 172.30.0.1/24) "
                 "with NAT to the host's uplink; the guest's address (leased per VM) and MAC are applied "
                 "by the guest agent. Removed when the VM exits (the bridge stays for other VMs)");
-  run->add_option("--name", o.name,
-                  "The VM id used by attach/exec/list (a-z, 0-9, '-'; default: a random vm-xxxxxx)");
+  run->add_option("--name", o.name, "The VM id used by attach/exec/list (a-z, 0-9, '-'; default: a random vm-xxxxxx)");
   run->add_flag("-d,--detach", o.detach,
                 "Run in the background: print the VM id once it runs and return; the console goes to "
                 "the VM's console socket ('clone attach') and console.log");
@@ -149,7 +149,8 @@ Result<BlockSpec> ParseBlockSpec(const std::string& value) {
       spec.read_only = true;
     } else if (option.starts_with("format=")) {
       auto format = ParseFormatName(option.substr(7));
-      if (!format || *format == Format::kAuto) return Fail("--block '{}': unknown format '{}' (raw or qcow2)", value, option.substr(7));
+      if (!format || *format == Format::kAuto)
+        return Fail("--block '{}': unknown format '{}' (raw or qcow2)", value, option.substr(7));
       spec.format = *format;
     } else {
       return Fail("--block '{}': unknown option '{}' (expected ro or format=raw|qcow2)", value, option);
@@ -235,9 +236,10 @@ Result<std::vector<SharedDirConfig>> ResolveSharedDirs(const std::vector<SharedD
     if (it == dirs.end()) {
       std::string known;
       for (const auto& d : recorded) known += (known.empty() ? "" : ", ") + d.tag;
-      return Fail("--shared-dir '{}': the snapshot has no shared directory tagged '{}' ({}); a restored guest's "
-                  "devices are fixed, so only a recorded tag can be given a new directory",
-                  value, spec.tag, known.empty() ? "it has none" : "it has: " + known);
+      return Fail(
+          "--shared-dir '{}': the snapshot has no shared directory tagged '{}' ({}); a restored guest's "
+          "devices are fixed, so only a recorded tag can be given a new directory",
+          value, spec.tag, known.empty() ? "it has none" : "it has: " + known);
     }
     if (std::find(overridden.begin(), overridden.end(), spec.tag) != overridden.end()) {
       return Fail("--shared-dir: the tag '{}' is given twice", spec.tag);
@@ -256,7 +258,6 @@ Result<void> AddVsockAndTaps(const RunOptions& o, VmConfig* config) {
   if (o.cid != 0 || ::access(virtio::Vsock::kDefaultDevice, R_OK | W_OK) == 0) config->vsock = VsockConfig{o.cid};
   return AddTaps(o.taps, &config->nets);
 }
-
 
 // Opens a disk image and records what it was opened from (absolute path, the format actually
 // used), which is what a snapshot of the VM needs. `what` names the disk in errors.
@@ -512,8 +513,7 @@ int RunCommand(const RunOptions& options, BootTimer& timer) {
   timer.Mark("images read");
   config->seccomp = o.seccomp ? sandbox::SeccompMode::kOn : sandbox::SeccompMode::kOff;
   std::string id = o.name.empty() ? NewVmId() : o.name;
-  ServiceOptions service_options{id, o.detach,
-                                 {{"kernel", o.kernel}, {"mem_mib", o.mem_mb}, {"rootfs", o.rootfs}}};
+  ServiceOptions service_options{id, o.detach, {{"kernel", o.kernel}, {"mem_mib", o.mem_mb}, {"rootfs", o.rootfs}}};
   service_options.set_hostname = !o.name.empty();
   // --net: leased address + TAP on the bridge, before KVM so a permission problem is reported first.
   std::optional<net::VmNetwork> network;

@@ -26,17 +26,17 @@ struct RunOptions {
   uint32_t vcpus = 1;
   std::string kernel_sha256;
   bool boot_timing = false;
-  std::vector<std::string> blocks;  // --block PATH[,ro][,format=raw|qcow2]
-  uint64_t cid = 0;                 // --cid N: the guest's vsock CID (0: automatic)
-  std::vector<std::string> taps;    // --tap NAME[,mac=XX:XX:XX:XX:XX:XX][,vhost=on|off]
+  std::vector<std::string> blocks;       // --block PATH[,ro][,format=raw|qcow2]
+  uint64_t cid = 0;                      // --cid N: the guest's vsock CID (0: automatic)
+  std::vector<std::string> taps;         // --tap NAME[,mac=XX:XX:XX:XX:XX:XX][,vhost=on|off]
   std::vector<std::string> shared_dirs;  // --shared-dir HOST:TAG[:ro] (virtio-fs)
-  bool net = false;                 // --net: a TAP on Clone's NAT bridge, address set by the agent
-  std::string rootfs;               // --rootfs IMG: boot from a disk image via a generated initrd
-  std::string overlay;              // --overlay[=tmpfs]: share the rootfs read-only under an overlay
-  std::string modules;              // --modules DIR: the kernel's modules (default /lib/modules/RELEASE)
-  std::string name;                 // --name ID: the VM id (default: a random vm-xxxxxx)
-  bool detach = false;              // --detach: run in the background, print the id
-  bool seccomp = false;             // --seccomp: confine each thread to its role (sandbox/seccomp.h)
+  bool net = false;                      // --net: a TAP on Clone's NAT bridge, address set by the agent
+  std::string rootfs;                    // --rootfs IMG: boot from a disk image via a generated initrd
+  std::string overlay;                   // --overlay[=tmpfs]: share the rootfs read-only under an overlay
+  std::string modules;                   // --modules DIR: the kernel's modules (default /lib/modules/RELEASE)
+  std::string name;                      // --name ID: the VM id (default: a random vm-xxxxxx)
+  bool detach = false;                   // --detach: run in the background, print the id
+  bool seccomp = false;                  // --seccomp: confine each thread to its role (sandbox/seccomp.h)
 };
 
 // A parsed --block value.

@@ -1,6 +1,4 @@
 #include "cli/snapshot.h"
-#include "cli/run.h"
-#include "cli/fork.h"
 
 #include <unistd.h>
 
@@ -12,6 +10,8 @@
 #include "base/log.h"
 #include "base/terminal.h"
 #include "cli/exit_codes.h"
+#include "cli/fork.h"
+#include "cli/run.h"
 #include "control/client.h"
 #include "runtime/vm_dir.h"
 #include "runtime/vm_service.h"
@@ -19,7 +19,6 @@
 #include "snapshot/take.h"
 
 namespace clonevm::cli {
-
 
 std::string TemplatesDir(const std::string& dir) {
   std::string d = dir.empty() ? snapshot::DefaultTemplatesDir() : dir;
@@ -54,17 +53,18 @@ int Take(const SnapshotOptions& o) {
     Log(LogLevel::kError, "{}: {}", vm->id, result.error().message());
     return kExitError;
   }
-  std::string line = fmt::format("{} ({} of RAM, {} written{}, vCPUs paused {:.0f} ms)\n", result->value("path", ""),
-                                 Mib(result->value("memory_bytes", uint64_t{0})),
-                                 Mib(result->value("data_bytes", uint64_t{0})),
-                                 o.parent.empty() ? "" : ", incremental over " + o.parent, result->value("paused_ms", 0.0));
+  std::string line =
+      fmt::format("{} ({} of RAM, {} written{}, vCPUs paused {:.0f} ms)\n", result->value("path", ""),
+                  Mib(result->value("memory_bytes", uint64_t{0})), Mib(result->value("data_bytes", uint64_t{0})),
+                  o.parent.empty() ? "" : ", incremental over " + o.parent, result->value("paused_ms", 0.0));
   [[maybe_unused]] auto w = WriteAll(STDOUT_FILENO, line.data(), line.size());
   return kExitOk;
 }
 
 int List(const SnapshotOptions& o) {
   std::string dir = TemplatesDir(o.dir);
-  std::string out = fmt::format("{:<24} {:>9} {:>6} {:>12} {:<12} {}\n", "NAME", "MEMORY", "VCPUS", "ON DISK", "SOURCE", "CREATED");
+  std::string out =
+      fmt::format("{:<24} {:>9} {:>6} {:>12} {:<12} {}\n", "NAME", "MEMORY", "VCPUS", "ON DISK", "SOURCE", "CREATED");
   for (const auto& e : snapshot::List(dir)) {
     if (!e.config) {
       out += fmt::format("{:<24} (unreadable config)\n", e.name);
@@ -145,13 +145,16 @@ void AddSnapshotCommands(CLI::App& app, SnapshotOptions& s, RestoreOptions& r) {
   restore->add_flag("-d,--detach", r.detach, "Run in the background: print the VM id once it runs and return");
   restore->add_option("--cid", r.cid, "The guest's vsock CID (default: the snapshot's)");
   restore->add_flag("--net", r.net, "Give the snapshot's network device a TAP on Clone's bridge (see clone run --net)");
-  restore->add_option("--tap", r.taps, "A TAP for each of the snapshot's network devices, in order (see clone run --tap)");
+  restore->add_option("--tap", r.taps,
+                      "A TAP for each of the snapshot's network devices, in order (see clone run --tap)");
   restore->add_option("--shared-dir", r.shared_dirs,
                       "HOST:TAG[:ro]: serve the snapshot's shared directory TAG from HOST instead of the recorded "
                       "directory (repeatable)");
-  restore->add_option("--block", r.blocks, "FROM=TO: open the snapshot's disk FROM (or disks under directory FROM) at TO");
-  restore->add_flag("--seccomp", r.seccomp,
-                    "Confine the VM process with seccomp (see clone run --seccomp); implied when the snapshot's VM ran with it");
+  restore->add_option("--block", r.blocks,
+                      "FROM=TO: open the snapshot's disk FROM (or disks under directory FROM) at TO");
+  restore->add_flag(
+      "--seccomp", r.seccomp,
+      "Confine the VM process with seccomp (see clone run --seccomp); implied when the snapshot's VM ran with it");
 }
 
 int SnapshotCommand(const SnapshotOptions& options) {

@@ -7,10 +7,12 @@ namespace clonevm {
 Result<void> Bus::Insert(uint64_t base, uint64_t len, std::shared_ptr<BusDevice> device) {
   if (len == 0 || base + len < base) return Fail("bus range {:#x}+{:#x} is empty or wraps", base, len);
   auto next = ranges_.lower_bound(base);
-  if (next != ranges_.end() && next->first < base + len) return Fail("bus range {:#x}+{:#x} overlaps {:#x}", base, len, next->first);
+  if (next != ranges_.end() && next->first < base + len)
+    return Fail("bus range {:#x}+{:#x} overlaps {:#x}", base, len, next->first);
   if (next != ranges_.begin()) {
     auto prev = std::prev(next);
-    if (prev->first + prev->second.len > base) return Fail("bus range {:#x}+{:#x} overlaps {:#x}", base, len, prev->first);
+    if (prev->first + prev->second.len > base)
+      return Fail("bus range {:#x}+{:#x} overlaps {:#x}", base, len, prev->first);
   }
   ranges_.emplace(base, Range{len, std::move(device)});
   return {};

@@ -239,26 +239,66 @@ size_t PassthroughFs::Handle(std::span<const uint8_t> request, std::span<uint8_t
         DoDestroy();
         reply.OkEmpty();
         break;
-      case FUSE_LOOKUP: DoLookup(node, in, reply); break;
-      case FUSE_GETATTR: DoGetattr(node, reply); break;
-      case FUSE_SETATTR: DoSetattr(node, in, reply); break;
-      case FUSE_READLINK: DoReadlink(node, reply); break;
-      case FUSE_SYMLINK: DoSymlink(node, in, header->uid, header->gid, reply); break;
-      case FUSE_MKNOD: DoMknod(node, in, header->uid, header->gid, reply); break;
-      case FUSE_MKDIR: DoMkdir(node, in, header->uid, header->gid, reply); break;
-      case FUSE_UNLINK: DoUnlink(node, in, false, reply); break;
-      case FUSE_RMDIR: DoUnlink(node, in, true, reply); break;
-      case FUSE_RENAME: DoRename(node, in, false, reply); break;
-      case FUSE_RENAME2: DoRename(node, in, true, reply); break;
-      case FUSE_LINK: DoLink(node, in, reply); break;
-      case FUSE_OPEN: DoOpen(node, in, false, reply); break;
-      case FUSE_OPENDIR: DoOpen(node, in, true, reply); break;
-      case FUSE_CREATE: DoCreate(node, in, header->uid, header->gid, reply); break;
-      case FUSE_READ: DoRead(in, reply); break;
-      case FUSE_WRITE: DoWrite(in, reply); break;
-      case FUSE_STATFS: DoStatfs(node, reply); break;
-      case FUSE_RELEASE: DoRelease(in, false, reply); break;
-      case FUSE_RELEASEDIR: DoRelease(in, true, reply); break;
+      case FUSE_LOOKUP:
+        DoLookup(node, in, reply);
+        break;
+      case FUSE_GETATTR:
+        DoGetattr(node, reply);
+        break;
+      case FUSE_SETATTR:
+        DoSetattr(node, in, reply);
+        break;
+      case FUSE_READLINK:
+        DoReadlink(node, reply);
+        break;
+      case FUSE_SYMLINK:
+        DoSymlink(node, in, header->uid, header->gid, reply);
+        break;
+      case FUSE_MKNOD:
+        DoMknod(node, in, header->uid, header->gid, reply);
+        break;
+      case FUSE_MKDIR:
+        DoMkdir(node, in, header->uid, header->gid, reply);
+        break;
+      case FUSE_UNLINK:
+        DoUnlink(node, in, false, reply);
+        break;
+      case FUSE_RMDIR:
+        DoUnlink(node, in, true, reply);
+        break;
+      case FUSE_RENAME:
+        DoRename(node, in, false, reply);
+        break;
+      case FUSE_RENAME2:
+        DoRename(node, in, true, reply);
+        break;
+      case FUSE_LINK:
+        DoLink(node, in, reply);
+        break;
+      case FUSE_OPEN:
+        DoOpen(node, in, false, reply);
+        break;
+      case FUSE_OPENDIR:
+        DoOpen(node, in, true, reply);
+        break;
+      case FUSE_CREATE:
+        DoCreate(node, in, header->uid, header->gid, reply);
+        break;
+      case FUSE_READ:
+        DoRead(in, reply);
+        break;
+      case FUSE_WRITE:
+        DoWrite(in, reply);
+        break;
+      case FUSE_STATFS:
+        DoStatfs(node, reply);
+        break;
+      case FUSE_RELEASE:
+        DoRelease(in, false, reply);
+        break;
+      case FUSE_RELEASEDIR:
+        DoRelease(in, true, reply);
+        break;
       case FUSE_FLUSH:
         // Nothing is buffered here: writes went to the host file when they were answered.
         if (auto arg = Take<fuse_flush_in>(in); !arg) {
@@ -269,14 +309,30 @@ size_t PassthroughFs::Handle(std::span<const uint8_t> request, std::span<uint8_t
           reply.OkEmpty();
         }
         break;
-      case FUSE_FSYNC: DoFsync(in, false, reply); break;
-      case FUSE_FSYNCDIR: DoFsync(in, true, reply); break;
-      case FUSE_READDIR: DoReaddir(in, false, reply); break;
-      case FUSE_READDIRPLUS: DoReaddir(in, true, reply); break;
-      case FUSE_ACCESS: DoAccess(node, in, reply); break;
-      case FUSE_FALLOCATE: DoFallocate(in, reply); break;
-      case FUSE_LSEEK: DoLseek(in, reply); break;
-      default: reply.Error(ENOSYS); break;
+      case FUSE_FSYNC:
+        DoFsync(in, false, reply);
+        break;
+      case FUSE_FSYNCDIR:
+        DoFsync(in, true, reply);
+        break;
+      case FUSE_READDIR:
+        DoReaddir(in, false, reply);
+        break;
+      case FUSE_READDIRPLUS:
+        DoReaddir(in, true, reply);
+        break;
+      case FUSE_ACCESS:
+        DoAccess(node, in, reply);
+        break;
+      case FUSE_FALLOCATE:
+        DoFallocate(in, reply);
+        break;
+      case FUSE_LSEEK:
+        DoLseek(in, reply);
+        break;
+      default:
+        reply.Error(ENOSYS);
+        break;
     }
   }
   if (reply.length == 0) return 0;
@@ -458,12 +514,14 @@ void PassthroughFs::DoSetattr(uint64_t nodeid, std::span<const uint8_t> in, Repl
     times[0] = {0, UTIME_OMIT};
     times[1] = {0, UTIME_OMIT};
     if (valid & FATTR_ATIME) {
-      times[0] = (valid & FATTR_ATIME_NOW) ? timespec{0, UTIME_NOW}
-                                           : timespec{static_cast<time_t>(arg->atime), static_cast<long>(arg->atimensec)};
+      times[0] = (valid & FATTR_ATIME_NOW)
+                     ? timespec{0, UTIME_NOW}
+                     : timespec{static_cast<time_t>(arg->atime), static_cast<long>(arg->atimensec)};
     }
     if (valid & FATTR_MTIME) {
-      times[1] = (valid & FATTR_MTIME_NOW) ? timespec{0, UTIME_NOW}
-                                           : timespec{static_cast<time_t>(arg->mtime), static_cast<long>(arg->mtimensec)};
+      times[1] = (valid & FATTR_MTIME_NOW)
+                     ? timespec{0, UTIME_NOW}
+                     : timespec{static_cast<time_t>(arg->mtime), static_cast<long>(arg->mtimensec)};
     }
     if (::utimensat(proc_fd_.get(), proc.c_str(), times, 0) != 0) return reply.Error(Errno());
   }
@@ -635,7 +693,8 @@ void PassthroughFs::DoCreate(uint64_t parent, std::span<const uint8_t> in, uint3
   if (!(flags & O_NONBLOCK) && ::fcntl(file.get(), F_SETFL, ::fcntl(file.get(), F_GETFL) & ~O_NONBLOCK) != 0) {
     return reply.Error(Errno());
   }
-  if (created && ::geteuid() == 0) [[maybe_unused]] int r = ::fchown(file.get(), uid, gid);
+  if (created && ::geteuid() == 0) [[maybe_unused]]
+    int r = ::fchown(file.get(), uid, gid);
   struct {
     fuse_entry_out entry;
     fuse_open_out open;
@@ -658,8 +717,8 @@ void PassthroughFs::DoRead(std::span<const uint8_t> in, Reply& reply) {
   if (arg->offset > static_cast<uint64_t>(INT64_MAX)) return reply.Error(EINVAL);
   size_t done = 0;
   while (done < size) {
-    ssize_t n = ::pread((*h)->fd.get(), reply.payload().data() + done, size - done,
-                        static_cast<off_t>(arg->offset + done));
+    ssize_t n =
+        ::pread((*h)->fd.get(), reply.payload().data() + done, size - done, static_cast<off_t>(arg->offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
       if (done == 0) return reply.Error(Errno());
@@ -862,15 +921,9 @@ nlohmann::json PassthroughFs::SaveState() const {
   for (const auto& [fh, handle] : handles_) {
     handles.push_back({{"fh", fh}, {"nodeid", handle.nodeid}, {"flags", handle.flags}, {"dir", handle.dir}});
   }
-  return {{"version", kStateVersion},
-          {"initialized", initialized_},
-          {"minor", minor_},
-          {"init_flags", init_flags_},
-          {"max_write", max_write_},
-          {"next_nodeid", next_nodeid_},
-          {"next_fh", next_fh_},
-          {"inodes", std::move(inodes)},
-          {"handles", std::move(handles)}};
+  return {{"version", kStateVersion},  {"initialized", initialized_}, {"minor", minor_},
+          {"init_flags", init_flags_}, {"max_write", max_write_},     {"next_nodeid", next_nodeid_},
+          {"next_fh", next_fh_},       {"inodes", std::move(inodes)}, {"handles", std::move(handles)}};
 }
 
 Result<void> PassthroughFs::RestoreState(const nlohmann::json& state) {
@@ -938,7 +991,8 @@ Result<void> PassthroughFs::RestoreState(const nlohmann::json& state) {
       handle.nodeid = entry.at("nodeid").get<uint64_t>();
       handle.flags = entry.at("flags").get<uint32_t>();
       handle.dir = entry.at("dir").get<bool>();
-      if (fh == 0 || fh >= next_fh || new_handles.count(fh) != 0) return Fail("virtio-fs state: bad or duplicate fh {}", fh);
+      if (fh == 0 || fh >= next_fh || new_handles.count(fh) != 0)
+        return Fail("virtio-fs state: bad or duplicate fh {}", fh);
       auto inode = new_inodes.find(handle.nodeid);
       if (inode == new_inodes.end()) return Fail("virtio-fs state: fh {} names unknown nodeid {}", fh, handle.nodeid);
       if (inode->second.fd) {

@@ -184,7 +184,7 @@ class PassthroughFs {
   Fd root_fd_;
   std::string root_path_;  // canonical, from /proc/self/fd
   FsOptions options_;
-  size_t max_inodes_ = kMaxInodes;    // kMaxInodes, or less under a low RLIMIT_NOFILE
+  size_t max_inodes_ = kMaxInodes;  // kMaxInodes, or less under a low RLIMIT_NOFILE
   size_t max_handles_ = kMaxHandles;
   Fd proc_fd_;  // /proc/self/fd, O_PATH
 

@@ -93,7 +93,8 @@ class FsTest : public ::testing::Test {
   }
 
   template <typename T>
-  static std::vector<uint8_t> Bytes(const T& v, const std::vector<std::string>& strings = {}, const std::string& tail = {}) {
+  static std::vector<uint8_t> Bytes(const T& v, const std::vector<std::string>& strings = {},
+                                    const std::string& tail = {}) {
     return testing::FuseArgs(v, strings, tail);
   }
   static std::vector<uint8_t> Name(const std::string& s) {

@@ -1,8 +1,7 @@
 #include "image/cpio.h"
 
-#include <sys/stat.h>
-
 #include <fmt/format.h>
+#include <sys/stat.h>
 
 #include <utility>
 
@@ -17,9 +16,8 @@ void CpioWriter::Entry(const std::string& path, uint32_t mode, std::span<const u
   // newc header: magic + 13 eight-digit hex fields (ino, mode, uid, gid, nlink, mtime, filesize,
   // devmajor, devminor, rdevmajor, rdevminor, namesize, check).
   std::string header =
-      fmt::format("070701{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}",
-                  next_ino_++, mode, 0, 0, S_ISDIR(mode) ? 2 : 1, 0, data.size(), 0, 0, rmajor, rminor,
-                  path.size() + 1, 0);
+      fmt::format("070701{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}", next_ino_++,
+                  mode, 0, 0, S_ISDIR(mode) ? 2 : 1, 0, data.size(), 0, 0, rmajor, rminor, path.size() + 1, 0);
   out_.insert(out_.end(), header.begin(), header.end());
   out_.insert(out_.end(), path.begin(), path.end());
   out_.push_back(0);

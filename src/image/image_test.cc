@@ -1,6 +1,5 @@
-#include <gtest/gtest.h>
-
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 
 #include <filesystem>
@@ -27,13 +26,15 @@ TEST(CpioWriterTest, TheRealCpioToolListsAndExtractsTheArchive) {
   cpio.Symlink("bin/hi", "hello");
   cpio.CharDevice("console", 5, 1);
   auto archive = cpio.Finish();
-  std::ofstream(dir.File("a.cpio"), std::ios::binary).write(reinterpret_cast<const char*>(archive.data()), archive.size());
+  std::ofstream(dir.File("a.cpio"), std::ios::binary)
+      .write(reinterpret_cast<const char*>(archive.data()), archive.size());
   auto list = RunCommand("cd " + dir.path().string() + " && cpio -itv < a.cpio");
   ASSERT_EQ(list.exit_code, 0) << list.output;
   EXPECT_NE(list.output.find("bin/hello"), std::string::npos) << list.output;
   EXPECT_NE(list.output.find("bin/hi -> hello"), std::string::npos) << list.output;
   EXPECT_NE(list.output.find("5,   1"), std::string::npos) << list.output;
-  auto extract = RunCommand("cd " + dir.path().string() + " && mkdir x && cd x && cpio -id --no-absolute-filenames "
+  auto extract = RunCommand("cd " + dir.path().string() +
+                            " && mkdir x && cd x && cpio -id --no-absolute-filenames "
                             "--quiet < ../a.cpio 2>&1; cat bin/hello");
   EXPECT_NE(extract.output.find("hi there"), std::string::npos) << extract.output;
 }
@@ -48,7 +49,10 @@ TEST(KernelReleaseTest, ReadsTheBzImageHeaderAndTheElfBanner) {
   auto r = KernelRelease(bz);
   ASSERT_TRUE(r) << r.error().message();
   EXPECT_EQ(*r, "6.1.0-56-cloud-amd64");
-  std::string elf = std::string("\x7f" "ELF....") + "Linux version 6.1.0-56-amd64 (gcc) #1";
+  std::string elf = std::string(
+                        "\x7f"
+                        "ELF....") +
+                    "Linux version 6.1.0-56-amd64 (gcc) #1";
   auto e = KernelRelease(std::span(reinterpret_cast<const uint8_t*>(elf.data()), elf.size()));
   ASSERT_TRUE(e);
   EXPECT_EQ(*e, "6.1.0-56-amd64");
@@ -60,12 +64,13 @@ class ModulesTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_TRUE(dir_.ok());
-    WriteText(dir_.File("modules.dep"),
-              "kernel/drivers/virtio/virtio_ring.ko:\n"
-              "kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko\n"
-              "kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n"
-              "kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n"
-              "kernel/fs/overlayfs/overlay.ko:\n");
+    WriteText(
+        dir_.File("modules.dep"),
+        "kernel/drivers/virtio/virtio_ring.ko:\n"
+        "kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko\n"
+        "kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n"
+        "kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n"
+        "kernel/fs/overlayfs/overlay.ko:\n");
     WriteText(dir_.File("modules.builtin"), "kernel/fs/ext4/ext4.ko\nkernel/crypto/crc32c_generic.ko\n");
   }
   TempDir dir_{"clone-modules"};
@@ -98,7 +103,8 @@ TEST_F(ModulesTest, BuildsAnInitrdWithBusyboxInitAndModulesInOrder) {
   }
   auto initrd = BuildRootfsInitrd(dir_.path().string());
   ASSERT_TRUE(initrd) << initrd.error().message();
-  std::ofstream(dir_.File("i.cpio"), std::ios::binary).write(reinterpret_cast<const char*>(initrd->data()), initrd->size());
+  std::ofstream(dir_.File("i.cpio"), std::ios::binary)
+      .write(reinterpret_cast<const char*>(initrd->data()), initrd->size());
   auto list = RunCommand("cpio -it < " + dir_.File("i.cpio"));
   ASSERT_EQ(list.exit_code, 0) << list.output;
   for (const char* want : {"init", "bin/busybox", "bin/switch_root", "bin/chroot", "dev/console", "modules/order",

@@ -25,15 +25,13 @@ constexpr std::string_view kOciManifest = "application/vnd.oci.image.manifest.v1
 constexpr std::string_view kDockerManifest = "application/vnd.docker.distribution.manifest.v2+json";
 
 bool IsLayerType(std::string_view t) {
-  for (std::string_view ok : {"application/vnd.oci.image.layer.v1.tar", "application/vnd.oci.image.layer.v1.tar+gzip",
-                              "application/vnd.oci.image.layer.v1.tar+zstd",
-                              "application/vnd.oci.image.layer.nondistributable.v1.tar",
-                              "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-                              "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-                              "application/vnd.docker.image.rootfs.diff.tar",
-                              "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                              "application/vnd.docker.image.rootfs.diff.tar.zstd",
-                              "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"}) {
+  for (std::string_view ok :
+       {"application/vnd.oci.image.layer.v1.tar", "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.oci.image.layer.v1.tar+zstd", "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd", "application/vnd.docker.image.rootfs.diff.tar",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.docker.image.rootfs.diff.tar.zstd",
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"}) {
     if (t == ok) return true;
   }
   return false;
@@ -55,7 +53,8 @@ Result<Descriptor> ParseDescriptor(const json& j, std::string_view where) {
   if (digest == j.end() || !digest->is_string()) return Fail("{}: a descriptor has no digest", where);
   d.digest = digest->get<std::string>();
   auto size = j.find("size");
-  if (size == j.end() || !size->is_number_unsigned()) return Fail("{}: descriptor {} has no valid size", where, d.digest);
+  if (size == j.end() || !size->is_number_unsigned())
+    return Fail("{}: descriptor {} has no valid size", where, d.digest);
   d.size = size->get<uint64_t>();
   auto platform = j.find("platform");
   if (platform != j.end() && platform->is_object()) {

@@ -93,14 +93,13 @@ Layout MakeLayout(const TempDir& tmp, const std::string& outside) {
                  Desc("application/vnd.oci.image.layer.v1.tar", l.layer2) + "]}");
   // Two manifests: the arm64 one is never read (its blob does not even exist).
   Blob arm{"sha256:" + std::string(64, 'a'), 100};
-  WriteText(l.dir + "/index.json",
-            "{\"schemaVersion\":2,\"manifests\":[" +
-                Desc("application/vnd.oci.image.manifest.v1+json", arm,
-                     ",\"platform\":{\"architecture\":\"arm64\",\"os\":\"linux\"}") +
-                "," +
-                Desc("application/vnd.oci.image.manifest.v1+json", l.manifest,
-                     ",\"platform\":{\"architecture\":\"amd64\",\"os\":\"linux\"}") +
-                "]}");
+  WriteText(l.dir + "/index.json", "{\"schemaVersion\":2,\"manifests\":[" +
+                                       Desc("application/vnd.oci.image.manifest.v1+json", arm,
+                                            ",\"platform\":{\"architecture\":\"arm64\",\"os\":\"linux\"}") +
+                                       "," +
+                                       Desc("application/vnd.oci.image.manifest.v1+json", l.manifest,
+                                            ",\"platform\":{\"architecture\":\"amd64\",\"os\":\"linux\"}") +
+                                       "]}");
   WriteText(l.dir + "/oci-layout", R"({"imageLayoutVersion":"1.0.0"})");
   return l;
 }
@@ -160,9 +159,8 @@ TEST(OciTest, CorruptOrMissingPiecesAreRefused) {
 
   // Hostile digests never name a path outside blobs/sha256.
   WriteText(l.dir + "/oci-layout", R"({"imageLayoutVersion":"1.0.0"})");
-  WriteText(l.dir + "/index.json",
-            R"({"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json",)"
-            R"("digest":"sha256:../../../etc/passwd","size":10}]})");
+  WriteText(l.dir + "/index.json", R"({"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json",)"
+                                   R"("digest":"sha256:../../../etc/passwd","size":10}]})");
   auto hostile = ResolveOciLayers(l.dir);
   ASSERT_FALSE(hostile);
   EXPECT_NE(hostile.error().message().find("malformed digest"), std::string::npos) << hostile.error().message();

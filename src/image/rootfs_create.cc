@@ -321,8 +321,8 @@ bool IsBusyboxInittab(const std::string& text) {
 
 Result<void> ConfigureSerialConsole(const std::string& root, int root_fd, bool systemd) {
   if (systemd) {
-    std::string unit = FirstInRoot(root, {"usr/lib/systemd/system/serial-getty@.service",
-                                          "lib/systemd/system/serial-getty@.service"});
+    std::string unit =
+        FirstInRoot(root, {"usr/lib/systemd/system/serial-getty@.service", "lib/systemd/system/serial-getty@.service"});
     if (unit.empty()) unit = "/lib/systemd/system/serial-getty@.service";
     auto link = CLONE_TRY(Locate(root_fd, "etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service"));
     if (!ExistsAt(link) && ::symlinkat(unit.c_str(), link.dir.get(), link.name.c_str()) != 0)
@@ -359,8 +359,8 @@ Result<void> ConfigureNetwork(const std::string& root, int root_fd, bool systemd
                                "DHCP=no\n"
                                "LinkLocalAddressing=no\n"
                                "IPv6AcceptRA=no\n"));
-    std::string unit = FirstInRoot(root, {"usr/lib/systemd/system/systemd-networkd.service",
-                                          "lib/systemd/system/systemd-networkd.service"});
+    std::string unit = FirstInRoot(
+        root, {"usr/lib/systemd/system/systemd-networkd.service", "lib/systemd/system/systemd-networkd.service"});
     if (!unit.empty()) {
       auto link = CLONE_TRY(Locate(root_fd, "etc/systemd/system/multi-user.target.wants/systemd-networkd.service"));
       if (!ExistsAt(link) && ::symlinkat(unit.c_str(), link.dir.get(), link.name.c_str()) != 0)
@@ -471,8 +471,7 @@ Result<void> StageDirectory(const std::string& source, const std::string& stagin
 
 // Creates "<dir>/.<name>.<what>-XXXXXX" as a file (mkstemp) or directory (mkdtemp).
 Result<std::string> MakeTemp(const fs::path& out, std::string_view what, bool directory) {
-  std::string pattern =
-      (out.parent_path() / fmt::format(".{}.{}-XXXXXX", out.filename().string(), what)).string();
+  std::string pattern = (out.parent_path() / fmt::format(".{}.{}-XXXXXX", out.filename().string(), what)).string();
   if (directory) {
     if (::mkdtemp(pattern.data()) == nullptr) return FailErrno("mkdtemp", pattern);
     ::chmod(pattern.c_str(), 0755);  // the root directory of the image gets these permissions
@@ -512,7 +511,8 @@ Result<uint64_t> ParseRootfsSize(std::string_view text) {
   uint64_t number = std::stoull(t.substr(0, digits));
   std::string suffix = t.substr(digits);
   std::transform(suffix.begin(), suffix.end(), suffix.begin(), [](unsigned char c) { return std::toupper(c); });
-  if (suffix.size() > 1 && (suffix.ends_with("IB") || suffix.ends_with("B"))) suffix.resize(suffix.ends_with("IB") ? suffix.size() - 2 : suffix.size() - 1);
+  if (suffix.size() > 1 && (suffix.ends_with("IB") || suffix.ends_with("B")))
+    suffix.resize(suffix.ends_with("IB") ? suffix.size() - 2 : suffix.size() - 1);
   uint64_t unit;
   if (suffix.empty() || suffix == "M") {
     unit = kMiB;
@@ -540,8 +540,8 @@ Result<void> ValidateHostname(std::string_view name) {
   return {};
 }
 
-std::vector<std::string> DebootstrapArgv(const std::string& suite, const std::string& target,
-                                         const std::string& mirror, const std::string& keyring) {
+std::vector<std::string> DebootstrapArgv(const std::string& suite, const std::string& target, const std::string& mirror,
+                                         const std::string& keyring) {
   // minbase has no init: systemd-sysv provides /sbin/init, udev the device units (the ttyS0
   // getty waits for dev-ttyS0.device). Both are in Ubuntu's main component.
   std::vector<std::string> argv = {"debootstrap", "--variant=minbase", "--include=systemd-sysv,udev"};
@@ -588,8 +588,7 @@ Result<std::optional<std::string>> RootPasswordField(RootfsSource source, std::s
   if (option == "none") return std::optional<std::string>("");
   if (option.starts_with("$") && option.find_first_of(":\n") == std::string_view::npos)
     return std::optional<std::string>(std::string(option));
-  return Fail("--root-password wants locked, none or a crypt(3) hash such as $6$... (from mkpasswd), not '{}'",
-              option);
+  return Fail("--root-password wants locked, none or a crypt(3) hash such as $6$... (from mkpasswd), not '{}'", option);
 }
 
 Result<void> ConvertRawToQcow2(const std::string& raw, const std::string& qcow2_path,
@@ -669,8 +668,10 @@ Result<void> CreateRootfs(const RootfsCreateOptions& o) {
       break;
     case RootfsSource::kDebian:
     case RootfsSource::kUbuntu:
-      if (::geteuid() != 0) return Fail("--distro needs root (debootstrap creates device nodes and chroots): run it with sudo");
-      if (FindTool("debootstrap").empty()) return Fail("debootstrap not found: install it (apt-get install debootstrap)");
+      if (::geteuid() != 0)
+        return Fail("--distro needs root (debootstrap creates device nodes and chroots): run it with sudo");
+      if (FindTool("debootstrap").empty())
+        return Fail("debootstrap not found: install it (apt-get install debootstrap)");
       if (o.source == RootfsSource::kUbuntu && ::access(kUbuntuKeyring, R_OK) != 0)
         return Fail("the Ubuntu archive keyring {} is missing: install it (apt-get install ubuntu-keyring)",
                     kUbuntuKeyring);
@@ -701,8 +702,10 @@ Result<void> CreateRootfs(const RootfsCreateOptions& o) {
       break;
     case RootfsSource::kTar:
       progress(fmt::format("staging {} ...", o.source_path));
-      CLONE_TRY_VOID(RunTool({TarExtractArgv(o.source_path, staging), "tar"}, o.interrupted)
-                         .map_error([&](const Error& e) { return e.Wrap("extracting " + o.source_path); }));
+      CLONE_TRY_VOID(
+          RunTool({TarExtractArgv(o.source_path, staging), "tar"}, o.interrupted).map_error([&](const Error& e) {
+            return e.Wrap("extracting " + o.source_path);
+          }));
       break;
     case RootfsSource::kOci:
       for (size_t i = 0; i < layers.size(); ++i) {
@@ -711,8 +714,10 @@ Result<void> CreateRootfs(const RootfsCreateOptions& o) {
         // Its own directory next to the staging one (same filesystem: entries are renamed over).
         const std::string layer_dir = CLONE_TRY(MakeTemp(out, "layer", /*directory=*/true));
         temps.AddDir(layer_dir);
-        CLONE_TRY_VOID(RunTool({TarExtractArgv(layer.path, layer_dir), "tar"}, o.interrupted)
-                           .map_error([&](const Error& e) { return e.Wrap("extracting layer " + layer.digest); }));
+        CLONE_TRY_VOID(
+            RunTool({TarExtractArgv(layer.path, layer_dir), "tar"}, o.interrupted).map_error([&](const Error& e) {
+              return e.Wrap("extracting layer " + layer.digest);
+            }));
         CLONE_TRY_VOID(ApplyOciLayer(layer_dir, staging).map_error([&](const Error& e) {
           return e.Wrap("applying layer " + layer.digest);
         }));

@@ -43,8 +43,8 @@ inline constexpr const char* kDefaultRootfsHostname = "clone";
 
 struct RootfsCreateOptions {
   RootfsSource source = RootfsSource::kDirectory;
-  std::string source_path;  // kDirectory: the directory; kTar: the archive; kOci: the layout directory
-  std::string suite = kDefaultDebianSuite;    // kDebian, kUbuntu (set kDefaultUbuntuSuite)
+  std::string source_path;                  // kDirectory: the directory; kTar: the archive; kOci: the layout directory
+  std::string suite = kDefaultDebianSuite;  // kDebian, kUbuntu (set kDefaultUbuntuSuite)
   std::string mirror = kDefaultDebianMirror;  // kDebian, kUbuntu (set kDefaultUbuntuMirror)
   uint64_t size_bytes = 0;                    // a multiple of 1 MiB, >= kMinRootfsBytes
   std::string output;
@@ -77,7 +77,7 @@ std::vector<std::string> MkfsExt4Argv(const std::string& staging, const std::str
 
 struct RootfsCustomization {
   std::string hostname = kDefaultRootfsHostname;
-  std::string agent_path;  // empty: no agent installed; otherwise it must exist
+  std::string agent_path;                    // empty: no agent installed; otherwise it must exist
   std::optional<std::string> root_password;  // root's /etc/shadow password field; nullopt: unchanged
 };
 

@@ -83,16 +83,17 @@ TEST(RootfsSizeTest, ParsesUnitsAndRejectsBadSizes) {
 
 TEST(RootfsCreateTest, ToolCommandLines) {
   EXPECT_EQ(DebootstrapArgv("bookworm", "/x/stage", "http://deb.debian.org/debian"),
-            (std::vector<std::string>{"debootstrap", "--variant=minbase", "--include=systemd-sysv,udev", "bookworm", "/x/stage",
-                                      "http://deb.debian.org/debian"}));
+            (std::vector<std::string>{"debootstrap", "--variant=minbase", "--include=systemd-sysv,udev", "bookworm",
+                                      "/x/stage", "http://deb.debian.org/debian"}));
   EXPECT_EQ(DebootstrapArgv("jammy", "/x/stage", "http://archive.ubuntu.com/ubuntu", kUbuntuKeyring),
             (std::vector<std::string>{"debootstrap", "--variant=minbase", "--include=systemd-sysv,udev",
                                       "--keyring=/usr/share/keyrings/ubuntu-archive-keyring.gpg", "--components=main",
                                       "jammy", "/x/stage", "http://archive.ubuntu.com/ubuntu"}));
   EXPECT_EQ(TarExtractArgv("a.tar.gz", "/x/stage"),
             (std::vector<std::string>{"tar", "-x", "--numeric-owner", "-f", "a.tar.gz", "-C", "/x/stage"}));
-  EXPECT_EQ(MkfsExt4Argv("/x/stage", "/x/img", 1ull << 30),
-            (std::vector<std::string>{"mkfs.ext4", "-q", "-F", "-d", "/x/stage", "-L", "rootfs", "/x/img", "1048576k"}));
+  EXPECT_EQ(
+      MkfsExt4Argv("/x/stage", "/x/img", 1ull << 30),
+      (std::vector<std::string>{"mkfs.ext4", "-q", "-F", "-d", "/x/stage", "-L", "rootfs", "/x/img", "1048576k"}));
   EXPECT_TRUE(ValidateHostname("clone-vm1"));
   EXPECT_FALSE(ValidateHostname(""));
   EXPECT_FALSE(ValidateHostname("-a"));
@@ -171,9 +172,13 @@ TEST(RootfsCreateTest, ConvertRawToQcow2SkipsHolesAndZeroChunks) {
     f.seekp((1 << 30) - 1);
     f.put('\0');
   }
-  auto w = RunCommand("printf 'HEAD' | dd of=" + raw + " bs=1 seek=0 conv=notrunc status=none && "
-                      "printf 'MIDDLE' | dd of=" + raw + " bs=1 seek=536870912 conv=notrunc status=none && "
-                      "dd if=/dev/zero of=" + raw + " bs=64k seek=100 count=16 conv=notrunc status=none");
+  auto w = RunCommand("printf 'HEAD' | dd of=" + raw +
+                      " bs=1 seek=0 conv=notrunc status=none && "
+                      "printf 'MIDDLE' | dd of=" +
+                      raw +
+                      " bs=1 seek=536870912 conv=notrunc status=none && "
+                      "dd if=/dev/zero of=" +
+                      raw + " bs=64k seek=100 count=16 conv=notrunc status=none");
   ASSERT_EQ(w.exit_code, 0) << w.output;
   auto r = ConvertRawToQcow2(raw, dir.File("disk.qcow2"));
   ASSERT_TRUE(r) << r.error().message();
@@ -333,10 +338,14 @@ TEST(RootfsCustomizeTest, NeverWritesThroughSymlinksOutOfTheTree) {
 TEST(RootfsCustomizeTest, InstallsTheAgentAndItsSystemdUnit) {
   TempDir dir("clone-rootfs");
   ASSERT_TRUE(dir.ok());
-  WriteText(dir.File("clone-agent"), "\x7f" "ELF fake agent");
+  WriteText(dir.File("clone-agent"),
+            "\x7f"
+            "ELF fake agent");
   fs::create_directories(dir.File("root"));
   ASSERT_TRUE(CustomizeRootfs(dir.File("root"), {"clone", dir.File("clone-agent")}));
-  EXPECT_EQ(ReadText(dir.File("root/usr/bin/clone-agent")), "\x7f" "ELF fake agent");
+  EXPECT_EQ(ReadText(dir.File("root/usr/bin/clone-agent")),
+            "\x7f"
+            "ELF fake agent");
   EXPECT_EQ(fs::status(dir.File("root/usr/bin/clone-agent")).permissions(), fs::perms(0755));
   EXPECT_FALSE(fs::exists(dir.File("root/etc/systemd/system/clone-agent.service")));  // no systemd here
 
@@ -374,10 +383,12 @@ TEST(RootfsCustomizeTest, RootPasswordIsLockedForDebianAndSetOnRequest) {
   WriteText(root + "/etc/shadow", "daemon:*:19000:0:99999:7:::\nroot:$1$old$x:19000:0:99999:7:::\nbin:*:19000::::::\n");
   fs::permissions(root + "/etc/shadow", fs::perms(0640));
   ASSERT_TRUE(CustomizeRootfs(root, {"clone", "", std::string("*")}));
-  EXPECT_EQ(ReadText(root + "/etc/shadow"), "daemon:*:19000:0:99999:7:::\nroot:*:19000:0:99999:7:::\nbin:*:19000::::::\n");
+  EXPECT_EQ(ReadText(root + "/etc/shadow"),
+            "daemon:*:19000:0:99999:7:::\nroot:*:19000:0:99999:7:::\nbin:*:19000::::::\n");
   EXPECT_EQ(fs::status(root + "/etc/shadow").permissions(), fs::perms(0640));
   ASSERT_TRUE(CustomizeRootfs(root, {"clone", "", std::string("")}));
-  EXPECT_EQ(ReadText(root + "/etc/shadow"), "daemon:*:19000:0:99999:7:::\nroot::19000:0:99999:7:::\nbin:*:19000::::::\n");
+  EXPECT_EQ(ReadText(root + "/etc/shadow"),
+            "daemon:*:19000:0:99999:7:::\nroot::19000:0:99999:7:::\nbin:*:19000::::::\n");
   ASSERT_TRUE(CustomizeRootfs(root, {"clone", "", std::nullopt}));  // unchanged
   EXPECT_NE(ReadText(root + "/etc/shadow").find("\nroot::19000"), std::string::npos);
   WriteText(root + "/etc/shadow", "daemon:*:19000:0:99999:7:::\n");

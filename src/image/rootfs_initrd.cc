@@ -68,8 +68,8 @@ fi
 exec switch_root /newroot /sbin/init
 )INIT";
 
-constexpr const char* kApplets[] = {"sh",       "mount", "insmod", "cat",   "mkdir",  "sleep",
-                                   "switch_root", "poweroff", "echo", "mke2fs", "chroot"};
+constexpr const char* kApplets[] = {"sh",          "mount",    "insmod", "cat",    "mkdir", "sleep",
+                                    "switch_root", "poweroff", "echo",   "mke2fs", "chroot"};
 
 std::string NormalizeModuleName(std::string name) {
   std::replace(name.begin(), name.end(), '-', '_');
@@ -97,7 +97,6 @@ bool IsStaticElf(std::span<const uint8_t> bytes) {
   }
   return true;
 }
-
 
 std::string BusyboxPath() {
   const char* env = std::getenv("CLONE_BUSYBOX");
@@ -310,8 +309,8 @@ Result<CachedInitrd> CachedRootfsInitrd(const std::string& modules_dir, const st
   result.bytes = CLONE_TRY(BuildRootfsInitrd(modules_dir));
   std::error_code ec;
   std::filesystem::create_directories(cache_dir, ec);
-  Result<void> stored = ec ? Fail("cannot create {}: {}", cache_dir, ec.message())
-                           : WriteAtomically(result.path, result.bytes);
+  Result<void> stored =
+      ec ? Fail("cannot create {}: {}", cache_dir, ec.message()) : WriteAtomically(result.path, result.bytes);
   if (!stored) {
     Log(LogLevel::kWarn, "initrd cache: {} (the initrd is rebuilt at every start)", stored.error().message());
     return result;

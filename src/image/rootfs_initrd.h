@@ -35,7 +35,7 @@ inline constexpr const char* kRootfsModules[] = {"virtio_mmio", "virtio_blk", "c
 // Loaded when the kernel has them: vsock for the guest agent, virtio-net (and the failover modules
 // it depends on).
 inline constexpr const char* kOptionalRootfsModules[] = {
-    "vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport", "failover", "net_failover",
+    "vsock",     "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport", "failover", "net_failover",
     "virtio_net"};
 
 // Bumped whenever the generated initrd changes for the same inputs (init script, layout, module
@@ -80,8 +80,8 @@ std::string DefaultInitrdCacheDir();
 
 struct CachedInitrd {
   std::vector<uint8_t> bytes;
-  bool hit = false;   // read from the cache
-  std::string path;   // the cache file
+  bool hit = false;  // read from the cache
+  std::string path;  // the cache file
 };
 
 // BuildRootfsInitrd through the cache in `cache_dir` (created if missing). A cache that cannot be

@@ -1,14 +1,14 @@
 #include "kvm/kvm.h"
 
-#include "kvm/uapi.h"
-
 #include <fcntl.h>
 #include <sys/ioctl.h>
 
-#include <cerrno>
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <memory>
+
+#include "kvm/uapi.h"
 
 namespace clonevm::kvm {
 namespace {
@@ -20,17 +20,22 @@ struct RequiredCap {
   const char* name;
 };
 constexpr RequiredCap kRequiredCaps[] = {
-    {KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"},          {KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"},
-    {KVM_CAP_SET_TSS_ADDR, "KVM_CAP_SET_TSS_ADDR"}, {KVM_CAP_EXT_CPUID, "KVM_CAP_EXT_CPUID"},
-    {KVM_CAP_PIT2, "KVM_CAP_PIT2"},                {KVM_CAP_IRQFD, "KVM_CAP_IRQFD"},
-    {KVM_CAP_IOEVENTFD, "KVM_CAP_IOEVENTFD"},      {KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"},
+    {KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"},
+    {KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"},
+    {KVM_CAP_SET_TSS_ADDR, "KVM_CAP_SET_TSS_ADDR"},
+    {KVM_CAP_EXT_CPUID, "KVM_CAP_EXT_CPUID"},
+    {KVM_CAP_PIT2, "KVM_CAP_PIT2"},
+    {KVM_CAP_IRQFD, "KVM_CAP_IRQFD"},
+    {KVM_CAP_IOEVENTFD, "KVM_CAP_IOEVENTFD"},
+    {KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"},
 };
 
 Error OpenError(const std::string& path, int err) {
   std::string hint;
   if (err == ENOENT) {
-    hint = "KVM is not available on this host (no vmx/svm CPU support, or the kvm-intel/kvm-amd module is not "
-           "loaded); without KVM, run Clone inside the nested lab: tools/lab/run-in-lab";
+    hint =
+        "KVM is not available on this host (no vmx/svm CPU support, or the kvm-intel/kvm-amd module is not "
+        "loaded); without KVM, run Clone inside the nested lab: tools/lab/run-in-lab";
   } else if (err == EACCES || err == EPERM) {
     hint = "no permission; add your user to the 'kvm' group or run as root";
   }
@@ -46,7 +51,8 @@ Result<Kvm> Kvm::Open(const std::string& path) {
   if (fd < 0) return Fail(OpenError(path, errno));
   Fd kvm_fd(fd);
   int version = ::ioctl(fd, KVM_GET_API_VERSION, 0);
-  if (version != kKvmApiVersion) return Fail("{}: unsupported KVM API version {} (need {})", path, version, kKvmApiVersion);
+  if (version != kKvmApiVersion)
+    return Fail("{}: unsupported KVM API version {} (need {})", path, version, kKvmApiVersion);
   for (const auto& req : kRequiredCaps) {
     if (::ioctl(fd, KVM_CHECK_EXTENSION, req.cap) <= 0) return Fail("KVM lacks a required capability: {}", req.name);
   }
@@ -136,7 +142,8 @@ Result<void> VmFd::GetDirtyLog(uint32_t slot, std::span<uint64_t> bitmap) const 
   kvm_dirty_log log{};
   log.slot = slot;
   log.dirty_bitmap = bitmap.data();
-  if (::ioctl(fd_.get(), KVM_GET_DIRTY_LOG, &log) != 0) return FailErrno("KVM_GET_DIRTY_LOG", fmt::format("slot {}", slot));
+  if (::ioctl(fd_.get(), KVM_GET_DIRTY_LOG, &log) != 0)
+    return FailErrno("KVM_GET_DIRTY_LOG", fmt::format("slot {}", slot));
   return {};
 }
 
@@ -196,12 +203,14 @@ int VmFd::CheckExtension(int cap) const {
 Result<kvm_irqchip> VmFd::GetIrqchip(uint32_t chip_id) const {
   kvm_irqchip chip{};
   chip.chip_id = chip_id;
-  if (::ioctl(fd_.get(), KVM_GET_IRQCHIP, &chip) != 0) return FailErrno("KVM_GET_IRQCHIP", fmt::format("chip {}", chip_id));
+  if (::ioctl(fd_.get(), KVM_GET_IRQCHIP, &chip) != 0)
+    return FailErrno("KVM_GET_IRQCHIP", fmt::format("chip {}", chip_id));
   return chip;
 }
 
 Result<void> VmFd::SetIrqchip(const kvm_irqchip& chip) {
-  if (::ioctl(fd_.get(), KVM_SET_IRQCHIP, &chip) != 0) return FailErrno("KVM_SET_IRQCHIP", fmt::format("chip {}", chip.chip_id));
+  if (::ioctl(fd_.get(), KVM_SET_IRQCHIP, &chip) != 0)
+    return FailErrno("KVM_SET_IRQCHIP", fmt::format("chip {}", chip.chip_id));
   return {};
 }
 
@@ -266,7 +275,8 @@ Result<void> VcpuFd::SetCpuid(const std::vector<kvm_cpuid_entry2>& entries) {
   uapi::CpuidHeader header{static_cast<uint32_t>(entries.size()), 0};
   std::memcpy(buf.data(), &header, sizeof(header));
   std::memcpy(buf.data() + uapi::kCpuidEntriesOffset, entries.data(), entries.size() * sizeof(kvm_cpuid_entry2));
-  if (::ioctl(fd_.get(), uapi::kSetCpuid2, buf.data()) != 0) return FailErrno("KVM_SET_CPUID2", fmt::format("vcpu {}", id_));
+  if (::ioctl(fd_.get(), uapi::kSetCpuid2, buf.data()) != 0)
+    return FailErrno("KVM_SET_CPUID2", fmt::format("vcpu {}", id_));
   return {};
 }
 
@@ -371,7 +381,8 @@ Result<std::vector<uint8_t>> VcpuFd::GetXsave(size_t size) const {
 Result<void> VcpuFd::SetXsave(const std::vector<uint8_t>& area, size_t size) {
   std::vector<uint8_t> buf(std::max({size, area.size(), sizeof(uapi::XsaveHeader)}), 0);
   std::memcpy(buf.data(), area.data(), area.size());
-  if (::ioctl(fd_.get(), uapi::kSetXsave, buf.data()) != 0) return FailErrno("KVM_SET_XSAVE", fmt::format("vcpu {}", id_));
+  if (::ioctl(fd_.get(), uapi::kSetXsave, buf.data()) != 0)
+    return FailErrno("KVM_SET_XSAVE", fmt::format("vcpu {}", id_));
   return {};
 }
 

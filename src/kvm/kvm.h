@@ -59,7 +59,8 @@ class VmFd {
   [[nodiscard]] Result<void> CreatePit();
   // `flags`: KVM_MEM_LOG_DIRTY_PAGES turns on dirty logging for the slot (re-registering an
   // existing slot with only the flags changed is allowed while vCPUs run).
-  [[nodiscard]] Result<void> SetUserMemoryRegion(uint32_t slot, uint64_t gpa, uint64_t size, void* host, uint32_t flags = 0);
+  [[nodiscard]] Result<void> SetUserMemoryRegion(uint32_t slot, uint64_t gpa, uint64_t size, void* host,
+                                                 uint32_t flags = 0);
   // KVM_GET_DIRTY_LOG: fills `bitmap` (bit i = page i of the slot, (pages + 63) / 64 words) with the
   // pages written since the previous call (or since logging was enabled) and re-arms the log.
   [[nodiscard]] Result<void> GetDirtyLog(uint32_t slot, std::span<uint64_t> bitmap) const;

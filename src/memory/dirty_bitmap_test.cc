@@ -43,7 +43,7 @@ TEST(PageBitmapTest, BytesRoundTripAndChecks) {
   ASSERT_TRUE(back) << back.error().message();
   EXPECT_EQ(*back, b);
   EXPECT_FALSE(PageBitmap::FromBytes(std::span(bytes).first(8), 70));  // wrong size
-  bytes[15] = 0x80;                                                     // page 127: past the end
+  bytes[15] = 0x80;                                                    // page 127: past the end
   EXPECT_FALSE(PageBitmap::FromBytes(bytes, 70));
   PageBitmap a(70);
   a.Set(1);
@@ -55,10 +55,10 @@ TEST(DirtyLogTest, MarkTakeAllClears) {
   auto log = DirtyLog::Create(1 * kMiB);
   ASSERT_TRUE(log) << log.error().message();
   EXPECT_EQ((*log)->pages(), 256u);
-  (*log)->Mark(kPage - 1, 2);         // straddles pages 0 and 1
+  (*log)->Mark(kPage - 1, 2);            // straddles pages 0 and 1
   (*log)->Mark(10 * kPage, 65 * kPage);  // pages 10..74
-  (*log)->Mark(2 * kMiB, 10);         // past the log: ignored
-  (*log)->Mark(5 * kPage, 0);         // empty
+  (*log)->Mark(2 * kMiB, 10);            // past the log: ignored
+  (*log)->Mark(5 * kPage, 0);            // empty
   PageBitmap taken = (*log)->TakeAll();
   EXPECT_EQ(taken.Count(), 2u + 65u);
   EXPECT_TRUE(taken.Test(0) && taken.Test(1) && taken.Test(10) && taken.Test(74));

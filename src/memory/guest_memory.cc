@@ -29,8 +29,8 @@ Result<MemoryRegion> MapFileRegion(int file, uint64_t offset, uint64_t gpa, uint
   MemoryRegion region;
   region.gpa = gpa;
   region.size = size;
-  region.mapping = CLONE_TRY(Mmap::Map(size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, file,
-                                       static_cast<off_t>(offset)));
+  region.mapping =
+      CLONE_TRY(Mmap::Map(size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, file, static_cast<off_t>(offset)));
   // Copies made on write are anonymous pages: let KSM merge those across forks.
   if (::madvise(region.host(), size, MADV_MERGEABLE) != 0) {
     Log(LogLevel::kDebug, "madvise(MADV_MERGEABLE) failed: {}", errno);
@@ -40,8 +40,10 @@ Result<MemoryRegion> MapFileRegion(int file, uint64_t offset, uint64_t gpa, uint
 
 }  // namespace
 
-Result<GuestMemory> GuestMemory::CreateFromFile(int file, uint64_t ram_bytes, uint64_t hole_start, uint64_t high_start) {
-  if (ram_bytes == 0 || ram_bytes % 4096 != 0) return Fail("guest RAM size {} is not a positive multiple of 4 KiB", ram_bytes);
+Result<GuestMemory> GuestMemory::CreateFromFile(int file, uint64_t ram_bytes, uint64_t hole_start,
+                                                uint64_t high_start) {
+  if (ram_bytes == 0 || ram_bytes % 4096 != 0)
+    return Fail("guest RAM size {} is not a positive multiple of 4 KiB", ram_bytes);
   struct stat st {};
   if (::fstat(file, &st) != 0) return FailErrno("fstat", "memory file");
   if (static_cast<uint64_t>(st.st_size) < ram_bytes) {
@@ -67,7 +69,8 @@ Result<GuestMemory> GuestMemory::CreateFromImage(const MemoryImage& image, uint6
   if (!image.layers.empty()) {
     // MAP_FIXED overlays are new mappings without the region's MADV_MERGEABLE.
     for (const auto& r : mem.regions_) {
-      if (::madvise(r.host(), r.size, MADV_MERGEABLE) != 0) Log(LogLevel::kDebug, "madvise(MADV_MERGEABLE) failed: {}", errno);
+      if (::madvise(r.host(), r.size, MADV_MERGEABLE) != 0)
+        Log(LogLevel::kDebug, "madvise(MADV_MERGEABLE) failed: {}", errno);
     }
   }
   return mem;
@@ -102,8 +105,8 @@ Result<void> GuestMemory::ApplyLayer(const MemoryLayer& layer, size_t* map_budge
   for (const Piece& p : pieces) {
     uint64_t offset = p.file_page * kDirtyPageSize, len = p.count * kDirtyPageSize;
     if (map) {
-      void* at = ::mmap(p.host, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE,
-                        layer.file.get(), static_cast<off_t>(offset));
+      void* at = ::mmap(p.host, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, layer.file.get(),
+                        static_cast<off_t>(offset));
       if (at == MAP_FAILED) return FailErrno("mmap", fmt::format("overlay {:#x}+{:#x}", offset, len));
       continue;
     }
@@ -155,7 +158,8 @@ uint64_t GuestMemory::FileOffset(size_t index) const {
 }
 
 Result<GuestMemory> GuestMemory::Create(uint64_t ram_bytes, uint64_t hole_start, uint64_t high_start) {
-  if (ram_bytes == 0 || ram_bytes % 4096 != 0) return Fail("guest RAM size {} is not a positive multiple of 4 KiB", ram_bytes);
+  if (ram_bytes == 0 || ram_bytes % 4096 != 0)
+    return Fail("guest RAM size {} is not a positive multiple of 4 KiB", ram_bytes);
   GuestMemory mem;
   mem.ram_bytes_ = ram_bytes;
   uint64_t low = std::min(ram_bytes, hole_start);

@@ -41,7 +41,7 @@ TEST(GuestMemoryTest, RejectsOutOfRangeAndStraddlingAccesses) {
   ASSERT_TRUE(mem);
   EXPECT_FALSE(mem->Read<uint32_t>(16 * kMiB - 2));  // straddles the end
   EXPECT_FALSE(mem->Read<uint32_t>(16 * kMiB));
-  EXPECT_FALSE(mem->Read<uint32_t>(~0ull - 1));      // would wrap around
+  EXPECT_FALSE(mem->Read<uint32_t>(~0ull - 1));  // would wrap around
   EXPECT_TRUE(mem->Span(~0ull, 2).empty());
   EXPECT_TRUE(mem->Span(0, 17 * kMiB).empty());
 }

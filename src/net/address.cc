@@ -65,7 +65,11 @@ Result<Ipv4Subnet> ParseIpv4Subnet(std::string_view text) {
 }
 
 MacAddress MacForIpv4(uint32_t ip) {
-  return {0x06, 0x00, static_cast<uint8_t>(ip >> 24), static_cast<uint8_t>(ip >> 16), static_cast<uint8_t>(ip >> 8),
+  return {0x06,
+          0x00,
+          static_cast<uint8_t>(ip >> 24),
+          static_cast<uint8_t>(ip >> 16),
+          static_cast<uint8_t>(ip >> 8),
           static_cast<uint8_t>(ip)};
 }
 

@@ -23,7 +23,8 @@ std::string LeasePath(const std::string& dir, uint32_t ip) { return dir + "/" + 
 
 // True when `fd` still is the file at `path` (not unlinked and replaced after we opened it).
 bool SameFile(int fd, const std::string& path) {
-  struct stat by_fd {}, by_path {};
+  struct stat by_fd {
+  }, by_path{};
   if (::fstat(fd, &by_fd) != 0 || ::stat(path.c_str(), &by_path) != 0) return false;
   return by_fd.st_dev == by_path.st_dev && by_fd.st_ino == by_path.st_ino;
 }
@@ -117,8 +118,7 @@ Result<IpLease> AcquireLease(const std::string& lease_dir, const Ipv4Subnet& sub
     return IpLease(std::move(fd), lease_dir, path, ip);
   }
   const uint32_t total = subnet.broadcast() - subnet.gateway() - 1;
-  return Fail("no free IP address in {}: {} VMs hold all of them (leases in {})", subnet.ToString(), total,
-              lease_dir);
+  return Fail("no free IP address in {}: {} VMs hold all of them (leases in {})", subnet.ToString(), total, lease_dir);
 }
 
 Result<std::vector<LeaseEntry>> ListLeases(const std::string& lease_dir) {

@@ -137,15 +137,16 @@ std::string NatRuleset(std::string_view bridge, const Ipv4Subnet& subnet) {
   s += ChainSpecs(bridge);
   s += fmt::format("flush chain ip {} postrouting-{}\n", kNatTable, bridge);
   s += fmt::format("flush chain ip {} forward-{}\n", kNatTable, bridge);
-  s += fmt::format("add rule ip {0} postrouting-{1} ip saddr {2} oifname != \"{1}\" masquerade comment \"{3}\"\n", kNatTable,
-                   bridge, net, tag);
-  s += fmt::format("add rule ip {0} forward-{1} iifname \"{1}\" ip saddr {2} accept comment \"{3}\"\n", kNatTable, bridge, net,
-                   tag);
-  s += fmt::format("add rule ip {0} forward-{1} oifname \"{1}\" ip daddr {2} ct state established,related accept "
-                   "comment \"{3}\"\n",
+  s += fmt::format("add rule ip {0} postrouting-{1} ip saddr {2} oifname != \"{1}\" masquerade comment \"{3}\"\n",
                    kNatTable, bridge, net, tag);
-  s += fmt::format("add rule ip {0} forward-{1} oifname \"{1}\" ip daddr {2} drop comment \"{3}\"\n", kNatTable, bridge, net,
-                   tag);
+  s += fmt::format("add rule ip {0} forward-{1} iifname \"{1}\" ip saddr {2} accept comment \"{3}\"\n", kNatTable,
+                   bridge, net, tag);
+  s += fmt::format(
+      "add rule ip {0} forward-{1} oifname \"{1}\" ip daddr {2} ct state established,related accept "
+      "comment \"{3}\"\n",
+      kNatTable, bridge, net, tag);
+  s += fmt::format("add rule ip {0} forward-{1} oifname \"{1}\" ip daddr {2} drop comment \"{3}\"\n", kNatTable, bridge,
+                   net, tag);
   return s;
 }
 

@@ -40,7 +40,8 @@ TEST(AddressTest, ParsesAndFormatsIpv4) {
   EXPECT_EQ(FormatIpv4(0xAC1E0001u), "172.30.0.1");
   EXPECT_EQ(Ip("0.0.0.0"), 0u);
   EXPECT_EQ(Ip("255.255.255.255"), 0xffffffffu);
-  for (const char* bad : {"", "1.2.3", "1.2.3.4.5", "256.1.1.1", "01.2.3.4", "1.2.3.-4", "a.b.c.d", "1..2.3", "1.2.3.4 "}) {
+  for (const char* bad :
+       {"", "1.2.3", "1.2.3.4.5", "256.1.1.1", "01.2.3.4", "1.2.3.-4", "a.b.c.d", "1..2.3", "1.2.3.4 "}) {
     auto r = ParseIpv4(bad);
     ASSERT_FALSE(r) << bad;
     EXPECT_NE(r.error().message().find("invalid IPv4 address"), std::string::npos);

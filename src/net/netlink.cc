@@ -137,7 +137,8 @@ int ParseAddress(const nlmsghdr* message, void* data) {
   auto* dump = static_cast<AddressDump*>(data);
   // SAFETY: the length check above covers the ifaddrmsg header.
   const auto* ifa = static_cast<const ifaddrmsg*>(mnl_nlmsg_get_payload(message));
-  if (ifa->ifa_family != AF_INET || (dump->index != 0 && static_cast<int>(ifa->ifa_index) != dump->index)) return MNL_CB_OK;
+  if (ifa->ifa_family != AF_INET || (dump->index != 0 && static_cast<int>(ifa->ifa_index) != dump->index))
+    return MNL_CB_OK;
   std::optional<uint32_t> local;
   mnl_attr_parse(message, sizeof(ifaddrmsg), ParseAddressAttr, &local);
   if (local) dump->addresses.push_back({static_cast<int>(ifa->ifa_index), *local, ifa->ifa_prefixlen});

@@ -33,15 +33,15 @@ namespace clonevm::net {
 struct LinkInfo {
   int index = 0;
   std::string name;
-  std::string kind;  // IFLA_INFO_KIND: "bridge", "tun", "veth", ... ("" for physical devices)
+  std::string kind;      // IFLA_INFO_KIND: "bridge", "tun", "veth", ... ("" for physical devices)
   int master_index = 0;  // IFLA_MASTER: the bridge this link is a port of, 0 if none
   uint32_t mtu = 0;
-  bool up = false;  // IFF_UP (administrative state)
+  bool up = false;                    // IFF_UP (administrative state)
   std::optional<MacAddress> address;  // IFLA_ADDRESS when it is an Ethernet address
 };
 
 struct AddressInfo {
-  int index = 0;  // the link
+  int index = 0;    // the link
   uint32_t ip = 0;  // host byte order
   int prefix_len = 0;
 };

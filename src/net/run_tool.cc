@@ -17,7 +17,8 @@ extern char** environ;
 namespace clonevm::net {
 
 std::string FindTool(std::string_view name) {
-  if (name.find('/') != std::string_view::npos) return ::access(std::string(name).c_str(), X_OK) == 0 ? std::string(name) : "";
+  if (name.find('/') != std::string_view::npos)
+    return ::access(std::string(name).c_str(), X_OK) == 0 ? std::string(name) : "";
   const char* env_path = std::getenv("PATH");
   std::string search = env_path != nullptr ? env_path : "/usr/bin:/bin";
   search += ":/usr/sbin:/sbin";

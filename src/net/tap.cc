@@ -22,9 +22,8 @@ Error TunSetIffError(std::string_view name, int err) {
                                name, name),
                    err);
     case EBUSY:
-      return Error(fmt::format("TAP {} is busy: another process has it open (or its multi_queue setting differs)",
-                               name),
-                   err);
+      return Error(
+          fmt::format("TAP {} is busy: another process has it open (or its multi_queue setting differs)", name), err);
     case EINVAL:
       return Error(fmt::format("{} exists but is not a TAP interface (or its vnet_hdr setting differs)", name), err);
     default:
@@ -53,9 +52,9 @@ Result<Tap> OpenTap(std::string_view name, const TapOptions& options) {
   if (options.creation == TapCreation::kMustExist) {
     if (name.find('%') != std::string_view::npos) return Fail("TAP name \"{}\" must not be a pattern", name);
     if (::if_nametoindex(name_str.c_str()) == 0) {
-      return Fail(Error(fmt::format("TAP {} does not exist: create it with `ip tuntap add {} mode tap user $USER`",
-                                    name, name),
-                        ENODEV));
+      return Fail(
+          Error(fmt::format("TAP {} does not exist: create it with `ip tuntap add {} mode tap user $USER`", name, name),
+                ENODEV));
     }
   }
   int raw = ::open(kTunPath, O_RDWR | O_NONBLOCK | O_CLOEXEC);

@@ -44,9 +44,9 @@ enum class NatMode { kMasquerade, kNone };
 
 struct AutoNetOptions {
   std::string bridge = kDefaultBridge;
-  Ipv4Subnet subnet{0xAC1E0000, 24};  // 172.30.0.0/24
-  std::string runtime_dir;            // empty: DefaultRuntimeDir()
-  std::string owner;                  // recorded in the lease, e.g. the VM id
+  Ipv4Subnet subnet{0xAC1E0000, 24};          // 172.30.0.0/24
+  std::string runtime_dir;                    // empty: DefaultRuntimeDir()
+  std::string owner;                          // recorded in the lease, e.g. the VM id
   std::string tap_name = kDefaultTapPattern;  // a name or a "%d" pattern
   TapOptions tap;
   NatMode nat = NatMode::kMasquerade;
@@ -56,9 +56,9 @@ struct AutoNetOptions {
 // What the guest must be told (through the agent).
 struct GuestNetConfig {
   MacAddress mac{};
-  uint32_t ip = 0;       // host byte order
+  uint32_t ip = 0;  // host byte order
   int prefix_len = 0;
-  uint32_t gateway = 0;  // the bridge's address
+  uint32_t gateway = 0;       // the bridge's address
   std::vector<uint32_t> dns;  // the host's IPv4 nameservers that a guest can reach (not 127.x)
 };
 

@@ -22,16 +22,20 @@ ConsoleHub::~ConsoleHub() {
 }
 
 void ConsoleHub::Output(std::span<const uint8_t> bytes) {
-  if (terminal_fd_ >= 0) [[maybe_unused]] auto r = WriteAll(terminal_fd_, bytes.data(), bytes.size());
-  if (log_) [[maybe_unused]] auto r = WriteAll(log_.get(), bytes.data(), bytes.size());
+  if (terminal_fd_ >= 0) [[maybe_unused]]
+    auto r = WriteAll(terminal_fd_, bytes.data(), bytes.size());
+  if (log_) [[maybe_unused]]
+    auto r = WriteAll(log_.get(), bytes.data(), bytes.size());
   std::lock_guard lock(mu_);
   replay_.insert(replay_.end(), bytes.begin(), bytes.end());
-  if (replay_.size() > kReplayBytes) replay_.erase(replay_.begin(), replay_.begin() + static_cast<long>(replay_.size() - kReplayBytes));
+  if (replay_.size() > kReplayBytes)
+    replay_.erase(replay_.begin(), replay_.begin() + static_cast<long>(replay_.size() - kReplayBytes));
   for (auto& [fd, conn] : clients_) {
     // Non-blocking: a slow client loses output instead of stalling the guest.
     ssize_t n = ::send(fd, bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n < static_cast<ssize_t>(bytes.size())) {
-      CLONE_LOG_RATELIMITED(LogLevel::kDebug, "console client {} dropped {} bytes", fd, bytes.size() - std::max<ssize_t>(n, 0));
+      CLONE_LOG_RATELIMITED(LogLevel::kDebug, "console client {} dropped {} bytes", fd,
+                            bytes.size() - std::max<ssize_t>(n, 0));
     }
   }
 }
@@ -71,7 +75,8 @@ void ConsoleHub::Accept() {
   {
     std::lock_guard lock(mu_);
     std::vector<uint8_t> replay(replay_.begin(), replay_.end());
-    if (!replay.empty()) [[maybe_unused]] auto n = ::send(fd, replay.data(), replay.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (!replay.empty()) [[maybe_unused]]
+      auto n = ::send(fd, replay.data(), replay.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
     clients_.emplace(fd, std::move(conn));
   }
   if (auto added = loop_->Add(fd, EPOLLIN | EPOLLRDHUP, [this, fd](uint32_t) { ReadClient(fd); }); !added) {

@@ -54,7 +54,8 @@ class VmDir {
   [[nodiscard]] Result<void> WriteInfo(const nlohmann::json& info) const;
 
  private:
-  VmDir(std::string id, std::string path, Fd lock) : id_(std::move(id)), path_(std::move(path)), lock_(std::move(lock)) {}
+  VmDir(std::string id, std::string path, Fd lock)
+      : id_(std::move(id)), path_(std::move(path)), lock_(std::move(lock)) {}
   std::string id_;
   std::string path_;
   Fd lock_;

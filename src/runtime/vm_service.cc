@@ -1,6 +1,7 @@
 #include "runtime/vm_service.h"
 
 #include <fcntl.h>
+#include <fmt/ranges.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/random.h>
@@ -12,10 +13,8 @@
 #include <ctime>
 #include <fstream>
 
-#include <fmt/ranges.h>
-
-#include "arch/x86/layout.h"
 #include "agent/identity_page.h"
+#include "arch/x86/layout.h"
 #include "base/clock.h"
 #include "base/log.h"
 #include "control/router.h"
@@ -72,7 +71,8 @@ nlohmann::json ReportJson(const agent::Report& r) {
 Result<agent::ExecRequest> ExecRequestFrom(const nlohmann::json& body, bool allow_tty) {
   agent::ExecRequest request;
   auto argv = body.find("argv");
-  if (argv == body.end() || !argv->is_array() || argv->empty()) return Fail("argv: a non-empty array of strings is required");
+  if (argv == body.end() || !argv->is_array() || argv->empty())
+    return Fail("argv: a non-empty array of strings is required");
   for (const auto& a : *argv) {
     if (!a.is_string()) return Fail("argv: every element must be a string");
     request.argv.push_back(a.get<std::string>());
@@ -127,7 +127,8 @@ Result<std::unique_ptr<VmService>> VmService::Create(ServiceOptions options) {
   Fd log;
   if (options.detached) log = CLONE_TRY(OpenFile(dir.console_log(), O_WRONLY | O_CREAT | O_APPEND, 0600));
   auto hub = std::make_unique<ConsoleHub>(options.detached ? -1 : STDOUT_FILENO, std::move(log));
-  return std::unique_ptr<VmService>(new VmService(std::move(options), std::move(dir), std::move(hub), std::move(identity)));
+  return std::unique_ptr<VmService>(
+      new VmService(std::move(options), std::move(dir), std::move(hub), std::move(identity)));
 }
 
 VmService::~VmService() {
@@ -385,9 +386,8 @@ control::Router VmService::Routes() {
   router.Add("PUT", "/vm/shutdown", [this](control::Request request, control::Responder r) {
     HandleShutdown(std::move(request), std::move(r));
   });
-  router.Add("POST", "/vm/exec", [this](control::Request request, control::Responder r) {
-    HandleExec(std::move(request), std::move(r));
-  });
+  router.Add("POST", "/vm/exec",
+             [this](control::Request request, control::Responder r) { HandleExec(std::move(request), std::move(r)); });
   router.Add("POST", "/vm/exec/session", [this](control::Request request, control::Responder r) {
     HandleExecSession(std::move(request), std::move(r));
   });
@@ -402,11 +402,14 @@ void VmService::HandleShutdown(control::Request request, control::Responder resp
   if (mode == "force") {
     // Answer first: the loop runs posted work in order, so the reply is written before it stops.
     responder.RespondJson(202, {{"state", "stopping"}});
-    vm_->loop().Post([vm = vm_] { vm->RequestExit({VmExitReason::kPowerOff, "stopped through the control API (force)", 0}); });
+    vm_->loop().Post([vm = vm_] {
+      vm->RequestExit({VmExitReason::kPowerOff, "stopped through the control API (force)", 0});
+    });
     return;
   }
   if (mode != "agent") return responder.RespondError(400, "mode: expected \"agent\" or \"force\"");
-  if (identity_.vsock_cid == 0) return responder.RespondError(409, "this VM has no vsock device, so no agent: use {\"mode\": \"force\"}");
+  if (identity_.vsock_cid == 0)
+    return responder.RespondError(409, "this VM has no vsock device, so no agent: use {\"mode\": \"force\"}");
   RunWorker([this, r = std::move(responder)]() mutable {
     auto conn = agent::Connect(Endpoint(), identity_.token, agent::Role::kControl, kShutdownTimeout);
     if (!conn) return r.RespondError(504, fmt::format("guest agent not reachable: {}", conn.error().message()));

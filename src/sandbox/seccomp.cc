@@ -348,29 +348,30 @@ Result<void> AddRule(void* ctx, const Syscall& s, ThreadRole role) {
     case Check::kIoctl:
       for (const Ioctl& ioctl : kIoctls) {
         if ((ioctl.roles & Bit(role)) == 0) continue;
-        CLONE_TRY_VOID(Checked(seccomp_rule_add(ctx, allow, nr, 1, SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, ioctl.request)),
-                             "ioctl rule", s.name));
+        CLONE_TRY_VOID(
+            Checked(seccomp_rule_add(ctx, allow, nr, 1, SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, ioctl.request)),
+                    "ioctl rule", s.name));
       }
       return {};
     case Check::kSocket:
       for (int family : {AF_UNIX, AF_VSOCK}) {
         CLONE_TRY_VOID(Checked(seccomp_rule_add(ctx, allow, nr, 1, SCMP_A0(SCMP_CMP_EQ, static_cast<uint64_t>(family))),
-                             "rule", s.name));
+                               "rule", s.name));
       }
       return {};
     case Check::kNoExec:
       return Checked(seccomp_rule_add(ctx, allow, nr, 1, SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0)), "rule", s.name);
     case Check::kThreadClone:
       return Checked(seccomp_rule_add(ctx, allow, nr, 1, SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD)),
-                   "rule", s.name);
+                     "rule", s.name);
     case Check::kEnosys:
       return Checked(seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), nr, 0), "rule", s.name);
     case Check::kNoNewPrivs:
       return Checked(seccomp_rule_add(ctx, allow, nr, 1, SCMP_A0(SCMP_CMP_EQ, PR_SET_NO_NEW_PRIVS)), "rule", s.name);
     case Check::kFilterOnly:
-      return Checked(seccomp_rule_add(ctx, allow, nr, 2, SCMP_A0(SCMP_CMP_EQ, SECCOMP_SET_MODE_FILTER),
-                                    SCMP_A1(SCMP_CMP_EQ, 0)),
-                   "rule", s.name);
+      return Checked(
+          seccomp_rule_add(ctx, allow, nr, 2, SCMP_A0(SCMP_CMP_EQ, SECCOMP_SET_MODE_FILTER), SCMP_A1(SCMP_CMP_EQ, 0)),
+          "rule", s.name);
     case Check::kGlibcSignals:
       for (uint64_t signal : {32, 33}) {
         CLONE_TRY_VOID(Checked(seccomp_rule_add(ctx, allow, nr, 1, SCMP_A0(SCMP_CMP_EQ, signal)), "rule", s.name));
@@ -378,7 +379,7 @@ Result<void> AddRule(void* ctx, const Syscall& s, ThreadRole role) {
       return {};
     case Check::kOwnProcess:
       return Checked(seccomp_rule_add(ctx, allow, nr, 1, SCMP_A0(SCMP_CMP_EQ, static_cast<uint64_t>(::getpid()))),
-                   "rule", s.name);
+                     "rule", s.name);
   }
   return {};
 }
@@ -399,7 +400,8 @@ Result<std::vector<sock_filter>> CompileRole(ThreadRole role) {
   off_t size = ::lseek(memfd.get(), 0, SEEK_END);
   if (size <= 0 || size % sizeof(sock_filter) != 0) return Fail("seccomp: exported program has {} bytes", size);
   std::vector<sock_filter> program(static_cast<size_t>(size) / sizeof(sock_filter));
-  if (::pread(memfd.get(), program.data(), static_cast<size_t>(size), 0) != size) return FailErrno("pread (seccomp program)");
+  if (::pread(memfd.get(), program.data(), static_cast<size_t>(size), 0) != size)
+    return FailErrno("pread (seccomp program)");
   return program;
 }
 
@@ -430,8 +432,9 @@ std::vector<std::string> AllowedSyscalls(ThreadRole role) {
 }
 
 std::vector<unsigned long> AllowedIoctls(ThreadRole role) {
-  bool has_ioctl = std::any_of(std::begin(kSyscalls), std::end(kSyscalls),
-                               [&](const Syscall& s) { return s.check == Check::kIoctl && (s.roles & Bit(role)) != 0; });
+  bool has_ioctl = std::any_of(std::begin(kSyscalls), std::end(kSyscalls), [&](const Syscall& s) {
+    return s.check == Check::kIoctl && (s.roles & Bit(role)) != 0;
+  });
   std::vector<unsigned long> requests;
   if (!has_ioctl) return requests;
   for (const Ioctl& ioctl : kIoctls) {

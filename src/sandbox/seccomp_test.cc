@@ -86,7 +86,8 @@ TEST(SeccompLists, LoopStartedRolesAreSubsetsOfVmm) {
       EXPECT_TRUE(std::binary_search(vmm.begin(), vmm.end(), name)) << RoleName(role) << ": " << name;
     }
     for (unsigned long request : AllowedIoctls(role)) {
-      EXPECT_TRUE(std::binary_search(vmm_ioctls.begin(), vmm_ioctls.end(), request)) << RoleName(role) << ": " << request;
+      EXPECT_TRUE(std::binary_search(vmm_ioctls.begin(), vmm_ioctls.end(), request))
+          << RoleName(role) << ": " << request;
     }
   }
 }

@@ -60,8 +60,8 @@ Result<void> CheckStamp(const std::string& path, const FileStamp& expected, cons
     return Fail(stamp.error().Wrap(what));
   }
   auto changed = [&](std::string_view how) {
-    return Fail("{} {} changed since the snapshot was taken ({}); restoring on it would corrupt the guest's disk",
-                what, where, how);
+    return Fail("{} {} changed since the snapshot was taken ({}); restoring on it would corrupt the guest's disk", what,
+                where, how);
   };
   if (stamp->size != expected.size) return changed(fmt::format("size {} bytes, was {}", stamp->size, expected.size));
   if (stamp->mtime_ns != expected.mtime_ns) return changed("modification time differs; copy templates with cp -a");
@@ -95,7 +95,8 @@ Result<std::vector<BackingFile>> BackingChain(const std::string& top) {
           "cannot resolve; make it absolute first (qemu-img rebase -u -b ABSOLUTE-PATH -F FORMAT {})",
           top, header.backing_file, top);
     }
-    if (depth >= kMaxBackingDepth) return Fail("disk {}: backing chain is deeper than {} images", top, kMaxBackingDepth);
+    if (depth >= kMaxBackingDepth)
+      return Fail("disk {}: backing chain is deeper than {} images", top, kMaxBackingDepth);
     std::string backing = Normal(ResolveRelativeTo(image, header.backing_file));
     auto stamp = StampOf(backing);
     if (!stamp) return Fail(stamp.error().Wrap(fmt::format("disk {}: backing file", top)));
@@ -191,7 +192,8 @@ Result<std::vector<PathRewrite>> ParsePathRewrites(std::span<const std::string> 
   for (const auto& spec : specs) {
     PathRewrite rewrite = CLONE_TRY(ParsePathRewrite(spec));
     for (const auto& other : rewrites) {
-      if (other.from == rewrite.from) return Fail("--block '{}': {} is already rewritten to {}", spec, other.from, other.to);
+      if (other.from == rewrite.from)
+        return Fail("--block '{}': {} is already rewritten to {}", spec, other.from, other.to);
     }
     rewrites.push_back(std::move(rewrite));
   }
@@ -245,7 +247,8 @@ Result<std::vector<SnapshotDisk>> DescribeDisks(std::span<const DiskImage> disks
 
 Result<uint64_t> FreezeDisks(std::span<const DiskImage> disks, std::span<const SnapshotDisk> described,
                              const std::string& dir) {
-  if (disks.size() != described.size()) return Fail("freezing disks: {} disks, {} described", disks.size(), described.size());
+  if (disks.size() != described.size())
+    return Fail("freezing disks: {} disks, {} described", disks.size(), described.size());
   uint64_t copied = 0;
   for (size_t i = 0; i < disks.size(); ++i) {
     if (described[i].read_only) continue;
@@ -301,8 +304,8 @@ Result<void> CheckDisks(const SnapshotConfig& config, const std::string& snapsho
       continue;
     }
     std::string what = fmt::format("the frozen base of disk {}", i);
-    CLONE_TRY_VOID(CheckStamp(FrozenBasePath(snapshot_path, d, rewrites), d.stamp, what,
-                              RecordedBasePath(snapshot_path, d)));
+    CLONE_TRY_VOID(
+        CheckStamp(FrozenBasePath(snapshot_path, d, rewrites), d.stamp, what, RecordedBasePath(snapshot_path, d)));
     for (const auto& b : d.backing) {
       CLONE_TRY_VOID(CheckStamp(b.path, b.stamp, fmt::format("backing file of disk {}", i), b.path));
     }
@@ -328,7 +331,8 @@ Result<std::vector<DiskConfig>> OpenDisks(const SnapshotConfig& config, const st
       std::string base = FrozenBasePath(snapshot_path, d, plan.rewrites);
       std::string overlay = fmt::format("{}/disk{}.qcow2", plan.overlay_dir, i);
       auto made = Qcow2Create(overlay, 0, kOverlayClusterBytes, base, d.format);
-      if (!made) return Fail(made.error().Wrap(fmt::format("disk {}: cannot create its overlay in {}", i, plan.overlay_dir)));
+      if (!made)
+        return Fail(made.error().Wrap(fmt::format("disk {}: cannot create its overlay in {}", i, plan.overlay_dir)));
       created.push_back(overlay);
       auto backend = OpenImage(overlay, OpenMode{}, Format::kQcow2);
       if (!backend) return Fail(backend.error().Wrap(fmt::format("disk {}: cannot open its overlay", i)));

@@ -63,7 +63,8 @@ std::string RewritePath(const std::string& path, std::span<const PathRewrite> re
 // What the snapshot's config records for `disks` (the VM's, in attach order): stamps of read-only
 // images, names and sizes of the frozen copies (their mtime will be `frozen_mtime_ns`), backing
 // chains. Fails for a disk that cannot be frozen. Call with the devices paused.
-[[nodiscard]] Result<std::vector<SnapshotDisk>> DescribeDisks(std::span<const DiskImage> disks, int64_t frozen_mtime_ns);
+[[nodiscard]] Result<std::vector<SnapshotDisk>> DescribeDisks(std::span<const DiskImage> disks,
+                                                              int64_t frozen_mtime_ns);
 
 // Copies every writable disk into `dir` as `described` says (DescribeDisks of the same disks).
 // Returns the bytes copied (reflinked extents count as copied). Devices paused, as above.

@@ -56,11 +56,11 @@ TEST(PathRewriteTest, RefusesRelativeAndMalformed) {
 
 TEST(PathRewriteTest, ExactAndDirectoryPrefixOnComponentBoundaries) {
   std::vector<PathRewrite> rw = {{"/a/b", "/x"}, {"/a/b/c", "/y/z"}, {"/data/disk.img", "/srv/disk.img"}};
-  EXPECT_EQ(RewritePath("/a/b", rw), "/x");                  // exact
-  EXPECT_EQ(RewritePath("/a/b/d.raw", rw), "/x/d.raw");      // prefix
-  EXPECT_EQ(RewritePath("/a/b/c", rw), "/y/z");              // the longest FROM wins
+  EXPECT_EQ(RewritePath("/a/b", rw), "/x");              // exact
+  EXPECT_EQ(RewritePath("/a/b/d.raw", rw), "/x/d.raw");  // prefix
+  EXPECT_EQ(RewritePath("/a/b/c", rw), "/y/z");          // the longest FROM wins
   EXPECT_EQ(RewritePath("/a/b/c/d", rw), "/y/z/d");
-  EXPECT_EQ(RewritePath("/a/bc", rw), "/a/bc");              // not a component boundary
+  EXPECT_EQ(RewritePath("/a/bc", rw), "/a/bc");  // not a component boundary
   EXPECT_EQ(RewritePath("/a/b.raw", rw), "/a/b.raw");
   EXPECT_EQ(RewritePath("/a", rw), "/a");
   EXPECT_EQ(RewritePath("/data/disk.img", rw), "/srv/disk.img");
@@ -81,7 +81,11 @@ SnapshotConfig ConfigWithDisks() {
   c.vcpus = 1;
   c.virtio_types = {2, 2};
   c.disks.push_back({"/images/base.qcow2", true, Format::kQcow2, "clone-rootfs", {123, -5, 77}, {}});
-  c.disks.push_back({"disk1.qcow2", false, Format::kQcow2, "clone-disk1", {65536, kFrozenMtime, 0},
+  c.disks.push_back({"disk1.qcow2",
+                     false,
+                     Format::kQcow2,
+                     "clone-disk1",
+                     {65536, kFrozenMtime, 0},
                      {{"/tpl/a/disk0.raw", {1 << 20, 42, 9}}}});
   return c;
 }
@@ -125,7 +129,8 @@ TEST(SnapshotDiskConfigTest, RefusesPathsOutsideTheSnapshotAndBadFields) {
 
 // --- Files ---
 
-void WriteFile(const std::string& path, uint64_t size, const std::vector<std::pair<uint64_t, std::vector<uint8_t>>>& data) {
+void WriteFile(const std::string& path, uint64_t size,
+               const std::vector<std::pair<uint64_t, std::vector<uint8_t>>>& data) {
   blocktest::WriteBytes(path, {});
   ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(size)), 0);
   for (const auto& [offset, bytes] : data) blocktest::PatchBytes(path, offset, bytes);
@@ -135,7 +140,8 @@ TEST(CopySparseTest, CopiesDataAndKeepsHoles) {
   TempDir dir;
   ASSERT_TRUE(dir.ok());
   std::string from = dir.File("sparse.raw"), to = dir.File("copy.raw");
-  WriteFile(from, 64 * kMiB, {{0, Pattern(8192, 1)}, {40 * kMiB, Pattern(100000, 2)}, {64 * kMiB - 4096, Pattern(4096, 3)}});
+  WriteFile(from, 64 * kMiB,
+            {{0, Pattern(8192, 1)}, {40 * kMiB, Pattern(100000, 2)}, {64 * kMiB - 4096, Pattern(4096, 3)}});
   auto copied = CopySparse(from, to);
   ASSERT_TRUE(copied) << copied.error().message();
   EXPECT_EQ(ReadBytes(to), ReadBytes(from));

@@ -11,8 +11,8 @@
 #include <cstring>
 #include <filesystem>
 
-#include "devices/virtio/json_state.h"
 #include "arch/x86/layout.h"
+#include "devices/virtio/json_state.h"
 #include "devices/virtio/virtio_spec.h"
 
 namespace clonevm::snapshot {
@@ -128,11 +128,13 @@ Result<Loaded> ReadChecked(const std::string& path) {
   loaded.config = CLONE_TRY(ConfigFromJson(config_json));
   if (loaded.config.mem_bytes != body.memory_bytes) return Fail("config and state disagree on the memory size");
   loaded.state = CLONE_TRY(VmStateFromJson(body.components));
-  if (loaded.state.vcpus.size() != loaded.config.vcpus || loaded.state.virtio.size() != loaded.config.virtio_types.size()) {
+  if (loaded.state.vcpus.size() != loaded.config.vcpus ||
+      loaded.state.virtio.size() != loaded.config.virtio_types.size()) {
     return Fail("config and state disagree on the vCPUs or devices");
   }
   for (size_t i = 0; i < loaded.state.virtio.size(); ++i) {
-    if (loaded.state.virtio[i].device_type != loaded.config.virtio_types[i]) return Fail("config and state disagree on device {}", i);
+    if (loaded.state.virtio[i].device_type != loaded.config.virtio_types[i])
+      return Fail("config and state disagree on device {}", i);
   }
   if (body.memory_pages.has_value() != loaded.config.parent.has_value()) {
     return Fail("config and state disagree on whether the snapshot is incremental");
@@ -146,7 +148,8 @@ Result<Loaded> ReadChecked(const std::string& path) {
   if (static_cast<uint64_t>(st.st_size) != body.memory_bytes) {
     return Fail("the memory file has {} bytes, {} expected (truncated?)", st.st_size, body.memory_bytes);
   }
-  if (body.memory_pages) loaded.memory.layers.push_back({Fd(), std::move(*body.memory_pages)});  // file: see ResolveChain
+  if (body.memory_pages)
+    loaded.memory.layers.push_back({Fd(), std::move(*body.memory_pages)});  // file: see ResolveChain
   return loaded;
 }
 
@@ -180,13 +183,14 @@ Result<void> ResolveChain(const std::string& dir, Loaded& loaded) {
     }
     auto parent = ReadOne(dir, want.name);
     if (!parent) {
-      return Fail(parent.error().Wrap(fmt::format("snapshot '{}' is incremental and its parent '{}' cannot be used",
-                                                   child, want.name)));
+      return Fail(parent.error().Wrap(
+          fmt::format("snapshot '{}' is incremental and its parent '{}' cannot be used", child, want.name)));
     }
     if (parent->config.id != want.id) {
-      return Fail("snapshot '{}' is incremental and its parent '{}' has changed since (id {}, expected {}): it was "
-                  "removed and re-taken or replaced, so '{}' cannot be restored",
-                  child, want.name, parent->config.id.empty() ? "none" : parent->config.id, want.id, loaded.chain.front());
+      return Fail(
+          "snapshot '{}' is incremental and its parent '{}' has changed since (id {}, expected {}): it was "
+          "removed and re-taken or replaced, so '{}' cannot be restored",
+          child, want.name, parent->config.id.empty() ? "none" : parent->config.id, want.id, loaded.chain.front());
     }
     if (parent->config.mem_bytes != loaded.config.mem_bytes) {
       return Fail("snapshot '{}': parent '{}' has a different memory size", child, want.name);
@@ -237,7 +241,7 @@ Result<FileStamp> StampFromJson(const json& j) {
 json DiskToJson(const SnapshotDisk& d) {
   json backing = json::array();
   for (const auto& b : d.backing) backing.push_back({{"path", b.path}, {"stamp", StampToJson(b.stamp)}});
-  return {{"path", d.path},     {"read_only", d.read_only},     {"format", FormatName(d.format)},
+  return {{"path", d.path},     {"read_only", d.read_only},      {"format", FormatName(d.format)},
           {"serial", d.serial}, {"stamp", StampToJson(d.stamp)}, {"backing", std::move(backing)}};
 }
 
@@ -254,14 +258,16 @@ Result<SnapshotDisk> DiskFromJson(const json& j) {
   auto stamp = j.find("stamp");
   if (stamp == j.end() || !stamp->is_object()) return Fail("disk {}: missing \"stamp\"", d.path);
   d.stamp = CLONE_TRY(StampFromJson(*stamp));
-  if (d.read_only && !d.path.starts_with("/")) return Fail("disk \"{}\": a read-only disk's path must be absolute", d.path);
+  if (d.read_only && !d.path.starts_with("/"))
+    return Fail("disk \"{}\": a read-only disk's path must be absolute", d.path);
   if (!d.read_only && (d.path.empty() || d.path == "." || d.path == ".." || d.path.find('/') != std::string::npos)) {
     return Fail("disk \"{}\": a frozen disk must be a file name in the snapshot directory", d.path);
   }
   if (auto backing = j.find("backing"); backing != j.end()) {
     if (!backing->is_array()) return Fail("disk {}: \"backing\" is not an array", d.path);
     for (const auto& b : *backing) {
-      if (!b.is_object() || !b.contains("stamp") || !b["stamp"].is_object()) return Fail("disk {}: bad backing entry", d.path);
+      if (!b.is_object() || !b.contains("stamp") || !b["stamp"].is_object())
+        return Fail("disk {}: bad backing entry", d.path);
       BackingFile file{CLONE_TRY(JsonString(b, "path")), CLONE_TRY(StampFromJson(b["stamp"]))};
       if (!file.path.starts_with("/")) return Fail("disk {}: backing file \"{}\" is not absolute", d.path, file.path);
       d.backing.push_back(std::move(file));
@@ -299,14 +305,21 @@ uint32_t Crc32(std::span<const uint8_t> bytes) {
 nlohmann::json ConfigToJson(const SnapshotConfig& c) {
   json disks = json::array();
   for (const auto& d : c.disks) disks.push_back(DiskToJson(d));
-  json j = {{"version", 1},          {"mem_bytes", c.mem_bytes},   {"vcpus", c.vcpus},
-            {"virtio", c.virtio_types}, {"rng", c.rng},           {"disks", std::move(disks)},
-            {"cmdline", c.cmdline},  {"source_vm", c.source_vm}, {"created_unix", c.created_unix},
+  json j = {{"version", 1},
+            {"mem_bytes", c.mem_bytes},
+            {"vcpus", c.vcpus},
+            {"virtio", c.virtio_types},
+            {"rng", c.rng},
+            {"disks", std::move(disks)},
+            {"cmdline", c.cmdline},
+            {"source_vm", c.source_vm},
+            {"created_unix", c.created_unix},
             {"info", c.info}};
   if (c.vsock_cid) j["vsock_cid"] = *c.vsock_cid;
   if (!c.shared_dirs.empty()) {
     json dirs = json::array();
-    for (const auto& d : c.shared_dirs) dirs.push_back({{"tag", d.tag}, {"host_path", d.host_path}, {"read_only", d.read_only}});
+    for (const auto& d : c.shared_dirs)
+      dirs.push_back({{"tag", d.tag}, {"host_path", d.host_path}, {"read_only", d.read_only}});
     j["shared_dirs"] = std::move(dirs);
   }
   if (!c.id.empty()) j["id"] = c.id;
@@ -401,8 +414,10 @@ std::vector<uint8_t> EncodeStateFile(const nlohmann::json& components, uint64_t 
 
 Result<StateBody> DecodeStateFile(std::span<const uint8_t> bytes) {
   if (bytes.size() < kHeaderSize) return Fail("the state file is truncated ({} bytes)", bytes.size());
-  if (std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) return Fail("the state file is not a Clone snapshot (bad magic)");
-  if (Crc32(bytes.subspan(0, 28)) != GetLe(&bytes[28], 4)) return Fail("the state file header is corrupt (CRC mismatch)");
+  if (std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0)
+    return Fail("the state file is not a Clone snapshot (bad magic)");
+  if (Crc32(bytes.subspan(0, 28)) != GetLe(&bytes[28], 4))
+    return Fail("the state file header is corrupt (CRC mismatch)");
   uint64_t version = GetLe(&bytes[8], 4);
   if (version != kFormatVersion && version != kIncrementalFormatVersion) {
     return Fail("snapshot format version {} is not supported (this clone reads versions {} and {})", version,
@@ -414,7 +429,8 @@ Result<StateBody> DecodeStateFile(std::span<const uint8_t> bytes) {
   if (length > bytes.size() - kHeaderSize) {
     return Fail("the state file is truncated ({} of {} body bytes)", bytes.size() - kHeaderSize, length);
   }
-  if (length < bytes.size() - kHeaderSize) return Fail("the state file has {} trailing bytes", bytes.size() - kHeaderSize - length);
+  if (length < bytes.size() - kHeaderSize)
+    return Fail("the state file has {} trailing bytes", bytes.size() - kHeaderSize - length);
   std::span<const uint8_t> cbor = bytes.subspan(kHeaderSize);
   if (Crc32(cbor) != GetLe(&bytes[24], 4)) return Fail("the state file is corrupt (CRC mismatch)");
   json body = json::from_cbor(cbor.begin(), cbor.end(), true, false);
@@ -432,9 +448,11 @@ Result<StateBody> DecodeStateFile(std::span<const uint8_t> bytes) {
   }
   if (pages != body.end()) {
     if (!pages->is_binary()) return Fail("the memory page bitmap is not a byte string");
-    if (out.memory_bytes % kPageSize != 0) return Fail("memory size {} is not a whole number of pages", out.memory_bytes);
+    if (out.memory_bytes % kPageSize != 0)
+      return Fail("memory size {} is not a whole number of pages", out.memory_bytes);
     const auto& words = pages->get_binary();
-    out.memory_pages = CLONE_TRY(PageBitmap::FromBytes(std::span(words.data(), words.size()), out.memory_bytes / kPageSize));
+    out.memory_pages =
+        CLONE_TRY(PageBitmap::FromBytes(std::span(words.data(), words.size()), out.memory_bytes / kPageSize));
   }
   return out;
 }
@@ -468,7 +486,8 @@ Result<WriteResult> Write(const std::string& dir, const std::string& name, const
   fs::create_directories(dir, ec);
   if (ec) return Fail("cannot create {}: {}", dir, ec.message());
   std::string final_path = dir + "/" + name;
-  if (fs::exists(final_path, ec)) return Fail("snapshot '{}' already exists in {} (remove it with: clone snapshot rm {})", name, dir, name);
+  if (fs::exists(final_path, ec))
+    return Fail("snapshot '{}' already exists in {} (remove it with: clone snapshot rm {})", name, dir, name);
   std::string tmp = fmt::format("{}/.{}.tmp-{}", dir, name, ::getpid());
   fs::remove_all(tmp, ec);
   if (!fs::create_directory(tmp, ec) || ec) return Fail("cannot create {}: {}", tmp, ec ? ec.message() : "exists");
@@ -497,8 +516,8 @@ Result<Loaded> Read(const std::string& dir, const std::string& name) {
 Result<WriteResult> Merge(const std::string& dir, const std::string& name) {
   Loaded loaded = CLONE_TRY(Read(dir, name));
   if (!loaded.config.parent) return Fail("snapshot '{}' is a full snapshot already: nothing to merge", name);
-  GuestMemory memory = CLONE_TRY(GuestMemory::CreateFromImage(loaded.memory, loaded.config.mem_bytes,
-                                                              x86::kMmioHoleStart, x86::kHighRamStart));
+  GuestMemory memory = CLONE_TRY(
+      GuestMemory::CreateFromImage(loaded.memory, loaded.config.mem_bytes, x86::kMmioHoleStart, x86::kHighRamStart));
   SnapshotConfig config = loaded.config;
   config.info["merged_from"] = loaded.chain;  // for people: what it was made of
   config.parent.reset();
@@ -555,9 +574,10 @@ Result<void> Remove(const std::string& dir, const std::string& name) {
   for (const auto& entry : entries) {
     // A child whose recorded id differs is broken already (its parent was re-taken): not a dependent.
     if (entry.config && entry.config->parent && entry.config->parent->name == name && entry.config->parent->id == id) {
-      return Fail("snapshot '{}' is the parent of incremental snapshot '{}': merge that one first (clone snapshot merge "
-                  "{}) or remove it",
-                  name, entry.name, entry.name);
+      return Fail(
+          "snapshot '{}' is the parent of incremental snapshot '{}': merge that one first (clone snapshot merge "
+          "{}) or remove it",
+          name, entry.name, entry.name);
     }
   }
   // Renamed away first so a concurrent reader never sees a half-removed snapshot under the name.

@@ -58,7 +58,7 @@ namespace clonevm::snapshot {
 inline constexpr char kMagic[8] = {'C', 'L', 'O', 'N', 'E', 'S', 'N', 'P'};
 inline constexpr uint32_t kFormatVersion = 1;             // full snapshots
 inline constexpr uint32_t kIncrementalFormatVersion = 2;  // incremental snapshots (memory_pages)
-inline constexpr size_t kMaxChainLength = 64;              // incremental snapshots over one full one
+inline constexpr size_t kMaxChainLength = 64;             // incremental snapshots over one full one
 inline constexpr size_t kHeaderSize = 32;
 inline constexpr uint64_t kPageSize = 4096;
 
@@ -109,7 +109,7 @@ struct SnapshotParent {
 
 // What a restore rebuilds (and what people want to know about a snapshot).
 struct SnapshotConfig {
-  std::string id;  // random, unique per snapshot taken (kept by merge); "" in older snapshots
+  std::string id;                        // random, unique per snapshot taken (kept by merge); "" in older snapshots
   std::optional<SnapshotParent> parent;  // set for incremental snapshots
   uint64_t mem_bytes = 0;
   uint32_t vcpus = 0;
@@ -118,8 +118,8 @@ struct SnapshotConfig {
   std::optional<uint64_t> vsock_cid;
   std::vector<SnapshotDisk> disks;
   std::vector<SnapshotSharedDir> shared_dirs;  // "shared_dirs"; absent in older snapshots
-  std::string cmdline;       // for the record
-  std::string source_vm;     // the VM it was taken from
+  std::string cmdline;                         // for the record
+  std::string source_vm;                       // the VM it was taken from
   int64_t created_unix = 0;
   nlohmann::json info = nlohmann::json::object();  // free-form facts (kernel path, ...)
 };

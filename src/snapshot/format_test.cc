@@ -2,15 +2,15 @@
 // it back, and check that damaged snapshots are refused with clear errors.
 #include "snapshot/format.h"
 
-#include "devices/virtio/virtio_spec.h"
-
 #include <gtest/gtest.h>
 #include <sys/stat.h>
-#include <cstring>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+
+#include "devices/virtio/virtio_spec.h"
 
 namespace clonevm::snapshot {
 namespace {
@@ -190,7 +190,8 @@ TEST_F(SnapshotFormatTest, NewerFormatVersionIsRefused) {
   for (int i = 0; i < 4; ++i) bytes[28 + i] = static_cast<uint8_t>(crc >> (8 * i));
   decoded = DecodeStateFile(bytes);
   ASSERT_FALSE(decoded);
-  EXPECT_NE(decoded.error().message().find("lacks a memory page bitmap"), std::string::npos) << decoded.error().message();
+  EXPECT_NE(decoded.error().message().find("lacks a memory page bitmap"), std::string::npos)
+      << decoded.error().message();
 }
 
 TEST_F(SnapshotFormatTest, NotASnapshot) {

@@ -133,8 +133,9 @@ Result<SnapshotParent> CheckParent(const Vm& vm, const std::string& dir, const s
   const auto& base = vm.snapshot_base();
   if (!base || base->name != parent || base->dir != NormalDir(dir)) {
     // Tracking restarts at every snapshot: only the latest one can be a parent.
-    std::string last =
-        base ? fmt::format(", or is not its latest snapshot ('{}' in {}, the only possible parent)", base->name, base->dir) : "";
+    std::string last = base ? fmt::format(", or is not its latest snapshot ('{}' in {}, the only possible parent)",
+                                          base->name, base->dir)
+                            : "";
     return Fail("'{}' was not taken from this VM since it started{}; take a full snapshot", parent, last);
   }
   // The directory under the name must still be that snapshot (not removed and re-taken, not merged
@@ -153,7 +154,8 @@ std::vector<SharedDirConfig> RecordedSharedDirs(const SnapshotConfig& config) {
   return dirs;
 }
 
-Result<VmConfig> RestoreVmConfig(const SnapshotConfig& config, const std::string& snapshot_path, const DiskPlan& disks) {
+Result<VmConfig> RestoreVmConfig(const SnapshotConfig& config, const std::string& snapshot_path,
+                                 const DiskPlan& disks) {
   VmConfig vm;
   vm.mem_bytes = config.mem_bytes;
   vm.vcpus = config.vcpus;
@@ -179,7 +181,8 @@ control::Router::Handler SnapshotRoute(Vm& vm, std::string source_vm, nlohmann::
     options.source_vm = source_vm;
     options.info = info;
     auto name = body->find("name");
-    if (name == body->end() || !name->is_string()) return responder.RespondError(400, "name: a snapshot name is required");
+    if (name == body->end() || !name->is_string())
+      return responder.RespondError(400, "name: a snapshot name is required");
     options.name = name->get<std::string>();
     if (auto valid = ValidateName(options.name); !valid) return responder.RespondError(400, valid.error().message());
     options.dir = DefaultTemplatesDir();
@@ -196,8 +199,10 @@ control::Router::Handler SnapshotRoute(Vm& vm, std::string source_vm, nlohmann::
     if (auto parent = body->find("parent"); parent != body->end()) {
       if (!parent->is_string()) return responder.RespondError(400, "parent: a snapshot name");
       options.parent = parent->get<std::string>();
-      if (auto valid = ValidateName(options.parent); !valid) return responder.RespondError(400, valid.error().message());
-      if (auto ok = CheckParent(vm, options.dir, options.parent); !ok) return responder.RespondError(409, ok.error().message());
+      if (auto valid = ValidateName(options.parent); !valid)
+        return responder.RespondError(400, valid.error().message());
+      if (auto ok = CheckParent(vm, options.dir, options.parent); !ok)
+        return responder.RespondError(409, ok.error().message());
     }
     std::error_code ec;
     if (std::filesystem::exists(options.dir + "/" + options.name, ec)) {

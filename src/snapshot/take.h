@@ -32,7 +32,7 @@
 namespace clonevm::snapshot {
 
 struct TakeOptions {
-  std::string dir;   // the templates directory
+  std::string dir;  // the templates directory
   std::string name;
   std::string parent;  // non-empty: an incremental snapshot over this one (see above)
   bool resume = true;  // resume the vCPUs afterwards (false: the VM stays paused)

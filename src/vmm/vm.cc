@@ -171,7 +171,8 @@ Result<void> Vm::SetUpDevices(VmConfig& config) {
 Result<void> Vm::AddVirtioDevice(std::unique_ptr<virtio::VirtioDevice> device) {
   uint32_t index = static_cast<uint32_t>(virtio_.size());
   uint32_t gsi = x86::kFirstDeviceGsi + index;
-  if (gsi >= x86::kIoapicPins) return Fail("too many virtio devices (at most {})", x86::kIoapicPins - x86::kFirstDeviceGsi);
+  if (gsi >= x86::kIoapicPins)
+    return Fail("too many virtio devices (at most {})", x86::kIoapicPins - x86::kFirstDeviceGsi);
   uint64_t base = x86::kVirtioMmioBase + index * x86::kVirtioMmioSlotSize;
   auto transport = CLONE_TRY(virtio::MmioTransport::Create(*memory_, std::move(device)));
   CLONE_TRY_VOID(mmio_bus_.Insert(base, virtio::MmioTransport::kMmioSize, transport));
@@ -187,7 +188,8 @@ Result<void> Vm::AddVirtioDevice(std::unique_ptr<virtio::VirtioDevice> device) {
   // The device's own fds (vhost call eventfds, a TAP), served under the transport's lock.
   std::vector<virtio::WatchedFd> watched = transport->device().watched_fds();
   for (size_t k = 0; k < watched.size(); ++k) {
-    CLONE_TRY_VOID(loop_->Add(watched[k].fd, watched[k].events, [t, k](uint32_t events) { t->HandleDeviceFd(k, events); }));
+    CLONE_TRY_VOID(
+        loop_->Add(watched[k].fd, watched[k].events, [t, k](uint32_t events) { t->HandleDeviceFd(k, events); }));
   }
   virtio_.push_back({std::move(transport), base, gsi});
   return {};
@@ -363,8 +365,8 @@ Result<void> Vm::Pause() {
   std::unique_lock lock(pause_mu_);
   pause_requested_.store(true, std::memory_order_release);
   KickVcpus();
-  bool parked = pause_cv_.wait_for(lock, std::chrono::seconds(5),
-                                   [this] { return parked_vcpus_ == running_vcpus_ || exiting_; });
+  bool parked =
+      pause_cv_.wait_for(lock, std::chrono::seconds(5), [this] { return parked_vcpus_ == running_vcpus_ || exiting_; });
   if (!parked) {
     pause_requested_.store(false, std::memory_order_release);
     pause_cv_.notify_all();
@@ -415,8 +417,8 @@ void Vm::StopVcpus() {
 std::optional<std::chrono::steady_clock::time_point> Vm::first_run() const {
   int64_t ns = first_run_ns_.load(std::memory_order_relaxed);
   if (ns == 0) return std::nullopt;
-  return std::chrono::steady_clock::time_point(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-      std::chrono::nanoseconds(ns)));
+  return std::chrono::steady_clock::time_point(
+      std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::nanoseconds(ns)));
 }
 
 void Vm::VcpuLoop(Vcpu& v) {
@@ -444,8 +446,9 @@ void Vm::VcpuLoop(Vcpu& v) {
       continue;
     }
     if (first_run_ns_.load(std::memory_order_relaxed) == 0) {
-      int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                        std::chrono::steady_clock::now().time_since_epoch()).count();
+      int64_t now =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+              .count();
       int64_t expected = 0;
       first_run_ns_.compare_exchange_strong(expected, now, std::memory_order_relaxed);
     }
@@ -483,11 +486,11 @@ bool Vm::HandleExit(Vcpu& v, uint32_t reason) {
     }
     case KVM_EXIT_MMIO: {
       std::span<uint8_t> data(run->mmio.data, std::min<uint32_t>(run->mmio.len, sizeof(run->mmio.data)));
-      bool claimed = run->mmio.is_write ? mmio_bus_.Write(run->mmio.phys_addr, data)
-                                        : mmio_bus_.Read(run->mmio.phys_addr, data);
+      bool claimed =
+          run->mmio.is_write ? mmio_bus_.Write(run->mmio.phys_addr, data) : mmio_bus_.Read(run->mmio.phys_addr, data);
       if (!claimed) {
-        CLONE_LOG_RATELIMITED(LogLevel::kDebug, "unclaimed MMIO {} {:#x} ({} bytes)", run->mmio.is_write ? "write" : "read",
-                              run->mmio.phys_addr, data.size());
+        CLONE_LOG_RATELIMITED(LogLevel::kDebug, "unclaimed MMIO {} {:#x} ({} bytes)",
+                              run->mmio.is_write ? "write" : "read", run->mmio.phys_addr, data.size());
       }
       return true;
     }
@@ -505,7 +508,8 @@ bool Vm::HandleExit(Vcpu& v, uint32_t reason) {
           RequestExit({VmExitReason::kReset, "the guest requested a reboot", 0});
           break;
         default:
-          RequestExit({VmExitReason::kCrash, fmt::format("vcpu {}: system event {}", v.vcpu.id(), run->system_event.type), 0});
+          RequestExit(
+              {VmExitReason::kCrash, fmt::format("vcpu {}: system event {}", v.vcpu.id(), run->system_event.type), 0});
       }
       return false;
     case KVM_EXIT_FAIL_ENTRY:

@@ -10,23 +10,24 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <functional>
-#include <span>
-#include <mutex>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
 
+#include "arch/x86/kernel_loader.h"
 #include "base/event_loop.h"
 #include "base/result.h"
-#include "devices/bus.h"
-#include "devices/legacy/serial.h"
 #include "block/block_backend.h"
 #include "block/image.h"
+#include "devices/bus.h"
+#include "devices/legacy/serial.h"
 #include "devices/virtio/mmio_transport.h"
 #include "devices/virtio/net.h"
 #include "kvm/kvm.h"
@@ -34,17 +35,16 @@
 #include "sandbox/seccomp.h"
 #include "vmm/boot_timer.h"
 #include "vmm/vm_state.h"
-#include "arch/x86/kernel_loader.h"
 
 namespace clonevm {
 
 // What a disk was opened from: what a snapshot records about it (snapshot/disks.h) and the Vm
 // keeps after the backend has moved into the device.
 struct DiskImage {
-  std::string path;            // the image file as opened (absolute, or relative to the cwd)
+  std::string path;  // the image file as opened (absolute, or relative to the cwd)
   bool read_only = false;
   Format format = Format::kRaw;  // the format it was opened as (resolved: never kAuto)
-  std::string serial;          // VIRTIO_BLK_T_GET_ID, at most 20 bytes
+  std::string serial;            // VIRTIO_BLK_T_GET_ID, at most 20 bytes
 };
 
 // A disk attached as a virtio-blk device, in order (the first is the guest's /dev/vda).
@@ -60,7 +60,7 @@ struct VsockConfig {
 
 // A virtio-net device on an open TAP, in order (the first is the guest's eth0).
 struct NetConfig {
-  Fd tap;                   // a TAP opened with IFF_VNET_HDR (virtio::OpenTap, or net/ for --net)
+  Fd tap;                    // a TAP opened with IFF_VNET_HDR (virtio::OpenTap, or net/ for --net)
   virtio::MacAddress mac{};  // the guest's MAC (config space)
   virtio::VhostMode vhost = virtio::VhostMode::kAuto;  // vhost-net, else the userspace data path
 };
@@ -84,10 +84,10 @@ struct VmConfig {
   // When set, receives all guest serial output instead of console_out. Called on vCPU threads with
   // the serial device's lock held: it must not block for long or call back into the VM.
   std::function<void(std::span<const uint8_t>)> console_sink;
-  bool rng = true;      // virtio-rng entropy device
+  bool rng = true;  // virtio-rng entropy device
   std::vector<DiskConfig> disks;
-  std::optional<VsockConfig> vsock;  // virtio-vsock, when set
-  std::vector<NetConfig> nets;       // virtio-net devices
+  std::optional<VsockConfig> vsock;          // virtio-vsock, when set
+  std::vector<NetConfig> nets;               // virtio-net devices
   std::vector<SharedDirConfig> shared_dirs;  // virtio-fs devices, after every other virtio device
   // kOn: every thread confined to its role's syscalls (sandbox/seccomp.h) from Run() on.
   sandbox::SeccompMode seccomp = sandbox::SeccompMode::kOff;
@@ -248,10 +248,10 @@ class Vm {
     uint32_t gsi;
   };
   std::vector<VirtioSlot> virtio_;
-  bool dirty_tracking_ = false;                  // event-loop thread (vm_dirty.cc)
-  std::optional<SnapshotBase> snapshot_base_;    // event-loop thread
-  std::vector<DiskImage> disk_images_;  // set by SetUpDevices
-  std::vector<SharedDirConfig> shared_dirs_;  // set by SetUpDevices
+  bool dirty_tracking_ = false;                       // event-loop thread (vm_dirty.cc)
+  std::optional<SnapshotBase> snapshot_base_;         // event-loop thread
+  std::vector<DiskImage> disk_images_;                // set by SetUpDevices
+  std::vector<SharedDirConfig> shared_dirs_;          // set by SetUpDevices
   virtio::MmioTransport* vsock_transport_ = nullptr;  // in virtio_, when there is a vsock device
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::unique_ptr<EventLoop> loop_;
@@ -260,7 +260,7 @@ class Vm {
   int console_out_ = 1;
   std::atomic<bool> first_output_seen_{false};
   std::atomic<int64_t> first_run_ns_{0};  // steady_clock nanoseconds since its epoch; 0: not yet
-  bool escape_pending_ = false;  // event-loop thread only
+  bool escape_pending_ = false;           // event-loop thread only
   std::atomic<bool> exiting_{false};
   std::mutex exit_mu_;
   VmExit exit_;

@@ -79,12 +79,12 @@ json VcpuToJson(const VcpuState& v) {
   for (const auto& e : v.cpuid) cpuid.push_back({e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx});
   json msrs = json::array();
   for (const auto& m : v.msrs) msrs.push_back({m.index, m.data});
-  return {{"version", kVcpuVersion},  {"regs", Blob(v.regs)},
-          {"sregs", Blob(v.sregs)},   {"xsave", json::binary(v.xsave)},
-          {"xcrs", Blob(v.xcrs)},     {"lapic", Blob(v.lapic)},
-          {"events", Blob(v.events)}, {"mp_state", v.mp_state.mp_state},
+  return {{"version", kVcpuVersion},        {"regs", Blob(v.regs)},
+          {"sregs", Blob(v.sregs)},         {"xsave", json::binary(v.xsave)},
+          {"xcrs", Blob(v.xcrs)},           {"lapic", Blob(v.lapic)},
+          {"events", Blob(v.events)},       {"mp_state", v.mp_state.mp_state},
           {"debugregs", Blob(v.debugregs)}, {"tsc_khz", v.tsc_khz},
-          {"cpuid", std::move(cpuid)}, {"msrs", std::move(msrs)}};
+          {"cpuid", std::move(cpuid)},      {"msrs", std::move(msrs)}};
 }
 
 Result<std::vector<kvm_cpuid_entry2>> CpuidFromJson(const json& leaf) {
@@ -146,9 +146,18 @@ Result<VcpuState> VcpuFromJson(const json& leaf) {
 }
 
 json SerialToJson(const Serial::State& s) {
-  return {{"version", kSerialVersion}, {"ier", s.ier}, {"iir_fifo", s.iir_fifo}, {"lcr", s.lcr},
-          {"mcr", s.mcr}, {"lsr", s.lsr}, {"msr", s.msr}, {"scr", s.scr}, {"dll", s.dll}, {"dlm", s.dlm},
-          {"thr_interrupt", s.thr_interrupt}, {"rx", json::binary(std::vector<uint8_t>(s.rx.begin(), s.rx.end()))}};
+  return {{"version", kSerialVersion},
+          {"ier", s.ier},
+          {"iir_fifo", s.iir_fifo},
+          {"lcr", s.lcr},
+          {"mcr", s.mcr},
+          {"lsr", s.lsr},
+          {"msr", s.msr},
+          {"scr", s.scr},
+          {"dll", s.dll},
+          {"dlm", s.dlm},
+          {"thr_interrupt", s.thr_interrupt},
+          {"rx", json::binary(std::vector<uint8_t>(s.rx.begin(), s.rx.end()))}};
 }
 
 Result<Serial::State> SerialFromJson(const json& leaf) {
@@ -214,7 +223,8 @@ Result<void> PlatformFromJson(const json& tree, VmState* state) {
   const json* cmos = CLONE_TRY(Leaf(tree, "devices/cmos", kCmosVersion));
   state->cmos = CLONE_TRY(Component("devices/cmos", [&] { return CmosFromJson(*cmos); }));
   const json* pci = CLONE_TRY(Leaf(tree, "devices/pci", kPciVersion));
-  state->pci.config_address = CLONE_TRY(Component("devices/pci", [&] { return JsonUint<uint32_t>(*pci, "config_address"); }));
+  state->pci.config_address =
+      CLONE_TRY(Component("devices/pci", [&] { return JsonUint<uint32_t>(*pci, "config_address"); }));
   return {};
 }
 
@@ -229,12 +239,15 @@ nlohmann::json VmStateToJson(const VmState& state) {
                      {"pic_slave", Blob(state.pic_slave)},
                      {"ioapic", Blob(state.ioapic)}};
   tree["pit"] = {{"version", kPitVersion}, {"pit", Blob(state.pit)}};
-  tree["clock"] = {{"version", kClockVersion}, {"clock", state.clock.clock}, {"flags", state.clock.flags},
+  tree["clock"] = {{"version", kClockVersion},
+                   {"clock", state.clock.clock},
+                   {"flags", state.clock.flags},
                    {"realtime", state.clock.realtime}};
   tree["devices/serial"] = SerialToJson(state.serial);
-  tree["devices/cmos"] = {{"version", kCmosVersion},
-                          {"index", state.cmos.index},
-                          {"nvram", json::binary(std::vector<uint8_t>(state.cmos.nvram.begin(), state.cmos.nvram.end()))}};
+  tree["devices/cmos"] = {
+      {"version", kCmosVersion},
+      {"index", state.cmos.index},
+      {"nvram", json::binary(std::vector<uint8_t>(state.cmos.nvram.begin(), state.cmos.nvram.end()))}};
   tree["devices/pci"] = {{"version", kPciVersion}, {"config_address", state.pci.config_address}};
   for (size_t i = 0; i < state.virtio.size(); ++i) {
     tree[fmt::format("devices/virtio/{}", i)] = {{"version", kVirtioVersion},
@@ -273,14 +286,16 @@ Result<VmState> VmStateFromJson(const nlohmann::json& tree) {
 
 bool operator==(const VcpuState& a, const VcpuState& b) {
   auto cpuid_equal = [](const kvm_cpuid_entry2& x, const kvm_cpuid_entry2& y) {
-    return x.function == y.function && x.index == y.index && x.flags == y.flags && x.eax == y.eax &&
-           x.ebx == y.ebx && x.ecx == y.ecx && x.edx == y.edx;
+    return x.function == y.function && x.index == y.index && x.flags == y.flags && x.eax == y.eax && x.ebx == y.ebx &&
+           x.ecx == y.ecx && x.edx == y.edx;
   };
-  auto msr_equal = [](const kvm_msr_entry& x, const kvm_msr_entry& y) { return x.index == y.index && x.data == y.data; };
+  auto msr_equal = [](const kvm_msr_entry& x, const kvm_msr_entry& y) {
+    return x.index == y.index && x.data == y.data;
+  };
   return BytesEqual(a.regs, b.regs) && BytesEqual(a.sregs, b.sregs) && a.xsave == b.xsave &&
          BytesEqual(a.xcrs, b.xcrs) && BytesEqual(a.lapic, b.lapic) && BytesEqual(a.events, b.events) &&
-         a.mp_state.mp_state == b.mp_state.mp_state && BytesEqual(a.debugregs, b.debugregs) &&
-         a.tsc_khz == b.tsc_khz && std::equal(a.cpuid.begin(), a.cpuid.end(), b.cpuid.begin(), b.cpuid.end(), cpuid_equal) &&
+         a.mp_state.mp_state == b.mp_state.mp_state && BytesEqual(a.debugregs, b.debugregs) && a.tsc_khz == b.tsc_khz &&
+         std::equal(a.cpuid.begin(), a.cpuid.end(), b.cpuid.begin(), b.cpuid.end(), cpuid_equal) &&
          std::equal(a.msrs.begin(), a.msrs.end(), b.msrs.begin(), b.msrs.end(), msr_equal);
 }
 
@@ -295,9 +310,10 @@ bool operator==(const VmState& a, const VmState& b) {
            x.rx == y.rx;
   };
   return a.vcpus == b.vcpus && BytesEqual(a.pic_master, b.pic_master) && BytesEqual(a.pic_slave, b.pic_slave) &&
-         BytesEqual(a.ioapic, b.ioapic) && BytesEqual(a.pit, b.pit) && a.clock.clock == b.clock.clock && a.clock.realtime == b.clock.realtime &&
-         a.clock.flags == b.clock.flags && serial_equal(a.serial, b.serial) && a.cmos.index == b.cmos.index &&
-         a.cmos.nvram == b.cmos.nvram && a.pci.config_address == b.pci.config_address && virtio_equal;
+         BytesEqual(a.ioapic, b.ioapic) && BytesEqual(a.pit, b.pit) && a.clock.clock == b.clock.clock &&
+         a.clock.realtime == b.clock.realtime && a.clock.flags == b.clock.flags && serial_equal(a.serial, b.serial) &&
+         a.cmos.index == b.cmos.index && a.cmos.nvram == b.cmos.nvram && a.pci.config_address == b.pci.config_address &&
+         virtio_equal;
 }
 
 uint64_t ElapsedSinceSnapshot(const kvm_clock_data& saved, uint64_t now_realtime_ns) {

@@ -57,8 +57,8 @@ struct VcpuState {
 };
 
 struct VirtioSlotState {
-  uint32_t device_type = 0;   // checked against the device recreated in the same slot
-  nlohmann::json transport;   // MmioTransport::SaveState()
+  uint32_t device_type = 0;  // checked against the device recreated in the same slot
+  nlohmann::json transport;  // MmioTransport::SaveState()
 };
 
 struct VmState {

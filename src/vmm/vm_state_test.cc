@@ -190,7 +190,7 @@ TEST(RestoredTimeTest, ElapsedIsZeroWithoutRealtimeOrWhenTheClockWentBack) {
 
 TEST(RestoredTimeTest, TscMovesOnByElapsedTimesFrequencyOnlyForTheTscMsr) {
   std::vector<kvm_msr_entry> msrs(3);
-  msrs[0].index = 0x10;   // IA32_TSC
+  msrs[0].index = 0x10;  // IA32_TSC
   msrs[0].data = 1'000'000;
   msrs[1].index = 0x6e0;  // TSC deadline: absolute, left alone (it fires at once if now past)
   msrs[1].data = 2'000'000;

@@ -26,22 +26,50 @@
 #include <unistd.h>
 
 enum {
-  kMagic = 0x000, kVersion = 0x004, kDeviceId = 0x008, kDeviceFeatures = 0x010, kDeviceFeaturesSel = 0x014,
-  kDriverFeatures = 0x020, kDriverFeaturesSel = 0x024, kQueueSel = 0x030, kQueueNumMax = 0x034, kQueueNum = 0x038,
-  kQueueReady = 0x044, kQueueNotify = 0x050, kStatus = 0x070, kQueueDescLow = 0x080, kQueueDescHigh = 0x084,
-  kQueueDriverLow = 0x090, kQueueDriverHigh = 0x094, kQueueDeviceLow = 0x0a0, kQueueDeviceHigh = 0x0a4,
+  kMagic = 0x000,
+  kVersion = 0x004,
+  kDeviceId = 0x008,
+  kDeviceFeatures = 0x010,
+  kDeviceFeaturesSel = 0x014,
+  kDriverFeatures = 0x020,
+  kDriverFeaturesSel = 0x024,
+  kQueueSel = 0x030,
+  kQueueNumMax = 0x034,
+  kQueueNum = 0x038,
+  kQueueReady = 0x044,
+  kQueueNotify = 0x050,
+  kStatus = 0x070,
+  kQueueDescLow = 0x080,
+  kQueueDescHigh = 0x084,
+  kQueueDriverLow = 0x090,
+  kQueueDriverHigh = 0x094,
+  kQueueDeviceLow = 0x0a0,
+  kQueueDeviceHigh = 0x0a4,
 };
 enum { kAck = 1, kDriver = 2, kDriverOk = 4, kFeaturesOk = 8, kNeedsReset = 0x40 };
 enum { kDescNext = 1, kDescWrite = 2 };
 #define kQueueSize 8
 
-struct desc { uint64_t addr; uint32_t len; uint16_t flags, next; };
+struct desc {
+  uint64_t addr;
+  uint32_t len;
+  uint16_t flags, next;
+};
 
 static volatile uint32_t* regs;
 static uint32_t rd(unsigned off) { return regs[off / 4]; }
-static void wr(unsigned off, uint32_t v) { regs[off / 4] = v; __sync_synchronize(); }
-static int die(const char* what) { perror(what); return 2; }
-static void wr64(unsigned low, uint64_t v) { wr(low, (uint32_t)v); wr(low + 4, (uint32_t)(v >> 32)); }
+static void wr(unsigned off, uint32_t v) {
+  regs[off / 4] = v;
+  __sync_synchronize();
+}
+static int die(const char* what) {
+  perror(what);
+  return 2;
+}
+static void wr64(unsigned low, uint64_t v) {
+  wr(low, (uint32_t)v);
+  wr(low + 4, (uint32_t)(v >> 32));
+}
 
 // The physical address of a locked page of ours.
 static uint64_t Phys(void* page) {
@@ -52,7 +80,7 @@ static uint64_t Phys(void* page) {
   ssize_t n = pread(fd, &entry, sizeof(entry), at);
   close(fd);
   if (n != sizeof(entry) || !(entry >> 63)) return 0;  // bit 63: present
-  return (entry & ((1ull << 55) - 1)) * 4096;           // bits 0-54: PFN (0 without CAP_SYS_ADMIN)
+  return (entry & ((1ull << 55) - 1)) * 4096;          // bits 0-54: PFN (0 without CAP_SYS_ADMIN)
 }
 
 int main(int argc, char** argv) {
@@ -77,8 +105,8 @@ int main(int argc, char** argv) {
   memset(page, 0, 4096);
   uint64_t phys = Phys(page);
   if (phys == 0) return die("no physical address in /proc/self/pagemap");
-  struct desc* table = (struct desc*)page;       // 8 x 16 bytes
-  uint16_t* avail = (uint16_t*)(page + 1024);    // flags, idx, ring[8], used_event
+  struct desc* table = (struct desc*)page;     // 8 x 16 bytes
+  uint16_t* avail = (uint16_t*)(page + 1024);  // flags, idx, ring[8], used_event
   uint64_t desc_gpa = phys, avail_gpa = phys + 1024, used_gpa = phys + 2048;
   if (strcmp(mode, "ring") == 0) desc_gpa = 0xfffffffff000ull;  // far beyond any guest RAM
 

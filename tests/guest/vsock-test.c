@@ -4,22 +4,22 @@
 //                                     answers "pong-from-guest\n" and exits
 //   vsock-test connect CID PORT MSG   sends "MSG\n", prints the first line of the answer
 // Exit status 0 on success, 1 with a message on stderr otherwise. Built static by the e2e tests.
+#include <fcntl.h>
 #include <linux/vm_sockets.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
-#include <fcntl.h>
 #include <unistd.h>
 
-static int die(const char *what) {
+static int die(const char* what) {
   perror(what);
   return 1;
 }
 
 // Reads up to the first newline (or EOF) into buf; returns its length.
-static size_t read_line(int fd, char *buf, size_t size) {
+static size_t read_line(int fd, char* buf, size_t size) {
   size_t n = 0;
   while (n + 1 < size) {
     ssize_t r = read(fd, buf + n, 1);
@@ -44,7 +44,7 @@ static int listen_once(unsigned port) {
   char line[256];
   int s = socket(AF_VSOCK, SOCK_STREAM, 0);
   if (s < 0) return die("socket");
-  if (bind(s, (struct sockaddr *)&addr, sizeof(addr)) != 0) return die("bind");
+  if (bind(s, (struct sockaddr*)&addr, sizeof(addr)) != 0) return die("bind");
   if (listen(s, 1) != 0) return die("listen");
   int c = accept(s, NULL, NULL);
   if (c < 0) return die("accept");
@@ -57,19 +57,19 @@ static int listen_once(unsigned port) {
   return 0;
 }
 
-static int connect_once(unsigned cid, unsigned port, const char *msg) {
+static int connect_once(unsigned cid, unsigned port, const char* msg) {
   struct sockaddr_vm addr = {.svm_family = AF_VSOCK, .svm_cid = cid, .svm_port = port};
   char line[256];
   int s = socket(AF_VSOCK, SOCK_STREAM, 0);
   if (s < 0) return die("socket");
-  if (connect(s, (struct sockaddr *)&addr, sizeof(addr)) != 0) return die("connect");
+  if (connect(s, (struct sockaddr*)&addr, sizeof(addr)) != 0) return die("connect");
   dprintf(s, "%s\n", msg);
   read_line(s, line, sizeof(line));
   printf("%s\n", line);
   return 0;
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   if (argc == 2 && strcmp(argv[1], "cid") == 0) return print_cid();
   if (argc == 3 && strcmp(argv[1], "listen") == 0) return listen_once((unsigned)atoi(argv[2]));
   if (argc == 5 && strcmp(argv[1], "connect") == 0) {

@@ -91,8 +91,8 @@ std::vector<char*> CStrings(std::vector<std::string>& strings) {
 }
 
 // Runs in the forked child: set up stdio and the session, then exec. Never returns.
-[[noreturn]] void ExecChild(const ExecRequest& request, int in, int out, int err, const char* pty_slave,
-                            char** argv, char** envp) {
+[[noreturn]] void ExecChild(const ExecRequest& request, int in, int out, int err, const char* pty_slave, char** argv,
+                            char** envp) {
   sigset_t all;
   ::sigemptyset(&all);
   ::sigprocmask(SIG_SETMASK, &all, nullptr);
@@ -156,8 +156,8 @@ Result<Child> Spawn(const ExecRequest& request) {
   pid_t pid = ::fork();
   if (pid < 0) return FailErrno("fork");
   if (pid == 0) {
-    ExecChild(request, child_in.get(), child_out.get(), child_err.get(),
-              request.tty ? slave_path.c_str() : nullptr, argv.data(), envp.data());
+    ExecChild(request, child_in.get(), child_out.get(), child_err.get(), request.tty ? slave_path.c_str() : nullptr,
+              argv.data(), envp.data());
   }
   child.pid = pid;
   int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
@@ -213,8 +213,8 @@ class ExecLoop {
       fds.push_back({fd, events, 0});
       return fds.size() - 1;
     };
-    size_t conn_i = add(conn_, static_cast<short>((stdin_.size() < kHighWater ? POLLIN : 0) |
-                                                  (out_.size() > out_pos_ ? POLLOUT : 0)));
+    size_t conn_i = add(
+        conn_, static_cast<short>((stdin_.size() < kHighWater ? POLLIN : 0) | (out_.size() > out_pos_ ? POLLOUT : 0)));
     bool room = out_.size() - out_pos_ < kHighWater;
     size_t out_i = child_.stdout_r && room ? add(child_.stdout_r.get(), POLLIN) : SIZE_MAX;
     size_t err_i = child_.stderr_r && room ? add(child_.stderr_r.get(), POLLIN) : SIZE_MAX;

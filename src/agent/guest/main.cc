@@ -153,8 +153,8 @@ int Main(int argc, char** argv) {
     return 1;
   }
   // The exec-session counter is shared by all session processes.
-  void* shared = ::mmap(nullptr, sizeof(std::atomic<uint32_t>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                        -1, 0);
+  void* shared =
+      ::mmap(nullptr, sizeof(std::atomic<uint32_t>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (shared != MAP_FAILED) options->config.exec_sessions = new (shared) std::atomic<uint32_t>(0);
   if (options->daemon) Daemonize();
 

@@ -109,7 +109,8 @@ Result<void> RunMonitorSession(int conn, const Monitor& request, const AgentConf
     }
     if (Clock::now() < next) continue;
     uint32_t sessions = config.exec_sessions ? config.exec_sessions->load() : 0;
-    CLONE_TRY_VOID(WriteMessage(conn, CollectReport(&sample, sessions), DeadlineAfter(interval + std::chrono::seconds(10))));
+    CLONE_TRY_VOID(
+        WriteMessage(conn, CollectReport(&sample, sessions), DeadlineAfter(interval + std::chrono::seconds(10))));
     next += interval;
     if (next < Clock::now()) next = Clock::now() + interval;  // we fell behind (guest paused)
   }

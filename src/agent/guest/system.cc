@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <fmt/ranges.h>
 #include <linux/random.h>
 #include <net/if.h>
 #include <net/if_arp.h>
@@ -19,7 +20,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <fmt/ranges.h>
 
 #include "agent/guest/agent.h"
 
@@ -141,21 +141,27 @@ Result<void> ApplyNetwork(const SetIdentity& request, const AgentConfig& config,
   }
   if (request.mac) {
     auto mac = CLONE_TRY(ParseMac(*request.mac));
-    if (iface) CLONE_TRY_VOID(iface->SetMac(mac));
-    else CLONE_TRY_VOID(RecordDryRun(config, "mac " + name + " " + *request.mac));
+    if (iface)
+      CLONE_TRY_VOID(iface->SetMac(mac));
+    else
+      CLONE_TRY_VOID(RecordDryRun(config, "mac " + name + " " + *request.mac));
     applied->push_back("mac");
   }
   if (request.ipv4) {
     auto [address, prefix] = CLONE_TRY(ParseIpv4Cidr(*request.ipv4));
-    if (iface) CLONE_TRY_VOID(iface->SetAddress(address, prefix));
-    else CLONE_TRY_VOID(RecordDryRun(config, "ipv4 " + name + " " + *request.ipv4));
+    if (iface)
+      CLONE_TRY_VOID(iface->SetAddress(address, prefix));
+    else
+      CLONE_TRY_VOID(RecordDryRun(config, "ipv4 " + name + " " + *request.ipv4));
     applied->push_back("ipv4");
   }
   if (iface) CLONE_TRY_VOID(iface->SetUp(true));
   if (request.gateway) {
     auto gateway = CLONE_TRY(ParseIpv4(*request.gateway));
-    if (iface) CLONE_TRY_VOID(iface->SetDefaultRoute(gateway));
-    else CLONE_TRY_VOID(RecordDryRun(config, "gateway " + name + " " + *request.gateway));
+    if (iface)
+      CLONE_TRY_VOID(iface->SetDefaultRoute(gateway));
+    else
+      CLONE_TRY_VOID(RecordDryRun(config, "gateway " + name + " " + *request.gateway));
     applied->push_back("gateway");
   }
   return {};
@@ -213,8 +219,8 @@ Result<IdentityOk> ApplyIdentity(const SetIdentity& request, const AgentConfig& 
     return {};
   };
   if (request.hostname) {
-    CLONE_TRY_VOID(step("hostname", dry ? RecordDryRun(config, "hostname " + *request.hostname)
-                                        : ApplyHostname(*request.hostname)));
+    CLONE_TRY_VOID(step(
+        "hostname", dry ? RecordDryRun(config, "hostname " + *request.hostname) : ApplyHostname(*request.hostname)));
   }
   if (request.machine_id) {
     CLONE_TRY_VOID(step("machine_id", dry ? RecordDryRun(config, "machine_id " + *request.machine_id)
@@ -230,8 +236,8 @@ Result<IdentityOk> ApplyIdentity(const SetIdentity& request, const AgentConfig& 
   }
   if (request.entropy_seed) {
     std::vector<uint8_t> seed = CLONE_TRY(ParseHex(*request.entropy_seed));
-    CLONE_TRY_VOID(step("entropy", dry ? RecordDryRun(config, fmt::format("entropy {} bytes", seed.size()))
-                                       : ApplyEntropy(seed)));
+    CLONE_TRY_VOID(
+        step("entropy", dry ? RecordDryRun(config, fmt::format("entropy {} bytes", seed.size())) : ApplyEntropy(seed)));
   }
   return ok;
 }

@@ -130,8 +130,8 @@ kvm_regs BootRegs(const BootSetup& setup) {
 
 kvm_fpu BootFpu() {
   kvm_fpu fpu{};
-  fpu.fcw = 0x37f;      // x87 default: all exceptions masked, 64-bit precision
-  fpu.mxcsr = 0x1f80;   // SSE default: all exceptions masked
+  fpu.fcw = 0x37f;     // x87 default: all exceptions masked, 64-bit precision
+  fpu.mxcsr = 0x1f80;  // SSE default: all exceptions masked
   return fpu;
 }
 
@@ -142,10 +142,17 @@ std::vector<kvm_msr_entry> BootMsrs() {
     e.data = data;
     return e;
   };
-  return {msr(kMsrSysenterCs, 0), msr(kMsrSysenterEsp, 0),  msr(kMsrSysenterEip, 0),
-          msr(kMsrStar, 0),       msr(kMsrLstar, 0),        msr(kMsrCstar, 0),
-          msr(kMsrSyscallMask, 0), msr(kMsrKernelGsBase, 0), msr(kMsrTsc, 0),
-          msr(kMsrMiscEnable, kMiscEnableFastString), msr(kMsrMtrrDefType, kMtrrEnableWriteBack)};
+  return {msr(kMsrSysenterCs, 0),
+          msr(kMsrSysenterEsp, 0),
+          msr(kMsrSysenterEip, 0),
+          msr(kMsrStar, 0),
+          msr(kMsrLstar, 0),
+          msr(kMsrCstar, 0),
+          msr(kMsrSyscallMask, 0),
+          msr(kMsrKernelGsBase, 0),
+          msr(kMsrTsc, 0),
+          msr(kMsrMiscEnable, kMiscEnableFastString),
+          msr(kMsrMtrrDefType, kMtrrEnableWriteBack)};
 }
 
 std::vector<kvm_cpuid_entry2> VcpuCpuid(std::vector<kvm_cpuid_entry2> entries, uint32_t index, uint32_t count) {
@@ -158,7 +165,10 @@ std::vector<kvm_cpuid_entry2> VcpuCpuid(std::vector<kvm_cpuid_entry2> entries, u
         // EBX[31:24] initial APIC ID, EBX[23:16] logical processors per package, EBX[15:8] CLFLUSH size.
         e.ebx = (index << 24) | ((count & 0xff) << 16) | (8 << 8);
         e.ecx |= kHypervisorBit;
-        if (count > 1) e.edx |= kHttBit; else e.edx &= ~kHttBit;
+        if (count > 1)
+          e.edx |= kHttBit;
+        else
+          e.edx &= ~kHttBit;
         break;
       case 0x4:
         // EAX[31:26]: cores per package - 1 (deterministic cache parameters).

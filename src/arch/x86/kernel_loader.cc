@@ -12,7 +12,7 @@ namespace {
 
 constexpr size_t kSetupHeaderOffset = 0x1f1;
 constexpr uint16_t kBootFlag = 0xAA55;
-constexpr uint32_t kHdrSMagic = 0x53726448;  // "HdrS"
+constexpr uint32_t kHdrSMagic = 0x53726448;   // "HdrS"
 constexpr uint16_t kMinBootProtocol = 0x20c;  // 64-bit entry via xloadflags
 constexpr uint64_t kPageSize = 4096;
 
@@ -55,14 +55,16 @@ bool ReadAt(std::span<const uint8_t> image, uint64_t offset, T* out) {
 }
 
 Result<void> WriteCmdline(const GuestMemory& mem, const std::string& cmdline, uint64_t max_len) {
-  if (cmdline.size() > max_len) return Fail("kernel command line is {} bytes; this kernel accepts at most {}", cmdline.size(), max_len);
+  if (cmdline.size() > max_len)
+    return Fail("kernel command line is {} bytes; this kernel accepts at most {}", cmdline.size(), max_len);
   std::vector<uint8_t> bytes(cmdline.begin(), cmdline.end());
   bytes.push_back(0);
   return mem.WriteBytes(kCmdlineAddr, bytes);
 }
 
 // Places the initrd page-aligned at the top of RAM below `limit`, above `kernel_end`.
-Result<uint64_t> PlaceInitrd(const GuestMemory& mem, std::span<const uint8_t> initrd, uint64_t kernel_end, uint64_t limit) {
+Result<uint64_t> PlaceInitrd(const GuestMemory& mem, std::span<const uint8_t> initrd, uint64_t kernel_end,
+                             uint64_t limit) {
   uint64_t top = std::min(mem.low_end(), limit);
   uint64_t size = initrd.size();
   if (size > top || AlignDown(top - size, kPageSize) < AlignUp(kernel_end, kPageSize)) {
@@ -111,7 +113,8 @@ Result<BootSetup> LoadBzImage(const GuestMemory& mem, const BootInputs& in) {
   }
   uint64_t setup_sects = hdr.setup_sects == 0 ? 4 : hdr.setup_sects;
   uint64_t kernel_offset = (setup_sects + 1) * 512;
-  if (kernel_offset >= image.size()) return Fail("kernel image is truncated: setup ({} bytes) is the whole file", kernel_offset);
+  if (kernel_offset >= image.size())
+    return Fail("kernel image is truncated: setup ({} bytes) is the whole file", kernel_offset);
   auto payload = image.subspan(kernel_offset);
   uint64_t footprint = std::max<uint64_t>(payload.size(), hdr.init_size);
   if (!mem.Contains(kKernelLoadAddr, footprint)) {
@@ -144,7 +147,8 @@ uint64_t FindPvhEntry(std::span<const uint8_t> image, const Elf64_Phdr& note) {
     uint64_t desc_off = name_off + AlignUp(nh.n_namesz, 4);
     uint64_t next = desc_off + AlignUp(nh.n_descsz, 4);
     if (next > end || next <= off) return 0;
-    if (nh.n_type == kXenElfNotePhys32Entry && nh.n_namesz == 4 && std::memcmp(image.data() + name_off, "Xen", 4) == 0) {
+    if (nh.n_type == kXenElfNotePhys32Entry && nh.n_namesz == 4 &&
+        std::memcmp(image.data() + name_off, "Xen", 4) == 0) {
       if (nh.n_descsz == 8) {
         uint64_t entry64 = 0;
         ReadAt(image, desc_off, &entry64);
@@ -193,7 +197,8 @@ Result<BootSetup> LoadElf(const GuestMemory& mem, const BootInputs& in) {
   uint64_t pvh_entry = 0;
   for (uint16_t i = 0; i < eh.e_phnum; ++i) {
     Elf64_Phdr ph{};
-    if (!ReadAt(image, eh.e_phoff + uint64_t{i} * sizeof(ph), &ph)) return Fail("ELF kernel is truncated (program header {})", i);
+    if (!ReadAt(image, eh.e_phoff + uint64_t{i} * sizeof(ph), &ph))
+      return Fail("ELF kernel is truncated (program header {})", i);
     if (ph.p_type == PT_NOTE && pvh_entry == 0) pvh_entry = FindPvhEntry(image, ph);
     if (ph.p_type != PT_LOAD) continue;
     if (ph.p_offset > image.size() || ph.p_filesz > image.size() - ph.p_offset || ph.p_filesz > ph.p_memsz) {
@@ -232,7 +237,8 @@ KernelFormat DetectKernelFormat(std::span<const uint8_t> image) {
   if (image.size() >= 4 && std::memcmp(image.data(), ELFMAG, SELFMAG) == 0) return KernelFormat::kElf;
   uint16_t boot_flag = 0;
   uint32_t magic = 0;
-  if (ReadAt(image, 0x1fe, &boot_flag) && ReadAt(image, 0x202, &magic) && boot_flag == kBootFlag && magic == kHdrSMagic) {
+  if (ReadAt(image, 0x1fe, &boot_flag) && ReadAt(image, 0x202, &magic) && boot_flag == kBootFlag &&
+      magic == kHdrSMagic) {
     return KernelFormat::kBzImage;
   }
   return KernelFormat::kUnknown;

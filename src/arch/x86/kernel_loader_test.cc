@@ -29,7 +29,9 @@ std::vector<uint8_t> FakeBzImage(size_t payload_size, uint16_t version = 0x20f, 
   return image;
 }
 
-GuestMemory Mem(uint64_t bytes = 64 * kMiB) { return std::move(*GuestMemory::Create(bytes, kMmioHoleStart, kHighRamStart)); }
+GuestMemory Mem(uint64_t bytes = 64 * kMiB) {
+  return std::move(*GuestMemory::Create(bytes, kMmioHoleStart, kHighRamStart));
+}
 
 TEST(KernelLoaderTest, RejectsWhatIsNotAKernel) {
   auto mem = Mem();

@@ -51,16 +51,26 @@ uint8_t Cmos::ReadData() {
   struct tm tm {};
   gmtime_r(&now, &tm);
   switch (reg) {
-    case kSeconds: return encode(tm.tm_sec);
-    case kMinutes: return encode(tm.tm_min);
-    case kHours: return encode(tm.tm_hour);
-    case kWeekday: return encode(tm.tm_wday + 1);
-    case kDay: return encode(tm.tm_mday);
-    case kMonth: return encode(tm.tm_mon + 1);
-    case kYear: return encode(tm.tm_year % 100);
-    case kCentury: return encode((tm.tm_year + 1900) / 100);
-    case kStatusC: return 0;  // no pending RTC interrupts
-    default: return s_.nvram[reg];
+    case kSeconds:
+      return encode(tm.tm_sec);
+    case kMinutes:
+      return encode(tm.tm_min);
+    case kHours:
+      return encode(tm.tm_hour);
+    case kWeekday:
+      return encode(tm.tm_wday + 1);
+    case kDay:
+      return encode(tm.tm_mday);
+    case kMonth:
+      return encode(tm.tm_mon + 1);
+    case kYear:
+      return encode(tm.tm_year % 100);
+    case kCentury:
+      return encode((tm.tm_year + 1900) / 100);
+    case kStatusC:
+      return 0;  // no pending RTC interrupts
+    default:
+      return s_.nvram[reg];
   }
 }
 

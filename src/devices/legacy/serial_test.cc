@@ -29,9 +29,9 @@ TEST_F(SerialTest, AutoconfigSeesA16550A) {
   Out(1, 0x0f);
   EXPECT_EQ(In(1), 0x0f);  // IER keeps its low nibble
   Out(1, 0);
-  Out(2, 0x01);            // enable FIFOs
+  Out(2, 0x01);  // enable FIFOs
   EXPECT_EQ(In(2) & 0xc0, 0xc0);
-  Out(4, 0x10 | 0x0a);     // loopback with RTS and OUT2
+  Out(4, 0x10 | 0x0a);  // loopback with RTS and OUT2
   EXPECT_EQ(In(6) & 0xf0, 0x90);
 }
 

@@ -7,8 +7,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <utility>
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "base/check.h"
 #include "base/log.h"
@@ -190,7 +190,7 @@ Result<std::optional<uint8_t>> Block::HandleRequest(DescriptorChain& chain) {
   chain.CopyFromReadable(0, std::span(reinterpret_cast<uint8_t*>(&header), sizeof(header)));
   uint32_t type = le32toh(header.type);
   uint64_t sector = le64toh(header.sector);
-  uint64_t in_data = chain.writable_bytes() - 1;          // writable bytes before the status
+  uint64_t in_data = chain.writable_bytes() - 1;             // writable bytes before the status
   uint64_t out_data = chain.readable_bytes() - kHeaderSize;  // readable bytes after the header
 
   auto wrong_direction = [&]() -> Result<std::optional<uint8_t>> {
@@ -255,12 +255,11 @@ std::optional<uint8_t> Block::DoWrite(DescriptorChain& chain, uint64_t sector, u
   }
   if (ring_ && len > 0 && Submit(chain, AsyncRequest::Kind::kWrite, *offset, len)) return std::nullopt;
   uint64_t pos = *offset;
-  Result<void> result =
-      ForEachPiece(chain.readable(), kHeaderSize, len, [&](std::span<uint8_t> piece) -> Result<void> {
-        CLONE_TRY_VOID(backend_->Write(pos, piece));
-        pos += piece.size();
-        return {};
-      });
+  Result<void> result = ForEachPiece(chain.readable(), kHeaderSize, len, [&](std::span<uint8_t> piece) -> Result<void> {
+    CLONE_TRY_VOID(backend_->Write(pos, piece));
+    pos += piece.size();
+    return {};
+  });
   if (!result) {
     CLONE_LOG_RATELIMITED(LogLevel::kError, "virtio-blk: write: {}", result.error().message());
     return VIRTIO_BLK_S_IOERR;
@@ -319,8 +318,7 @@ uint8_t Block::DoDiscardOrWriteZeroes(const DescriptorChain& chain, uint32_t typ
     s.flags = le32toh(s.flags);
     uint32_t allowed_flags = discard ? 0 : VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
     if ((s.flags & ~allowed_flags) != 0) return VIRTIO_BLK_S_UNSUPP;  // 5.2.6.2: unknown flags, UNMAP on discard
-    if (s.num_sectors > max_sectors ||
-        !ByteOffset(s.sector, uint64_t{s.num_sectors} * kSectorSize, capacity_)) {
+    if (s.num_sectors > max_sectors || !ByteOffset(s.sector, uint64_t{s.num_sectors} * kSectorSize, capacity_)) {
       CLONE_LOG_RATELIMITED(LogLevel::kWarn, "virtio-blk: {} of {} sectors at sector {} is outside the disk or too big",
                             what, s.num_sectors, s.sector);
       status = VIRTIO_BLK_S_IOERR;
@@ -384,7 +382,8 @@ bool Block::Submit(DescriptorChain& chain, AsyncRequest::Kind kind, uint64_t off
       backend_->NoteDirectWrite();
       request.sync_linked = !write_back_;
       request.pending = request.sync_linked ? 2 : 1;
-      queued = ring_->Writev(fd, request.iov, offset, tag, request.sync_linked ? SyncAfter::kDataSync : SyncAfter::kNone);
+      queued =
+          ring_->Writev(fd, request.iov, offset, tag, request.sync_linked ? SyncAfter::kDataSync : SyncAfter::kNone);
     }
   }
   if (!queued) return false;  // TakeRequests keeps room for two operations, so not reached
@@ -517,7 +516,8 @@ Result<void> Block::RestoreState(const nlohmann::json& state) {
       return Fail("restoring virtio-blk: the disk is {}, the snapshot's was {}", read_only_ ? "read-only" : "writable",
                   read_only ? "read-only" : "writable");
     }
-    if (serial != serial_) return Fail("restoring virtio-blk: serial \"{}\" differs from the snapshot's \"{}\"", serial_, serial);
+    if (serial != serial_)
+      return Fail("restoring virtio-blk: serial \"{}\" differs from the snapshot's \"{}\"", serial_, serial);
     if (features != features_) {
       return Fail("restoring virtio-blk: features 0x{:x} differ from the snapshot's 0x{:x}", features_, features);
     }

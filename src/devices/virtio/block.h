@@ -53,7 +53,6 @@
 #pragma once
 
 #include <linux/virtio_blk.h>
-
 #include <sys/uio.h>
 
 #include <array>
@@ -88,14 +87,14 @@ class Block : public VirtioDevice {
   static constexpr size_t kMaxSerialLength = VIRTIO_BLK_ID_BYTES;  // 20
   static constexpr uint32_t kMaxDiscardSectors = 1u << 22;         // 2 GiB per segment
   static constexpr uint32_t kMaxDiscardSegments = 32;
-  static constexpr uint32_t kDiscardSectorAlignment = 8;  // 4 KiB: hole-punching granularity
+  static constexpr uint32_t kDiscardSectorAlignment = 8;        // 4 KiB: hole-punching granularity
   static constexpr uint32_t kMaxWriteZeroesSectors = 1u << 16;  // 32 MiB per segment
   static constexpr uint32_t kMaxWriteZeroesSegments = 32;
 
   // Fails when backend is null, serial is longer than kMaxSerialLength bytes or max_in_flight is
   // out of range. An unavailable io_uring is not an error: the device logs it and runs synchronously.
-  [[nodiscard]] static Result<std::unique_ptr<Block>> Create(std::unique_ptr<BlockBackend> backend,
-                                                             std::string serial, BlockOptions options = {});
+  [[nodiscard]] static Result<std::unique_ptr<Block>> Create(std::unique_ptr<BlockBackend> backend, std::string serial,
+                                                             BlockOptions options = {});
   ~Block() override;
 
   uint32_t device_type() const override { return kDeviceTypeBlock; }
@@ -146,10 +145,10 @@ class Block : public VirtioDevice {
     enum class Kind : uint8_t { kRead, kWrite, kFlush };
     std::optional<DescriptorChain> chain;
     Kind kind = Kind::kRead;
-    uint64_t offset = 0;      // disk byte offset (reads and writes)
-    uint64_t length = 0;      // bytes (reads and writes)
-    std::vector<iovec> iov;   // the guest data buffers; must live until the last completion
-    uint8_t pending = 0;      // completions still to come
+    uint64_t offset = 0;       // disk byte offset (reads and writes)
+    uint64_t length = 0;       // bytes (reads and writes)
+    std::vector<iovec> iov;    // the guest data buffers; must live until the last completion
+    uint8_t pending = 0;       // completions still to come
     bool sync_linked = false;  // a write followed by a linked fdatasync (write-through)
     int32_t data_result = 0;
     int32_t sync_result = 0;
@@ -187,11 +186,11 @@ class Block : public VirtioDevice {
   bool read_only_;
   uint64_t capacity_;  // sectors
   uint64_t features_;
-  virtio_blk_config config_{};  // little-endian, as the guest reads it
-  bool write_back_ = false;     // FLUSH negotiated
+  virtio_blk_config config_{};            // little-endian, as the guest reads it
+  bool write_back_ = false;               // FLUSH negotiated
   std::optional<DeviceContext> context_;  // set while active
-  bool used_pending_ = false;   // answers added since the last notification check
-  bool queue_blocked_ = false;  // stopped popping because the ring was full
+  bool used_pending_ = false;             // answers added since the last notification check
+  bool queue_blocked_ = false;            // stopped popping because the ring was full
 
   // Asynchronous I/O (ring_ null: synchronous). ring_ is declared after requests_ so it is
   // destroyed (waiting for the kernel) before the iovecs it points to.

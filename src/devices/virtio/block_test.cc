@@ -251,18 +251,19 @@ TEST_P(BlockTest, WriteThenReadAcrossSegments) {
   std::vector<uint8_t> second(data.begin() + 100, data.begin() + 1000);
   std::vector<uint8_t> third(data.begin() + 1000, data.end());
   uint64_t status = queue_.Alloc(1);
-  auto [len, st] = Run({{Put(first), 116, false}, {Put(second), 900, false}, {Put(third), 536, false}, {status, 1, true}},
-                       status);
+  auto [len, st] =
+      Run({{Put(first), 116, false}, {Put(second), 900, false}, {Put(third), 536, false}, {status, 1, true}}, status);
   EXPECT_EQ(st, VIRTIO_BLK_S_OK);
   EXPECT_EQ(len, 1u);
   EXPECT_EQ(FileBytes(path_, 10 * 512, data.size()), data);
   const std::vector<uint8_t> original = Pattern(kDiskSize, 3);
-  EXPECT_EQ(FileBytes(path_, 9 * 512, 512), std::vector<uint8_t>(original.begin() + 9 * 512, original.begin() + 10 * 512));
+  EXPECT_EQ(FileBytes(path_, 9 * 512, 512),
+            std::vector<uint8_t>(original.begin() + 9 * 512, original.begin() + 10 * 512));
 
   // Read sectors 9..13 into three buffers; the status shares the last buffer with data.
   uint64_t a = queue_.Alloc(700), b = queue_.Alloc(1000), c = queue_.Alloc(861);
-  auto [rlen, rst] = Run({{Header(VIRTIO_BLK_T_IN, 9), 16, false}, {a, 700, true}, {b, 1000, true}, {c, 861, true}},
-                         c + 860);
+  auto [rlen, rst] =
+      Run({{Header(VIRTIO_BLK_T_IN, 9), 16, false}, {a, 700, true}, {b, 1000, true}, {c, 861, true}}, c + 860);
   EXPECT_EQ(rst, VIRTIO_BLK_S_OK);
   EXPECT_EQ(rlen, 2561u);
   std::vector<uint8_t> got = Get(a, 700);
@@ -321,9 +322,9 @@ TEST_P(BlockTest, WriteZeroesAndDiscardZeroData) {
   Start();
   std::vector<uint8_t> zeros(8 * 512, 0);
   ASSERT_NE(FileBytes(path_, 0, 8 * 512), zeros);
-  EXPECT_EQ(Segments(VIRTIO_BLK_T_WRITE_ZEROES, {{.sector = 0, .num_sectors = 8, .flags = 0},
-                                                 {.sector = 64, .num_sectors = 8,
-                                                  .flags = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP}}),
+  EXPECT_EQ(Segments(VIRTIO_BLK_T_WRITE_ZEROES,
+                     {{.sector = 0, .num_sectors = 8, .flags = 0},
+                      {.sector = 64, .num_sectors = 8, .flags = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP}}),
             VIRTIO_BLK_S_OK);
   EXPECT_EQ(FileBytes(path_, 0, 8 * 512), zeros);
   EXPECT_EQ(FileBytes(path_, 64 * 512, 8 * 512), zeros);
@@ -347,8 +348,9 @@ TEST_P(BlockTest, WriteZeroesAndDiscardZeroData) {
 TEST_P(BlockTest, BadSegmentsAreAnsweredInBand) {
   Start();
   // UNMAP on a discard, unknown flags → UNSUPP, nothing done.
-  EXPECT_EQ(Segments(VIRTIO_BLK_T_DISCARD, {{.sector = 0, .num_sectors = 1, .flags = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP}}),
-            VIRTIO_BLK_S_UNSUPP);
+  EXPECT_EQ(
+      Segments(VIRTIO_BLK_T_DISCARD, {{.sector = 0, .num_sectors = 1, .flags = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP}}),
+      VIRTIO_BLK_S_UNSUPP);
   EXPECT_EQ(Segments(VIRTIO_BLK_T_WRITE_ZEROES, {{.sector = 0, .num_sectors = 1, .flags = 2}}), VIRTIO_BLK_S_UNSUPP);
   // Out of range, too many sectors, too many segments, a partial segment → IOERR.
   EXPECT_EQ(Segments(VIRTIO_BLK_T_WRITE_ZEROES, {{.sector = 0, .num_sectors = 1, .flags = 0},
@@ -448,16 +450,16 @@ TEST_P(BlockTest, ReadableStatusNeedsReset) {
 
 TEST_P(BlockTest, ReadWithReadableDataNeedsReset) {
   Start();
-  queue_.AddChain({{Header(VIRTIO_BLK_T_IN, 0), 16, false}, {queue_.Alloc(512), 512, false},
-                   {queue_.Alloc(1), 1, true}});
+  queue_.AddChain(
+      {{Header(VIRTIO_BLK_T_IN, 0), 16, false}, {queue_.Alloc(512), 512, false}, {queue_.Alloc(1), 1, true}});
   driver_->Notify(0);
   ExpectNeedsReset();
 }
 
 TEST_P(BlockTest, WriteWithWritableDataNeedsReset) {
   Start();
-  queue_.AddChain({{Header(VIRTIO_BLK_T_OUT, 0), 16, false}, {queue_.Alloc(512), 512, true},
-                   {queue_.Alloc(1), 1, true}});
+  queue_.AddChain(
+      {{Header(VIRTIO_BLK_T_OUT, 0), 16, false}, {queue_.Alloc(512), 512, true}, {queue_.Alloc(1), 1, true}});
   driver_->Notify(0);
   ExpectNeedsReset();
 }
@@ -556,11 +558,11 @@ TEST_P(BlockTest, ManyRequestsAtOnceAllCompleteWithBoundedRequestsInFlight) {
     memory_.Span(statuses.back(), 1)[0] = 0xee;
     if (i % 4 == 3) {  // every fourth request a write of a fresh pattern, the rest reads
       EXPECT_TRUE(memory_.WriteBytes(bufs.back(), Pattern(4096, static_cast<uint8_t>(i))));
-      queue_.AddChain({{Header(VIRTIO_BLK_T_OUT, 8 * i), 16, false}, {bufs.back(), 4096, false},
-                       {statuses.back(), 1, true}});
+      queue_.AddChain(
+          {{Header(VIRTIO_BLK_T_OUT, 8 * i), 16, false}, {bufs.back(), 4096, false}, {statuses.back(), 1, true}});
     } else {
-      queue_.AddChain({{Header(VIRTIO_BLK_T_IN, 8 * i), 16, false}, {bufs.back(), 4096, true},
-                       {statuses.back(), 1, true}});
+      queue_.AddChain(
+          {{Header(VIRTIO_BLK_T_IN, 8 * i), 16, false}, {bufs.back(), 4096, true}, {statuses.back(), 1, true}});
     }
   }
   driver_->Notify(0);
@@ -588,7 +590,8 @@ TEST_P(BlockTest, ManyRequestsAtOnceAllCompleteWithBoundedRequestsInFlight) {
 TEST_P(BlockTest, ResetWaitsForRequestsInFlightAndDropsThem) {
   Start();
   for (int i = 0; i < 16; ++i) {
-    queue_.AddChain({{Header(VIRTIO_BLK_T_IN, 128 * i), 16, false}, {queue_.Alloc(65536), 65536, true},
+    queue_.AddChain({{Header(VIRTIO_BLK_T_IN, 128 * i), 16, false},
+                     {queue_.Alloc(65536), 65536, true},
                      {queue_.Alloc(1), 1, true}});
   }
   driver_->Notify(0);

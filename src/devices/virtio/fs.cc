@@ -1,9 +1,9 @@
 #include "devices/virtio/fs.h"
 
+#include <endian.h>
 #include <linux/fuse.h>
 #include <pthread.h>
 #include <sys/epoll.h>
-#include <endian.h>
 #include <sys/eventfd.h>
 
 #include <algorithm>
@@ -134,8 +134,8 @@ Result<void> Fs::TakeRequests(size_t index) {
       break;
     }
     if (NeedsReply(header.opcode) && chain.writable_bytes() < sizeof(fuse_out_header)) {
-      result = guest_error(fmt::format("opcode {} with {} writable bytes, no room for a reply", header.opcode,
-                                       chain.writable_bytes()));
+      result = guest_error(
+          fmt::format("opcode {} with {} writable bytes, no room for a reply", header.opcode, chain.writable_bytes()));
       break;
     }
     {

@@ -138,8 +138,8 @@ class Fs : public VirtioDevice {
 
   // Shared with the worker.
   mutable std::mutex mu_;
-  mutable std::condition_variable work_cv_;  // work or a task queued, or stop
-  mutable std::condition_variable idle_cv_;  // the worker finished a request or a task
+  mutable std::condition_variable work_cv_;              // work or a task queued, or stop
+  mutable std::condition_variable idle_cv_;              // the worker finished a request or a task
   mutable const std::function<void()>* task_ = nullptr;  // RunOnWorker()'s, until done
   std::deque<Work> pending_;
   std::vector<Done> done_;

@@ -226,78 +226,78 @@ TEST_F(FsDeviceTest, ResetEndsTheSessionAndAbandonsNothingOwed) {
 TEST_F(FsDeviceTest, WorkerServesEveryRequestKindUnderTheFsSeccompRole) {
   ::testing::FLAGS_gtest_death_test_style = "threadsafe";
   auto flow = [&] {
-        auto filters = sandbox::SeccompFilters::Compile();
-        if (!filters) std::_Exit(10);
-        auto server = fs::PassthroughFs::Create(dir_.path().string(), {});
-        bool confined = false;
-        auto device = Fs::Create("myfs", std::move(*server), false, [&] {
-          confined = static_cast<bool>(filters->InstallForThisThread(sandbox::ThreadRole::kFs));
-        });
-        Start(std::move(*device));
-        Init();
-        if (!confined) std::_Exit(11);
-        auto args = [](const auto& value, std::vector<std::string> strings = {}, std::string tail = {}) {
-          return fs::testing::FuseArgs(value, strings, tail);
-        };
-        auto error = [&](uint32_t op, uint64_t node, std::vector<uint8_t> a) {
-          uint64_t out = Submit(requests_, 1, Request(op, node, std::move(a)), 8192);
-          return std::make_pair(Header(out).error, out + sizeof(fuse_out_header));
-        };
-        fuse_create_in create{};
-        create.flags = O_RDWR | O_CREAT;
-        create.mode = S_IFREG | 0644;
-        auto [created, entry_gpa] = error(FUSE_CREATE, 1, args(create, {"new"}));
-        if (created != 0) std::_Exit(12);
-        fuse_entry_out entry;
-        fuse_open_out open_out;
-        std::memcpy(&entry, memory_.Span(entry_gpa, sizeof(entry)).data(), sizeof(entry));
-        std::memcpy(&open_out, memory_.Span(entry_gpa + sizeof(entry), sizeof(open_out)).data(), sizeof(open_out));
-        fuse_write_in write{};
-        write.fh = open_out.fh;
-        write.size = 5;
-        fuse_read_in read{};
-        read.fh = open_out.fh;
-        read.size = 100;
-        fuse_setattr_in setattr{};
-        setattr.valid = FATTR_MODE | FATTR_SIZE | FATTR_ATIME | FATTR_ATIME_NOW | FATTR_MTIME;
-        setattr.mode = 0600;
-        setattr.size = 2;
-        fuse_mkdir_in mkdir{};
-        mkdir.mode = 0755;
-        fuse_rename_in rename{};
-        rename.newdir = 1;
-        fuse_fsync_in fsync{};
-        fsync.fh = open_out.fh;
-        fuse_open_in opendir{};
-        std::vector<std::pair<int, const char*>> results = {
-            {error(FUSE_WRITE, entry.nodeid, args(write, {}, "hello")).first, "write"},
-            {error(FUSE_READ, entry.nodeid, args(read)).first, "read"},
-            {error(FUSE_FSYNC, entry.nodeid, args(fsync)).first, "fsync"},
-            {error(FUSE_SETATTR, entry.nodeid, args(setattr)).first, "setattr"},
-            {error(FUSE_MKDIR, 1, args(mkdir, {"dir"})).first, "mkdir"},
-            {error(FUSE_RENAME, 1, args(rename, {"new", "renamed"})).first, "rename"},
-            {error(FUSE_STATFS, 1, {}).first, "statfs"},
-        };
-        auto [opened, dir_gpa] = error(FUSE_OPENDIR, 1, args(opendir));
-        fuse_open_out dir_out;
-        std::memcpy(&dir_out, memory_.Span(dir_gpa, sizeof(dir_out)).data(), sizeof(dir_out));
-        fuse_read_in readdir{};
-        readdir.fh = dir_out.fh;
-        readdir.size = 4096;
-        results.push_back({opened, "opendir"});
-        results.push_back({error(FUSE_READDIRPLUS, 1, args(readdir)).first, "readdirplus"});
-        results.push_back({error(FUSE_RMDIR, 1, {'d', 'i', 'r', 0}).first, "rmdir"});
-        results.push_back({error(FUSE_UNLINK, 1, {'r', 'e', 'n', 'a', 'm', 'e', 'd', 0}).first, "unlink"});
-        for (const auto& [err, what] : results) {
-          if (err != 0) {
-            std::fprintf(stderr, "%s: %d\n", what, err);
-            std::_Exit(13);
-          }
-        }
-        if (!transport_->PauseDevice()) std::_Exit(14);
-        nlohmann::json state = transport_->SaveState();  // readlink/fstatat on the confined worker
-        if (state["device"]["server"]["inodes"].size() < 1) std::_Exit(15);
-        std::_Exit(0);
+    auto filters = sandbox::SeccompFilters::Compile();
+    if (!filters) std::_Exit(10);
+    auto server = fs::PassthroughFs::Create(dir_.path().string(), {});
+    bool confined = false;
+    auto device = Fs::Create("myfs", std::move(*server), false, [&] {
+      confined = static_cast<bool>(filters->InstallForThisThread(sandbox::ThreadRole::kFs));
+    });
+    Start(std::move(*device));
+    Init();
+    if (!confined) std::_Exit(11);
+    auto args = [](const auto& value, std::vector<std::string> strings = {}, std::string tail = {}) {
+      return fs::testing::FuseArgs(value, strings, tail);
+    };
+    auto error = [&](uint32_t op, uint64_t node, std::vector<uint8_t> a) {
+      uint64_t out = Submit(requests_, 1, Request(op, node, std::move(a)), 8192);
+      return std::make_pair(Header(out).error, out + sizeof(fuse_out_header));
+    };
+    fuse_create_in create{};
+    create.flags = O_RDWR | O_CREAT;
+    create.mode = S_IFREG | 0644;
+    auto [created, entry_gpa] = error(FUSE_CREATE, 1, args(create, {"new"}));
+    if (created != 0) std::_Exit(12);
+    fuse_entry_out entry;
+    fuse_open_out open_out;
+    std::memcpy(&entry, memory_.Span(entry_gpa, sizeof(entry)).data(), sizeof(entry));
+    std::memcpy(&open_out, memory_.Span(entry_gpa + sizeof(entry), sizeof(open_out)).data(), sizeof(open_out));
+    fuse_write_in write{};
+    write.fh = open_out.fh;
+    write.size = 5;
+    fuse_read_in read{};
+    read.fh = open_out.fh;
+    read.size = 100;
+    fuse_setattr_in setattr{};
+    setattr.valid = FATTR_MODE | FATTR_SIZE | FATTR_ATIME | FATTR_ATIME_NOW | FATTR_MTIME;
+    setattr.mode = 0600;
+    setattr.size = 2;
+    fuse_mkdir_in mkdir{};
+    mkdir.mode = 0755;
+    fuse_rename_in rename{};
+    rename.newdir = 1;
+    fuse_fsync_in fsync{};
+    fsync.fh = open_out.fh;
+    fuse_open_in opendir{};
+    std::vector<std::pair<int, const char*>> results = {
+        {error(FUSE_WRITE, entry.nodeid, args(write, {}, "hello")).first, "write"},
+        {error(FUSE_READ, entry.nodeid, args(read)).first, "read"},
+        {error(FUSE_FSYNC, entry.nodeid, args(fsync)).first, "fsync"},
+        {error(FUSE_SETATTR, entry.nodeid, args(setattr)).first, "setattr"},
+        {error(FUSE_MKDIR, 1, args(mkdir, {"dir"})).first, "mkdir"},
+        {error(FUSE_RENAME, 1, args(rename, {"new", "renamed"})).first, "rename"},
+        {error(FUSE_STATFS, 1, {}).first, "statfs"},
+    };
+    auto [opened, dir_gpa] = error(FUSE_OPENDIR, 1, args(opendir));
+    fuse_open_out dir_out;
+    std::memcpy(&dir_out, memory_.Span(dir_gpa, sizeof(dir_out)).data(), sizeof(dir_out));
+    fuse_read_in readdir{};
+    readdir.fh = dir_out.fh;
+    readdir.size = 4096;
+    results.push_back({opened, "opendir"});
+    results.push_back({error(FUSE_READDIRPLUS, 1, args(readdir)).first, "readdirplus"});
+    results.push_back({error(FUSE_RMDIR, 1, {'d', 'i', 'r', 0}).first, "rmdir"});
+    results.push_back({error(FUSE_UNLINK, 1, {'r', 'e', 'n', 'a', 'm', 'e', 'd', 0}).first, "unlink"});
+    for (const auto& [err, what] : results) {
+      if (err != 0) {
+        std::fprintf(stderr, "%s: %d\n", what, err);
+        std::_Exit(13);
+      }
+    }
+    if (!transport_->PauseDevice()) std::_Exit(14);
+    nlohmann::json state = transport_->SaveState();  // readlink/fstatat on the confined worker
+    if (state["device"]["server"]["inodes"].size() < 1) std::_Exit(15);
+    std::_Exit(0);
   };
   EXPECT_EXIT(flow(), ::testing::ExitedWithCode(0), "");
 }

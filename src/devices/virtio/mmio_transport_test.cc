@@ -376,9 +376,8 @@ TEST_F(MmioTransportTest, DeviceFdEventsRunWhateverTheStateAndBreakOnlyAnActiveD
 
 TEST_F(MmioTransportTest, WithDeviceReturnsHostErrorsWithoutNeedsReset) {
   BringUp(driver_);
-  auto result = transport_->WithDevice([](VirtioDevice& d) -> Result<void> {
-    return Fail("device type {} refused", d.device_type());
-  });
+  auto result = transport_->WithDevice(
+      [](VirtioDevice& d) -> Result<void> { return Fail("device type {} refused", d.device_type()); });
   ASSERT_FALSE(result);
   EXPECT_EQ(result.error().message(), "device type 42 refused");
   EXPECT_EQ(driver_.Status() & kStatusNeedsReset, 0u);

@@ -12,17 +12,16 @@
 #include <nlohmann/json.hpp>
 
 #include "base/log.h"
-#include "kvm/uapi.h"  // <linux/vhost.h>
 #include "devices/virtio/json_state.h"
 #include "devices/virtio/rng.h"
+#include "kvm/uapi.h"  // <linux/vhost.h>
 
 namespace clonevm::virtio {
 namespace {
 
 constexpr int kStateVersion = 1;
 
-constexpr uint64_t kGuestOffloads = kNetFeatureGuestCsum | kNetFeatureGuestTso4 |
-                                    kNetFeatureGuestTso6;
+constexpr uint64_t kGuestOffloads = kNetFeatureGuestCsum | kNetFeatureGuestTso4 | kNetFeatureGuestTso6;
 constexpr uint64_t kHostOffloads = kNetFeatureCsum | kNetFeatureHostTso4 | kNetFeatureHostTso6;
 constexpr uint64_t kEcnOffloads = kNetFeatureGuestEcn | kNetFeatureHostEcn;
 constexpr unsigned kTunOffloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
@@ -110,7 +109,8 @@ Result<void> Net::Activate(const DeviceContext& context) {
 
 void Net::Reset() {
   if (vhost_ && backend_running_) {
-    if (auto stopped = SetVhostBackend(-1); !stopped) Log(LogLevel::kError, "virtio-net: {}", stopped.error().message());
+    if (auto stopped = SetVhostBackend(-1); !stopped)
+      Log(LogLevel::kError, "virtio-net: {}", stopped.error().message());
   }
   backend_running_ = false;
   ReleaseRxChains();
@@ -283,7 +283,8 @@ Result<void> Net::Resume() {
   if (!context_ || backend_running_) return {};
   if (vhost_) {
     // As in Vsock::Resume: dirty logging may have been switched on while paused.
-    if (auto synced = vhost_->SyncDirtyLog(*context_); !synced) Log(LogLevel::kWarn, "virtio-net: {}", synced.error().message());
+    if (auto synced = vhost_->SyncDirtyLog(*context_); !synced)
+      Log(LogLevel::kWarn, "virtio-net: {}", synced.error().message());
     return SetVhostBackend(tap_.get());
   }
   backend_running_ = true;

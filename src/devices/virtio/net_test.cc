@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <linux/if_packet.h>
 #include <linux/if_tun.h>
 #include <net/ethernet.h>
@@ -16,8 +17,6 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -52,7 +51,8 @@ bool NetworkSandbox() {
 
 void WriteProc(const std::string& path, const char* value) {
   Fd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
-  if (fd.valid()) [[maybe_unused]] auto r = WriteAll(fd.get(), value, std::strlen(value));
+  if (fd.valid()) [[maybe_unused]]
+    auto r = WriteAll(fd.get(), value, std::strlen(value));
 }
 
 // A persistent TAP (as `ip tuntap add` makes), up, without IPv6 chatter; deleted at scope end.
@@ -123,7 +123,8 @@ class PacketSocket {
       ssize_t n = ::recvfrom(fd_.get(), buf.data(), buf.size(), 0, reinterpret_cast<sockaddr*>(&from), &len);
       if (n < 14) continue;
       buf.resize(static_cast<size_t>(n));
-      if (from.sll_pkttype == PACKET_OUTGOING || buf[12] != (kTestEtherType >> 8) || buf[13] != (kTestEtherType & 0xff)) {
+      if (from.sll_pkttype == PACKET_OUTGOING || buf[12] != (kTestEtherType >> 8) ||
+          buf[13] != (kTestEtherType & 0xff)) {
         continue;
       }
       return buf;

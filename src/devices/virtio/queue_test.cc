@@ -108,7 +108,7 @@ TEST_F(QueueTest, MarksDeviceWritesInTheDirtyLogOnlyWhileTracking) {
 
   memory_.dirty_log().Enable();
   driver_.AddChain({{in, 3 * 4096}, {out, 2 * 4096, true}});
-  memory_.dirty_log().TakeAll();  // forget the driver's own ring writes (the guest's, for KVM)
+  memory_.dirty_log().TakeAll();   // forget the driver's own ring writes (the guest's, for KVM)
   queue_.AddUsed(PopChain(), 16);  // reports 16 bytes: the whole writable part is marked anyway
   PageBitmap dirty = memory_.dirty_log().TakeAll();
   for (uint64_t page = out / 4096; page <= (out + 2 * 4096 - 1) / 4096; ++page) EXPECT_TRUE(dirty.Test(page)) << page;

@@ -38,9 +38,10 @@ int AttachTap(const Fd& tun, const std::string& name, short extra_flags) {
 Result<void> ExplainAttachError(const std::string& name, int err) {
   switch (err) {
     case EPERM:
-      return Fail("no permission to use TAP device '{}': it belongs to another user or group "
-                  "(ip tuntap add dev {} mode tap user $USER), or run with CAP_NET_ADMIN",
-                  name, name);
+      return Fail(
+          "no permission to use TAP device '{}': it belongs to another user or group "
+          "(ip tuntap add dev {} mode tap user $USER), or run with CAP_NET_ADMIN",
+          name, name);
     case EBUSY:
       return Fail("TAP device '{}' is already in use by another process", name);
     case EINVAL:
@@ -74,7 +75,8 @@ Result<unsigned> PrepareTap(const Fd& tap) {
   if ((ifr.ifr_flags & IFF_TAP) == 0) return Fail("'{}' is a TUN device, not a TAP", ifr.ifr_name);
   if ((ifr.ifr_flags & IFF_VNET_HDR) == 0) return Fail("TAP '{}' was opened without IFF_VNET_HDR", ifr.ifr_name);
   int flags = ::fcntl(tap.get(), F_GETFL);
-  if (flags < 0 || ::fcntl(tap.get(), F_SETFL, flags | O_NONBLOCK) != 0) return FailErrno("fcntl O_NONBLOCK", ifr.ifr_name);
+  if (flags < 0 || ::fcntl(tap.get(), F_SETFL, flags | O_NONBLOCK) != 0)
+    return FailErrno("fcntl O_NONBLOCK", ifr.ifr_name);
   int hdr = kVnetHdrSize;
   if (::ioctl(tap.get(), TUNSETVNETHDRSZ, &hdr) != 0) return FailErrno("TUNSETVNETHDRSZ", ifr.ifr_name);
   unsigned offloads = kWantedOffloads;
@@ -85,7 +87,8 @@ Result<unsigned> PrepareTap(const Fd& tap) {
 }
 
 Result<void> SetTapOffload(const Fd& tap, unsigned tun_flags) {
-  if (::ioctl(tap.get(), TUNSETOFFLOAD, tun_flags) != 0) return FailErrno("TUNSETOFFLOAD", fmt::format("{:#x}", tun_flags));
+  if (::ioctl(tap.get(), TUNSETOFFLOAD, tun_flags) != 0)
+    return FailErrno("TUNSETOFFLOAD", fmt::format("{:#x}", tun_flags));
   return {};
 }
 

@@ -98,10 +98,11 @@ Result<void> VhostBackend::SetUpVring(size_t index, const DeviceContext& context
   CLONE_TRY_VOID(Ioctl(VHOST_SET_VRING_NUM, vhost_vring_state{vring, c.size}, "VHOST_SET_VRING_NUM"));
   CLONE_TRY_VOID(Ioctl(VHOST_SET_VRING_BASE, vhost_vring_state{vring, c.next_avail}, "VHOST_SET_VRING_BASE"));
   CLONE_TRY_VOID(Ioctl(VHOST_SET_VRING_ADDR, addr, "VHOST_SET_VRING_ADDR"));
-  CLONE_TRY_VOID(Ioctl(VHOST_SET_VRING_CALL, vhost_vring_file{vring, call_eventfds_[index].fd()}, "VHOST_SET_VRING_CALL"));
+  CLONE_TRY_VOID(
+      Ioctl(VHOST_SET_VRING_CALL, vhost_vring_file{vring, call_eventfds_[index].fd()}, "VHOST_SET_VRING_CALL"));
   if (index >= context.queue_eventfds.size()) return Fail("no kick eventfd for queue {}", index);
-  CLONE_TRY_VOID(Ioctl(VHOST_SET_VRING_KICK, vhost_vring_file{vring, context.queue_eventfds[index].fd()},
-                       "VHOST_SET_VRING_KICK"));
+  CLONE_TRY_VOID(
+      Ioctl(VHOST_SET_VRING_KICK, vhost_vring_file{vring, context.queue_eventfds[index].fd()}, "VHOST_SET_VRING_KICK"));
   return {};
 }
 
@@ -128,7 +129,8 @@ Result<void> VhostBackend::SyncDirtyLog(const DeviceContext& context) {
 }
 
 Result<void> VhostBackend::SetLogging(const DeviceContext& context, bool on) {
-  if (on && (features_ & (uint64_t{1} << VHOST_F_LOG_ALL)) == 0) return Fail("{} cannot log dirty pages (no VHOST_F_LOG_ALL)", path_);
+  if (on && (features_ & (uint64_t{1} << VHOST_F_LOG_ALL)) == 0)
+    return Fail("{} cannot log dirty pages (no VHOST_F_LOG_ALL)", path_);
   if (on) {
     uint64_t base = reinterpret_cast<uint64_t>(context.memory.dirty_log().base());
     CLONE_TRY_VOID(Ioctl(VHOST_SET_LOG_BASE, base, "VHOST_SET_LOG_BASE"));

@@ -52,7 +52,7 @@ struct DeviceContext {
   const GuestMemory& memory;
   std::span<Queue> queues;  // one per queue_max_sizes() entry; queues the driver left unready are inactive
   Interrupt& interrupt;
-  uint64_t features;  // the negotiated feature bits
+  uint64_t features;                             // the negotiated feature bits
   std::span<const EventFd> queue_eventfds = {};  // the per-queue ioeventfds (for a backend's kicks)
 };
 

@@ -7,8 +7,8 @@
 #include <nlohmann/json.hpp>
 
 #include "base/log.h"
-#include "kvm/uapi.h"  // <linux/vhost.h>
 #include "devices/virtio/json_state.h"
+#include "kvm/uapi.h"  // <linux/vhost.h>
 
 namespace clonevm::virtio {
 namespace {
@@ -78,7 +78,8 @@ Result<void> Vsock::Activate(const DeviceContext& context) {
 
 void Vsock::Reset() {
   if (running_) {
-    if (auto stopped = SetRunning(false); !stopped) Log(LogLevel::kError, "virtio-vsock: {}", stopped.error().message());
+    if (auto stopped = SetRunning(false); !stopped)
+      Log(LogLevel::kError, "virtio-vsock: {}", stopped.error().message());
   }
   context_.reset();
   reset_pending_ = false;  // a reset driver reads the CID afresh when it probes again
@@ -129,7 +130,8 @@ Result<void> Vsock::Resume() {
   if (!context_ || running_) return {};
   // Dirty logging may have been switched on while paused (a snapshot started tracking). A failure
   // is recorded in the dirty log itself (snapshots then take every page); the device runs on.
-  if (auto synced = vhost_.SyncDirtyLog(*context_); !synced) Log(LogLevel::kWarn, "virtio-vsock: {}", synced.error().message());
+  if (auto synced = vhost_.SyncDirtyLog(*context_); !synced)
+    Log(LogLevel::kWarn, "virtio-vsock: {}", synced.error().message());
   return SetRunning(true);
 }
 

@@ -4,12 +4,11 @@
 // Needs /dev/vhost-vsock (the nested lab has it): skipped elsewhere.
 #include "devices/virtio/vsock.h"
 
+#include <gtest/gtest.h>
 #include <linux/vm_sockets.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -93,7 +92,7 @@ TEST_F(VsockTest, ExplicitCidTakenIsAClearError) {
   auto second = Vsock::Create(cid_);
   ASSERT_FALSE(second);
   EXPECT_EQ(second.error().message(), fmt::format("vsock CID {} is already used by another VM", cid_));
-  EXPECT_FALSE(Vsock::Create(2));             // the host's
+  EXPECT_FALSE(Vsock::Create(2));              // the host's
   EXPECT_FALSE(Vsock::Create(0xffffffffull));  // VMADDR_CID_ANY
 }
 
