@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <string>
@@ -136,6 +137,31 @@ TEST_F(CliTest, MissingInitrd) {
   auto r = RunClone({"run", "--kernel", kernel, "--initrd", dir_ + "/missing.img"});
   EXPECT_EQ(r.status, kExitError);
   EXPECT_NE(r.stderr_text.find("cannot read initrd"), std::string::npos) << r.stderr_text;
+}
+
+// A PVM host (a /dev/kvm without SVM/VMX, the kvm_pvm module): `clone run` of a stock kernel is
+// refused at once with the reason, before KVM is opened (CLONE_HOST_ROOT: host/check.h's fake tree).
+TEST_F(CliTest, RunRefusesAPvmKvmInUnderASecond) {
+  std::string root = dir_ + "/pvm-host";
+  ASSERT_EQ(std::system(("mkdir -p " + root + "/proc " + root + "/dev " + root + "/sys/module/kvm_pvm").c_str()), 0);
+  std::ofstream(root + "/proc/cpuinfo") << "processor\t: 0\nflags\t\t: fpu lm hypervisor\n";
+  std::ofstream(root + "/dev/kvm") << "";
+  std::string kernel = FakeBzImage();
+  std::string initrd = dir_ + "/initrd.img";
+  std::ofstream(initrd) << std::string(512, 'i');
+  ::setenv("CLONE_HOST_ROOT", root.c_str(), 1);
+  auto start = std::chrono::steady_clock::now();
+  auto r = RunClone({"run", "--kernel", kernel, "--initrd", initrd});
+  auto elapsed = std::chrono::steady_clock::now() - start;
+  auto check = RunClone({"check", "-q"});
+  ::unsetenv("CLONE_HOST_ROOT");
+  EXPECT_EQ(r.status, kExitError);
+  EXPECT_NE(r.stderr_text.find("this host's KVM is PVM (no AMD SVM or Intel VMX): it runs only PVM-enabled guest "
+                               "kernels; see 'clone check'"),
+            std::string::npos)
+      << r.stderr_text;
+  EXPECT_LT(elapsed, std::chrono::seconds(1));
+  EXPECT_EQ(check.status, kExitError);
 }
 
 TEST_F(CliTest, BadBlockOptionsAreUsageErrors) {

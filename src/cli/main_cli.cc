@@ -6,6 +6,7 @@
 
 #include "base/log.h"
 #include "cli/attach.h"
+#include "cli/check.h"
 #include "cli/exec.h"
 #include "cli/exit_codes.h"
 #include "cli/fork.h"
@@ -25,6 +26,8 @@ int Main(int argc, char** argv) {
       "clone");
   app.require_subcommand(1);
   app.set_version_flag("--version", "clone 0.1.0");
+  CheckOptions check_options;
+  AddCheckCommand(app, check_options);
   RunOptions run_options;
   AddRunCommand(app, run_options);
   RootfsOptions rootfs_options;
@@ -52,6 +55,7 @@ int Main(int argc, char** argv) {
     Log(LogLevel::kError, "{} (see 'clone --help')", e.what());
     return kExitUsage;
   }
+  if (app.got_subcommand("check")) return CheckCommand(check_options);
   if (app.got_subcommand("run")) return RunCommand(run_options, timer);
   if (app.got_subcommand("rootfs")) return RootfsCreateCommand(rootfs_options);
   if (app.got_subcommand("attach")) return AttachCommand(attach_options);

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/ioctl.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -446,6 +447,66 @@ Result<void> VcpuFd::SetTscKhz(uint32_t khz) {
 Result<void> VcpuFd::MarkGuestPaused() {
   if (::ioctl(fd_.get(), KVM_KVMCLOCK_CTRL, 0) != 0) return FailErrno("KVM_KVMCLOCK_CTRL");
   return {};
+}
+
+Result<Stats> VcpuFd::OpenStats() const {
+  int fd = ::ioctl(fd_.get(), KVM_GET_STATS_FD, 0);
+  if (fd < 0) return FailErrno("KVM_GET_STATS_FD", fmt::format("vcpu {}", id_));
+  return Stats::FromFd(Fd(fd));
+}
+
+Result<Stats> Stats::FromFd(Fd fd) {
+  kvm_stats_header header{};
+  if (::pread(fd.get(), &header, sizeof(header), 0) != static_cast<ssize_t>(sizeof(header))) {
+    return FailErrno("KVM stats: reading the header");
+  }
+  // Sanity bounds: a descriptor is a fixed part plus name_size bytes; KVM has a few dozen.
+  if (header.num_desc > 4096 || header.name_size == 0 || header.name_size > 4096) {
+    return Fail("KVM stats: implausible header ({} descriptors, names of {} bytes)", header.num_desc, header.name_size);
+  }
+  size_t desc_size = sizeof(kvm_stats_desc) + header.name_size;
+  std::vector<uint8_t> block(desc_size * header.num_desc);
+  if (::pread(fd.get(), block.data(), block.size(), header.desc_offset) != static_cast<ssize_t>(block.size())) {
+    return FailErrno("KVM stats: reading the descriptors");
+  }
+  std::vector<Desc> descs;
+  uint32_t data_size = 0;
+  for (uint32_t i = 0; i < header.num_desc; ++i) {
+    const uint8_t* d = block.data() + i * desc_size;
+    kvm_stats_desc desc{};
+    std::memcpy(&desc, d, sizeof(desc));
+    const char* name = reinterpret_cast<const char*>(d + sizeof(kvm_stats_desc));  // SAFETY: in `block`
+    std::string n(name, strnlen(name, header.name_size));
+    descs.push_back({std::move(n), desc.offset});
+    data_size = std::max<uint32_t>(data_size, desc.offset + std::max<uint32_t>(desc.size, 1) * 8);
+  }
+  return Stats(std::move(fd), std::move(descs), header.data_offset, data_size);
+}
+
+Result<std::vector<std::pair<std::string, uint64_t>>> Stats::ReadAll() const {
+  std::vector<uint8_t> data(data_size_);
+  if (::pread(fd_.get(), data.data(), data.size(), data_offset_) != static_cast<ssize_t>(data.size())) {
+    return FailErrno("KVM stats: reading the data");
+  }
+  std::vector<std::pair<std::string, uint64_t>> out;
+  for (const Desc& d : descs_) {
+    uint64_t v = 0;
+    std::memcpy(&v, data.data() + d.offset, sizeof(v));
+    out.emplace_back(d.name, v);
+  }
+  return out;
+}
+
+std::optional<uint64_t> Stats::Read(std::string_view name) const {
+  for (const Desc& d : descs_) {
+    if (d.name != name) continue;
+    uint64_t v = 0;
+    if (::pread(fd_.get(), &v, sizeof(v), data_offset_ + d.offset) != static_cast<ssize_t>(sizeof(v))) {
+      return std::nullopt;
+    }
+    return v;
+  }
+  return std::nullopt;
 }
 
 }  // namespace clonevm::kvm

@@ -10,8 +10,11 @@
 
 #include <atomic>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "base/fd.h"
@@ -22,6 +25,31 @@ namespace clonevm::kvm {
 
 class VmFd;
 class VcpuFd;
+
+// KVM's binary statistics of one VM or vCPU (KVM_GET_STATS_FD, KVM_CAP_BINARY_STATS_FD): named
+// u64 counters such as "exits", "io_exits", "mmio_exits", "halt_exits", "irq_window_exits". The
+// descriptors are read once; Read() is one pread of the data block, safe from any thread while the
+// vCPU runs (the kernel updates the counters in place).
+class Stats {
+ public:
+  [[nodiscard]] static Result<Stats> FromFd(Fd fd);
+  // Every counter's first value, by name, now.
+  [[nodiscard]] Result<std::vector<std::pair<std::string, uint64_t>>> ReadAll() const;
+  // One counter; nullopt if KVM has no counter of that name (or the read failed).
+  std::optional<uint64_t> Read(std::string_view name) const;
+
+ private:
+  struct Desc {
+    std::string name;
+    uint32_t offset;  // bytes into the data block
+  };
+  Stats(Fd fd, std::vector<Desc> descs, uint32_t data_offset, uint32_t data_size)
+      : fd_(std::move(fd)), descs_(std::move(descs)), data_offset_(data_offset), data_size_(data_size) {}
+  Fd fd_;
+  std::vector<Desc> descs_;
+  uint32_t data_offset_ = 0;
+  uint32_t data_size_ = 0;
+};
 
 class Kvm {
  public:
@@ -142,6 +170,8 @@ class VcpuFd {
   // stopped this vCPU, so its soft-lockup and RCU-stall detectors do not report the gap. EINVAL when
   // the guest has not enabled kvmclock on this vCPU. Not while the vCPU is in KVM_RUN.
   [[nodiscard]] Result<void> MarkGuestPaused();
+  // KVM_GET_STATS_FD on this vCPU (any thread).
+  [[nodiscard]] Result<Stats> OpenStats() const;
 
  private:
   friend class VmFd;

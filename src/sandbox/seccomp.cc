@@ -207,8 +207,8 @@ constexpr Ioctl kIoctls[] = {
     {KVM_GET_IRQCHIP, kVmm},                  // snapshot
     {KVM_GET_PIT2, kVmm},                     // snapshot
     {KVM_GET_CLOCK, kVmm},                    // snapshot
-    {KVM_GET_REGS, kVmm},                     // snapshot
-    {KVM_GET_SREGS, kVmm},                    // snapshot
+    {KVM_GET_REGS, kVmmVcpu},                 // snapshot; a vCPU's stall report (vm.cc ReportStall)
+    {KVM_GET_SREGS, kVmmVcpu},                // same
     {KVM_GET_FPU, kVmm},                      // snapshot
     {kvm::uapi::kGetCpuid2, kVmm},            // snapshot
     {kvm::uapi::kGetMsrs, kVmm},              // snapshot
@@ -218,7 +218,7 @@ constexpr Ioctl kIoctls[] = {
     {KVM_GET_XCRS, kVmm},                     // snapshot
     {KVM_GET_LAPIC, kVmm},                    // snapshot
     {KVM_GET_VCPU_EVENTS, kVmm},              // snapshot
-    {KVM_GET_MP_STATE, kVmm},                 // snapshot
+    {KVM_GET_MP_STATE, kVmmVcpu},             // snapshot; a vCPU's stall report (halted or not)
     {KVM_GET_DEBUGREGS, kVmm},                // snapshot
     {KVM_GET_TSC_KHZ, kVmm},                  // snapshot
     {KVM_CHECK_EXTENSION, kVmm},              // snapshot (XSAVE2 size)

@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -19,6 +20,7 @@
 #include "devices/virtio/fs.h"
 #include "devices/virtio/rng.h"
 #include "devices/virtio/vsock.h"
+#include "host/check.h"
 
 namespace clonevm {
 namespace {
@@ -61,6 +63,9 @@ Result<std::unique_ptr<Vm>> Vm::OpenKvm(const VmConfig& config, BootTimer* timer
   vm->console_in_ = config.console_in;
   vm->console_out_ = config.console_out;
   if (config.seccomp == sandbox::SeccompMode::kOn) vm->seccomp_ = CLONE_TRY(sandbox::SeccompFilters::Compile());
+  // A KVM without SVM/VMX (PVM, ...) would run a stock kernel's first instruction and then spin
+  // forever without a single exit: refuse it before anything runs (host/check.h).
+  if (auto why = host::RefuseNonHardwareKvm(host::System())) return Fail("{}", *why);
   vm->kvm_ = CLONE_TRY(kvm::Kvm::Open());
   if (config.vcpus > static_cast<uint32_t>(vm->kvm_->MaxVcpus())) {
     return Fail("{} {}: this host's KVM supports at most {}", what, config.vcpus, vm->kvm_->MaxVcpus());
@@ -313,6 +318,7 @@ Result<VmExit> Vm::Run() {
     RequestExit({VmExitReason::kSignal, fmt::format("stopped by {}", sig == SIGINT ? "SIGINT" : "SIGTERM"), sig});
   }));
   CLONE_TRY_VOID(WatchConsoleInput());
+  CLONE_TRY_VOID(WatchStalls());
   InstallKickHandler();
   // Setup is done: confine this (event-loop) thread before any vCPU exists. vCPU threads inherit
   // this filter and narrow it to their role in VcpuLoop, before their first KVM_RUN.
@@ -453,10 +459,12 @@ void Vm::VcpuLoop(Vcpu& v) {
       first_run_ns_.compare_exchange_strong(expected, now, std::memory_order_relaxed);
     }
     auto reason = v.vcpu.Run();
+    v.exits.fetch_add(1, std::memory_order_relaxed);
     if (!reason) {
       int err = reason.error().error_number();
       if (err == EINTR || err == EAGAIN) {
         v.vcpu.run()->immediate_exit = 0;
+        if (v.stall_report.exchange(false, std::memory_order_acq_rel)) ReportStall(v);
         continue;
       }
       RequestExit({VmExitReason::kError, reason.error().message(), 0});
@@ -464,6 +472,85 @@ void Vm::VcpuLoop(Vcpu& v) {
     }
     if (!HandleExit(v, *reason)) return;
   }
+}
+
+Result<void> Vm::WatchStalls() {
+  if (const char* env = std::getenv("CLONE_STALL_WARN_SECONDS")) {
+    char* end = nullptr;
+    long n = std::strtol(env, &end, 10);
+    if (*env == '\0' || *end != '\0' || n < 0) return Fail("CLONE_STALL_WARN_SECONDS={}: not a number of seconds", env);
+    stall_after_ = std::chrono::seconds(n);
+  }
+  if (stall_after_.count() == 0) return {};
+  auto now = std::chrono::steady_clock::now();
+  for (auto& v : vcpus_) {
+    if (auto stats = v->vcpu.OpenStats()) v->stats.emplace(std::move(*stats));  // else: Clone's own count
+    v->moved = now;
+  }
+  int fd = ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (fd < 0) return FailErrno("timerfd_create");
+  stall_timer_ = Fd(fd);
+  // Checked a few times per stall period; each check is one pread per vCPU.
+  auto period = std::max<int64_t>(1, stall_after_.count() / 2);
+  itimerspec spec{};
+  spec.it_interval.tv_sec = period;
+  spec.it_value.tv_sec = period;
+  if (::timerfd_settime(fd, 0, &spec, nullptr) != 0) return FailErrno("timerfd_settime");
+  return loop_->Add(fd, EPOLLIN, [this, fd](uint32_t) {
+    uint64_t ticks;
+    if (::read(fd, &ticks, sizeof(ticks)) != sizeof(ticks)) return;
+    CheckStalls();
+  });
+}
+
+void Vm::CheckStalls() {
+  auto now = std::chrono::steady_clock::now();
+  bool all_warned = true;
+  for (auto& vp : vcpus_) {
+    Vcpu& v = *vp;
+    all_warned = all_warned && v.stall_warned;
+    uint64_t exits = v.exits.load(std::memory_order_relaxed);
+    std::optional<uint64_t> kvm_exits = v.stats ? v.stats->Read("exits") : std::nullopt;
+    bool moved = kvm_exits ? *kvm_exits != v.seen_kvm_exits : exits != v.seen_exits;
+    v.seen_exits = exits;
+    if (kvm_exits) v.seen_kvm_exits = *kvm_exits;
+    // Paused vCPUs do not run; without KVM's counters an idle guest (halted inside KVM) looks the
+    // same as a spinning one once it has booted, so only a silent boot is judged then.
+    if (moved || paused() || v.stall_warned || (!kvm_exits && first_output_seen_.load())) {
+      v.moved = now;
+      continue;
+    }
+    if (now - v.moved < stall_after_) continue;
+    // The vCPU thread looks at itself (halted or running, where) at the kick's EINTR.
+    v.moved = now;
+    v.stall_report.store(true, std::memory_order_release);
+    if (v.thread.joinable()) pthread_kill(v.thread.native_handle(), kKickSignal);
+  }
+  if (all_warned && stall_timer_) {
+    loop_->Remove(stall_timer_.get());
+    stall_timer_.reset();
+  }
+}
+
+// On the vCPU thread, outside KVM_RUN (kicked by CheckStalls).
+void Vm::ReportStall(Vcpu& v) {
+  auto mp = v.vcpu.GetMpState();
+  if (mp && mp->mp_state == KVM_MP_STATE_HALTED) return;  // idle, not stuck: checked again later
+  v.stall_warned = true;
+  std::string where = "its registers could not be read";
+  auto regs = v.vcpu.GetRegs();
+  auto sregs = v.vcpu.GetSregs();
+  if (regs && sregs) {
+    const char* mode = (sregs->efer & (1u << 10)) ? "64-bit long mode"
+                       : (sregs->cr0 & 1)         ? "protected mode"
+                                                  : "real mode";
+    where =
+        fmt::format("it is running at rip {:#x} in {} (cr0 {:#x}, cr3 {:#x})", regs->rip, mode, sregs->cr0, sregs->cr3);
+  }
+  Log(LogLevel::kWarn,
+      "vCPU {} has made no VM exit for {} s{}: {}; a guest kernel this KVM cannot run spins like this (see 'clone "
+      "check'), CLONE_STALL_WARN_SECONDS=0 silences this",
+      v.vcpu.id(), stall_after_.count(), first_output_seen_.load() ? "" : " and the guest has printed nothing", where);
 }
 
 // Serves one KVM exit. Returns false when this vCPU must stop.

@@ -229,6 +229,12 @@ class Vm {
   // detectors then ignore the time its vCPUs were stopped (a restore, a snapshot's pause).
   void MarkGuestPaused();
   [[nodiscard]] Result<void> WatchConsoleInput();
+  // Warns (once per vCPU) about a vCPU that makes no VM exit at all for CLONE_STALL_WARN_SECONDS
+  // (default 10; 0: off) while it is not halted: a kernel this KVM cannot run spins like that with
+  // no output. Loop thread; the vCPU thread itself reports its registers (ReportStall).
+  [[nodiscard]] Result<void> WatchStalls();
+  void CheckStalls();
+  void ReportStall(Vcpu& vcpu);
   std::vector<uint8_t> FilterConsoleEscape(std::span<const uint8_t> input);
   void VcpuLoop(Vcpu& vcpu);
   bool HandleExit(Vcpu& vcpu, uint32_t reason);
@@ -258,6 +264,8 @@ class Vm {
   x86::BootSetup boot_setup_;
   int console_in_ = -1;
   int console_out_ = 1;
+  Fd stall_timer_;
+  std::chrono::seconds stall_after_{10};
   std::atomic<bool> first_output_seen_{false};
   std::atomic<int64_t> first_run_ns_{0};  // steady_clock nanoseconds since its epoch; 0: not yet
   bool escape_pending_ = false;           // event-loop thread only
@@ -280,6 +288,15 @@ struct Vm::Vcpu {
   explicit Vcpu(kvm::VcpuFd fd) : vcpu(std::move(fd)) {}
   kvm::VcpuFd vcpu;
   std::thread thread;
+  // Stall watch (vm.cc WatchStalls): exits to Clone counted by the vCPU thread, KVM's own counters
+  // when it has them, and the last time either moved (event-loop thread).
+  std::atomic<uint64_t> exits{0};
+  std::atomic<bool> stall_report{false};  // set by the loop: report state at the next kick
+  std::optional<kvm::Stats> stats;
+  uint64_t seen_exits = 0;
+  uint64_t seen_kvm_exits = 0;
+  std::chrono::steady_clock::time_point moved;
+  std::atomic<bool> stall_warned{false};  // written by the vCPU thread
 };
 
 }  // namespace clonevm
