@@ -14,6 +14,7 @@
 #include "cli/rootfs.h"
 #include "cli/run.h"
 #include "cli/snapshot.h"
+#include "host/check.h"
 
 namespace clonevm::cli {
 
@@ -56,6 +57,15 @@ int Main(int argc, char** argv) {
     return kExitUsage;
   }
   if (app.got_subcommand("check")) return CheckCommand(check_options);
+  // A KVM that cannot run stock kernels (PVM, ...) is refused before any image is read
+  // (Vm::OpenKvm checks again for every other way a VM is built).
+  for (const char* sub : {"run", "restore", "fork"}) {
+    if (!app.got_subcommand(sub)) continue;
+    if (auto why = host::RefuseNonHardwareKvm(host::System())) {
+      Log(LogLevel::kError, "{}", *why);
+      return kExitError;
+    }
+  }
   if (app.got_subcommand("run")) return RunCommand(run_options, timer);
   if (app.got_subcommand("rootfs")) return RootfsCreateCommand(rootfs_options);
   if (app.got_subcommand("attach")) return AttachCommand(attach_options);

@@ -483,8 +483,9 @@ Result<void> Vm::WatchStalls() {
   }
   if (stall_after_.count() == 0) return {};
   auto now = std::chrono::steady_clock::now();
+  stall_watch_start_ = now;
   for (auto& v : vcpus_) {
-    if (auto stats = v->vcpu.OpenStats()) v->stats.emplace(std::move(*stats));  // else: Clone's own count
+    if (auto stats = v->vcpu.OpenStats()) v->stats.emplace(std::move(*stats));  // for the report only
     v->moved = now;
   }
   int fd = ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
@@ -505,18 +506,17 @@ Result<void> Vm::WatchStalls() {
 
 void Vm::CheckStalls() {
   auto now = std::chrono::steady_clock::now();
-  bool all_warned = true;
+  // Only a boot is judged: once the guest has printed something (or two minutes passed), a vCPU
+  // without exits to Clone is a busy or idle guest, not a stuck one. The host's own interrupts make
+  // KVM exits even for a spinning vCPU, so only exits that reach Clone (I/O, MMIO, ...) count.
+  bool done = first_output_seen_.load() || now - stall_watch_start_ > std::chrono::minutes(2);
   for (auto& vp : vcpus_) {
     Vcpu& v = *vp;
-    all_warned = all_warned && v.stall_warned;
+    done = done || v.stall_warned.load();
     uint64_t exits = v.exits.load(std::memory_order_relaxed);
-    std::optional<uint64_t> kvm_exits = v.stats ? v.stats->Read("exits") : std::nullopt;
-    bool moved = kvm_exits ? *kvm_exits != v.seen_kvm_exits : exits != v.seen_exits;
+    bool moved = exits != v.seen_exits;
     v.seen_exits = exits;
-    if (kvm_exits) v.seen_kvm_exits = *kvm_exits;
-    // Paused vCPUs do not run; without KVM's counters an idle guest (halted inside KVM) looks the
-    // same as a spinning one once it has booted, so only a silent boot is judged then.
-    if (moved || paused() || v.stall_warned || (!kvm_exits && first_output_seen_.load())) {
+    if (done || moved || paused() || v.stall_warned.load()) {
       v.moved = now;
       continue;
     }
@@ -526,7 +526,7 @@ void Vm::CheckStalls() {
     v.stall_report.store(true, std::memory_order_release);
     if (v.thread.joinable()) pthread_kill(v.thread.native_handle(), kKickSignal);
   }
-  if (all_warned && stall_timer_) {
+  if (done && stall_timer_) {
     loop_->Remove(stall_timer_.get());
     stall_timer_.reset();
   }
@@ -548,7 +548,8 @@ void Vm::ReportStall(Vcpu& v) {
         fmt::format("it is running at rip {:#x} in {} (cr0 {:#x}, cr3 {:#x})", regs->rip, mode, sregs->cr0, sregs->cr3);
   }
   Log(LogLevel::kWarn,
-      "vCPU {} has made no VM exit for {} s{}: {}; a guest kernel this KVM cannot run spins like this (see 'clone "
+      "vCPU {} has made no VM exit to Clone for {} s{}: {}; a guest kernel this KVM cannot run spins like this (see "
+      "'clone "
       "check'), CLONE_STALL_WARN_SECONDS=0 silences this",
       v.vcpu.id(), stall_after_.count(), first_output_seen_.load() ? "" : " and the guest has printed nothing", where);
 }

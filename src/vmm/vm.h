@@ -229,9 +229,9 @@ class Vm {
   // detectors then ignore the time its vCPUs were stopped (a restore, a snapshot's pause).
   void MarkGuestPaused();
   [[nodiscard]] Result<void> WatchConsoleInput();
-  // Warns (once per vCPU) about a vCPU that makes no VM exit at all for CLONE_STALL_WARN_SECONDS
-  // (default 10; 0: off) while it is not halted: a kernel this KVM cannot run spins like that with
-  // no output. Loop thread; the vCPU thread itself reports its registers (ReportStall).
+  // Warns (once) about a booting vCPU that makes no exit to Clone for CLONE_STALL_WARN_SECONDS
+  // (default 20; 0: off) while it is not halted and the guest has printed nothing: a kernel this
+  // KVM cannot run spins like that. Loop thread; the vCPU thread itself reports its registers (ReportStall).
   [[nodiscard]] Result<void> WatchStalls();
   void CheckStalls();
   void ReportStall(Vcpu& vcpu);
@@ -265,7 +265,8 @@ class Vm {
   int console_in_ = -1;
   int console_out_ = 1;
   Fd stall_timer_;
-  std::chrono::seconds stall_after_{10};
+  std::chrono::seconds stall_after_{20};
+  std::chrono::steady_clock::time_point stall_watch_start_;
   std::atomic<bool> first_output_seen_{false};
   std::atomic<int64_t> first_run_ns_{0};  // steady_clock nanoseconds since its epoch; 0: not yet
   bool escape_pending_ = false;           // event-loop thread only
@@ -294,7 +295,6 @@ struct Vm::Vcpu {
   std::atomic<bool> stall_report{false};  // set by the loop: report state at the next kick
   std::optional<kvm::Stats> stats;
   uint64_t seen_exits = 0;
-  uint64_t seen_kvm_exits = 0;
   std::chrono::steady_clock::time_point moved;
   std::atomic<bool> stall_warned{false};  // written by the vCPU thread
 };

@@ -2,12 +2,18 @@
 # Boots both stock Debian kernels (generic and cloud) with 1, 2 and 4 vCPUs on a busybox initrd and
 # checks what the guest reports: CPUs, memory, clock, ACPI errors, MADT CPUs. Then poweroff/reboot
 # exit statuses, SIGTERM with terminal restore, measured boot (--kernel-sha256), PVH (ELF) entry.
+# Host check (#11, in the same lab boot): `clone check` in L1 (hardware-assisted KVM as far as it can
+# tell) exits 0 and lists what Clone uses; a fake PVM host is refused in under a second; a guest
+# that spins without a single exit to Clone and prints nothing is reported.
 source "$(dirname "$0")/lib.sh"
 
 e2e_prepare() {
   e2e_initrd "$E2E_WORK/report.cpio.gz" "$E2E_ROOT/tests/guest/init-report.sh"
   # An ELF vmlinux with a PVH note, unpacked from the generic bzImage's compressed payload.
   "$E2E_ROOT/tests/guest/extract-vmlinux" "$LAB_GENERIC_KERNEL" "$E2E_WORK/vmlinux" 2>/dev/null || true
+  # A "kernel" whose 64-bit entry is `jmp .`: it never exits to the VMM and never prints.
+  printf '.globl _start\n_start: jmp _start\n' >"$E2E_WORK/spin.s"
+  as -o "$E2E_WORK/spin.o" "$E2E_WORK/spin.s" && ld -N -Ttext=0x200000 -e _start -o "$E2E_WORK/spin.elf" "$E2E_WORK/spin.o" 2>/dev/null
 }
 e2e_enter_lab "$0" "$@"
 
@@ -101,5 +107,61 @@ if [[ -s $E2E_WORK/vmlinux ]]; then
 else
   fail "could not extract an ELF vmlinux from $LAB_GENERIC_KERNEL"
 fi
+
+# --- Host check ---
+status=0
+"$CLONE_BIN" check >"$out" 2>"$out.err" || status=$?
+cat "$out"
+check "clone check in L1: exit 0 (stock guests run)" test "$status" = 0
+for item in kvm vhost-net vhost-vsock ksm userfaultfd; do
+  check "clone check lists $item" grep -qE "^  [a-z]+ +$item " "$out"
+done
+check "clone check: kvm is AMD SVM, hardware-assisted" grep -qE "^  ok +kvm +.*AMD SVM, hardware-assisted" "$out"
+status=0
+"$CLONE_BIN" check --json >"$out" 2>"$out.err" || status=$?
+check "clone check --json: stock_guests true" grep -q '"stock_guests": true' "$out"
+
+# A fake PVM host (the tree host/check.h reads, under CLONE_HOST_ROOT): a stock kernel is refused
+# at once, although this L1's /dev/kvm would run it.
+fake=$E2E_WORK/pvm-host
+mkdir -p "$fake/proc" "$fake/dev" "$fake/sys/module/kvm_pvm"
+printf 'processor\t: 0\nflags\t\t: fpu lm hypervisor\n' >"$fake/proc/cpuinfo"
+: >"$fake/dev/kvm"
+status=0
+t0=$EPOCHREALTIME
+"$CLONE_BIN" --version >/dev/null
+base_ms=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%d", (b - a) * 1000 }')
+t0=$EPOCHREALTIME
+CLONE_HOST_ROOT=$fake timeout 30 "$CLONE_BIN" run --kernel "$LAB_CLOUD_KERNEL" --initrd "$initrd" --mem-mb "$mem_mb" \
+  </dev/null >"$out" 2>"$out.err" || status=$?
+ms=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%d", (b - a) * 1000 }')
+echo "  PVM host: status $status after $ms ms (clone --version: $base_ms ms): $(cat "$out.err")"
+check "PVM host: clone run exits 1" test "$status" = 1
+# Under TCG the binary's own start-up (clone --version) is 20-50x hardware's: refused within 1 s of it.
+check "PVM host: refused within 1 s (beyond clone's start-up)" test "$((ms - base_ms))" -lt 1000
+check "PVM host: names the reason" grep -q "this host's KVM is PVM (no AMD SVM or Intel VMX): it runs only PVM-enabled guest kernels; see 'clone check'" "$out.err"
+check "PVM host: the guest never ran" test ! -s "$out"
+status=0
+CLONE_HOST_ROOT=$fake "$CLONE_BIN" check >"$out" 2>&1 || status=$?
+check "PVM host: clone check exits 1" test "$status" = 1
+check "PVM host: clone check names PVM" grep -q "PVM" "$out"
+
+# A spinning guest: no exit to Clone, no output -> one warning naming where the vCPU is.
+if [[ -s $E2E_WORK/spin.elf ]]; then
+  status=0
+  CLONE_STALL_WARN_SECONDS=3 timeout -s INT 8 "$CLONE_BIN" run --kernel "$E2E_WORK/spin.elf" --mem-mb 64 \
+    </dev/null >"$out" 2>"$out.err" || status=$?
+  echo "  spinning guest: $(grep -m1 'no VM exit' "$out.err")"
+  check "spinning guest: reported" grep -q "vCPU 0 has made no VM exit to Clone for 3 s and the guest has printed nothing" "$out.err"
+  check "spinning guest: the report says where" grep -q "rip 0x200000 in 64-bit long mode" "$out.err"
+  check "spinning guest: reported once" test "$(grep -c 'no VM exit' "$out.err")" = 1
+else
+  fail "could not assemble the spinning guest (as/ld from binutils)"
+fi
+# A normal boot is not reported with the default watch (20 s). A much closer watch would catch the
+# bzImage decompressor, which makes no exit for seconds under TCG (a fraction of one on hardware).
+boot "$LAB_CLOUD_KERNEL" 1
+check "normal boot: powered off" test "$status" = 0
+check "normal boot: no stall warning" bash -c "! grep -q 'no VM exit' '$out.err'"
 
 e2e_finish
