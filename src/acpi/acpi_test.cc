@@ -9,6 +9,7 @@
 
 #include "acpi/iasl_test_util.h"
 #include "acpi/tables.h"
+#include "base/bytes.h"
 
 namespace clonevm::acpi {
 namespace {
@@ -389,7 +390,7 @@ TEST(AcpiIaslTest, RsdpMatchesIaslDataTableCompiler) {
       "[0001]                  Extended Checksum : 00\n"
       "[0003]                           Reserved : 000000\n",
       Le(t.rsdp, 24, 8));
-  iasl::WriteBinary(dir.File("rsdp.dsl"), std::span(reinterpret_cast<const uint8_t*>(source.data()), source.size()));
+  iasl::WriteBinary(dir.File("rsdp.dsl"), AsBytes(source));
   const std::vector<uint8_t> compiled = iasl::Compile(dir, "rsdp");
   EXPECT_TRUE(std::equal(t.rsdp.begin(), t.rsdp.end(), compiled.begin(), compiled.end()));
 }

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "base/bytes.h"
 #include "base/check.h"
 
 namespace clonevm::agent {
@@ -132,9 +133,7 @@ void FrameDecoder::Feed(std::string_view bytes) {
   buffer_.append(bytes);
 }
 
-void FrameDecoder::Feed(std::span<const uint8_t> bytes) {
-  Feed(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
-}
+void FrameDecoder::Feed(std::span<const uint8_t> bytes) { Feed(AsChars(bytes)); }
 
 Result<std::optional<Frame>> FrameDecoder::Next() {
   if (error_) return tl::unexpected(*error_);

@@ -67,4 +67,10 @@ uint64_t EventFd::Drain() const {
   return value;
 }
 
+Result<PipeFds> Pipe(int flags) {
+  int fds[2] = {-1, -1};
+  if (::pipe2(fds, flags) != 0) return FailErrno("pipe2");
+  return PipeFds{Fd(fds[0]), Fd(fds[1])};
+}
+
 }  // namespace clonevm

@@ -1,6 +1,7 @@
 // Fd: a move-only owner of a file descriptor. There is no implicit conversion to int; call get().
 #pragma once
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <string>
@@ -44,6 +45,13 @@ class Fd {
 
 // Writes all of data, retrying short writes and EINTR.
 [[nodiscard]] Result<void> WriteAll(int fd, const void* data, size_t size);
+
+// pipe2(2): {read end, write end}, close-on-exec unless `flags` says otherwise.
+struct PipeFds {
+  Fd read;
+  Fd write;
+};
+[[nodiscard]] Result<PipeFds> Pipe(int flags = O_CLOEXEC);
 
 // An eventfd used to wake another thread's epoll loop.
 class EventFd {

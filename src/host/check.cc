@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "base/fd.h"
+#include "base/subprocess.h"
 
 namespace clonevm::host {
 namespace {
@@ -145,17 +146,9 @@ std::vector<std::string> System::List(const std::string& dir) const {
 }
 
 std::optional<std::string> System::FindTool(const std::string& name) const {
-  const char* path_env = std::getenv("PATH");
-  std::string path = path_env != nullptr && *path_env != '\0' ? path_env : "/usr/local/bin:/usr/bin:/bin";
-  path += ":/usr/sbin:/sbin";  // mkfs.ext4 and nft live there even for users whose PATH lacks them
-  std::istringstream dirs(path);
-  std::string dir;
-  while (std::getline(dirs, dir, ':')) {
-    if (dir.empty() || dir[0] != '/') continue;
-    std::string candidate = dir + "/" + name;
-    if (::access(Under(candidate).c_str(), X_OK) == 0) return candidate;
-  }
-  return std::nullopt;
+  std::string path = clonevm::FindTool(name, root_);
+  if (path.empty()) return std::nullopt;
+  return path;
 }
 
 KvmAnswers System::AskKvm(const std::string& path, const std::vector<int>& caps) const {

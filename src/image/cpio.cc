@@ -5,6 +5,8 @@
 
 #include <utility>
 
+#include "base/bytes.h"
+
 namespace clonevm {
 
 void CpioWriter::Pad() {
@@ -33,11 +35,11 @@ void CpioWriter::File(const std::string& path, std::span<const uint8_t> data, ui
 }
 
 void CpioWriter::File(const std::string& path, const std::string& text, uint32_t mode) {
-  File(path, std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()), mode);
+  File(path, AsBytes(text), mode);
 }
 
 void CpioWriter::Symlink(const std::string& path, const std::string& target) {
-  Entry(path, S_IFLNK | 0777, std::span(reinterpret_cast<const uint8_t*>(target.data()), target.size()));
+  Entry(path, S_IFLNK | 0777, AsBytes(target));
 }
 
 void CpioWriter::CharDevice(const std::string& path, uint32_t major, uint32_t minor, uint32_t mode) {

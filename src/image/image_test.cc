@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "base/bytes.h"
 #include "base/testing/host_tools.h"
 #include "image/cpio.h"
 #include "image/rootfs_initrd.h"
@@ -53,7 +54,7 @@ TEST(KernelReleaseTest, ReadsTheBzImageHeaderAndTheElfBanner) {
                         "\x7f"
                         "ELF....") +
                     "Linux version 6.1.0-56-amd64 (gcc) #1";
-  auto e = KernelRelease(std::span(reinterpret_cast<const uint8_t*>(elf.data()), elf.size()));
+  auto e = KernelRelease(AsBytes(elf));
   ASSERT_TRUE(e);
   EXPECT_EQ(*e, "6.1.0-56-amd64");
   std::vector<uint8_t> junk(100, 'x');

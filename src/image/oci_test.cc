@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "base/bytes.h"
 #include "base/sha256.h"
 #include "base/testing/host_tools.h"
 #include "image/rootfs_create.h"
@@ -36,7 +37,7 @@ struct Blob {
 // Moves `file` into LAYOUT/blobs/sha256/ under its digest.
 Blob AddBlob(const std::string& layout, const std::string& file) {
   std::string data = ReadText(file);
-  std::string hex = Sha256Hex(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data.data()), data.size()));
+  std::string hex = Sha256Hex(AsBytes(data));
   fs::create_directories(layout + "/blobs/sha256");
   fs::rename(file, layout + "/blobs/sha256/" + hex);
   return {"sha256:" + hex, data.size()};

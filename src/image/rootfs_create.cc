@@ -3,9 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -20,10 +18,9 @@
 
 #include "base/fd.h"
 #include "base/log.h"
+#include "base/subprocess.h"
 #include "block/qcow2.h"
 #include "image/oci.h"
-
-extern char** environ;
 
 namespace clonevm {
 namespace {
@@ -48,120 +45,26 @@ std::string HumanSize(uint64_t bytes) {
 
 // ---- external tools --------------------------------------------------------------------------
 
-// The tool's path: PATH, then /usr/sbin and /sbin (often missing from a user's PATH).
-std::string FindTool(const std::string& name) {
-  std::string search = std::getenv("PATH") != nullptr ? std::getenv("PATH") : "/usr/bin:/bin";
-  search += ":/usr/sbin:/sbin";
-  size_t start = 0;
-  while (start <= search.size()) {
-    size_t end = search.find(':', start);
-    if (end == std::string::npos) end = search.size();
-    std::string dir = search.substr(start, end - start);
-    if (!dir.empty()) {
-      std::string candidate = dir + "/" + name;
-      if (::access(candidate.c_str(), X_OK) == 0) return candidate;
-    }
-    start = end + 1;
-  }
-  return {};
-}
-
-std::string LastLine(std::string_view text) {
-  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) text.remove_suffix(1);
-  size_t nl = text.find_last_of('\n');
-  if (nl != std::string_view::npos) text.remove_prefix(nl + 1);
-  return std::string(text);
-}
-
-enum class ToolOutput { kCapture, kToStderr };
-
 struct ToolSpec {
   std::vector<std::string> argv;
   std::string package;  // the Debian package to install when it is missing
   ToolOutput output = ToolOutput::kCapture;
 };
 
-// Runs a tool with stdin from /dev/null. kCapture: stdout and stderr are collected and the last
-// line goes into the error; kToStderr: both go to our stderr (progress the user should see).
-// While `interrupted` is set the tool gets SIGTERM, and the result is "interrupted".
+// Runs a tool (base/subprocess.h) with stdin from /dev/null. kCapture: its output's last line goes
+// into the error; kToStderr: its output goes to our stderr (progress the user should see). While
+// `interrupted` is set the tool gets SIGTERM, and the result is "interrupted".
 Result<void> RunTool(const ToolSpec& spec, const std::atomic<bool>* interrupted) {
   const std::string& name = spec.argv.at(0);
-  std::string path = FindTool(name);
-  if (path.empty()) return Fail("{} not found: install it (apt-get install {})", name, spec.package);
+  if (FindTool(name).empty()) return Fail("{} not found: install it (apt-get install {})", name, spec.package);
   CLONE_TRY_VOID(CheckInterrupted(interrupted));
-
-  int pipe_fds[2] = {-1, -1};
-  if (spec.output == ToolOutput::kCapture && ::pipe2(pipe_fds, O_CLOEXEC) != 0) return FailErrno("pipe2");
-  Fd read_end(pipe_fds[0]);
-  Fd write_end(pipe_fds[1]);
-
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  if (spec.output == ToolOutput::kCapture) {
-    posix_spawn_file_actions_adddup2(&actions, write_end.get(), STDOUT_FILENO);
-    posix_spawn_file_actions_adddup2(&actions, write_end.get(), STDERR_FILENO);
-  } else {
-    posix_spawn_file_actions_adddup2(&actions, STDERR_FILENO, STDOUT_FILENO);
-  }
-  // Default signal dispositions and an empty mask in the child.
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t all, none;
-  sigfillset(&all);
-  sigemptyset(&none);
-  posix_spawnattr_setsigdefault(&attr, &all);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
-
-  std::vector<char*> argv;
-  for (const auto& a : spec.argv) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid = -1;
-  int err = ::posix_spawn(&pid, path.c_str(), &actions, &attr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attr);
-  write_end.reset();
-  if (err != 0) return Fail(Error::FromErrno("running " + name, err));
-
-  std::string output;
-  bool signalled = false;
-  auto stop_if_interrupted = [&] {
-    if (!signalled && Interrupted(interrupted)) {
-      ::kill(pid, SIGTERM);
-      signalled = true;
-    }
-  };
-  if (read_end) {
-    char buf[4096];
-    for (;;) {
-      stop_if_interrupted();
-      pollfd p{read_end.get(), POLLIN, 0};
-      int r = ::poll(&p, 1, 200);
-      if (r < 0 && errno != EINTR) break;
-      if (r <= 0) continue;
-      ssize_t n = ::read(read_end.get(), buf, sizeof(buf));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;
-      output.append(buf, static_cast<size_t>(n));
-      if (output.size() > (1 << 20)) output.erase(0, output.size() - (1 << 19));
-    }
-  }
-  int status = 0;
-  for (;;) {
-    stop_if_interrupted();
-    pid_t r = ::waitpid(pid, &status, signalled ? 0 : WNOHANG);
-    if (r == pid) break;
-    if (r < 0 && errno != EINTR) return FailErrno("waitpid", name);
-    if (r == 0) ::usleep(50 * 1000);
-  }
-  if (signalled || Interrupted(interrupted)) return Fail("interrupted");
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return {};
-  std::string how = WIFEXITED(status) ? fmt::format("exit status {}", WEXITSTATUS(status))
-                                      : fmt::format("killed by signal {}", WTERMSIG(status));
-  std::string last = LastLine(output);
-  if (last.empty()) return Fail("{} failed ({})", name, how);
-  return Fail("{} failed ({}): {}", name, how, last);
+  ToolResult result = CLONE_TRY(
+      clonevm::RunTool(spec.argv, {.input_from_null = true, .output = spec.output, .interrupted = interrupted}));
+  if (result.interrupted) return Fail("interrupted");
+  if (result.ok()) return {};
+  std::string last = result.LastLine();
+  if (last.empty()) return Fail("{} failed ({})", name, result.How());
+  return Fail("{} failed ({}): {}", name, result.How(), last);
 }
 
 // ---- temporary files -------------------------------------------------------------------------

@@ -14,6 +14,7 @@
 #include <set>
 #include <sstream>
 
+#include "base/bytes.h"
 #include "base/fd.h"
 #include "base/log.h"
 #include "base/sha256.h"
@@ -284,7 +285,7 @@ Result<std::string> RootfsInitrdKey(const std::string& modules_dir) {
   material += FileIdentity(BusyboxPath());
   material += FileIdentity(dir / "modules.dep");
   material += FileIdentity(dir / "modules.builtin");
-  return Sha256Hex(std::span(reinterpret_cast<const uint8_t*>(material.data()), material.size()));
+  return Sha256Hex(AsBytes(material));
 }
 
 Result<CachedInitrd> CachedRootfsInitrd(const std::string& modules_dir, const std::string& cache_dir) {

@@ -10,25 +10,18 @@
 #include <cstring>
 
 #include "base/fd.h"
+#include "base/subprocess.h"
 #include "net/netlink.h"
-#include "net/run_tool.h"
 
 namespace clonevm::net {
 namespace {
 
 constexpr const char* kIpForward = "/proc/sys/net/ipv4/ip_forward";
 
-// The last non-empty line of a tool's output, for one-line errors.
-std::string LastLine(std::string_view output) {
-  while (!output.empty() && (output.back() == '\n' || output.back() == ' ')) output.remove_suffix(1);
-  const size_t nl = output.rfind('\n');
-  return std::string(nl == std::string_view::npos ? output : output.substr(nl + 1));
-}
-
 Result<ToolResult> RunNft(const std::vector<std::string>& args, std::string_view script) {
   std::vector<std::string> argv{"nft"};
   argv.insert(argv.end(), args.begin(), args.end());
-  auto result = RunTool(argv, script);
+  auto result = RunTool(argv, {.input = script});
   if (!result) return Fail(result.error().Wrap("nftables (apt-get install nftables)"));
   return result;
 }
@@ -173,7 +166,7 @@ Result<void> EnsureNat(std::string_view bridge, const Ipv4Subnet& subnet) {
     return Fail(
         "setting up NAT for bridge {} ({}) with nft failed: {} (the kernel needs nf_tables, nft_chain_nat, nft_masq "
         "and nft_ct)",
-        bridge, subnet.ToString(), LastLine(result.output));
+        bridge, subnet.ToString(), result.LastLine());
   }
   return {};
 }
@@ -189,7 +182,7 @@ Result<void> RemoveNat(std::string_view bridge) {
   }
   const ToolResult removed = CLONE_TRY(RunNft({"-f", "-"}, script));
   if (removed.exit_code != 0) {
-    return Fail("removing NAT for bridge {} with nft failed: {}", bridge, LastLine(removed.output));
+    return Fail("removing NAT for bridge {} with nft failed: {}", bridge, removed.LastLine());
   }
   return {};
 }

@@ -23,7 +23,7 @@ Error TunSetIffError(std::string_view name, int err) {
                    err);
     case EBUSY:
       return Error(
-          fmt::format("TAP {} is busy: another process has it open (or its multi_queue setting differs)", name), err);
+          fmt::format("TAP {} is already in use by another process (or its multi_queue setting differs)", name), err);
     case EINVAL:
       return Error(fmt::format("{} exists but is not a TAP interface (or its vnet_hdr setting differs)", name), err);
     default:
@@ -80,7 +80,17 @@ Result<Tap> OpenTap(std::string_view name, const TapOptions& options) {
   ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
   if (options.vnet_hdr) ifr.ifr_flags |= IFF_VNET_HDR;
   if (options.multi_queue) ifr.ifr_flags |= IFF_MULTI_QUEUE;
-  if (::ioctl(fd.get(), TUNSETIFF, &ifr) != 0) return Fail(TunSetIffError(name, errno));
+  if (::ioctl(fd.get(), TUNSETIFF, &ifr) != 0) {
+    int err = errno;
+    // An existing TAP created with multi_queue accepts only IFF_MULTI_QUEUE attachments.
+    bool retried = false;
+    if (err == EINVAL && !options.multi_queue && options.creation == TapCreation::kMustExist &&
+        (features & IFF_MULTI_QUEUE) != 0) {
+      ifr.ifr_flags |= IFF_MULTI_QUEUE;
+      retried = ::ioctl(fd.get(), TUNSETIFF, &ifr) == 0;
+    }
+    if (!retried) return Fail(TunSetIffError(name, err));
+  }
 
   Tap tap;
   tap.name.assign(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ));

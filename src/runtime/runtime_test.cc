@@ -9,6 +9,7 @@
 #include <fstream>
 #include <thread>
 
+#include "base/bytes.h"
 #include "base/event_loop.h"
 #include "base/testing/host_tools.h"
 #include "runtime/console_hub.h"
@@ -106,14 +107,14 @@ TEST(ConsoleHubTest, ReplaysFansOutAndForwardsInput) {
   std::string path = dir.path().string() + "/console.sock";
   ASSERT_TRUE(hub.Listen(**loop, path, [&](std::span<const uint8_t> b) { input.append(b.begin(), b.end()); }));
   std::string early = "booting\n";
-  hub.Output(std::span(reinterpret_cast<const uint8_t*>(early.data()), early.size()));
+  hub.Output(AsBytes(early));
   EXPECT_EQ(ReadSome(log_read.get(), early.size()), early);
 
   Fd client = Connect(path);
   while (hub.client_count() == 0) ASSERT_TRUE((*loop)->RunOnce(1000));
   EXPECT_EQ(ReadSome(client.get(), early.size()), early);  // the replay
   std::string late = "login: ";
-  hub.Output(std::span(reinterpret_cast<const uint8_t*>(late.data()), late.size()));
+  hub.Output(AsBytes(late));
   EXPECT_EQ(ReadSome(client.get(), late.size()), late);
 
   ASSERT_EQ(::write(client.get(), "root\n", 5), 5);

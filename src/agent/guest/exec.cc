@@ -49,12 +49,6 @@ Result<void> SetNonBlocking(int fd) {
   return {};
 }
 
-Result<std::pair<Fd, Fd>> MakePipe() {
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) return FailErrno("pipe2");
-  return std::make_pair(Fd(fds[0]), Fd(fds[1]));
-}
-
 // The environment: fixed defaults, overridden by the request's NAME=value entries.
 std::vector<std::string> BuildEnvironment(const ExecRequest& request) {
   std::map<std::string, std::string> env = {
@@ -138,14 +132,14 @@ Result<Child> Spawn(const ExecRequest& request) {
       ::ioctl(master.get(), TIOCSWINSZ, &ws);
     }
   } else {
-    auto [out_r, out_w] = CLONE_TRY(MakePipe());
-    auto [err_r, err_w] = CLONE_TRY(MakePipe());
+    auto [out_r, out_w] = CLONE_TRY(Pipe());
+    auto [err_r, err_w] = CLONE_TRY(Pipe());
     child.stdout_r = std::move(out_r);
     child.stderr_r = std::move(err_r);
     child_out = std::move(out_w);
     child_err = std::move(err_w);
     if (request.forward_stdin) {
-      auto [in_r, in_w] = CLONE_TRY(MakePipe());
+      auto [in_r, in_w] = CLONE_TRY(Pipe());
       child_in = std::move(in_r);
       child.stdin_w = std::move(in_w);
     } else {

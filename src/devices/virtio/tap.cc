@@ -8,65 +8,19 @@
 #include <cerrno>
 #include <cstring>
 
+#include "net/tap.h"
+
 namespace clonevm::virtio {
 namespace {
 
-constexpr const char* kTunPath = "/dev/net/tun";
 constexpr unsigned kWantedOffloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
-
-Result<Fd> OpenTunControl() {
-  int fd = ::open(kTunPath, O_RDWR | O_NONBLOCK | O_CLOEXEC);
-  if (fd >= 0) return Fd(fd);
-  int err = errno;
-  if (err == ENOENT || err == ENODEV || err == ENXIO) {
-    return Fail("{} is not available: {} (load the tun module)", kTunPath, std::strerror(err));
-  }
-  if (err == EACCES || err == EPERM) {
-    return Fail("no permission to open {} ({}): run as root or give the user access", kTunPath, std::strerror(err));
-  }
-  return tl::unexpected(Error::FromErrno("open", err, kTunPath));
-}
-
-// TUNSETIFF on an existing interface; returns errno (0 on success).
-int AttachTap(const Fd& tun, const std::string& name, short extra_flags) {
-  ifreq ifr{};
-  std::memcpy(ifr.ifr_name, name.data(), name.size());
-  ifr.ifr_flags = static_cast<short>(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | extra_flags);
-  return ::ioctl(tun.get(), TUNSETIFF, &ifr) == 0 ? 0 : errno;
-}
-
-Result<void> ExplainAttachError(const std::string& name, int err) {
-  switch (err) {
-    case EPERM:
-      return Fail(
-          "no permission to use TAP device '{}': it belongs to another user or group "
-          "(ip tuntap add dev {} mode tap user $USER), or run with CAP_NET_ADMIN",
-          name, name);
-    case EBUSY:
-      return Fail("TAP device '{}' is already in use by another process", name);
-    case EINVAL:
-      return Fail("'{}' is not a TAP device (a TUN device, or another kind of interface)", name);
-    default:
-      return tl::unexpected(Error::FromErrno("TUNSETIFF", err, name));
-  }
-}
 
 }  // namespace
 
 Result<Fd> OpenTap(const std::string& name) {
-  if (name.empty() || name.size() >= IFNAMSIZ) {
-    return Fail("TAP device name '{}' is invalid (1 to {} characters)", name, IFNAMSIZ - 1);
-  }
-  if (::if_nametoindex(name.c_str()) == 0) {
-    return Fail("TAP device '{}' does not exist (create it first: ip tuntap add dev {} mode tap)", name, name);
-  }
-  Fd tun = CLONE_TRY(OpenTunControl());
-  int err = AttachTap(tun, name, 0);
-  // A TAP created with multi_queue accepts only IFF_MULTI_QUEUE attachments.
-  if (err == EINVAL && AttachTap(tun, name, IFF_MULTI_QUEUE) == 0) err = 0;
-  if (err != 0) CLONE_TRY_VOID(ExplainAttachError(name, err));
-  CLONE_TRY(PrepareTap(tun));
-  return tun;
+  net::Tap tap = CLONE_TRY(net::OpenTap(name, {.creation = net::TapCreation::kMustExist}));
+  CLONE_TRY(PrepareTap(tap.fd));
+  return std::move(tap.fd);
 }
 
 Result<unsigned> PrepareTap(const Fd& tap) {

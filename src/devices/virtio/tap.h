@@ -22,8 +22,8 @@ namespace clonevm::virtio {
 
 inline constexpr int kVnetHdrSize = 12;  // sizeof(struct virtio_net_hdr_v1)
 
-// Attaches to the existing TAP interface `name`; the fd is non-blocking and close-on-exec, already
-// prepared (PrepareTap). Refuses names of interfaces that do not exist (it never creates one).
+// Attaches to the existing TAP interface `name` (net::OpenTap with TapCreation::kMustExist: it never
+// creates one); the fd is non-blocking and close-on-exec, already prepared (PrepareTap).
 [[nodiscard]] Result<Fd> OpenTap(const std::string& name);
 
 // Makes an open TAP fd ready for virtio-net: checks it is a TAP with IFF_VNET_HDR, sets O_NONBLOCK,
