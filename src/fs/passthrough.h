@@ -67,14 +67,21 @@
 #include <string>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "base/fd.h"
 #include "base/result.h"
+
+struct fuse_in_header;  // linux/fuse.h
 
 namespace clonevm::fs {
 
 struct FsOptions {
   bool read_only = false;
+  // Squash root (see "Credentials" above): every request runs as its caller, uid/gid 0 as these.
+  bool root_squash = false;
+  uid_t squash_uid = 65534;  // nobody
+  gid_t squash_gid = 65534;  // nogroup
   // Largest WRITE payload (and READ the kernel is told to expect), 4 KiB..kMaxIoBytes.
   uint32_t max_write = 1u << 20;
 };
@@ -128,9 +135,24 @@ class PassthroughFs {
     bool dir = false;
   };
   struct Reply;
+  // Whose host credentials the server takes for requests (the header comment's "Credentials").
+  enum class CredentialModel {
+    kVmm,          // the VMM is not root: every request runs as the VMM
+    kCreatorOwns,  // root: creating requests (and ACCESS) as the caller, the rest as root
+    kCaller,       // root with root_squash: every request as the caller, root squashed
+  };
+  struct Caller {
+    uid_t uid;
+    gid_t gid;
+    std::vector<gid_t> groups;
+  };
 
   PassthroughFs(Fd root, std::string root_path, FsOptions options, Fd proc_fd);
 
+  // The credentials `header`'s request runs with, or nullopt for the VMM's own.
+  std::optional<Caller> CallerFor(const fuse_in_header& header) const;
+  // Runs one request of an initialized session (every opcode but INIT, FORGET and BATCH_FORGET).
+  void Dispatch(const fuse_in_header& header, std::span<const uint8_t> in, Reply& reply);
   // The handlers: `in` is the argument bytes after fuse_in_header.
   void DoInit(std::span<const uint8_t> in, Reply& reply);
   void DoLookup(uint64_t parent, std::span<const uint8_t> in, Reply& reply);
@@ -139,14 +161,14 @@ class PassthroughFs {
   void DoGetattr(uint64_t nodeid, Reply& reply);
   void DoSetattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
   void DoReadlink(uint64_t nodeid, Reply& reply);
-  void DoSymlink(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply);
-  void DoMknod(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply);
-  void DoMkdir(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply);
+  void DoSymlink(uint64_t parent, std::span<const uint8_t> in, Reply& reply);
+  void DoMknod(uint64_t parent, std::span<const uint8_t> in, Reply& reply);
+  void DoMkdir(uint64_t parent, std::span<const uint8_t> in, Reply& reply);
   void DoUnlink(uint64_t parent, std::span<const uint8_t> in, bool dir, Reply& reply);
   void DoRename(uint64_t parent, std::span<const uint8_t> in, bool rename2, Reply& reply);
   void DoLink(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
   void DoOpen(uint64_t nodeid, std::span<const uint8_t> in, bool dir, Reply& reply);
-  void DoCreate(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply);
+  void DoCreate(uint64_t parent, std::span<const uint8_t> in, Reply& reply);
   void DoRead(std::span<const uint8_t> in, Reply& reply);
   void DoWrite(std::span<const uint8_t> in, Reply& reply);
   void DoStatfs(uint64_t nodeid, Reply& reply);
@@ -156,6 +178,13 @@ class PassthroughFs {
   void DoAccess(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
   void DoFallocate(std::span<const uint8_t> in, Reply& reply);
   void DoLseek(std::span<const uint8_t> in, Reply& reply);
+  void DoGetxattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
+  void DoListxattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
+  void DoSetxattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
+  void DoRemovexattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
+  // "/proc/self/fd/N" as an absolute path, for the *xattr calls that have no *at form; the link
+  // names the inode itself.
+  static std::string ProcPath(int fd);
   void DoDestroy();
 
   // The inode of `nodeid` with a usable fd, or an errno (EBADF unknown, ESTALE stale).
@@ -170,8 +199,8 @@ class PassthroughFs {
   // Looks `name` up under `parent`: a new or existing nodeid with its lookup count + 1 and the
   // entry written to `out` (a fuse_entry_out). Returns an errno on failure.
   int LookupEntry(Inode& parent, const char* name, void* entry_out);
-  // After creating `name` in `parent`: chown to the guest's credentials (as root), then look it up.
-  void FinishCreate(Inode& parent, const char* name, uint32_t uid, uint32_t gid, Reply& reply);
+  // After creating `name` in `parent` (owned by whoever the request ran as): looks it up.
+  void FinishCreate(Inode& parent, const char* name, Reply& reply);
   // "/proc/self/fd/N" relative to proc_fd_: the name of inode `fd`.
   static std::string ProcName(int fd);
   // Opens the inode's file itself (not O_PATH) with `flags`.
@@ -187,6 +216,8 @@ class PassthroughFs {
   size_t max_inodes_ = kMaxInodes;  // kMaxInodes, or less under a low RLIMIT_NOFILE
   size_t max_handles_ = kMaxHandles;
   Fd proc_fd_;  // /proc/self/fd, O_PATH
+  CredentialModel model_ = CredentialModel::kVmm;
+  std::vector<gid_t> host_groups_;  // the VMM's supplementary groups, put back after each request
 
   bool initialized_ = false;
   uint32_t minor_ = 0;
