@@ -634,7 +634,6 @@ void PassthroughFs::DoSetattr(uint64_t nodeid, std::span<const uint8_t> in, Repl
     if (int err = KillSuidGid(proc_fd_.get(), inode.fd.get())) return reply.Error(err);
   }
   if (valid & (FATTR_ATIME | FATTR_MTIME)) {
-    if (symlink) return reply.Error(EOPNOTSUPP);
     timespec times[2];
     times[0] = {0, UTIME_OMIT};
     times[1] = {0, UTIME_OMIT};
@@ -648,7 +647,11 @@ void PassthroughFs::DoSetattr(uint64_t nodeid, std::span<const uint8_t> in, Repl
                      ? timespec{0, UTIME_NOW}
                      : timespec{static_cast<time_t>(arg->mtime), static_cast<long>(arg->mtimensec)};
     }
-    if (::utimensat(proc_fd_.get(), proc.c_str(), times, 0) != 0) return reply.Error(Errno());
+    // A symlink's own times through its O_PATH fd (the /proc link would reach the same inode only
+    // for non-links); the rest through /proc, which also works for files the caller cannot open.
+    int r = symlink ? ::utimensat(inode.fd.get(), "", times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)
+                    : ::utimensat(proc_fd_.get(), proc.c_str(), times, 0);
+    if (r != 0) return reply.Error(Errno());
   }
   DoGetattr(nodeid, reply);
 }

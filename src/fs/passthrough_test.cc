@@ -797,6 +797,27 @@ TEST_F(FsTest, RenameFlagsExchangeNoreplaceWhiteout) {
   EXPECT_EQ(st.st_rdev, makedev(0, 0));
 }
 
+TEST_F(FsTest, SymlinkTimesAreTheLinksOwn) {
+  Make();
+  Init();
+  uint64_t link = LookupId(1, "rel-link");
+  struct stat target_before = HostStat(dir_.path() / "secret");
+  fuse_setattr_in sa{};
+  sa.valid = FATTR_MTIME | FATTR_ATIME;
+  sa.mtime = 1100000000;
+  sa.mtimensec = 7;
+  sa.atime = 1000000000;
+  Answer a = Send(FUSE_SETATTR, link, Bytes(sa));
+  ASSERT_EQ(a.error, 0);
+  EXPECT_EQ(a.As<fuse_attr_out>().attr.mtime, 1100000000u);
+  struct stat st = HostStat(root_ / "rel-link");
+  EXPECT_EQ(st.st_mtim.tv_sec, 1100000000);
+  EXPECT_EQ(st.st_mtim.tv_nsec, 7);
+  EXPECT_EQ(HostStat(dir_.path() / "secret").st_mtim.tv_sec, target_before.st_mtim.tv_sec);  // not followed
+  sa.valid = FATTR_MODE;
+  EXPECT_EQ(Send(FUSE_SETATTR, link, Bytes(sa)).error, EOPNOTSUPP);
+}
+
 TEST_F(FsTest, DeviceNodesOnlyOnNodevHostMounts) {
   Make();
   Init();
