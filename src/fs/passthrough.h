@@ -6,11 +6,17 @@
 //
 // Protocol: linux/fuse.h, major 7, minor negotiated down to the kernel's (at most
 // FUSE_KERNEL_MINOR_VERSION of our headers). Served: INIT, DESTROY, LOOKUP, FORGET, BATCH_FORGET,
-// GETATTR, SETATTR (mode, uid/gid, size, atime/mtime), READLINK, SYMLINK, MKNOD (regular files and
-// FIFOs only), MKDIR, UNLINK, RMDIR, RENAME, RENAME2, LINK, OPEN, CREATE, READ, WRITE, STATFS,
-// RELEASE, FLUSH, FSYNC, OPENDIR, READDIR, READDIRPLUS, RELEASEDIR, FSYNCDIR, ACCESS, FALLOCATE,
-// LSEEK. Everything else (xattrs, locks, ioctl, ...) is answered -ENOSYS, which makes the kernel
-// stop asking or fall back to local behaviour.
+// GETATTR, SETATTR (mode, uid/gid, size, atime/mtime, set-id clearing), READLINK, SYMLINK, MKNOD
+// (regular files, FIFOs, sockets; character and block devices only on a nodev host mount), MKDIR,
+// UNLINK, RMDIR, RENAME, RENAME2 (NOREPLACE, EXCHANGE, WHITEOUT), LINK, OPEN, CREATE, READ, WRITE,
+// STATFS, RELEASE, FLUSH, FSYNC, OPENDIR, READDIR, READDIRPLUS, RELEASEDIR, FSYNCDIR, ACCESS,
+// FALLOCATE, LSEEK, GETXATTR, SETXATTR, LISTXATTR, REMOVEXATTR. Everything else (locks, ioctl,
+// ...) is answered -ENOSYS, which makes the kernel stop asking or fall back to local behaviour:
+// flock and POSIX locks are not negotiated, so the guest kernel keeps them (coherent inside the
+// guest, invisible to host processes; a blocking SETLKW would stall the one worker).
+// INIT negotiates FUSE_DONT_MASK (new inodes get mode & ~the guest's umask; the worker thread's
+// own umask is 0) and FUSE_HANDLE_KILLPRIV_V2 (a WRITE, truncate or O_TRUNC open the guest marks
+// clears set-uid, and set-gid with group execute; chown's clearing is the host's own).
 //
 // Confinement (virtiofsd's design): every inode the guest knows is an O_PATH|O_NOFOLLOW fd opened
 // relative to its parent's fd, starting from the shared root; no host path is ever built from a
@@ -49,8 +55,22 @@
 // the root; an entry that no longer exists (or was already unlinked when saved) becomes stale: it
 // keeps its nodeid/fh so the guest's FORGET/RELEASE work, and every other use answers ESTALE.
 //
-// Credentials: requests run with the VMM's credentials. When the VMM runs as root, new files,
-// directories, nodes and symlinks are chowned to the requesting guest uid/gid.
+// Credentials (docs/virtiofs.md): virtio-fs guests mount with default_permissions, so the guest
+// kernel checks every permission with the caller's uid, gid and all its groups before asking.
+// Which host credentials a request then runs with (CallerFor, switched per request on the calling
+// thread with the raw setfsuid/setfsgid/setgroups syscalls, and put back after it):
+//  - VMM not root (kVmm): every request runs as the VMM; new inodes are the VMM user's.
+//  - VMM root (kCreatorOwns, the default): CREATE, MKDIR, MKNOD and SYMLINK run as the caller's
+//    fsuid/fsgid with the parent directory's group as the only supplementary group (the guest
+//    has checked the caller may write the parent), so the host kernel itself gives the new inode
+//    its owner, the set-gid parent's group and bit, and strips set-gid; ACCESS is answered for
+//    the caller. Everything else runs as root, as the guest kernel allowed: guest root is root
+//    on the share (chown, device nodes on nodev mounts, trusted.*/security.* xattrs).
+//  - VMM root with root_squash (kCaller): every request runs as the caller, uid/gid 0 mapped to
+//    squash_uid/squash_gid, no supplementary groups: the host checks each request again as that
+//    user, so neither guest root nor a guest kernel forging uids gets more than a host user of
+//    that uid; security.* and trusted.* xattrs are refused (fsuid switching keeps CAP_SETFCAP and
+//    CAP_SYS_ADMIN effective).
 //
 // Thread-safety: none. One thread (the device's fs worker) calls Handle(); SaveState() and
 // RestoreState() must not run concurrently with it.
