@@ -66,12 +66,11 @@
 //    its owner, the set-gid parent's group and bit, and strips set-gid; ACCESS is answered for
 //    the caller. Everything else runs as root, as the guest kernel allowed: guest root is root
 //    on the share (chown, device nodes on nodev mounts, trusted.*/security.* xattrs).
-//  - VMM root with root_squash (kCaller; --shared-dir ...:squash-root): every request runs as the caller, uid/gid 0
-//  mapped to
-//    squash_uid/squash_gid, no supplementary groups: the host checks each request again as that
-//    user, so neither guest root nor a guest kernel forging uids gets more than a host user of
-//    that uid; security.* and trusted.* xattrs are refused (fsuid switching keeps CAP_SETFCAP and
-//    CAP_SYS_ADMIN effective).
+//  - VMM root with root_squash (kCaller; --shared-dir HOST:TAG:squash-root): every request runs
+//    as the caller, uid/gid 0 mapped to squash_uid/squash_gid, no supplementary groups: the host
+//    checks each request again as that user, so neither guest root nor a guest kernel forging
+//    uids gets more than a host user of that uid; security.* and trusted.* xattrs are refused
+//    (fsuid switching keeps CAP_SETFCAP and CAP_SYS_ADMIN effective).
 //
 // Thread-safety: none. One thread (the device's fs worker) calls Handle(); SaveState() and
 // RestoreState() must not run concurrently with it.
