@@ -6,7 +6,8 @@
 # `qemu-system-x86_64 -accel kvm` with Debian's /usr/lib/qemu/virtiofsd (-o xattr, otherwise its
 # defaults). Same kernel, initrd and host file system (ext4 on a loop device, mounted nodev, so
 # that guests may make device nodes). Both pass counts are printed; the test fails when Clone's
-# is lower than virtiofsd's, or when either run crashes or hangs.
+# is lower than virtiofsd's, or when either run crashes or hangs. A short extra boot checks
+# `--shared-dir HOST:TAG:squash-root`: guest root is nobody on the host.
 source "$(dirname "$0")/lib.sh"
 
 e2e_prepare() {
@@ -56,6 +57,23 @@ echo "clone: exit $status after $(since "$t0") s"
 read -r clone_pass clone_fail <<<"$(counts "$E2E_WORK/clone.out")" || true
 check "clone: the suite ran to the end" grep -aq 'FSPOSIX-END rc=0' "$E2E_WORK/clone.out"
 check "clone: the VM powered off (no crash, no hang)" test "$status" = 0
+
+# 2b. :squash-root: guest root is nobody on the host (a root-owned file in a sticky directory).
+mkdir -p "$top/squash"
+chmod 1777 "$top/squash"
+echo host >"$top/squash/hostroot.txt"
+chmod 644 "$top/squash/hostroot.txt"
+status=0
+timeout 120 "$CLONE_BIN" run --seccomp --kernel "$LAB_CLOUD_KERNEL" --initrd "$initrd" --mem-mb 256 \
+  --shared-dir "$top/squash:posix:squash-root" --cmdline "$cmdline fsposix.mode=squash" \
+  </dev/null >"$E2E_WORK/squash.out" 2>"$E2E_WORK/squash.err" || status=$?
+squash() { tr -d '\r' <"$E2E_WORK/squash.out" | sed -n "s/^FSPOSIX-SQUASH $1=//p"; }
+echo "squash-root: exit $status, create=$(squash create) chmod=$(squash chmod) rm=$(squash rm)"
+check "squash-root: guest root's new file is nobody's on the host" \
+  test "$(squash create)" = 0 -a "$(stat -c %u:%g "$top/squash/by-root" 2>/dev/null)" = 65534:65534
+check "squash-root: guest root cannot chmod a host root file" \
+  test "$(squash chmod)" != 0 -a "$(stat -c %a "$top/squash/hostroot.txt")" = 644
+check "squash-root: nor unlink it from a sticky directory" test "$(squash rm)" != 0 -a -f "$top/squash/hostroot.txt"
 
 # 3. QEMU + virtiofsd on a directory of the same file system.
 sock=/tmp/clone-e2e-posix-vfsd.sock
