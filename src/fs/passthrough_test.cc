@@ -797,6 +797,30 @@ TEST_F(FsTest, RenameFlagsExchangeNoreplaceWhiteout) {
   EXPECT_EQ(st.st_rdev, makedev(0, 0));
 }
 
+TEST_F(FsTest, SetattrTimesNowAndOmit) {
+  Make();
+  Init();
+  uint64_t hello = LookupId(1, "hello.txt");
+  timespec fixed[2] = {{1000000000, 1}, {1100000000, 2}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, (root_ / "hello.txt").c_str(), fixed, 0), 0);
+  fuse_setattr_in sa{};
+  sa.valid = FATTR_MTIME;  // atime omitted
+  sa.mtime = 1200000000;
+  sa.mtimensec = 3;
+  ASSERT_EQ(Send(FUSE_SETATTR, hello, Bytes(sa)).error, 0);
+  struct stat st = HostStat(root_ / "hello.txt");
+  EXPECT_EQ(st.st_atim.tv_sec, 1000000000);
+  EXPECT_EQ(st.st_atim.tv_nsec, 1);
+  EXPECT_EQ(st.st_mtim.tv_sec, 1200000000);
+  EXPECT_EQ(st.st_mtim.tv_nsec, 3);
+  sa = {};
+  sa.valid = FATTR_ATIME | FATTR_ATIME_NOW;  // atime now, mtime omitted
+  ASSERT_EQ(Send(FUSE_SETATTR, hello, Bytes(sa)).error, 0);
+  st = HostStat(root_ / "hello.txt");
+  EXPECT_GT(st.st_atim.tv_sec, 1600000000);
+  EXPECT_EQ(st.st_mtim.tv_sec, 1200000000);
+}
+
 TEST_F(FsTest, SymlinkTimesAreTheLinksOwn) {
   Make();
   Init();
