@@ -37,9 +37,7 @@
 #endif
 
 // Counters shared with the forked children that run as other users.
-static struct {
-  int passed, failed, n;
-} *g;
+static struct { int passed, failed, n; } * g;
 static const char* section = "";
 
 static void result(int ok, const char* fmt, ...) {
@@ -61,12 +59,12 @@ static void result(int ok, const char* fmt, ...) {
 // The call succeeded (returned >= 0).
 #define OK(call) result((call) >= 0, "%s", #call)
 // The call failed with errno E.
-#define ERR(E, call)                                         \
-  do {                                                       \
-    errno = 0;                                               \
-    long r_ = (long)(call);                                  \
-    int e_ = errno;                                          \
-    result(r_ == -1 && e_ == (E), "%s -> %s", #call, #E);    \
+#define ERR(E, call)                                      \
+  do {                                                    \
+    errno = 0;                                            \
+    long r_ = (long)(call);                               \
+    int e_ = errno;                                       \
+    result(r_ == -1 && e_ == (E), "%s -> %s", #call, #E); \
   } while (0)
 #define IS(cond) result((cond), "%s", #cond)
 
@@ -128,11 +126,16 @@ static int mksock(const char* p) {
 static const char* kinds[] = {"file", "dir", "fifo", "symlink", "socket"};
 static int make_kind(int k, const char* p) {
   switch (k) {
-    case 0: return touch(p, 0644);
-    case 1: return mkdir(p, 0755);
-    case 2: return mkfifo(p, 0644);
-    case 3: return symlink("target", p);
-    default: return mksock(p);
+    case 0:
+      return touch(p, 0644);
+    case 1:
+      return mkdir(p, 0755);
+    case 2:
+      return mkfifo(p, 0644);
+    case 3:
+      return symlink("target", p);
+    default:
+      return mksock(p);
   }
 }
 static int remove_kind(int k, const char* p) { return k == 1 ? rmdir(p) : unlink(p); }
@@ -248,9 +251,7 @@ static void perm_u1_groups(void) {
   OK(touch("perm/groupdir/new", 0644));  // a directory writable through that group
   IS(st_of("perm/groupdir/new").st_uid == U1);
 }
-static void perm_u2(void) {
-  OK(touch("perm/u2file", 0644));
-}
+static void perm_u2(void) { OK(touch("perm/u2file", 0644)); }
 static void test_permissions(void) {
   section = "permissions";
   OK(mkdir("perm", 0755));
