@@ -413,6 +413,18 @@ TEST(SharedDirTest, ParsesHostTagAndReadOnly) {
   EXPECT_EQ(dir->host_path, "/srv/a:b");
   EXPECT_EQ(dir->tag, "my.fs-1");
   EXPECT_TRUE(dir->read_only);
+  EXPECT_FALSE(dir->squash_root);
+  for (const char* spec : {"/srv/x:t:ro:squash-root", "/srv/x:t:squash-root:ro"}) {
+    dir = ParseSharedDirSpec(spec);
+    ASSERT_TRUE(dir) << spec;
+    EXPECT_EQ(dir->host_path, "/srv/x");
+    EXPECT_EQ(dir->tag, "t");
+    EXPECT_TRUE(dir->read_only && dir->squash_root) << spec;
+  }
+  dir = ParseSharedDirSpec("/srv/x:t:squash-root");
+  ASSERT_TRUE(dir);
+  EXPECT_TRUE(dir->squash_root && !dir->read_only);
+  EXPECT_FALSE(ParseSharedDirSpec("/srv/x:squash-root"));  // an option is not a tag
   dir = ParseSharedDirSpec("relative/dir:t");
   ASSERT_TRUE(dir);
   EXPECT_EQ(dir->host_path.front(), '/');  // made absolute

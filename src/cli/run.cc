@@ -83,9 +83,11 @@ void AddRunCommand(CLI::App& app, RunOptions& o) {
                   "Attach an existing TAP interface as virtio-net (repeatable; the first is eth0): "
                   "NAME[,mac=52:54:00:12:34:56][,vhost=on|off] (vhost-net when available by default)");
   run->add_option("--shared-dir", o.shared_dirs,
-                  "Share a host directory as virtio-fs (repeatable): HOST:TAG[:ro]; the guest mounts it "
-                  "with 'mount -t virtiofs TAG /mnt'. TAG: 1-36 of A-Z a-z 0-9 . _ -; ro refuses every "
-                  "change (EROFS). Served in-process; the guest cannot reach outside HOST");
+                  "Share a host directory as virtio-fs (repeatable): HOST:TAG[:ro][:squash-root]; the guest "
+                  "mounts it with 'mount -t virtiofs TAG /mnt'. TAG: 1-36 of A-Z a-z 0-9 . _ -; ro refuses "
+                  "every change (EROFS). Served in-process; the guest cannot reach outside HOST. As root, "
+                  "new files belong to the guest caller and guest root is root on the share; squash-root "
+                  "runs every request as its caller with guest root as nobody (docs/virtiofs.md)");
   run->add_option("--rootfs", o.rootfs,
                   "Boot from this disk image (ext4; becomes /dev/vda): Clone generates an initrd that "
                   "mounts it and runs its /sbin/init");
@@ -185,12 +187,19 @@ Result<TapSpec> ParseTapSpec(const std::string& value) {
 Result<SharedDirConfig> ParseSharedDirSpec(const std::string& value) {
   SharedDirConfig dir;
   std::string rest = value;
-  if (rest.ends_with(":ro")) {
-    dir.read_only = true;
-    rest.resize(rest.size() - 3);
+  // Trailing options, in either order (HOST may contain ':', TAG may not).
+  for (bool more = true; more;) {
+    more = false;
+    for (auto [suffix, flag] : {std::pair{":ro", &dir.read_only}, std::pair{":squash-root", &dir.squash_root}}) {
+      if (rest.ends_with(suffix) && !*flag) {
+        *flag = true;
+        rest.resize(rest.size() - std::strlen(suffix));
+        more = true;
+      }
+    }
   }
   size_t colon = rest.rfind(':');
-  if (colon == std::string::npos) return Fail("--shared-dir '{}': expected HOST:TAG[:ro]", value);
+  if (colon == std::string::npos) return Fail("--shared-dir '{}': expected HOST:TAG[:ro][:squash-root]", value);
   std::string host = rest.substr(0, colon);
   dir.tag = rest.substr(colon + 1);
   if (host.empty()) return Fail("--shared-dir '{}': missing the host directory", value);
@@ -247,6 +256,7 @@ Result<std::vector<SharedDirConfig>> ResolveSharedDirs(const std::vector<SharedD
     overridden.push_back(spec.tag);
     it->host_path = spec.host_path;
     it->read_only = spec.read_only;
+    it->squash_root = spec.squash_root;
   }
   CLONE_TRY_VOID(CheckSharedDirs(dirs));
   return dirs;

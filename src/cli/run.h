@@ -55,13 +55,14 @@ struct TapSpec {
 };
 [[nodiscard]] Result<TapSpec> ParseTapSpec(const std::string& value);
 
-// A parsed --shared-dir HOST:TAG[:ro]: the host path made absolute (not checked for existence);
-// the tag 1..36 characters of [A-Za-z0-9._-]. HOST may itself contain ':'.
+// A parsed --shared-dir HOST:TAG[:ro][:squash-root] (the options in either order): the host path
+// made absolute (not checked for existence); the tag 1..36 characters of [A-Za-z0-9._-]. HOST
+// may itself contain ':'.
 [[nodiscard]] Result<SharedDirConfig> ParseSharedDirSpec(const std::string& value);
 // Checks a VM's shared directories: each host path an existing directory, no tag twice.
 [[nodiscard]] Result<void> CheckSharedDirs(const std::vector<SharedDirConfig>& dirs);
 // A restore's or fork's shared directories: the snapshot's `recorded` ones, where a --shared-dir
-// HOST:TAG[:ro] names a new host directory (and mode) for a recorded TAG. A tag the snapshot does
+// HOST:TAG[:ro][:squash-root] names a new host directory (and modes) for a recorded TAG. A tag the snapshot does
 // not have is an error (the guest's devices are fixed); the result is checked (CheckSharedDirs).
 [[nodiscard]] Result<std::vector<SharedDirConfig>> ResolveSharedDirs(const std::vector<SharedDirConfig>& recorded,
                                                                      const std::vector<std::string>& specs);

@@ -4,10 +4,13 @@
 #include <fcntl.h>
 #include <linux/fuse.h>
 #include <linux/openat2.h>
+#include <sys/fsuid.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,8 +27,13 @@ namespace {
 constexpr int kStateVersion = 1;
 constexpr uint32_t kOurMinor = FUSE_KERNEL_MINOR_VERSION;
 // INIT flags we accept when the kernel offers them.
+// FUSE_DONT_MASK: the guest sends its umask and the server applies it (the VMM's own umask must
+// not). FUSE_HANDLE_KILLPRIV_V2: the guest leaves clearing set-uid/set-gid on write, truncate and
+// chown to the server (KillSuidGid; the host's chown does it itself), so a writer who is not the
+// owner does not need a chmod the host would refuse.
 constexpr uint32_t kSupportedFlags = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_ATOMIC_O_TRUNC | FUSE_DO_READDIRPLUS |
-                                     FUSE_READDIRPLUS_AUTO | FUSE_MAX_PAGES;
+                                     FUSE_READDIRPLUS_AUTO | FUSE_MAX_PAGES | FUSE_DONT_MASK | FUSE_HANDLE_KILLPRIV_V2;
+constexpr size_t kMaxXattrBytes = 65536;  // XATTR_SIZE_MAX (values and lists)
 
 // Reads one T from the front of `in` (advancing it); nullopt when too short.
 template <typename T>
@@ -87,6 +95,65 @@ long OpenAt2(int dirfd, const char* path, uint64_t flags, uint64_t resolve) {
 
 constexpr uint64_t kCacheSec = static_cast<uint64_t>(PassthroughFs::kCacheSeconds);
 
+// One request's host credentials on this thread: fsuid, fsgid and supplementary groups, changed
+// with the raw syscalls because those are per thread (glibc's setgroups/setresuid wrappers
+// broadcast to every thread of the VMM), and put back when the request is answered. Changing the
+// fsuid away from 0 drops CAP_CHOWN, CAP_DAC_*, CAP_FOWNER, CAP_FSETID, CAP_MKNOD... from the
+// effective set and setting it back to 0 restores them, so while switched the host kernel checks
+// exactly what it would for that user. Only used when the VMM is root.
+class ScopedCredentials {
+ public:
+  ScopedCredentials(uid_t uid, gid_t gid, std::span<const gid_t> groups, std::span<const gid_t> restore_groups)
+      : restore_groups_(restore_groups) {
+    ok_ = ::syscall(SYS_setgroups, groups.size(), groups.data()) == 0;
+    old_gid_ = static_cast<gid_t>(::setfsgid(gid));
+    old_uid_ = static_cast<uid_t>(::setfsuid(uid));
+    // setfsuid/setfsgid return the previous id whether or not they worked: ask again.
+    ok_ = ok_ && static_cast<uid_t>(::setfsuid(static_cast<uid_t>(-1))) == uid &&
+          static_cast<gid_t>(::setfsgid(static_cast<gid_t>(-1))) == gid;
+  }
+  ~ScopedCredentials() {
+    ::setfsuid(old_uid_);  // first: back to fsuid 0 brings the capabilities back
+    ::setfsgid(old_gid_);
+    [[maybe_unused]] long r = ::syscall(SYS_setgroups, restore_groups_.size(), restore_groups_.data());
+  }
+  ScopedCredentials(const ScopedCredentials&) = delete;
+  ScopedCredentials& operator=(const ScopedCredentials&) = delete;
+  bool ok() const { return ok_; }
+
+ private:
+  std::span<const gid_t> restore_groups_;
+  uid_t old_uid_ = 0;
+  gid_t old_gid_ = 0;
+  bool ok_ = false;
+};
+
+// Requests that create an inode: they run as the caller even when the server trusts the guest
+// kernel's permission checks (CredentialModel::kCreatorOwns), so the host gives the new inode the
+// caller's uid, its gid or the set-gid parent's, and strips set-gid as it would locally.
+bool CreatesInode(uint32_t opcode) {
+  return opcode == FUSE_CREATE || opcode == FUSE_MKDIR || opcode == FUSE_MKNOD || opcode == FUSE_SYMLINK;
+}
+
+// The permission bits of a new inode: the guest's mode less the guest's umask (sent with
+// FUSE_DONT_MASK; 0 otherwise, the guest having applied it). The server's thread has umask 0
+// (devices/virtio/fs.cc), so the VMM's own umask does not strip bits the guest asked for.
+mode_t GuestMode(uint32_t mode, uint32_t umask) { return static_cast<mode_t>(mode & ~umask & 07777); }
+
+// Clears set-uid, and set-gid with group execute, of a regular file (the rule of the host's own
+// write/truncate for a caller without CAP_FSETID). `fd` may be O_PATH (chmod goes through
+// /proc/self/fd, `proc_fd`).
+int KillSuidGid(int proc_fd, int fd) {
+  struct stat st {};
+  if (int err = StatFd(fd, &st)) return err;
+  if (!S_ISREG(st.st_mode)) return 0;
+  mode_t mode = st.st_mode & 07777;
+  mode_t kill = S_ISUID | ((mode & S_IXGRP) ? S_ISGID : 0);
+  if ((mode & kill) == 0) return 0;
+  if (::fchmodat(proc_fd, std::to_string(fd).c_str(), mode & ~kill, 0) != 0) return Errno();
+  return 0;
+}
+
 }  // namespace
 
 // The reply being built: fuse_out_header then the payload, bounded by the guest's buffer.
@@ -144,6 +211,14 @@ Result<std::unique_ptr<PassthroughFs>> PassthroughFs::Create(const std::string& 
     }
     fs->max_inodes_ = std::min<size_t>(kMaxInodes, files.rlim_cur / 4);
     fs->max_handles_ = std::min<size_t>(kMaxHandles, files.rlim_cur / 16);
+  }
+  if (::geteuid() == 0) {
+    fs->model_ = options.root_squash ? CredentialModel::kCaller : CredentialModel::kCreatorOwns;
+    int n_groups = ::getgroups(0, nullptr);
+    fs->host_groups_.resize(static_cast<size_t>(std::max(n_groups, 0)));
+    if (n_groups > 0 && ::getgroups(n_groups, fs->host_groups_.data()) != n_groups) {
+      return FailErrno("getgroups");
+    }
   }
   Inode& inode = fs->inodes_[kRootNodeId];
   inode.fd.reset(::open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
@@ -233,107 +308,15 @@ size_t PassthroughFs::Handle(std::span<const uint8_t> request, std::span<uint8_t
     DoInit(in, reply);
   } else if (!initialized_) {
     reply.Error(EIO);
-  } else {
-    switch (op) {
-      case FUSE_DESTROY:
-        DoDestroy();
-        reply.OkEmpty();
-        break;
-      case FUSE_LOOKUP:
-        DoLookup(node, in, reply);
-        break;
-      case FUSE_GETATTR:
-        DoGetattr(node, reply);
-        break;
-      case FUSE_SETATTR:
-        DoSetattr(node, in, reply);
-        break;
-      case FUSE_READLINK:
-        DoReadlink(node, reply);
-        break;
-      case FUSE_SYMLINK:
-        DoSymlink(node, in, header->uid, header->gid, reply);
-        break;
-      case FUSE_MKNOD:
-        DoMknod(node, in, header->uid, header->gid, reply);
-        break;
-      case FUSE_MKDIR:
-        DoMkdir(node, in, header->uid, header->gid, reply);
-        break;
-      case FUSE_UNLINK:
-        DoUnlink(node, in, false, reply);
-        break;
-      case FUSE_RMDIR:
-        DoUnlink(node, in, true, reply);
-        break;
-      case FUSE_RENAME:
-        DoRename(node, in, false, reply);
-        break;
-      case FUSE_RENAME2:
-        DoRename(node, in, true, reply);
-        break;
-      case FUSE_LINK:
-        DoLink(node, in, reply);
-        break;
-      case FUSE_OPEN:
-        DoOpen(node, in, false, reply);
-        break;
-      case FUSE_OPENDIR:
-        DoOpen(node, in, true, reply);
-        break;
-      case FUSE_CREATE:
-        DoCreate(node, in, header->uid, header->gid, reply);
-        break;
-      case FUSE_READ:
-        DoRead(in, reply);
-        break;
-      case FUSE_WRITE:
-        DoWrite(in, reply);
-        break;
-      case FUSE_STATFS:
-        DoStatfs(node, reply);
-        break;
-      case FUSE_RELEASE:
-        DoRelease(in, false, reply);
-        break;
-      case FUSE_RELEASEDIR:
-        DoRelease(in, true, reply);
-        break;
-      case FUSE_FLUSH:
-        // Nothing is buffered here: writes went to the host file when they were answered.
-        if (auto arg = Take<fuse_flush_in>(in); !arg) {
-          reply.Error(EINVAL);
-        } else if (auto h = GetHandle(arg->fh, false); !h) {
-          reply.Error(h.error().error_number());
-        } else {
-          reply.OkEmpty();
-        }
-        break;
-      case FUSE_FSYNC:
-        DoFsync(in, false, reply);
-        break;
-      case FUSE_FSYNCDIR:
-        DoFsync(in, true, reply);
-        break;
-      case FUSE_READDIR:
-        DoReaddir(in, false, reply);
-        break;
-      case FUSE_READDIRPLUS:
-        DoReaddir(in, true, reply);
-        break;
-      case FUSE_ACCESS:
-        DoAccess(node, in, reply);
-        break;
-      case FUSE_FALLOCATE:
-        DoFallocate(in, reply);
-        break;
-      case FUSE_LSEEK:
-        DoLseek(in, reply);
-        break;
-      default:
-        reply.Error(ENOSYS);
-        break;
+  } else if (auto who = CallerFor(*header)) {
+    ScopedCredentials creds(who->uid, who->gid, who->groups, host_groups_);
+    if (!creds.ok()) {
+      reply.Error(EPERM);
+    } else {
+      Dispatch(*header, in, reply);
     }
+  } else {
+    Dispatch(*header, in, reply);
   }
   if (reply.length == 0) return 0;
   fuse_out_header out{};
@@ -342,6 +325,145 @@ size_t PassthroughFs::Handle(std::span<const uint8_t> request, std::span<uint8_t
   out.unique = header->unique;
   std::memcpy(reply_buffer.data(), &out, sizeof(out));
   return reply.length;
+}
+
+std::optional<PassthroughFs::Caller> PassthroughFs::CallerFor(const fuse_in_header& header) const {
+  if (model_ == CredentialModel::kVmm) return std::nullopt;
+  const uint32_t op = header.opcode;
+  Caller who{header.uid, header.gid, {}};
+  if (model_ == CredentialModel::kCaller) {
+    if (who.uid == 0) who.uid = options_.squash_uid;
+    if (who.gid == 0) who.gid = options_.squash_gid;
+    return who;  // no supplementary groups: the host checks the caller's uid and gid only
+  }
+  if (!CreatesInode(op) && op != FUSE_ACCESS) return std::nullopt;
+  // The guest kernel (virtio-fs mounts with default_permissions) has already checked, with all of
+  // the caller's groups, that it may write the parent directory; the host checks again with
+  // fsuid/fsgid, and the parent's group stands in for the supplementary group that allowed it.
+  if (CreatesInode(op)) {
+    auto parent = inodes_.find(header.nodeid);
+    struct stat st {};
+    if (parent != inodes_.end() && parent->second.fd && StatFd(parent->second.fd.get(), &st) == 0) {
+      who.groups.push_back(st.st_gid);
+    }
+  }
+  return who;
+}
+
+void PassthroughFs::Dispatch(const fuse_in_header& header, std::span<const uint8_t> in, Reply& reply) {
+  const uint64_t node = header.nodeid;
+  switch (header.opcode) {
+    case FUSE_DESTROY:
+      DoDestroy();
+      reply.OkEmpty();
+      break;
+    case FUSE_LOOKUP:
+      DoLookup(node, in, reply);
+      break;
+    case FUSE_GETATTR:
+      DoGetattr(node, reply);
+      break;
+    case FUSE_SETATTR:
+      DoSetattr(node, in, reply);
+      break;
+    case FUSE_READLINK:
+      DoReadlink(node, reply);
+      break;
+    case FUSE_SYMLINK:
+      DoSymlink(node, in, reply);
+      break;
+    case FUSE_MKNOD:
+      DoMknod(node, in, reply);
+      break;
+    case FUSE_MKDIR:
+      DoMkdir(node, in, reply);
+      break;
+    case FUSE_UNLINK:
+      DoUnlink(node, in, false, reply);
+      break;
+    case FUSE_RMDIR:
+      DoUnlink(node, in, true, reply);
+      break;
+    case FUSE_RENAME:
+      DoRename(node, in, false, reply);
+      break;
+    case FUSE_RENAME2:
+      DoRename(node, in, true, reply);
+      break;
+    case FUSE_LINK:
+      DoLink(node, in, reply);
+      break;
+    case FUSE_OPEN:
+      DoOpen(node, in, false, reply);
+      break;
+    case FUSE_OPENDIR:
+      DoOpen(node, in, true, reply);
+      break;
+    case FUSE_CREATE:
+      DoCreate(node, in, reply);
+      break;
+    case FUSE_READ:
+      DoRead(in, reply);
+      break;
+    case FUSE_WRITE:
+      DoWrite(in, reply);
+      break;
+    case FUSE_STATFS:
+      DoStatfs(node, reply);
+      break;
+    case FUSE_RELEASE:
+      DoRelease(in, false, reply);
+      break;
+    case FUSE_RELEASEDIR:
+      DoRelease(in, true, reply);
+      break;
+    case FUSE_FLUSH:
+      // Nothing is buffered here: writes went to the host file when they were answered.
+      if (auto arg = Take<fuse_flush_in>(in); !arg) {
+        reply.Error(EINVAL);
+      } else if (auto h = GetHandle(arg->fh, false); !h) {
+        reply.Error(h.error().error_number());
+      } else {
+        reply.OkEmpty();
+      }
+      break;
+    case FUSE_FSYNC:
+      DoFsync(in, false, reply);
+      break;
+    case FUSE_FSYNCDIR:
+      DoFsync(in, true, reply);
+      break;
+    case FUSE_READDIR:
+      DoReaddir(in, false, reply);
+      break;
+    case FUSE_READDIRPLUS:
+      DoReaddir(in, true, reply);
+      break;
+    case FUSE_ACCESS:
+      DoAccess(node, in, reply);
+      break;
+    case FUSE_FALLOCATE:
+      DoFallocate(in, reply);
+      break;
+    case FUSE_LSEEK:
+      DoLseek(in, reply);
+      break;
+    case FUSE_GETXATTR:
+      DoGetxattr(node, in, reply);
+      break;
+    case FUSE_LISTXATTR:
+      DoListxattr(node, in, reply);
+      break;
+    case FUSE_SETXATTR:
+      DoSetxattr(node, in, reply);
+      break;
+    case FUSE_REMOVEXATTR:
+      DoRemovexattr(node, in, reply);
+      break;
+    default:
+      reply.Error(ENOSYS);
+      break;
+  }
 }
 
 void PassthroughFs::DoInit(std::span<const uint8_t> in, Reply& reply) {
@@ -508,8 +630,10 @@ void PassthroughFs::DoSetattr(uint64_t nodeid, std::span<const uint8_t> in, Repl
     }
     if (result != 0) return reply.Error(Errno());
   }
+  if ((valid & FATTR_KILL_SUIDGID) && !(valid & FATTR_MODE)) {
+    if (int err = KillSuidGid(proc_fd_.get(), inode.fd.get())) return reply.Error(err);
+  }
   if (valid & (FATTR_ATIME | FATTR_MTIME)) {
-    if (symlink) return reply.Error(EOPNOTSUPP);
     timespec times[2];
     times[0] = {0, UTIME_OMIT};
     times[1] = {0, UTIME_OMIT};
@@ -523,7 +647,11 @@ void PassthroughFs::DoSetattr(uint64_t nodeid, std::span<const uint8_t> in, Repl
                      ? timespec{0, UTIME_NOW}
                      : timespec{static_cast<time_t>(arg->mtime), static_cast<long>(arg->mtimensec)};
     }
-    if (::utimensat(proc_fd_.get(), proc.c_str(), times, 0) != 0) return reply.Error(Errno());
+    // A symlink's own times through its O_PATH fd (the /proc link would reach the same inode only
+    // for non-links); the rest through /proc, which also works for files the caller cannot open.
+    int r = symlink ? ::utimensat(inode.fd.get(), "", times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)
+                    : ::utimensat(proc_fd_.get(), proc.c_str(), times, 0);
+    if (r != 0) return reply.Error(Errno());
   }
   DoGetattr(nodeid, reply);
 }
@@ -539,17 +667,13 @@ void PassthroughFs::DoReadlink(uint64_t nodeid, Reply& reply) {
   reply.OkBytes(static_cast<size_t>(n));
 }
 
-void PassthroughFs::FinishCreate(Inode& parent, const char* name, uint32_t uid, uint32_t gid, Reply& reply) {
-  if (::geteuid() == 0) {
-    // Best effort: the object exists either way; a failed chown leaves it owned by root.
-    [[maybe_unused]] int r = ::fchownat(parent.fd.get(), name, uid, gid, AT_SYMLINK_NOFOLLOW);
-  }
+void PassthroughFs::FinishCreate(Inode& parent, const char* name, Reply& reply) {
   fuse_entry_out entry;
   if (int err = LookupEntry(parent, name, &entry)) return reply.Error(err);
   reply.Ok(entry);
 }
 
-void PassthroughFs::DoSymlink(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply) {
+void PassthroughFs::DoSymlink(uint64_t parent, std::span<const uint8_t> in, Reply& reply) {
   auto name = TakeString(in);
   auto target = name ? TakeString(in) : std::nullopt;
   if (!target || target->empty() || target->size() >= PATH_MAX) return reply.Error(EINVAL);
@@ -557,27 +681,40 @@ void PassthroughFs::DoSymlink(uint64_t parent, std::span<const uint8_t> in, uint
   if (!dir) return;
   // The target is only text stored in the link; the server never follows it.
   if (::symlinkat(target->c_str(), dir->fd.get(), name->c_str()) != 0) return reply.Error(Errno());
-  FinishCreate(*dir, name->c_str(), uid, gid, reply);
+  FinishCreate(*dir, name->c_str(), reply);
 }
 
-void PassthroughFs::DoMknod(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply) {
+void PassthroughFs::DoMknod(uint64_t parent, std::span<const uint8_t> in, Reply& reply) {
   auto arg = Take<fuse_mknod_in>(in);
   auto name = arg ? TakeString(in) : std::nullopt;
   Inode* dir = DirFor(parent, name, Access::kChange, reply);
   if (!dir) return;
   mode_t type = arg->mode & S_IFMT;
-  if (type != S_IFREG && type != S_IFIFO) return reply.Error(EPERM);  // no device nodes or sockets
-  if (::mknodat(dir->fd.get(), name->c_str(), arg->mode & (S_IFMT | 07777), 0) != 0) return reply.Error(Errno());
-  FinishCreate(*dir, name->c_str(), uid, gid, reply);
+  dev_t rdev = 0;
+  if (type == S_IFCHR || type == S_IFBLK) {
+    // A device node made by the guest must not become a host device for host users: only on a
+    // host mount with nodev, where opening it on the host fails. (The guest never opens it
+    // through the server: its kernel opens its own device of that number.)
+    struct statvfs vfs {};
+    if (::fstatvfs(dir->fd.get(), &vfs) != 0) return reply.Error(Errno());
+    if (!(vfs.f_flag & ST_NODEV)) return reply.Error(EPERM);
+    rdev = arg->rdev;
+  } else if (type != S_IFREG && type != S_IFIFO && type != S_IFSOCK) {
+    return reply.Error(EINVAL);
+  }
+  if (::mknodat(dir->fd.get(), name->c_str(), type | GuestMode(arg->mode, arg->umask), rdev) != 0) {
+    return reply.Error(Errno());
+  }
+  FinishCreate(*dir, name->c_str(), reply);
 }
 
-void PassthroughFs::DoMkdir(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply) {
+void PassthroughFs::DoMkdir(uint64_t parent, std::span<const uint8_t> in, Reply& reply) {
   auto arg = Take<fuse_mkdir_in>(in);
   auto name = arg ? TakeString(in) : std::nullopt;
   Inode* dir = DirFor(parent, name, Access::kChange, reply);
   if (!dir) return;
-  if (::mkdirat(dir->fd.get(), name->c_str(), arg->mode & 07777) != 0) return reply.Error(Errno());
-  FinishCreate(*dir, name->c_str(), uid, gid, reply);
+  if (::mkdirat(dir->fd.get(), name->c_str(), GuestMode(arg->mode, arg->umask)) != 0) return reply.Error(Errno());
+  FinishCreate(*dir, name->c_str(), reply);
 }
 
 void PassthroughFs::DoUnlink(uint64_t parent, std::span<const uint8_t> in, bool dir, Reply& reply) {
@@ -606,7 +743,7 @@ void PassthroughFs::DoRename(uint64_t parent, std::span<const uint8_t> in, bool 
   if (!newname) return reply.Error(EINVAL);
   if (int err = CheckName(*oldname)) return reply.Error(err);
   if (int err = CheckName(*newname)) return reply.Error(err);
-  if ((flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) != 0) return reply.Error(EINVAL);  // no WHITEOUT
+  if ((flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT)) != 0) return reply.Error(EINVAL);
   auto from = GetInode(parent);
   if (!from) return reply.Error(from.error().error_number());
   auto to = GetInode(newdir);
@@ -662,13 +799,16 @@ void PassthroughFs::DoOpen(uint64_t nodeid, std::span<const uint8_t> in, bool di
   }
   auto fd = ReopenInode(inode, flags);
   if (!fd) return reply.Error(fd.error().error_number());
+  if (!dir && (flags & O_TRUNC) && (arg->open_flags & FUSE_OPEN_KILL_SUIDGID)) {
+    if (int err = KillSuidGid(proc_fd_.get(), fd->get())) return reply.Error(err);
+  }
   fuse_open_out out{};
   out.fh = AddHandle(std::move(*fd), nodeid, static_cast<uint32_t>(flags), dir);
   reply.Ok(out);
   if (reply.error != 0) handles_.erase(out.fh);
 }
 
-void PassthroughFs::DoCreate(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply) {
+void PassthroughFs::DoCreate(uint64_t parent, std::span<const uint8_t> in, Reply& reply) {
   auto arg = Take<fuse_create_in>(in);
   auto name = arg ? TakeString(in) : std::nullopt;
   Inode* dir = DirFor(parent, name, Access::kChange, reply);
@@ -677,10 +817,10 @@ void PassthroughFs::DoCreate(uint64_t parent, std::span<const uint8_t> in, uint3
   int flags = (static_cast<int>(arg->flags) & ~(O_NOCTTY | O_PATH | O_DIRECTORY)) | O_CREAT | O_NOFOLLOW | O_CLOEXEC;
   // O_NONBLOCK until the type is known: an existing FIFO under that name must not block the
   // server, and only regular files are opened (as in OPEN).
-  // O_EXCL first, so the chown below only ever applies to a file this request made: a guest user
-  // must not take over a host file that already existed under the name (a stale negative dentry,
-  // a hostile kernel). Without the guest's own O_EXCL an existing file is then opened as it is.
-  int fd = ::openat(dir->fd.get(), name->c_str(), flags | O_EXCL | O_NONBLOCK, arg->mode & 07777);
+  // O_EXCL first, to know whether this request made the file (it then belongs to the caller, see
+  // CallerFor) or found one under the name (a stale negative dentry, a hostile kernel): without
+  // the guest's own O_EXCL an existing file is then opened as it is, as the caller.
+  int fd = ::openat(dir->fd.get(), name->c_str(), flags | O_EXCL | O_NONBLOCK, GuestMode(arg->mode, arg->umask));
   const bool created = fd >= 0;
   if (fd < 0 && errno == EEXIST && !(flags & O_EXCL)) {
     fd = ::openat(dir->fd.get(), name->c_str(), (flags & ~O_CREAT) | O_NONBLOCK);
@@ -693,8 +833,9 @@ void PassthroughFs::DoCreate(uint64_t parent, std::span<const uint8_t> in, uint3
   if (!(flags & O_NONBLOCK) && ::fcntl(file.get(), F_SETFL, ::fcntl(file.get(), F_GETFL) & ~O_NONBLOCK) != 0) {
     return reply.Error(Errno());
   }
-  if (created && ::geteuid() == 0) [[maybe_unused]]
-    int r = ::fchown(file.get(), uid, gid);
+  if (!created && (flags & O_TRUNC) && (arg->open_flags & FUSE_OPEN_KILL_SUIDGID)) {
+    if (int err = KillSuidGid(proc_fd_.get(), file.get())) return reply.Error(err);
+  }
   struct {
     fuse_entry_out entry;
     fuse_open_out open;
@@ -748,6 +889,9 @@ void PassthroughFs::DoWrite(std::span<const uint8_t> in, Reply& reply) {
     }
     if (n == 0) break;
     done += static_cast<size_t>(n);
+  }
+  if (done > 0 && (arg->write_flags & FUSE_WRITE_KILL_SUIDGID)) {
+    if (int err = KillSuidGid(proc_fd_.get(), (*h)->fd.get())) return reply.Error(err);
   }
   fuse_write_out out{};
   out.size = static_cast<uint32_t>(done);
@@ -853,7 +997,10 @@ void PassthroughFs::DoAccess(uint64_t nodeid, std::span<const uint8_t> in, Reply
   if (!inode) return reply.Error(inode.error().error_number());
   if (options_.read_only && (arg->mask & W_OK)) return reply.Error(EROFS);
   if ((*inode)->type == S_IFLNK) return reply.OkEmpty();  // access() follows links in the guest
-  if (::faccessat(proc_fd_.get(), ProcName((*inode)->fd.get()).c_str(), static_cast<int>(arg->mask & 7), 0) != 0) {
+  // AT_EACCESS: checked with the fs credentials this request runs with (CallerFor), not the
+  // VMM's real uid as access(2) would.
+  if (::faccessat(proc_fd_.get(), ProcName((*inode)->fd.get()).c_str(), static_cast<int>(arg->mask & 7), AT_EACCESS) !=
+      0) {
     return reply.Error(Errno());
   }
   reply.OkEmpty();
@@ -886,6 +1033,104 @@ void PassthroughFs::DoLseek(std::span<const uint8_t> in, Reply& reply) {
   fuse_lseek_out out{};
   out.offset = static_cast<uint64_t>(r);
   reply.Ok(out);
+}
+
+// ---- Extended attributes ----
+//
+// Through "/proc/self/fd/N" (the *xattr calls have no *at form and fgetxattr does not work on
+// O_PATH fds): the magic link names the inode itself, whatever its path is now. Symlinks have no
+// race-free equivalent (lgetxattr would read the /proc link's own): they show no attributes and
+// refuse new ones, as virtiofsd does.
+
+std::string PassthroughFs::ProcPath(int fd) { return "/proc/self/fd/" + std::to_string(fd); }
+
+namespace {
+constexpr size_t kXattrNameMax = 255;  // XATTR_NAME_MAX
+
+// 0 for a name the guest may use, else the errno.
+int CheckXattrName(const std::optional<std::string>& name) {
+  if (!name) return EINVAL;
+  if (name->empty() || name->size() > kXattrNameMax) return ERANGE;
+  return 0;
+}
+// Namespaces whose attributes the host acts on with privilege (file capabilities, overlayfs and
+// other trusted.* users): a squashed caller may not write them even on its own files, since
+// fsuid switching leaves CAP_SETFCAP and CAP_SYS_ADMIN effective.
+bool PrivilegedXattr(const std::string& name) { return name.starts_with("security.") || name.starts_with("trusted."); }
+}  // namespace
+
+void PassthroughFs::DoGetxattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply) {
+  auto arg = Take<fuse_getxattr_in>(in);
+  auto name = arg ? TakeString(in) : std::nullopt;
+  if (int err = CheckXattrName(name)) return reply.Error(err);
+  auto inode = GetInode(nodeid);
+  if (!inode) return reply.Error(inode.error().error_number());
+  if ((*inode)->type == S_IFLNK) return reply.Error(ENODATA);
+  const std::string path = ProcPath((*inode)->fd.get());
+  if (arg->size == 0) {  // the guest asks for the size
+    ssize_t n = ::getxattr(path.c_str(), name->c_str(), nullptr, 0);
+    if (n < 0) return reply.Error(Errno());
+    fuse_getxattr_out out{};
+    out.size = static_cast<uint32_t>(n);
+    return reply.Ok(out);
+  }
+  size_t size = std::min<size_t>({arg->size, kMaxXattrBytes, reply.payload().size()});
+  ssize_t n = ::getxattr(path.c_str(), name->c_str(), reply.payload().data(), size);
+  if (n < 0) return reply.Error(Errno());
+  reply.OkBytes(static_cast<size_t>(n));
+}
+
+void PassthroughFs::DoListxattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply) {
+  auto arg = Take<fuse_getxattr_in>(in);
+  if (!arg) return reply.Error(EINVAL);
+  auto inode = GetInode(nodeid);
+  if (!inode) return reply.Error(inode.error().error_number());
+  const bool symlink = (*inode)->type == S_IFLNK;
+  const std::string path = ProcPath((*inode)->fd.get());
+  if (arg->size == 0) {
+    ssize_t n = symlink ? 0 : ::listxattr(path.c_str(), nullptr, 0);
+    if (n < 0) return reply.Error(Errno());
+    fuse_getxattr_out out{};
+    out.size = static_cast<uint32_t>(n);
+    return reply.Ok(out);
+  }
+  size_t size = std::min<size_t>({arg->size, kMaxXattrBytes, reply.payload().size()});
+  ssize_t n = symlink ? 0 : ::listxattr(path.c_str(), reinterpret_cast<char*>(reply.payload().data()), size);
+  if (n < 0) return reply.Error(Errno());
+  reply.OkBytes(static_cast<size_t>(n));
+}
+
+void PassthroughFs::DoSetxattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply) {
+  // The 8-byte form (size, flags): FUSE_SETXATTR_EXT is not negotiated.
+  auto size = Take<uint32_t>(in);
+  auto flags = size ? Take<uint32_t>(in) : std::nullopt;
+  auto name = flags ? TakeString(in) : std::nullopt;
+  if (int err = CheckXattrName(name)) return reply.Error(err);
+  if (*size > kMaxXattrBytes) return reply.Error(E2BIG);
+  if (*size > in.size()) return reply.Error(EINVAL);
+  if ((*flags & ~static_cast<uint32_t>(XATTR_CREATE | XATTR_REPLACE)) != 0) return reply.Error(EINVAL);
+  auto inode = GetInode(nodeid);
+  if (!inode) return reply.Error(inode.error().error_number());
+  if (options_.read_only) return reply.Error(EROFS);
+  if ((*inode)->type == S_IFLNK) return reply.Error(EPERM);
+  if (model_ == CredentialModel::kCaller && PrivilegedXattr(*name)) return reply.Error(EPERM);
+  if (::setxattr(ProcPath((*inode)->fd.get()).c_str(), name->c_str(), in.data(), *size, static_cast<int>(*flags)) !=
+      0) {
+    return reply.Error(Errno());
+  }
+  reply.OkEmpty();
+}
+
+void PassthroughFs::DoRemovexattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply) {
+  auto name = TakeString(in);
+  if (int err = CheckXattrName(name)) return reply.Error(err);
+  auto inode = GetInode(nodeid);
+  if (!inode) return reply.Error(inode.error().error_number());
+  if (options_.read_only) return reply.Error(EROFS);
+  if ((*inode)->type == S_IFLNK) return reply.Error(EPERM);
+  if (model_ == CredentialModel::kCaller && PrivilegedXattr(*name)) return reply.Error(EPERM);
+  if (::removexattr(ProcPath((*inode)->fd.get()).c_str(), name->c_str()) != 0) return reply.Error(Errno());
+  reply.OkEmpty();
 }
 
 // ---- State ----

@@ -6,11 +6,17 @@
 //
 // Protocol: linux/fuse.h, major 7, minor negotiated down to the kernel's (at most
 // FUSE_KERNEL_MINOR_VERSION of our headers). Served: INIT, DESTROY, LOOKUP, FORGET, BATCH_FORGET,
-// GETATTR, SETATTR (mode, uid/gid, size, atime/mtime), READLINK, SYMLINK, MKNOD (regular files and
-// FIFOs only), MKDIR, UNLINK, RMDIR, RENAME, RENAME2, LINK, OPEN, CREATE, READ, WRITE, STATFS,
-// RELEASE, FLUSH, FSYNC, OPENDIR, READDIR, READDIRPLUS, RELEASEDIR, FSYNCDIR, ACCESS, FALLOCATE,
-// LSEEK. Everything else (xattrs, locks, ioctl, ...) is answered -ENOSYS, which makes the kernel
-// stop asking or fall back to local behaviour.
+// GETATTR, SETATTR (mode, uid/gid, size, atime/mtime, set-id clearing), READLINK, SYMLINK, MKNOD
+// (regular files, FIFOs, sockets; character and block devices only on a nodev host mount), MKDIR,
+// UNLINK, RMDIR, RENAME, RENAME2 (NOREPLACE, EXCHANGE, WHITEOUT), LINK, OPEN, CREATE, READ, WRITE,
+// STATFS, RELEASE, FLUSH, FSYNC, OPENDIR, READDIR, READDIRPLUS, RELEASEDIR, FSYNCDIR, ACCESS,
+// FALLOCATE, LSEEK, GETXATTR, SETXATTR, LISTXATTR, REMOVEXATTR. Everything else (locks, ioctl,
+// ...) is answered -ENOSYS, which makes the kernel stop asking or fall back to local behaviour:
+// flock and POSIX locks are not negotiated, so the guest kernel keeps them (coherent inside the
+// guest, invisible to host processes; a blocking SETLKW would stall the one worker).
+// INIT negotiates FUSE_DONT_MASK (new inodes get mode & ~the guest's umask; the worker thread's
+// own umask is 0) and FUSE_HANDLE_KILLPRIV_V2 (a WRITE, truncate or O_TRUNC open the guest marks
+// clears set-uid, and set-gid with group execute; chown's clearing is the host's own).
 //
 // Confinement (virtiofsd's design): every inode the guest knows is an O_PATH|O_NOFOLLOW fd opened
 // relative to its parent's fd, starting from the shared root; no host path is ever built from a
@@ -49,8 +55,22 @@
 // the root; an entry that no longer exists (or was already unlinked when saved) becomes stale: it
 // keeps its nodeid/fh so the guest's FORGET/RELEASE work, and every other use answers ESTALE.
 //
-// Credentials: requests run with the VMM's credentials. When the VMM runs as root, new files,
-// directories, nodes and symlinks are chowned to the requesting guest uid/gid.
+// Credentials (docs/virtiofs.md): virtio-fs guests mount with default_permissions, so the guest
+// kernel checks every permission with the caller's uid, gid and all its groups before asking.
+// Which host credentials a request then runs with (CallerFor, switched per request on the calling
+// thread with the raw setfsuid/setfsgid/setgroups syscalls, and put back after it):
+//  - VMM not root (kVmm): every request runs as the VMM; new inodes are the VMM user's.
+//  - VMM root (kCreatorOwns, the default): CREATE, MKDIR, MKNOD and SYMLINK run as the caller's
+//    fsuid/fsgid with the parent directory's group as the only supplementary group (the guest
+//    has checked the caller may write the parent), so the host kernel itself gives the new inode
+//    its owner, the set-gid parent's group and bit, and strips set-gid; ACCESS is answered for
+//    the caller. Everything else runs as root, as the guest kernel allowed: guest root is root
+//    on the share (chown, device nodes on nodev mounts, trusted.*/security.* xattrs).
+//  - VMM root with root_squash (kCaller; --shared-dir HOST:TAG:squash-root): every request runs
+//    as the caller, uid/gid 0 mapped to squash_uid/squash_gid, no supplementary groups: the host
+//    checks each request again as that user, so neither guest root nor a guest kernel forging
+//    uids gets more than a host user of that uid; security.* and trusted.* xattrs are refused
+//    (fsuid switching keeps CAP_SETFCAP and CAP_SYS_ADMIN effective).
 //
 // Thread-safety: none. One thread (the device's fs worker) calls Handle(); SaveState() and
 // RestoreState() must not run concurrently with it.
@@ -67,14 +87,21 @@
 #include <string>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "base/fd.h"
 #include "base/result.h"
+
+struct fuse_in_header;  // linux/fuse.h
 
 namespace clonevm::fs {
 
 struct FsOptions {
   bool read_only = false;
+  // Squash root (see "Credentials" above): every request runs as its caller, uid/gid 0 as these.
+  bool root_squash = false;
+  uid_t squash_uid = 65534;  // nobody
+  gid_t squash_gid = 65534;  // nogroup
   // Largest WRITE payload (and READ the kernel is told to expect), 4 KiB..kMaxIoBytes.
   uint32_t max_write = 1u << 20;
 };
@@ -128,9 +155,24 @@ class PassthroughFs {
     bool dir = false;
   };
   struct Reply;
+  // Whose host credentials the server takes for requests (the header comment's "Credentials").
+  enum class CredentialModel {
+    kVmm,          // the VMM is not root: every request runs as the VMM
+    kCreatorOwns,  // root: creating requests (and ACCESS) as the caller, the rest as root
+    kCaller,       // root with root_squash: every request as the caller, root squashed
+  };
+  struct Caller {
+    uid_t uid;
+    gid_t gid;
+    std::vector<gid_t> groups;
+  };
 
   PassthroughFs(Fd root, std::string root_path, FsOptions options, Fd proc_fd);
 
+  // The credentials `header`'s request runs with, or nullopt for the VMM's own.
+  std::optional<Caller> CallerFor(const fuse_in_header& header) const;
+  // Runs one request of an initialized session (every opcode but INIT, FORGET and BATCH_FORGET).
+  void Dispatch(const fuse_in_header& header, std::span<const uint8_t> in, Reply& reply);
   // The handlers: `in` is the argument bytes after fuse_in_header.
   void DoInit(std::span<const uint8_t> in, Reply& reply);
   void DoLookup(uint64_t parent, std::span<const uint8_t> in, Reply& reply);
@@ -139,14 +181,14 @@ class PassthroughFs {
   void DoGetattr(uint64_t nodeid, Reply& reply);
   void DoSetattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
   void DoReadlink(uint64_t nodeid, Reply& reply);
-  void DoSymlink(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply);
-  void DoMknod(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply);
-  void DoMkdir(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply);
+  void DoSymlink(uint64_t parent, std::span<const uint8_t> in, Reply& reply);
+  void DoMknod(uint64_t parent, std::span<const uint8_t> in, Reply& reply);
+  void DoMkdir(uint64_t parent, std::span<const uint8_t> in, Reply& reply);
   void DoUnlink(uint64_t parent, std::span<const uint8_t> in, bool dir, Reply& reply);
   void DoRename(uint64_t parent, std::span<const uint8_t> in, bool rename2, Reply& reply);
   void DoLink(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
   void DoOpen(uint64_t nodeid, std::span<const uint8_t> in, bool dir, Reply& reply);
-  void DoCreate(uint64_t parent, std::span<const uint8_t> in, uint32_t uid, uint32_t gid, Reply& reply);
+  void DoCreate(uint64_t parent, std::span<const uint8_t> in, Reply& reply);
   void DoRead(std::span<const uint8_t> in, Reply& reply);
   void DoWrite(std::span<const uint8_t> in, Reply& reply);
   void DoStatfs(uint64_t nodeid, Reply& reply);
@@ -156,6 +198,13 @@ class PassthroughFs {
   void DoAccess(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
   void DoFallocate(std::span<const uint8_t> in, Reply& reply);
   void DoLseek(std::span<const uint8_t> in, Reply& reply);
+  void DoGetxattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
+  void DoListxattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
+  void DoSetxattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
+  void DoRemovexattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
+  // "/proc/self/fd/N" as an absolute path, for the *xattr calls that have no *at form; the link
+  // names the inode itself.
+  static std::string ProcPath(int fd);
   void DoDestroy();
 
   // The inode of `nodeid` with a usable fd, or an errno (EBADF unknown, ESTALE stale).
@@ -170,8 +219,8 @@ class PassthroughFs {
   // Looks `name` up under `parent`: a new or existing nodeid with its lookup count + 1 and the
   // entry written to `out` (a fuse_entry_out). Returns an errno on failure.
   int LookupEntry(Inode& parent, const char* name, void* entry_out);
-  // After creating `name` in `parent`: chown to the guest's credentials (as root), then look it up.
-  void FinishCreate(Inode& parent, const char* name, uint32_t uid, uint32_t gid, Reply& reply);
+  // After creating `name` in `parent` (owned by whoever the request ran as): looks it up.
+  void FinishCreate(Inode& parent, const char* name, Reply& reply);
   // "/proc/self/fd/N" relative to proc_fd_: the name of inode `fd`.
   static std::string ProcName(int fd);
   // Opens the inode's file itself (not O_PATH) with `flags`.
@@ -187,6 +236,8 @@ class PassthroughFs {
   size_t max_inodes_ = kMaxInodes;  // kMaxInodes, or less under a low RLIMIT_NOFILE
   size_t max_handles_ = kMaxHandles;
   Fd proc_fd_;  // /proc/self/fd, O_PATH
+  CredentialModel model_ = CredentialModel::kVmm;
+  std::vector<gid_t> host_groups_;  // the VMM's supplementary groups, put back after each request
 
   bool initialized_ = false;
   uint32_t minor_ = 0;

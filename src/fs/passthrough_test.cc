@@ -4,9 +4,12 @@
 
 #include <fcntl.h>
 #include <linux/fuse.h>
+#include <sys/fsuid.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/sysmacros.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -75,7 +78,7 @@ class FsTest : public ::testing::Test {
     h.unique = ++unique_;
     h.nodeid = nodeid;
     h.uid = guest_uid_;
-    h.gid = guest_uid_;
+    h.gid = guest_gid_ == kSameAsUid ? guest_uid_ : guest_gid_;
     std::vector<uint8_t> req(sizeof(h));
     std::memcpy(req.data(), &h, sizeof(h));
     req.insert(req.end(), args.begin(), args.end());
@@ -103,12 +106,12 @@ class FsTest : public ::testing::Test {
     return b;
   }
 
-  void Init() {
+  void Init(uint32_t extra_flags = 0) {
     fuse_init_in in{};
     in.major = 7;
     in.minor = 31;
     in.max_readahead = 65536;
-    in.flags = FUSE_ASYNC_READ | FUSE_DO_READDIRPLUS | FUSE_MAX_PAGES | FUSE_POSIX_ACL;
+    in.flags = FUSE_ASYNC_READ | FUSE_DO_READDIRPLUS | FUSE_MAX_PAGES | FUSE_POSIX_ACL | extra_flags;
     Answer a = Send(FUSE_INIT, 0, Bytes(in));
     ASSERT_EQ(a.error, 0);
     auto out = a.As<fuse_init_out>();
@@ -201,7 +204,9 @@ class FsTest : public ::testing::Test {
   stdfs::path root_;
   std::unique_ptr<PassthroughFs> fs_;
   uint64_t unique_ = 0;
+  static constexpr uint32_t kSameAsUid = UINT32_MAX;
   uint32_t guest_uid_ = 0;  // the caller's uid and gid in every request
+  uint32_t guest_gid_ = kSameAsUid;
 };
 
 TEST_F(FsTest, RequestsBeforeInitFailAndInitNegotiatesDown) {
@@ -304,7 +309,7 @@ TEST_F(FsTest, CreateWriteMkdirRenameLinkUnlinkSymlink) {
   rn2.newdir = 1;
   rn2.flags = RENAME_NOREPLACE;
   EXPECT_EQ(Send(FUSE_RENAME2, dir, Bytes(rn2, {"moved.txt", "hello.txt"})).error, EEXIST);
-  rn2.flags = 4;  // RENAME_WHITEOUT: not for guests
+  rn2.flags = 1u << 3;  // no such flag
   EXPECT_EQ(Send(FUSE_RENAME2, dir, Bytes(rn2, {"moved.txt", "x"})).error, EINVAL);
 
   fuse_link_in ln{};
@@ -421,15 +426,22 @@ TEST_F(FsTest, CreateChownsOnlyWhatItMade) {
   if (::geteuid() != 0) GTEST_SKIP() << "chown needs root";
   Make();
   Init();
+  ASSERT_EQ(::chmod(root_.c_str(), 0777), 0);
   guest_uid_ = 4321;
   fuse_create_in in{};
   in.flags = O_RDWR | O_CREAT;
   in.mode = S_IFREG | 0644;
-  EXPECT_EQ(Send(FUSE_CREATE, 1, Bytes(in, {"hello.txt"})).error, 0);
+  // An existing file under the name is opened as the caller: the host refuses 4321 root's 0644.
+  EXPECT_EQ(Send(FUSE_CREATE, 1, Bytes(in, {"hello.txt"})).error, EACCES);
   struct stat st {};
   ASSERT_EQ(::stat((root_ / "hello.txt").c_str(), &st), 0);
   EXPECT_EQ(st.st_uid, 0u);
   EXPECT_EQ(ReadHost(root_ / "hello.txt"), "hello from the host\n");
+  in.flags = O_RDONLY | O_CREAT;
+  EXPECT_EQ(Send(FUSE_CREATE, 1, Bytes(in, {"hello.txt"})).error, 0);
+  ASSERT_EQ(::stat((root_ / "hello.txt").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 0u);
+  in.flags = O_RDWR | O_CREAT;
   EXPECT_EQ(Send(FUSE_CREATE, 1, Bytes(in, {"mine.txt"})).error, 0);
   ASSERT_EQ(::stat((root_ / "mine.txt").c_str(), &st), 0);
   EXPECT_EQ(st.st_uid, 4321u);
@@ -468,7 +480,8 @@ TEST_F(FsTest, MalformedArgumentsAreErrnoRepliesNotCrashes) {
   EXPECT_EQ(Send(FUSE_SETATTR, 1, {0}).error, EINVAL);
   EXPECT_EQ(Send(FUSE_RENAME, 1, Bytes(fuse_rename_in{}, {"only-one"})).error, EINVAL);
   EXPECT_EQ(Send(9999, 1, {}).error, ENOSYS);
-  EXPECT_EQ(Send(FUSE_GETXATTR, 1, {}).error, ENOSYS);
+  EXPECT_EQ(Send(FUSE_GETXATTR, 1, {}).error, EINVAL);
+  EXPECT_EQ(Send(FUSE_SETLKW, 1, {}).error, ENOSYS);  // locks stay in the guest kernel
   // A WRITE whose size claims more data than the request carries.
   auto [fh, node] = Create(1, "w");
   ASSERT_NE(fh, 0u);
@@ -571,6 +584,390 @@ TEST_F(FsTest, StateRoundTripsIntoAnotherRootAndMissingEntriesGoStale) {
   nlohmann::json bad = state;
   bad["inodes"].push_back({{"nodeid", 0}, {"lookups", 1}, {"path", "x"}});
   EXPECT_FALSE((*fresh_fs)->RestoreState(bad));
+}
+
+// ---- POSIX semantics: per-request credentials (root VMM), umask, set-id, rename flags, xattrs ----
+
+// A root-only test: the credential model needs the VMM to be root (else every request runs as it).
+#define REQUIRE_ROOT() \
+  if (::geteuid() != 0) GTEST_SKIP() << "per-request credentials need root"
+
+struct stat HostStat(const stdfs::path& p) {
+  struct stat st {};
+  EXPECT_EQ(::lstat(p.c_str(), &st), 0) << p;
+  return st;
+}
+
+TEST_F(FsTest, EveryCreatePathGivesTheCallerOwnership) {
+  REQUIRE_ROOT();
+  Make();
+  Init();
+  ASSERT_EQ(::chmod(root_.c_str(), 0777), 0);
+  guest_uid_ = 4321;
+  guest_gid_ = 4322;
+  ASSERT_NE(Create(1, "file").first, 0u);
+  fuse_mkdir_in mk{};
+  mk.mode = 0755;
+  EXPECT_EQ(Send(FUSE_MKDIR, 1, Bytes(mk, {"dir"})).error, 0);
+  fuse_mknod_in mn{};
+  mn.mode = S_IFIFO | 0644;
+  EXPECT_EQ(Send(FUSE_MKNOD, 1, Bytes(mn, {"fifo"})).error, 0);
+  mn.mode = S_IFSOCK | 0755;
+  EXPECT_EQ(Send(FUSE_MKNOD, 1, Bytes(mn, {"sock"})).error, 0);
+  std::vector<uint8_t> sym = Name("sym");
+  for (uint8_t c : Name("file")) sym.push_back(c);
+  EXPECT_EQ(Send(FUSE_SYMLINK, 1, sym).error, 0);
+  for (const char* name : {"file", "dir", "fifo", "sock", "sym"}) {
+    struct stat st = HostStat(root_ / name);
+    EXPECT_EQ(st.st_uid, 4321u) << name;
+    EXPECT_EQ(st.st_gid, 4322u) << name;
+  }
+  EXPECT_TRUE(S_ISSOCK(HostStat(root_ / "sock").st_mode));
+  // The thread is root again after each request (capabilities back): a root request may chown.
+  EXPECT_EQ(::setfsuid(static_cast<uid_t>(-1)), 0);
+  EXPECT_EQ(::setfsgid(static_cast<gid_t>(-1)), 0);
+}
+
+TEST_F(FsTest, HostChecksCreatesAsTheCaller) {
+  REQUIRE_ROOT();
+  Make();
+  Init();
+  ASSERT_EQ(::chmod(root_.c_str(), 0755), 0);  // root's, not writable by others
+  guest_uid_ = 4321;
+  int err = 0;
+  Create(1, "nope", &err);
+  EXPECT_EQ(err, EACCES);
+  fuse_mkdir_in mk{};
+  EXPECT_EQ(Send(FUSE_MKDIR, 1, Bytes(mk, {"nope"})).error, EACCES);
+  EXPECT_FALSE(stdfs::exists(root_ / "nope"));
+  // ACCESS is answered for the caller, not for the VMM's root.
+  fuse_access_in acc{};
+  acc.mask = W_OK;
+  uint64_t hello = LookupId(1, "hello.txt");
+  EXPECT_EQ(Send(FUSE_ACCESS, hello, Bytes(acc)).error, EACCES);
+  acc.mask = R_OK;
+  EXPECT_EQ(Send(FUSE_ACCESS, hello, Bytes(acc)).error, 0);
+  guest_uid_ = 0;
+  acc.mask = W_OK;
+  EXPECT_EQ(Send(FUSE_ACCESS, hello, Bytes(acc)).error, 0);
+  // A directory writable through its group: the guest checked the caller is a member, the host
+  // sees the parent's group among the request's groups.
+  stdfs::create_directory(root_ / "team");
+  ASSERT_EQ(::chown((root_ / "team").c_str(), 0, 5000), 0);
+  ASSERT_EQ(::chmod((root_ / "team").c_str(), 0770), 0);
+  uint64_t team = LookupId(1, "team");
+  guest_uid_ = 4321;
+  guest_gid_ = 4321;
+  ASSERT_NE(Create(team, "ours").first, 0u);
+  EXPECT_EQ(HostStat(root_ / "team" / "ours").st_gid, 4321u);
+}
+
+TEST_F(FsTest, SetgidDirectoryGivesItsGroupAndBit) {
+  REQUIRE_ROOT();
+  Make();
+  Init();
+  stdfs::create_directory(root_ / "sg");
+  ASSERT_EQ(::chown((root_ / "sg").c_str(), 0, 777), 0);
+  ASSERT_EQ(::chmod((root_ / "sg").c_str(), 02777), 0);
+  uint64_t sg = LookupId(1, "sg");
+  guest_uid_ = 4321;
+  ASSERT_NE(Create(sg, "f").first, 0u);
+  fuse_mkdir_in mk{};
+  mk.mode = 0755;
+  EXPECT_EQ(Send(FUSE_MKDIR, sg, Bytes(mk, {"d"})).error, 0);
+  EXPECT_EQ(HostStat(root_ / "sg" / "f").st_gid, 777u);
+  struct stat d = HostStat(root_ / "sg" / "d");
+  EXPECT_EQ(d.st_gid, 777u);
+  EXPECT_EQ(d.st_uid, 4321u);
+  EXPECT_NE(d.st_mode & S_ISGID, 0u);  // directories inherit the bit
+}
+
+TEST_F(FsTest, GuestUmaskAppliesAndTheVmmUmaskDoesNot) {
+  mode_t old = ::umask(0);  // as the fs worker runs (devices/virtio/fs.cc)
+  Make();
+  Init(FUSE_DONT_MASK);
+  fuse_create_in in{};
+  in.flags = O_RDWR | O_CREAT | O_EXCL;
+  in.mode = S_IFREG | 0777;
+  in.umask = 027;
+  EXPECT_EQ(Send(FUSE_CREATE, 1, Bytes(in, {"masked"})).error, 0);
+  in.umask = 0;
+  EXPECT_EQ(Send(FUSE_CREATE, 1, Bytes(in, {"open"})).error, 0);
+  fuse_mkdir_in mk{};
+  mk.mode = 0777;
+  mk.umask = 022;
+  EXPECT_EQ(Send(FUSE_MKDIR, 1, Bytes(mk, {"d"})).error, 0);
+  fuse_mknod_in mn{};
+  mn.mode = S_IFIFO | 0666;
+  mn.umask = 077;
+  EXPECT_EQ(Send(FUSE_MKNOD, 1, Bytes(mn, {"p"})).error, 0);
+  ::umask(old);
+  EXPECT_EQ(HostStat(root_ / "masked").st_mode & 07777, 0750u);
+  EXPECT_EQ(HostStat(root_ / "open").st_mode & 07777, 0777u);
+  EXPECT_EQ(HostStat(root_ / "d").st_mode & 07777, 0755u);
+  EXPECT_EQ(HostStat(root_ / "p").st_mode & 07777, 0600u);
+}
+
+TEST_F(FsTest, InitOffersDontMaskAndKillprivV2) {
+  Make();
+  fuse_init_in in{};
+  in.major = 7;
+  in.minor = 37;
+  in.flags = FUSE_DONT_MASK | FUSE_HANDLE_KILLPRIV_V2 | FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS;
+  auto out = Send(FUSE_INIT, 0, Bytes(in)).As<fuse_init_out>();
+  EXPECT_NE(out.flags & FUSE_DONT_MASK, 0u);
+  EXPECT_NE(out.flags & FUSE_HANDLE_KILLPRIV_V2, 0u);
+  // Locks stay in the guest kernel (README): a blocking SETLKW would stall the one worker.
+  EXPECT_EQ(out.flags & (FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS), 0u);
+}
+
+TEST_F(FsTest, SetIdBitsAreClearedOnWriteTruncateAndChown) {
+  REQUIRE_ROOT();
+  Make();
+  Init(FUSE_HANDLE_KILLPRIV_V2);
+  WriteHost(root_ / "suid", "x");
+  ASSERT_EQ(::chmod((root_ / "suid").c_str(), 06755), 0);
+  uint64_t node = LookupId(1, "suid");
+  uint64_t fh = Open(node, O_RDWR);
+  ASSERT_NE(fh, 0u);
+  // A write the guest marks (writer without CAP_FSETID) clears both (set-gid: group-executable).
+  fuse_write_in w{};
+  w.fh = fh;
+  w.size = 1;
+  w.write_flags = FUSE_WRITE_KILL_SUIDGID;
+  EXPECT_EQ(Send(FUSE_WRITE, node, Bytes(w, {}, "y")).error, 0);
+  EXPECT_EQ(HostStat(root_ / "suid").st_mode & 07777, 0755u);
+  // An unmarked write (root in the guest) keeps them.
+  ASSERT_EQ(::chmod((root_ / "suid").c_str(), 06755), 0);
+  EXPECT_EQ(Write(fh, 0, "z").error, 0);
+  EXPECT_EQ(HostStat(root_ / "suid").st_mode & 07777, 06755u);
+  // Truncate marked FATTR_KILL_SUIDGID.
+  fuse_setattr_in sa{};
+  sa.valid = FATTR_SIZE | FATTR_KILL_SUIDGID;
+  sa.size = 0;
+  EXPECT_EQ(Send(FUSE_SETATTR, node, Bytes(sa)).error, 0);
+  EXPECT_EQ(HostStat(root_ / "suid").st_mode & 07777, 0755u);
+  // Set-gid without group execute is not a set-gid program: it stays.
+  ASSERT_EQ(::chmod((root_ / "suid").c_str(), 02644), 0);
+  EXPECT_EQ(Send(FUSE_WRITE, node, Bytes(w, {}, "y")).error, 0);
+  EXPECT_EQ(HostStat(root_ / "suid").st_mode & 07777, 02644u);
+  // O_TRUNC open marked FUSE_OPEN_KILL_SUIDGID.
+  ASSERT_EQ(::chmod((root_ / "suid").c_str(), 04755), 0);
+  fuse_open_in oin{};
+  oin.flags = O_WRONLY | O_TRUNC;
+  oin.open_flags = FUSE_OPEN_KILL_SUIDGID;
+  EXPECT_EQ(Send(FUSE_OPEN, node, Bytes(oin)).error, 0);
+  EXPECT_EQ(HostStat(root_ / "suid").st_mode & 07777, 0755u);
+  // chown: the host clears set-uid itself.
+  ASSERT_EQ(::chmod((root_ / "suid").c_str(), 04755), 0);
+  sa = {};
+  sa.valid = FATTR_UID;
+  sa.uid = 4321;
+  EXPECT_EQ(Send(FUSE_SETATTR, node, Bytes(sa)).error, 0);
+  struct stat st = HostStat(root_ / "suid");
+  EXPECT_EQ(st.st_uid, 4321u);
+  EXPECT_EQ(st.st_mode & 07777, 0755u);
+}
+
+TEST_F(FsTest, RenameFlagsExchangeNoreplaceWhiteout) {
+  REQUIRE_ROOT();  // RENAME_WHITEOUT makes a 0:0 character device: CAP_MKNOD
+  Make();
+  Init();
+  WriteHost(root_ / "a", "A");
+  WriteHost(root_ / "b", "B");
+  fuse_rename2_in rn{};
+  rn.newdir = 1;
+  rn.flags = RENAME_EXCHANGE;
+  EXPECT_EQ(Send(FUSE_RENAME2, 1, Bytes(rn, {"a", "b"})).error, 0);
+  EXPECT_EQ(ReadHost(root_ / "a"), "B");
+  EXPECT_EQ(ReadHost(root_ / "b"), "A");
+  rn.flags = RENAME_EXCHANGE;
+  EXPECT_EQ(Send(FUSE_RENAME2, 1, Bytes(rn, {"a", "missing"})).error, ENOENT);
+  rn.flags = RENAME_NOREPLACE;
+  EXPECT_EQ(Send(FUSE_RENAME2, 1, Bytes(rn, {"a", "b"})).error, EEXIST);
+  rn.flags = RENAME_NOREPLACE | RENAME_EXCHANGE;
+  EXPECT_EQ(Send(FUSE_RENAME2, 1, Bytes(rn, {"a", "b"})).error, EINVAL);
+  rn.flags = RENAME_WHITEOUT;
+  int err = Send(FUSE_RENAME2, 1, Bytes(rn, {"a", "c"})).error;
+  if (err == EINVAL) GTEST_SKIP() << "the host file system has no RENAME_WHITEOUT";
+  ASSERT_EQ(err, 0);
+  EXPECT_EQ(ReadHost(root_ / "c"), "B");
+  struct stat st = HostStat(root_ / "a");
+  EXPECT_TRUE(S_ISCHR(st.st_mode));
+  EXPECT_EQ(st.st_rdev, makedev(0, 0));
+}
+
+TEST_F(FsTest, SetattrTimesNowAndOmit) {
+  Make();
+  Init();
+  uint64_t hello = LookupId(1, "hello.txt");
+  timespec fixed[2] = {{1000000000, 1}, {1100000000, 2}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, (root_ / "hello.txt").c_str(), fixed, 0), 0);
+  fuse_setattr_in sa{};
+  sa.valid = FATTR_MTIME;  // atime omitted
+  sa.mtime = 1200000000;
+  sa.mtimensec = 3;
+  ASSERT_EQ(Send(FUSE_SETATTR, hello, Bytes(sa)).error, 0);
+  struct stat st = HostStat(root_ / "hello.txt");
+  EXPECT_EQ(st.st_atim.tv_sec, 1000000000);
+  EXPECT_EQ(st.st_atim.tv_nsec, 1);
+  EXPECT_EQ(st.st_mtim.tv_sec, 1200000000);
+  EXPECT_EQ(st.st_mtim.tv_nsec, 3);
+  sa = {};
+  sa.valid = FATTR_ATIME | FATTR_ATIME_NOW;  // atime now, mtime omitted
+  ASSERT_EQ(Send(FUSE_SETATTR, hello, Bytes(sa)).error, 0);
+  st = HostStat(root_ / "hello.txt");
+  EXPECT_GT(st.st_atim.tv_sec, 1600000000);
+  EXPECT_EQ(st.st_mtim.tv_sec, 1200000000);
+}
+
+TEST_F(FsTest, SymlinkTimesAreTheLinksOwn) {
+  Make();
+  Init();
+  uint64_t link = LookupId(1, "rel-link");
+  struct stat target_before = HostStat(dir_.path() / "secret");
+  fuse_setattr_in sa{};
+  sa.valid = FATTR_MTIME | FATTR_ATIME;
+  sa.mtime = 1100000000;
+  sa.mtimensec = 7;
+  sa.atime = 1000000000;
+  Answer a = Send(FUSE_SETATTR, link, Bytes(sa));
+  ASSERT_EQ(a.error, 0);
+  EXPECT_EQ(a.As<fuse_attr_out>().attr.mtime, 1100000000u);
+  struct stat st = HostStat(root_ / "rel-link");
+  EXPECT_EQ(st.st_mtim.tv_sec, 1100000000);
+  EXPECT_EQ(st.st_mtim.tv_nsec, 7);
+  EXPECT_EQ(HostStat(dir_.path() / "secret").st_mtim.tv_sec, target_before.st_mtim.tv_sec);  // not followed
+  sa.valid = FATTR_MODE;
+  EXPECT_EQ(Send(FUSE_SETATTR, link, Bytes(sa)).error, EOPNOTSUPP);
+}
+
+TEST_F(FsTest, DeviceNodesOnlyOnNodevHostMounts) {
+  Make();
+  Init();
+  struct statvfs vfs {};
+  ASSERT_EQ(::statvfs(root_.c_str(), &vfs), 0);
+  fuse_mknod_in mn{};
+  mn.mode = S_IFCHR | 0666;
+  mn.rdev = makedev(1, 3);
+  int err = Send(FUSE_MKNOD, 1, Bytes(mn, {"null"})).error;
+  if (vfs.f_flag & ST_NODEV) {
+    EXPECT_EQ(err, ::geteuid() == 0 ? 0 : EPERM);
+  } else {
+    EXPECT_EQ(err, EPERM);  // it would be the host's /dev/null (or its disk) for host users
+    EXPECT_FALSE(stdfs::exists(root_ / "null"));
+  }
+  mn.mode = 0170000 | 0644;  // no such type
+  EXPECT_EQ(Send(FUSE_MKNOD, 1, Bytes(mn, {"odd"})).error, EINVAL);
+}
+
+TEST_F(FsTest, ExtendedAttributesGetSetListRemove) {
+  Make();
+  Init();
+  uint64_t hello = LookupId(1, "hello.txt");
+  auto set = [&](uint64_t node, const std::string& name, const std::string& value, uint32_t flags = 0) {
+    struct {
+      uint32_t size;
+      uint32_t flags;
+    } in{static_cast<uint32_t>(value.size()), flags};
+    return Send(FUSE_SETXATTR, node, Bytes(in, {name}, value)).error;
+  };
+  auto get = [&](uint64_t node, const std::string& name, uint32_t size) {
+    fuse_getxattr_in in{};
+    in.size = size;
+    return Send(FUSE_GETXATTR, node, Bytes(in, {name}));
+  };
+  int err = set(hello, "user.color", "blue");
+  if (err == EOPNOTSUPP) GTEST_SKIP() << "the host file system has no user xattrs";
+  ASSERT_EQ(err, 0);
+  char buf[16] = {};
+  ASSERT_EQ(::getxattr((root_ / "hello.txt").c_str(), "user.color", buf, sizeof(buf)), 4);
+  EXPECT_STREQ(buf, "blue");
+  EXPECT_EQ(get(hello, "user.color", 0).As<fuse_getxattr_out>().size, 4u);
+  EXPECT_EQ(get(hello, "user.color", 64).Text(), "blue");
+  EXPECT_EQ(get(hello, "user.color", 2).error, ERANGE);
+  EXPECT_EQ(get(hello, "user.none", 64).error, ENODATA);
+  EXPECT_EQ(set(hello, "user.color", "red", XATTR_CREATE), EEXIST);
+  EXPECT_EQ(set(hello, "user.new", "v", XATTR_REPLACE), ENODATA);
+  EXPECT_EQ(set(hello, "user.color", "v", 0x80), EINVAL);
+  EXPECT_EQ(set(hello, "", "v"), ERANGE);
+  EXPECT_EQ(set(hello, "user.two", "2"), 0);
+  fuse_getxattr_in lin{};
+  EXPECT_EQ(Send(FUSE_LISTXATTR, hello, Bytes(lin)).As<fuse_getxattr_out>().size, 20u);  // two names + NULs
+  lin.size = 64;
+  std::string list = Send(FUSE_LISTXATTR, hello, Bytes(lin)).Text();
+  EXPECT_NE(list.find(std::string("user.color\0", 11)), std::string::npos);
+  EXPECT_NE(list.find(std::string("user.two\0", 9)), std::string::npos);
+  lin.size = 3;
+  EXPECT_EQ(Send(FUSE_LISTXATTR, hello, Bytes(lin)).error, ERANGE);
+  EXPECT_EQ(Send(FUSE_REMOVEXATTR, hello, Name("user.color")).error, 0);
+  EXPECT_EQ(Send(FUSE_REMOVEXATTR, hello, Name("user.color")).error, ENODATA);
+  // security.capability as guest root (the default model): the host stores it.
+  if (::geteuid() == 0) {
+    const std::string cap("\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00", 20);
+    EXPECT_EQ(set(hello, "security.capability", cap), 0);
+    EXPECT_EQ(get(hello, "security.capability", 64).payload.size(), 20u);
+  }
+  // Symlinks: nothing to show, nothing taken (no race-free way through the O_PATH fd).
+  uint64_t link = LookupId(1, "rel-link");
+  EXPECT_EQ(get(link, "user.x", 64).error, ENODATA);
+  EXPECT_EQ(set(link, "user.x", "1"), EPERM);
+  EXPECT_EQ(Send(FUSE_LISTXATTR, link, Bytes(lin)).payload.size(), 0u);
+  // Malformed: a value longer than the request, no name.
+  struct {
+    uint32_t size;
+    uint32_t flags;
+  } bad{100, 0};
+  EXPECT_EQ(Send(FUSE_SETXATTR, hello, Bytes(bad, {"user.x"}, "short")).error, EINVAL);
+  EXPECT_EQ(Send(FUSE_SETXATTR, hello, Bytes(bad)).error, EINVAL);
+  EXPECT_EQ(Send(FUSE_GETXATTR, hello, {}).error, EINVAL);
+}
+
+TEST_F(FsTest, ReadOnlyRefusesXattrChanges) {
+  Make({.read_only = true});
+  Init();
+  uint64_t hello = LookupId(1, "hello.txt");
+  struct {
+    uint32_t size;
+    uint32_t flags;
+  } in{1, 0};
+  EXPECT_EQ(Send(FUSE_SETXATTR, hello, Bytes(in, {"user.x"}, "1")).error, EROFS);
+  EXPECT_EQ(Send(FUSE_REMOVEXATTR, hello, Name("user.x")).error, EROFS);
+}
+
+TEST_F(FsTest, RootSquashRunsEveryRequestAsTheCaller) {
+  REQUIRE_ROOT();
+  Make({.root_squash = true});
+  Init();
+  guest_uid_ = 0;
+  ASSERT_EQ(::chmod(root_.c_str(), 0755), 0);
+  int err = 0;
+  Create(1, "nope", &err);
+  EXPECT_EQ(err, EACCES);  // root's directory: nobody may not write it
+  uint64_t hello = LookupId(1, "hello.txt");
+  fuse_setattr_in sa{};
+  sa.valid = FATTR_MODE;
+  sa.mode = 0777;
+  EXPECT_EQ(Send(FUSE_SETATTR, hello, Bytes(sa)).error, EPERM);
+  EXPECT_EQ(Send(FUSE_UNLINK, 1, Name("hello.txt")).error, EACCES);
+  EXPECT_TRUE(stdfs::exists(root_ / "hello.txt"));
+  ASSERT_EQ(::chmod(root_.c_str(), 0777), 0);
+  ASSERT_NE(Create(1, "squashed").first, 0u);
+  EXPECT_EQ(HostStat(root_ / "squashed").st_uid, 65534u);
+  EXPECT_EQ(HostStat(root_ / "squashed").st_gid, 65534u);
+  uint64_t mine = LookupId(1, "squashed");
+  struct {
+    uint32_t size;
+    uint32_t flags;
+  } in{1, 0};
+  EXPECT_EQ(Send(FUSE_SETXATTR, mine, Bytes(in, {"security.capability"}, "1")).error, EPERM);
+  EXPECT_EQ(Send(FUSE_SETXATTR, mine, Bytes(in, {"trusted.x"}, "1")).error, EPERM);
+  // Other users are checked by the host too: 4321 may not unlink nobody's file in a sticky dir.
+  ASSERT_EQ(::chmod(root_.c_str(), 01777), 0);
+  guest_uid_ = 4321;
+  EXPECT_EQ(Send(FUSE_UNLINK, 1, Name("squashed")).error, EPERM);
+  guest_uid_ = 0;
+  EXPECT_EQ(Send(FUSE_UNLINK, 1, Name("squashed")).error, 0);
 }
 
 }  // namespace

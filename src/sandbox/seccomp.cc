@@ -175,6 +175,14 @@ constexpr Syscall kSyscalls[] = {
     {"fsetxattr", kFs},              // same
     {"flistxattr", kFs},             // same
     {"fremovexattr", kFs},           // same
+    {"getxattr", kFs},               // shared directory: xattrs through /proc/self/fd/N (O_PATH fds)
+    {"setxattr", kFs},               // same
+    {"listxattr", kFs},              // same
+    {"removexattr", kFs},            // same
+    {"setfsuid", kFs},               // shared directory: each request runs with the caller's fsuid
+    {"setfsgid", kFs},               // same, fsgid
+    {"setgroups", kFs},              // same, supplementary groups (raw syscall: this thread only)
+    {"getgroups", kVmmFs},           // shared directory server creation: the groups put back after a request
 };
 
 struct Ioctl {

@@ -318,8 +318,11 @@ nlohmann::json ConfigToJson(const SnapshotConfig& c) {
   if (c.vsock_cid) j["vsock_cid"] = *c.vsock_cid;
   if (!c.shared_dirs.empty()) {
     json dirs = json::array();
-    for (const auto& d : c.shared_dirs)
-      dirs.push_back({{"tag", d.tag}, {"host_path", d.host_path}, {"read_only", d.read_only}});
+    for (const auto& d : c.shared_dirs) {
+      json dir = {{"tag", d.tag}, {"host_path", d.host_path}, {"read_only", d.read_only}};
+      if (d.squash_root) dir["squash_root"] = true;
+      dirs.push_back(std::move(dir));
+    }
     j["shared_dirs"] = std::move(dirs);
   }
   if (!c.id.empty()) j["id"] = c.id;
@@ -350,6 +353,7 @@ Result<SnapshotConfig> ConfigFromJson(const nlohmann::json& j) {
       for (const auto& d : *dirs) {
         SnapshotSharedDir dir{CLONE_TRY(JsonString(d, "tag")), CLONE_TRY(JsonString(d, "host_path")),
                               CLONE_TRY(JsonBool(d, "read_only"))};
+        if (d.is_object() && d.contains("squash_root")) dir.squash_root = CLONE_TRY(JsonBool(d, "squash_root"));
         c.shared_dirs.push_back(std::move(dir));
       }
     }

@@ -97,6 +97,7 @@ struct SnapshotSharedDir {
   std::string tag;
   std::string host_path;  // absolute
   bool read_only = false;
+  bool squash_root = false;  // "squash_root", written only when true (absent in older snapshots)
   bool operator==(const SnapshotSharedDir&) const = default;
 };
 

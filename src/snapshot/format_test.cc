@@ -250,6 +250,12 @@ TEST_F(SnapshotFormatTest, SharedDirsRoundTripAndOlderConfigsHaveNone) {
   ASSERT_TRUE(back) << back.error().message();
   ASSERT_EQ(back->shared_dirs.size(), 1u);
   EXPECT_EQ(back->shared_dirs[0], (SnapshotSharedDir{"myfs", "/srv/share", true}));
+  EXPECT_FALSE(ConfigToJson(c)["shared_dirs"][0].contains("squash_root"));  // older readers see no change
+  c.shared_dirs[0].squash_root = true;
+  back = ConfigFromJson(ConfigToJson(c));
+  ASSERT_TRUE(back) << back.error().message();
+  EXPECT_TRUE(back->shared_dirs[0].squash_root);
+  c.shared_dirs[0].squash_root = false;
   // A shared directory without its virtio-fs device (or the reverse) is refused.
   c.shared_dirs.push_back({"other", "/srv/other", false});
   EXPECT_FALSE(ConfigFromJson(ConfigToJson(c)));

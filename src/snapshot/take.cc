@@ -40,7 +40,8 @@ SnapshotConfig ConfigOf(const Vm& vm, const TakeOptions& options) {
     if (type == virtio::kDeviceTypeEntropy) config.rng = true;
     if (type == virtio::kDeviceTypeVsock) config.vsock_cid = vm.vsock_cid();
   }
-  for (const auto& dir : vm.shared_dirs()) config.shared_dirs.push_back({dir.tag, dir.host_path, dir.read_only});
+  for (const auto& dir : vm.shared_dirs())
+    config.shared_dirs.push_back({dir.tag, dir.host_path, dir.read_only, dir.squash_root});
   config.source_vm = options.source_vm;
   config.created_unix = static_cast<int64_t>(::time(nullptr));
   config.info = options.info.is_object() ? options.info : nlohmann::json::object();
@@ -150,7 +151,7 @@ Result<SnapshotParent> CheckParent(const Vm& vm, const std::string& dir, const s
 
 std::vector<SharedDirConfig> RecordedSharedDirs(const SnapshotConfig& config) {
   std::vector<SharedDirConfig> dirs;
-  for (const auto& dir : config.shared_dirs) dirs.push_back({dir.host_path, dir.tag, dir.read_only});
+  for (const auto& dir : config.shared_dirs) dirs.push_back({dir.host_path, dir.tag, dir.read_only, dir.squash_root});
   return dirs;
 }
 

@@ -153,7 +153,8 @@ Result<void> Vm::SetUpDevices(VmConfig& config) {
     CLONE_TRY_VOID(AddVirtioDevice(std::move(device)));
   }
   for (const auto& dir : config.shared_dirs) {
-    auto server = CLONE_TRY(fs::PassthroughFs::Create(dir.host_path, {.read_only = dir.read_only}));
+    auto server = CLONE_TRY(
+        fs::PassthroughFs::Create(dir.host_path, {.read_only = dir.read_only, .root_squash = dir.squash_root}));
     // With --seccomp the device's worker confines itself to the fs role before serving anything.
     std::function<void()> confine;
     if (seccomp_) {

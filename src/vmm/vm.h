@@ -71,6 +71,7 @@ struct SharedDirConfig {
   std::string host_path;  // an existing directory (absolute)
   std::string tag;        // 1..36 bytes, [A-Za-z0-9._-]
   bool read_only = false;
+  bool squash_root = false;  // every request as its caller, guest root as nobody (fs/passthrough.h)
 };
 
 struct VmConfig {

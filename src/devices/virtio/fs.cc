@@ -3,10 +3,13 @@
 #include <endian.h>
 #include <linux/fuse.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <utility>
@@ -150,6 +153,15 @@ Result<void> Fs::TakeRequests(size_t index) {
 
 void Fs::WorkerLoop(const std::function<void()>& worker_start) {
   ::pthread_setname_np(::pthread_self(), "clone-fs");
+  // A umask of its own (CLONE_FS: umask and cwd become this thread's), set to 0: the server
+  // applies the guest's umask itself, and the VMM's must not strip bits the guest asked for.
+  // Before worker_start, whose seccomp role has no unshare.
+  if (::unshare(CLONE_FS) == 0) {
+    ::umask(0);
+  } else {
+    Log(LogLevel::kWarn, "virtio-fs {}: unshare(CLONE_FS): {}; new files get the VMM's umask too", tag_,
+        std::strerror(errno));
+  }
   if (worker_start) worker_start();
   std::vector<uint8_t> request;
   std::vector<uint8_t> reply;
