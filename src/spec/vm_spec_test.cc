@@ -2,6 +2,7 @@
 // field, and the fork/restore overrides on top of a recorded spec.
 #include "spec/vm_spec.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -216,6 +217,14 @@ TEST_F(OverridesTest, AForkNeverSharesAWritableDirectoryWithItsTemplate) {
   VmSpec read_only = recorded_;
   read_only.shares[0].read_only = true;
   EXPECT_TRUE(ApplyOverrides(read_only, ForkOverrides{}, SnapshotUse::kFork));
+}
+
+TEST_F(OverridesTest, CheckSharesNeedsExistingDirectories) {
+  EXPECT_TRUE(CheckShares(recorded_.shares));
+  std::string file = dir_ + "/file";
+  ASSERT_EQ(::close(::creat(file.c_str(), 0600)), 0);
+  ExpectError(CheckShares({{dir_ + "/missing", "a", false}}), "does not exist");
+  ExpectError(CheckShares({{file, "a", false}}), "is not a directory");
 }
 
 TEST_F(OverridesTest, BadOverridesAreOneLine) {
