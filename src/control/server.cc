@@ -68,6 +68,17 @@ Result<sockaddr_un> UnixAddress(const std::string& path) {
   return addr;
 }
 
+// Why the peer of connection `fd` may not use this server (nullopt: it may): it must be root or `owner`.
+std::optional<std::string> CheckPeer(int fd, uid_t owner) {
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return fmt::format("SO_PEERCRED: {}", std::strerror(errno));
+  }
+  if (cred.uid == 0 || cred.uid == owner) return std::nullopt;
+  return fmt::format("uid {} (pid {}) is not the owner of this VM (uid {}) or root", cred.uid, cred.pid, owner);
+}
+
 // True if a server accepts connections on `path` (an AF_UNIX socket file).
 Result<bool> SomeoneListens(const sockaddr_un& addr, const std::string& path) {
   Fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
@@ -166,6 +177,12 @@ void Server::OnAccept() {
       return;
     }
     Fd fd(raw);
+    if (auto refused = CheckPeer(fd.get(), limits_.owner_uid)) {
+      std::string reply = SerializeResponse(Response::Error(403, *refused), {.keep_alive = false});
+      [[maybe_unused]] ssize_t ignored = ::send(fd.get(), reply.data(), reply.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      CLONE_LOG_RATELIMITED(LogLevel::kWarn, "control socket {}: {}", socket_path_, *refused);
+      continue;
+    }
     if (connections_.size() >= limits_.max_connections) {
       std::string busy = SerializeResponse(Response::Error(503, "too many control connections"), {.keep_alive = false});
       [[maybe_unused]] ssize_t ignored = ::send(fd.get(), busy.data(), busy.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
