@@ -110,7 +110,7 @@ void AddForkCommand(CLI::App& app, ForkOptions& o) {
       "'clone snapshot'; they live in $CLONE_TEMPLATES_DIR or ~/.clone/templates.");
   fork->add_option("--template", o.template_name,
                    "The template (snapshot) to fork; with --vm-id: save it under this name");
-  fork->add_option("--vm-id", o.vm_id, "Fork this running VM (snapshotted first; it resumes)");
+  fork->add_option("--vm-id", o.vm_id, "Fork this running VM, by id or PID (snapshotted first; it resumes)");
   fork->add_option("--count", o.count, "How many forks (implies --detach when above 1)")->capture_default_str();
   fork->add_option("--name", o.name, "The fork's VM id (with --count K: NAME-1 .. NAME-K; default random)");
   fork->add_flag("-d,--detach", o.detach, "Run in the background: print the VM id(s) once running and return");
@@ -120,8 +120,11 @@ void AddForkCommand(CLI::App& app, ForkOptions& o) {
   fork->add_option("--cid", o.cid, "The fork's vsock CID (default: the first free one)");
   fork->add_option("--shared-dir", o.shared_dirs,
                    "HOST:TAG[:ro]: serve the template's shared directory TAG from HOST instead of the recorded "
-                   "directory (repeatable; e.g. --shared-dir /tmp/shared:myfs)");
-  fork->add_option("--block", o.blocks, "FROM=TO: open the template's disk FROM (or disks under directory FROM) at TO");
+                   "directory (repeatable; e.g. --shared-dir /tmp/shared:myfs). Required for every writable share "
+                   "of the template: a fork never writes its template's directory (HOST:TAG:ro serves it read-only)");
+  fork->add_option("--block", o.blocks,
+                   "FROM=TO: open the template's disk FROM (or disks under directory FROM) at TO (a fork cannot get "
+                   "a disk its template did not have)");
   fork->add_option("--dir", o.dir, "Templates directory (default $CLONE_TEMPLATES_DIR or ~/.clone/templates)");
   fork->add_flag("--seccomp", o.seccomp,
                  "Confine each fork's VM process with seccomp (see clone run --seccomp); implied when the template's "
