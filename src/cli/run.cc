@@ -56,7 +56,7 @@ void AddRunCommand(CLI::App& app, RunOptions& o) {
                   "The guest's vsock CID (3..4294967294); without it, a free CID is chosen when "
                   "/dev/vhost-vsock exists");
   run->add_option("--tap", o.taps,
-                  "Attach an existing TAP interface as virtio-net (repeatable; the first is eth0): "
+                  "Attach an existing TAP interface as virtio-net (repeatable; in order after --net's, which is eth0): "
                   "NAME[,mac=52:54:00:12:34:56][,vhost=on|off] (vhost-net when available by default)");
   run->add_option("--shared-dir", o.shared_dirs,
                   "Share a host directory as virtio-fs (repeatable): HOST:TAG[:ro]; the guest mounts it "
