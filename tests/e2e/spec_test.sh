@@ -4,7 +4,8 @@
 # snapshot, fork of a running VM); a fork refuses its template's writable shared directory unless
 # it names its own directory for the tag or serves it read-only (and then cannot write it);
 # `clone fork --block IMG` (a new disk) is refused with the reason; refused forks leave nothing; all
-# VMs stopped leave no runtime directory behind.
+# VMs stopped leave no runtime directory behind. A non-owner is refused on a VM's control socket
+# (SO_PEERCRED) even when the socket's mode lets it connect.
 source "$(dirname "$0")/lib.sh"
 
 e2e_prepare() {
@@ -47,6 +48,16 @@ assert s['version'] == 1 and s['mem_mib'] == 192 and s['name'] == 'spec1', s
 assert [(d['tag'], d['read_only']) for d in s['shares']] == [('myfs', False), ('rofs', True)], s['shares']
 "
 pid=$(pid_of spec1)
+# SO_PEERCRED: with the socket's mode opened up, a non-owner still gets a 403 and the owner (root) is served.
+sock=$CLONE_RUNTIME_DIR/vms/spec1/control.sock
+chmod 0755 "$CLONE_RUNTIME_DIR" "$CLONE_RUNTIME_DIR/vms" "$CLONE_RUNTIME_DIR/vms/spec1" && chmod 0666 "$sock"
+code=$(setpriv --reuid=65534 --regid=65534 --clear-groups curl -s -o "$E2E_WORK/nobody.json" -w '%{http_code}' \
+  --unix-socket "$sock" http://localhost/vm) || true
+echo "non-owner: HTTP $code $(cat "$E2E_WORK/nobody.json" 2>/dev/null)"
+check "a non-owner is refused on the VM's control socket (403, SO_PEERCRED)" \
+  bash -c "[[ '$code' == 403 ]] && grep -q 'is not the owner of this VM' '$E2E_WORK/nobody.json'"
+check "the owner is still served" bash -c "curl -sf --unix-socket '$sock' http://localhost/vm | grep -q '\"state\"'"
+chmod 0700 "$CLONE_RUNTIME_DIR" "$CLONE_RUNTIME_DIR/vms" "$CLONE_RUNTIME_DIR/vms/spec1" && chmod 0600 "$sock"
 check "exec --vm-id PID reaches the VM" test "$("$CLONE_BIN" exec --vm-id "$pid" -- cat /mnt/fs/data.txt 2>/dev/null)" = "template data"
 "$CLONE_BIN" snapshot --vm-id "$pid" --name tpl >"$E2E_WORK/snap.out" 2>&1 || true
 cat "$E2E_WORK/snap.out"
