@@ -30,7 +30,8 @@
 //     abandoned. No timeout runs while a handler owns the request (handlers bound their own work).
 //   * At most `max_connections` at once; a client beyond that gets 503 and is closed.
 //   * Owner check: the peer of every connection (SO_PEERCRED) must be root or have this process's
-//     effective uid; anyone else gets 403 {"error": ...} and is closed before a byte is read. The
+//     effective uid; anyone else gets 403 {"error": ...} for its first request (which is never
+//     dispatched) and is closed. The
 //     socket's mode (0600) already keeps others out; this holds even if the socket or its directory
 //     is made accessible (a group, a bind mount, a daemon serving several users).
 //   * Responses carrying file descriptors send them with SCM_RIGHTS on the first byte of the

@@ -583,6 +583,12 @@ TEST_F(ServerTest, OnlyTheOwnerOrRootIsServed) {
   EXPECT_EQ(StatusAsUid(socket_, kNobody), 403);
   EXPECT_EQ(StatusAsUid(socket_, 12345), 200);
   EXPECT_EQ(StatusAsUid(socket_, 0), 200);
+  // curl sends its request after the connection is accepted: it still reads the 403 and why.
+  auto curl =
+      RunCommand("setpriv --reuid=65534 --regid=65534 --clear-groups curl -s -w ' %{http_code}' --unix-socket " +
+                 socket_ + " http://localhost/vm");
+  EXPECT_NE(curl.output.find("is not the owner of this VM (uid 12345) or root"), std::string::npos) << curl.output;
+  EXPECT_TRUE(curl.output.ends_with(" 403")) << curl.output;
   EXPECT_EQ(OnLoop([this] { return server_->connection_count(); }), 0u);  // the refused one is not kept
 }
 

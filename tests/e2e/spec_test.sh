@@ -51,11 +51,14 @@ pid=$(pid_of spec1)
 # SO_PEERCRED: with the socket's mode opened up, a non-owner still gets a 403 and the owner (root) is served.
 sock=$CLONE_RUNTIME_DIR/vms/spec1/control.sock
 chmod 0755 "$CLONE_RUNTIME_DIR" "$CLONE_RUNTIME_DIR/vms" "$CLONE_RUNTIME_DIR/vms/spec1" && chmod 0666 "$sock"
-code=$(setpriv --reuid=65534 --regid=65534 --clear-groups curl -s -o "$E2E_WORK/nobody.json" -w '%{http_code}' \
-  --unix-socket "$sock" http://localhost/vm) || true
-echo "non-owner: HTTP $code $(cat "$E2E_WORK/nobody.json" 2>/dev/null)"
+# (curl as nobody writes nothing: its output comes back on stdout, the status on the last line.)
+reply=$(setpriv --reuid=65534 --regid=65534 --clear-groups curl -s -w '\n%{http_code}' \
+  --unix-socket "$sock" http://localhost/vm 2>&1) || true
+code=${reply##*$'\n'}
+echo "non-owner: HTTP $code ${reply%$'\n'*}"
+[[ $code == 403 ]] || ls -ld /tmp "$CLONE_RUNTIME_DIR" "$CLONE_RUNTIME_DIR/vms" "$CLONE_RUNTIME_DIR/vms/spec1" "$sock"
 check "a non-owner is refused on the VM's control socket (403, SO_PEERCRED)" \
-  bash -c "[[ '$code' == 403 ]] && grep -q 'is not the owner of this VM' '$E2E_WORK/nobody.json'"
+  bash -c "[[ '$code' == 403 ]] && grep -q 'is not the owner of this VM' <<<'${reply//\'/}'"
 check "the owner is still served" bash -c "curl -sf --unix-socket '$sock' http://localhost/vm | grep -q '\"state\"'"
 chmod 0700 "$CLONE_RUNTIME_DIR" "$CLONE_RUNTIME_DIR/vms" "$CLONE_RUNTIME_DIR/vms/spec1" && chmod 0600 "$sock"
 check "exec --vm-id PID reaches the VM" test "$("$CLONE_BIN" exec --vm-id "$pid" -- cat /mnt/fs/data.txt 2>/dev/null)" = "template data"
