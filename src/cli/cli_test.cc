@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -16,6 +17,7 @@
 #include "cli/main_cli.h"
 #include "cli/rootfs.h"
 #include "cli/run.h"
+#include "runtime/launch.h"
 
 namespace clonevm::cli {
 namespace {
@@ -202,16 +204,74 @@ TEST_F(CliTest, RootfsWithAMissingModulesDirectory) {
   EXPECT_NE(r.stderr_text.find("nomods"), std::string::npos) << r.stderr_text;  // names the missing directory
 }
 
-TEST_F(CliTest, BlockSpecParsing) {
-  auto spec = ParseBlockSpec("/x/disk.qcow2,ro,format=qcow2");
-  ASSERT_TRUE(spec) << spec.error().message();
-  EXPECT_EQ(spec->path, "/x/disk.qcow2");
-  EXPECT_TRUE(spec->read_only);
-  EXPECT_EQ(spec->format, Format::kQcow2);
-  auto plain = ParseBlockSpec("disk.img");
-  ASSERT_TRUE(plain);
-  EXPECT_FALSE(plain->read_only);
-  EXPECT_EQ(plain->format, Format::kAuto);
+// The flags of `clone run` → VmSpec → JSON → VmSpec: every flag lands in its field and survives.
+RunOptions ParseRun(std::vector<std::string> args) {
+  CLI::App app("test");
+  RunOptions options;
+  AddRunCommand(app, options);
+  args.insert(args.begin(), "run");
+  std::reverse(args.begin(), args.end());  // CLI11 takes a reversed vector
+  app.parse(args);
+  return options;
+}
+
+TEST(RunSpecTest, FlagsToSpecToJsonAndBack) {
+  auto o = ParseRun({"--kernel",
+                     "/k",
+                     "--initrd",
+                     "/i",
+                     "--cmdline",
+                     "console=ttyS0",
+                     "--mem-mb",
+                     "256",
+                     "--vcpus",
+                     "2",
+                     "--kernel-sha256",
+                     std::string(64, 'f'),
+                     "--block",
+                     "/d/a.img,ro",
+                     "--block",
+                     "/d/b.qcow2,format=qcow2",
+                     "--cid",
+                     "9",
+                     "--tap",
+                     "tap0,mac=52:54:00:00:00:01,vhost=off",
+                     "--shared-dir",
+                     "/srv/x:x:ro",
+                     "--net",
+                     "--name",
+                     "dev",
+                     "--seccomp"});
+  auto s = SpecFromRunOptions(o);
+  ASSERT_TRUE(s) << s.error().message();
+  EXPECT_EQ(s->kernel, "/k");
+  EXPECT_EQ(s->initrd, "/i");
+  EXPECT_EQ(s->cmdline, "console=ttyS0");
+  EXPECT_EQ(s->mem_mib, 256u);
+  EXPECT_EQ(s->vcpus, 2u);
+  ASSERT_EQ(s->disks.size(), 2u);
+  EXPECT_TRUE(s->disks[0].read_only);
+  EXPECT_EQ(s->disks[1].format, Format::kQcow2);
+  EXPECT_EQ(s->cid, 9u);
+  ASSERT_EQ(s->taps.size(), 1u);
+  EXPECT_EQ(s->taps[0].vhost, virtio::VhostMode::kOff);
+  ASSERT_EQ(s->shares.size(), 1u);
+  EXPECT_TRUE(s->shares[0].read_only);
+  EXPECT_TRUE(s->net);
+  EXPECT_EQ(s->name, "dev");
+  EXPECT_TRUE(s->seccomp);
+  auto back = spec::SpecFromJson(nlohmann::json::parse(spec::SpecToJson(*s).dump()));
+  ASSERT_TRUE(back) << back.error().message();
+  EXPECT_EQ(*back, *s);
+}
+
+TEST(RunSpecTest, OverlayTakesItsPathWithASpaceOrAnEqualsSign) {
+  EXPECT_EQ(ParseRun({"--kernel", "/k", "--rootfs", "/r.img", "--overlay"}).spec.rootfs.overlay, "tmpfs");
+  EXPECT_EQ(ParseRun({"--kernel", "/k", "--rootfs", "/r.img", "--overlay", "--net"}).spec.rootfs.overlay, "tmpfs");
+  EXPECT_EQ(ParseRun({"--kernel", "/k", "--rootfs", "/r.img", "--overlay", "/o.qcow2"}).spec.rootfs.overlay,
+            "/o.qcow2");
+  EXPECT_EQ(ParseRun({"--kernel", "/k", "--rootfs", "/r.img", "--overlay=auto"}).spec.rootfs.overlay, "auto");
+  EXPECT_EQ(ParseRun({"--kernel", "/k", "--rootfs", "/r.img"}).spec.rootfs.overlay, "");
 }
 
 TEST_F(CliTest, HelpExplainsRun) {
@@ -276,6 +336,10 @@ TEST_F(CliTest, ForkUsageErrors) {
   EXPECT_EQ(RunClone({"fork", "--template", "t", "--name", std::string(33, 'a')}).status, kExitUsage);
   EXPECT_EQ(RunClone({"fork", "--template", "t", "--name", "Bad_Name"}).status, kExitUsage);
   EXPECT_EQ(RunClone({"fork", "--template", "t", "--tap", "bad,mac=zz"}).status, kExitUsage);
+  r = RunClone({"fork", "--template", "t", "--block", "extra.img"});  // the guest's devices are fixed
+  EXPECT_EQ(r.status, kExitUsage);
+  EXPECT_NE(r.stderr_text.find("cannot get a new disk"), std::string::npos) << r.stderr_text;
+  EXPECT_EQ(RunClone({"fork", "--template", "t", "--shared-dir", "/x:bad tag"}).status, kExitUsage);
 }
 
 TEST_F(CliTest, ForkOfAMissingOrDamagedTemplate) {
@@ -400,71 +464,5 @@ TEST(PlatformCmdlineTest, AppendsTheRebootMethodUnlessChosen) {
 }  // namespace clonevm
 
 namespace clonevm::cli {
-namespace {
-
-TEST(SharedDirTest, ParsesHostTagAndReadOnly) {
-  auto dir = ParseSharedDirSpec("/srv/data:data");
-  ASSERT_TRUE(dir) << dir.error().message();
-  EXPECT_EQ(dir->host_path, "/srv/data");
-  EXPECT_EQ(dir->tag, "data");
-  EXPECT_FALSE(dir->read_only);
-  dir = ParseSharedDirSpec("/srv/a:b/:my.fs-1:ro");  // the host path may contain ':'
-  ASSERT_TRUE(dir) << dir.error().message();
-  EXPECT_EQ(dir->host_path, "/srv/a:b");
-  EXPECT_EQ(dir->tag, "my.fs-1");
-  EXPECT_TRUE(dir->read_only);
-  EXPECT_FALSE(dir->squash_root);
-  for (const char* spec : {"/srv/x:t:ro:squash-root", "/srv/x:t:squash-root:ro"}) {
-    dir = ParseSharedDirSpec(spec);
-    ASSERT_TRUE(dir) << spec;
-    EXPECT_EQ(dir->host_path, "/srv/x");
-    EXPECT_EQ(dir->tag, "t");
-    EXPECT_TRUE(dir->read_only && dir->squash_root) << spec;
-  }
-  dir = ParseSharedDirSpec("/srv/x:t:squash-root");
-  ASSERT_TRUE(dir);
-  EXPECT_TRUE(dir->squash_root && !dir->read_only);
-  EXPECT_FALSE(ParseSharedDirSpec("/srv/x:squash-root"));  // an option is not a tag
-  dir = ParseSharedDirSpec("relative/dir:t");
-  ASSERT_TRUE(dir);
-  EXPECT_EQ(dir->host_path.front(), '/');  // made absolute
-  EXPECT_FALSE(ParseSharedDirSpec("/srv/data"));
-  EXPECT_FALSE(ParseSharedDirSpec(":tag"));
-  EXPECT_FALSE(ParseSharedDirSpec("/srv/data:"));
-  EXPECT_FALSE(ParseSharedDirSpec("/srv/data:bad tag"));
-  EXPECT_FALSE(ParseSharedDirSpec("/srv/data:a/b"));
-  EXPECT_TRUE(ParseSharedDirSpec("/srv:" + std::string(36, 't')));
-  EXPECT_FALSE(ParseSharedDirSpec("/srv:" + std::string(37, 't')));
-}
-
-TEST(SharedDirTest, ChecksDirectoriesAndResolvesSnapshotOverrides) {
-  char tmpl[] = "/tmp/clone-shared-dir-test-XXXXXX";
-  ASSERT_NE(mkdtemp(tmpl), nullptr);
-  std::string dir = tmpl;
-  std::ofstream(dir + "/file") << "x";
-  ::mkdir((dir + "/new").c_str(), 0755);
-  EXPECT_TRUE(CheckSharedDirs({{dir, "a", false}}));
-  EXPECT_FALSE(CheckSharedDirs({{dir, "a", false}, {dir + "/new", "a", false}}));  // duplicate tag
-  EXPECT_FALSE(CheckSharedDirs({{dir + "/missing", "a", false}}));
-  EXPECT_FALSE(CheckSharedDirs({{dir + "/file", "a", false}}));
-
-  std::vector<SharedDirConfig> recorded = {{dir, "myfs", false}, {dir, "rofs", true}};
-  auto same = ResolveSharedDirs(recorded, {});
-  ASSERT_TRUE(same) << same.error().message();
-  EXPECT_EQ(same->size(), 2u);
-  auto moved = ResolveSharedDirs(recorded, {dir + "/new:myfs"});
-  ASSERT_TRUE(moved) << moved.error().message();
-  EXPECT_EQ((*moved)[0].host_path, dir + "/new");
-  EXPECT_EQ((*moved)[1].host_path, dir);
-  EXPECT_TRUE((*moved)[1].read_only);
-  auto unknown = ResolveSharedDirs(recorded, {dir + "/new:other"});
-  ASSERT_FALSE(unknown);
-  EXPECT_NE(unknown.error().message().find("no shared directory tagged 'other'"), std::string::npos);
-  EXPECT_FALSE(ResolveSharedDirs(recorded, {dir + "/missing:myfs"}));
-  EXPECT_FALSE(ResolveSharedDirs(recorded, {dir + "/new:myfs", dir + ":myfs"}));
-  EXPECT_FALSE(ResolveSharedDirs({}, {dir + ":myfs"}));
-  std::system(("rm -rf " + dir).c_str());
-}
-
-}  // namespace
+namespace {}  // namespace
 }  // namespace clonevm::cli

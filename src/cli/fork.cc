@@ -13,7 +13,7 @@
 #include "cli/run.h"
 #include "cli/snapshot.h"
 #include "control/client.h"
-#include "devices/virtio/virtio_spec.h"
+#include "runtime/launch.h"
 #include "runtime/vm_dir.h"
 #include "runtime/vm_service.h"
 #include "snapshot/take.h"
@@ -22,12 +22,6 @@ namespace clonevm::cli {
 namespace {
 
 constexpr uint32_t kMaxForkCount = 4096;
-
-size_t NetDeviceCount(const snapshot::SnapshotConfig& config) {
-  size_t n = 0;
-  for (uint32_t type : config.virtio_types) n += type == virtio::kDeviceTypeNet ? 1 : 0;
-  return n;
-}
 
 // The id of fork `index` (0-based) of `count`.
 std::string ForkId(const std::string& name, uint32_t index, uint32_t count) {
@@ -50,7 +44,6 @@ Result<void> Validate(const ForkOptions& o) {
     return Fail("--tap gives every fork the same TAP: with --count, use --net (a TAP per fork)");
   }
   if (o.count > 1 && o.cid != 0) return Fail("--cid: with --count, every fork gets the first free CID");
-  for (const auto& tap : o.taps) CLONE_TRY(ParseTapSpec(tap));
   return {};
 }
 
@@ -66,86 +59,43 @@ Result<void> SnapshotRunningVm(const std::string& vm_id, const std::string& dir,
 
 }  // namespace
 
-int RunSnapshotVm(const SnapshotVmSpec& spec, Fd ready, BootTimer& timer) {
-  snapshot::Loaded& loaded = *spec.loaded;
-  // Disks: --block rewrites and every base the disks need checked before anything is created.
-  auto rewrites = snapshot::ParsePathRewrites(spec.blocks);
-  if (!rewrites) {
-    Log(LogLevel::kError, "{}", rewrites.error().message());
-    return kExitUsage;
-  }
-  if (auto disks = snapshot::CheckDisks(loaded.config, loaded.path, *rewrites); !disks) {
-    Log(LogLevel::kError, "{}: {}", loaded.path, disks.error().message());
-    return kExitError;
-  }
-  // Shared directories: the recorded ones, or --shared-dir's new directory for a recorded tag.
-  auto shared_dirs = ResolveSharedDirs(snapshot::RecordedSharedDirs(loaded.config), spec.shared_dirs);
-  if (!shared_dirs) {
-    Log(LogLevel::kError, "{}: {}", loaded.path, shared_dirs.error().message());
-    return kExitUsage;
-  }
-  std::string id = spec.id.empty() ? NewVmId() : spec.id;
-  nlohmann::json info = loaded.config.info;
-  info["snapshot"] = loaded.path;
-  info["mem_mib"] = loaded.config.mem_bytes >> 20;
-  if (spec.fork) info["forked_from"] = loaded.path;
-  ServiceOptions service_options{id, spec.detach, info, std::nullopt};
-  service_options.fresh_machine_id = spec.fork;
-  service_options.set_hostname = spec.set_hostname;
-  service_options.from_snapshot = true;
-  service_options.launched = spec.launched;
+Result<spec::ForkOverrides> ParseOverrideFlags(const OverrideFlags& f) {
+  spec::ForkOverrides o;
+  o.net = f.net;
+  for (const auto& value : f.taps) o.taps.push_back(CLONE_TRY(spec::ParseTapSpec(value)));
+  for (const auto& value : f.shared_dirs) o.shares.push_back(CLONE_TRY(spec::ParseShareSpec(value)));
+  for (const auto& value : f.blocks) CLONE_TRY_VOID(spec::AddDiskOverride(value, &o));
+  if (f.cid != 0) o.cid = f.cid;
+  o.seccomp = f.seccomp;
+  return o;
+}
 
-  // Network first (its address goes into the service's identity), then the VM directory; every
-  // step undoes itself on failure (VmNetwork: lease + TAP; VmService: the directory).
-  size_t wanted_nets = NetDeviceCount(loaded.config);
-  std::vector<NetConfig> nets;
-  std::optional<net::VmNetwork> network;
-  if (spec.net) {
-    auto made = AttachAutoNetwork(id, &nets, &service_options);
-    if (!made) {
-      Log(LogLevel::kError, "--net: {}", made.error().message());
-      return kExitError;
-    }
-    network.emplace(std::move(*made));
-  }
-  if (auto taps = AddTaps(spec.taps, &nets); !taps) {
-    Log(LogLevel::kError, "{}", taps.error().message());
+int RunFromSnapshot(snapshot::Loaded& loaded, const spec::ForkOverrides& overrides, spec::SnapshotUse use,
+                    bool detached, bool set_hostname, std::chrono::steady_clock::time_point launched, Fd ready,
+                    BootTimer& timer) {
+  auto recorded = spec::RecordedSpec(loaded.config);
+  if (!recorded) {
+    Log(LogLevel::kError, "{}: {}", loaded.path, recorded.error().message());
     return kExitError;
   }
-  if (nets.size() != wanted_nets) {
-    Log(LogLevel::kError,
-        "{}: the snapshot has {} network device(s) and {} were given: use --net or one --tap per device", loaded.path,
-        wanted_nets, nets.size());
+  auto vm_spec = spec::ApplyOverrides(*recorded, overrides, use);
+  if (!vm_spec) {
+    Log(LogLevel::kError, "{}: {}", loaded.path, vm_spec.error().message());
     return kExitUsage;
   }
-  auto service = VmService::Create(std::move(service_options));
-  if (!service) {
-    Log(LogLevel::kError, "{}", service.error().message());
-    return kExitError;
+  if (auto nets = CheckNetworks(loaded.config, *vm_spec); !nets) {
+    Log(LogLevel::kError, "{}: {}", loaded.path, nets.error().message());
+    return kExitUsage;
   }
-  // Writable disks get qcow2 overlays in the VM's runtime directory (removed with the VM).
-  auto config = snapshot::RestoreVmConfig(loaded.config, loaded.path,
-                                          snapshot::DiskPlan{(*service)->dir().path(), std::move(*rewrites)});
-  if (!config) {
-    Log(LogLevel::kError, "{}", config.error().message());
-    return kExitError;
-  }
-  if (spec.cid && config->vsock) config->vsock->cid = *spec.cid;
-  config->shared_dirs = std::move(*shared_dirs);
-  config->nets = std::move(nets);
-  config->console_in = STDIN_FILENO;
-  config->console_out = STDOUT_FILENO;
-  auto recorded = loaded.config.info.find("seccomp");  // the snapshot's VM ran with --seccomp
-  bool seccomp = spec.seccomp || (recorded != loaded.config.info.end() && *recorded == true);
-  config->seccomp = seccomp ? sandbox::SeccompMode::kOn : sandbox::SeccompMode::kOff;
-  (*service)->ConnectConsole(*config);
-  auto vm = Vm::Restore(std::move(*config), loaded.state, loaded.memory, &timer);
-  if (!vm) {
-    Log(LogLevel::kError, "{} from {}: {}", spec.fork ? "forking" : "restoring", loaded.path, vm.error().message());
-    return kExitError;
-  }
-  loaded.memory.reset();  // the mappings keep the file
-  return ServeAndRun(std::move(*service), std::move(*vm), ready);
+  Launch launch;
+  launch.kind = use == spec::SnapshotUse::kFork ? LaunchKind::kFork : LaunchKind::kRestore;
+  launch.spec = std::move(*vm_spec);
+  launch.loaded = &loaded;
+  launch.disk_rewrites = overrides.disk_rewrites;
+  launch.detached = detached;
+  launch.set_hostname = set_hostname;
+  launch.launched = launched;
+  return ExitStatusOf(RunVmProcess(launch, std::move(ready), timer));
 }
 
 void AddForkCommand(CLI::App& app, ForkOptions& o) {
@@ -160,7 +110,7 @@ void AddForkCommand(CLI::App& app, ForkOptions& o) {
       "'clone snapshot'; they live in $CLONE_TEMPLATES_DIR or ~/.clone/templates.");
   fork->add_option("--template", o.template_name,
                    "The template (snapshot) to fork; with --vm-id: save it under this name");
-  fork->add_option("--vm-id", o.vm_id, "Fork this running VM (snapshotted first; it resumes)");
+  fork->add_option("--vm-id", o.vm_id, "Fork this running VM, by id or PID (snapshotted first; it resumes)");
   fork->add_option("--count", o.count, "How many forks (implies --detach when above 1)")->capture_default_str();
   fork->add_option("--name", o.name, "The fork's VM id (with --count K: NAME-1 .. NAME-K; default random)");
   fork->add_flag("-d,--detach", o.detach, "Run in the background: print the VM id(s) once running and return");
@@ -168,10 +118,14 @@ void AddForkCommand(CLI::App& app, ForkOptions& o) {
                  "Automatic networking for each fork (a TAP on clonebr0 and an address; see clone run --net)");
   fork->add_option("--tap", o.taps, "A TAP for each of the template's network devices, in order (--count 1 only)");
   fork->add_option("--cid", o.cid, "The fork's vsock CID (default: the first free one)");
-  fork->add_option("--shared-dir", o.shared_dirs,
-                   "HOST:TAG[:ro]: serve the template's shared directory TAG from HOST instead of the recorded "
-                   "directory (repeatable; e.g. --shared-dir /tmp/shared:myfs)");
-  fork->add_option("--block", o.blocks, "FROM=TO: open the template's disk FROM (or disks under directory FROM) at TO");
+  fork->add_option(
+      "--shared-dir", o.shared_dirs,
+      "HOST:TAG[:ro][:squash-root]: serve the template's shared directory TAG from HOST instead of the recorded "
+      "directory (repeatable; e.g. --shared-dir /tmp/shared:myfs). Required for every writable share "
+      "of the template: a fork never writes its template's directory (HOST:TAG:ro serves it read-only)");
+  fork->add_option("--block", o.blocks,
+                   "FROM=TO: open the template's disk FROM (or disks under directory FROM) at TO (a fork cannot get "
+                   "a disk its template did not have)");
   fork->add_option("--dir", o.dir, "Templates directory (default $CLONE_TEMPLATES_DIR or ~/.clone/templates)");
   fork->add_flag("--seccomp", o.seccomp,
                  "Confine each fork's VM process with seccomp (see clone run --seccomp); implied when the template's "
@@ -182,6 +136,11 @@ int ForkCommand(const ForkOptions& o, BootTimer& timer) {
   auto launched = std::chrono::steady_clock::now();
   if (auto valid = Validate(o); !valid) {
     Log(LogLevel::kError, "{}", valid.error().message());
+    return kExitUsage;
+  }
+  auto overrides = ParseOverrideFlags({o.net, o.taps, o.shared_dirs, o.blocks, o.cid, o.seccomp});
+  if (!overrides) {
+    Log(LogLevel::kError, "{}", overrides.error().message());
     return kExitUsage;
   }
   std::string dir = TemplatesDir(o.dir);
@@ -215,29 +174,27 @@ int ForkCommand(const ForkOptions& o, BootTimer& timer) {
     return kExitError;
   }
   timer.Mark("template read");
-  size_t nets = (o.net ? 1 : 0) + o.taps.size();
-  if (nets != NetDeviceCount(loaded->config)) {
-    Log(LogLevel::kError, "template '{}' has {} network device(s) and {} were given: use --net or one --tap per device",
-        template_name, NetDeviceCount(loaded->config), nets);
+  // Every fork's spec follows the same rules: check them once, before any fork starts.
+  auto recorded = spec::RecordedSpec(loaded->config);
+  if (!recorded) {
+    Log(LogLevel::kError, "template '{}': {}", template_name, recorded.error().message());
+    return kExitError;
+  }
+  spec::ForkOverrides first = *overrides;
+  first.name = ForkId(o.name, 0, o.count);
+  auto fork_spec = spec::ApplyOverrides(*recorded, first, spec::SnapshotUse::kFork);
+  if (!fork_spec) {
+    Log(LogLevel::kError, "template '{}': {}", template_name, fork_spec.error().message());
     return kExitUsage;
   }
-  SnapshotVmSpec spec;
-  spec.loaded = &*loaded;
-  spec.fork = true;
-  spec.set_hostname = true;
-  spec.cid = o.cid;  // 0: the first free CID, never the template's
-  spec.net = o.net;
-  spec.taps = o.taps;
-  spec.blocks = o.blocks;
-  spec.seccomp = o.seccomp;
-  spec.shared_dirs = o.shared_dirs;
-  spec.launched = launched;
+  if (auto nets = CheckNetworks(loaded->config, *fork_spec); !nets) {
+    Log(LogLevel::kError, "template '{}': {}", template_name, nets.error().message());
+    return kExitUsage;
+  }
   bool detach = o.detach || o.count > 1;
-  spec.detach = detach;
   if (!detach) {
     // This process becomes the fork; a temporary template goes when it ends.
-    spec.id = o.name;
-    return RunSnapshotVm(spec, Fd(), timer);
+    return RunFromSnapshot(*loaded, first, spec::SnapshotUse::kFork, false, true, launched, Fd(), timer);
   }
 
   // Start every fork, then collect them: the forks restore in parallel.
@@ -261,8 +218,9 @@ int ForkCommand(const ForkOptions& o, BootTimer& timer) {
       pipes.clear();  // the other forks' ready pipes are the parent's business
       remove_temporary.active = false;
       ::setsid();
-      spec.id = ForkId(o.name, i, o.count);
-      return RunSnapshotVm(spec, Fd(p[1]), timer);
+      spec::ForkOverrides mine = *overrides;
+      mine.name = ForkId(o.name, i, o.count);
+      return RunFromSnapshot(*loaded, mine, spec::SnapshotUse::kFork, true, true, launched, Fd(p[1]), timer);
     }
     ::close(p[1]);
     pipes.emplace_back(p[0]);

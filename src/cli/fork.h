@@ -21,8 +21,13 @@
 // then forks from that snapshot: under --template N when given (kept), else a temporary one that
 // is removed once the forks have started (they hold its files open).
 //
-// `clone restore` shares the VM-process half (RunSnapshotVm) and differs only in identity: it
-// continues the same machine (machine-id, CID and hostname kept unless told otherwise).
+// A fork's spec is the template's recorded spec with the flags applied (spec::ApplyOverrides): a
+// writable shared directory of the template must be given a directory of the fork's own
+// (--shared-dir DIR:TAG) or be served read-only (--shared-dir HOST:TAG:ro); --block FROM=TO
+// re-points a recorded disk (a plain image path is refused: the guest's devices are fixed).
+//
+// `clone restore` shares the VM-process half (RunFromSnapshot → runtime/launch.h) and differs only
+// in identity: it continues the same machine (machine-id, CID and hostname kept unless told otherwise).
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -32,7 +37,9 @@
 #include <vector>
 
 #include "base/fd.h"
+#include "base/result.h"
 #include "snapshot/format.h"
+#include "spec/vm_spec.h"
 #include "vmm/boot_timer.h"
 
 namespace clonevm::cli {
@@ -52,25 +59,24 @@ struct ForkOptions {
   bool seccomp = false;  // --seccomp (also implied by a template of a confined VM)
 };
 
-// What one VM process made from a snapshot needs (restore or fork).
-struct SnapshotVmSpec {
-  snapshot::Loaded* loaded = nullptr;  // read and checked
-  std::string id;                      // the VM id (empty: a random one)
-  bool detach = false;
-  bool fork = false;  // fresh identity (machine-id, hostname) vs. the same machine
-  bool set_hostname = false;
-  std::optional<uint64_t> cid;           // vsock CID override (0: the first free one)
-  std::vector<std::string> shared_dirs;  // --shared-dir overrides of the snapshot's directories
+// The flags fork and restore share, as the overrides of the snapshot's recorded spec
+// (spec/vm_spec.h); a bad value is a usage error naming the flag. cid 0: not given.
+struct OverrideFlags {
   bool net = false;
   std::vector<std::string> taps;
+  std::vector<std::string> shared_dirs;
   std::vector<std::string> blocks;
-  bool seccomp = false;  // --seccomp; a snapshot of a confined VM (config info "seccomp") implies it
-  std::chrono::steady_clock::time_point launched = std::chrono::steady_clock::now();
+  uint64_t cid = 0;
+  bool seccomp = false;
 };
+[[nodiscard]] Result<spec::ForkOverrides> ParseOverrideFlags(const OverrideFlags& flags);
 
-// Runs the VM process for `spec` (in the calling process, which it becomes): returns its exit
-// status. `ready` (from ForkDetached) is told the id once the VM runs.
-int RunSnapshotVm(const SnapshotVmSpec& spec, Fd ready, BootTimer& timer);
+// Runs the VM process for a snapshot (restore or fork) in the calling process: the recorded spec
+// with `overrides` applied, checked (usage errors → kExitUsage) before anything is made; returns the
+// exit status. `ready` (from ForkDetached) is told the id once the VM runs.
+int RunFromSnapshot(snapshot::Loaded& loaded, const spec::ForkOverrides& overrides, spec::SnapshotUse use,
+                    bool detached, bool set_hostname, std::chrono::steady_clock::time_point launched, Fd ready,
+                    BootTimer& timer);
 
 void AddForkCommand(CLI::App& app, ForkOptions& options);
 int ForkCommand(const ForkOptions& options, BootTimer& timer);

@@ -147,9 +147,10 @@ void AddSnapshotCommands(CLI::App& app, SnapshotOptions& s, RestoreOptions& r) {
   restore->add_flag("--net", r.net, "Give the snapshot's network device a TAP on Clone's bridge (see clone run --net)");
   restore->add_option("--tap", r.taps,
                       "A TAP for each of the snapshot's network devices, in order (see clone run --tap)");
-  restore->add_option("--shared-dir", r.shared_dirs,
-                      "HOST:TAG[:ro]: serve the snapshot's shared directory TAG from HOST instead of the recorded "
-                      "directory (repeatable)");
+  restore->add_option(
+      "--shared-dir", r.shared_dirs,
+      "HOST:TAG[:ro][:squash-root]: serve the snapshot's shared directory TAG from HOST instead of the recorded "
+      "directory (repeatable)");
   restore->add_option("--block", r.blocks,
                       "FROM=TO: open the snapshot's disk FROM (or disks under directory FROM) at TO");
   restore->add_flag(
@@ -165,6 +166,7 @@ int SnapshotCommand(const SnapshotOptions& options) {
 }
 
 int RestoreCommand(const RestoreOptions& o, BootTimer& timer) {
+  auto launched = std::chrono::steady_clock::now();
   if (!o.name.empty() && !IsValidVmId(o.name)) {
     Log(LogLevel::kError, "--name '{}': use up to 32 characters a-z, 0-9 and '-', not starting with '-'", o.name);
     return kExitUsage;
@@ -175,24 +177,20 @@ int RestoreCommand(const RestoreOptions& o, BootTimer& timer) {
     return kExitError;
   }
   timer.Mark("snapshot read");
-  SnapshotVmSpec spec;
-  spec.loaded = &*loaded;
-  spec.id = o.name;
-  spec.detach = o.detach;
   // A restore continues the same guest: it keeps its machine-id and vsock CID (unless --cid) and
   // takes the VM id as hostname only when the user chose one, like `clone run --name`.
-  spec.set_hostname = !o.name.empty();
-  if (o.cid != 0) spec.cid = o.cid;
-  spec.net = o.net;
-  spec.taps = o.taps;
-  spec.shared_dirs = o.shared_dirs;
-  spec.blocks = o.blocks;
-  spec.seccomp = o.seccomp;
+  auto overrides = ParseOverrideFlags({o.net, o.taps, o.shared_dirs, o.blocks, o.cid, o.seccomp});
+  if (!overrides) {
+    Log(LogLevel::kError, "{}", overrides.error().message());
+    return kExitUsage;
+  }
+  overrides->name = o.name;
   Fd ready;
   if (o.detach) {
     if (auto parent_status = ForkDetached(&ready)) return *parent_status;
   }
-  return RunSnapshotVm(spec, std::move(ready), timer);
+  return RunFromSnapshot(*loaded, *overrides, spec::SnapshotUse::kRestore, o.detach, !o.name.empty(), launched,
+                         std::move(ready), timer);
 }
 
 }  // namespace clonevm::cli

@@ -43,6 +43,7 @@ struct Server::Connection {
   bool close_after_output = false;  // close once `out` is written
   bool in_flight = false;           // a handler owns the current request
   bool continue_sent = false;
+  std::string refused;  // why the peer may not use the server (SO_PEERCRED): its request gets a 403
   // The request being handled: how to frame its response.
   bool keep_alive = true;
   int version_minor = 1;
@@ -66,6 +67,17 @@ Result<sockaddr_un> UnixAddress(const std::string& path) {
   }
   std::memcpy(addr.sun_path, path.data(), path.size());
   return addr;
+}
+
+// Why the peer of connection `fd` may not use this server (nullopt: it may): it must be root or `owner`.
+std::optional<std::string> CheckPeer(int fd, uid_t owner) {
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return fmt::format("SO_PEERCRED: {}", std::strerror(errno));
+  }
+  if (cred.uid == 0 || cred.uid == owner) return std::nullopt;
+  return fmt::format("uid {} (pid {}) is not the owner of this VM (uid {}) or root", cred.uid, cred.pid, owner);
 }
 
 // True if a server accepts connections on `path` (an AF_UNIX socket file).
@@ -166,6 +178,8 @@ void Server::OnAccept() {
       return;
     }
     Fd fd(raw);
+    std::optional<std::string> refused = CheckPeer(fd.get(), limits_.owner_uid);
+    if (refused) CLONE_LOG_RATELIMITED(LogLevel::kWarn, "control socket {}: {}", socket_path_, *refused);
     if (connections_.size() >= limits_.max_connections) {
       std::string busy = SerializeResponse(Response::Error(503, "too many control connections"), {.keep_alive = false});
       [[maybe_unused]] ssize_t ignored = ::send(fd.get(), busy.data(), busy.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -176,6 +190,7 @@ void Server::OnAccept() {
     conn->id = id;
     conn->fd = std::move(fd);
     conn->parser = RequestParser(limits_.parser);
+    if (refused) conn->refused = std::move(*refused);
     Connection& ref = *conn;
     const int conn_fd = conn->fd.get();
     connections_.emplace(id, std::move(conn));
@@ -316,6 +331,12 @@ void Server::ParseNext(Connection& conn) {
   conn.version_minor = step.request.version_minor;
   conn.head_request = step.request.method == "HEAD";
   conn.request_since.reset();
+  if (!conn.refused.empty()) {  // answered here, never dispatched; the client can read why
+    conn.in.clear();
+    conn.in_flight = false;
+    Queue(conn, Response::Error(403, conn.refused), /*close_after=*/true);
+    return;
+  }
   Responder responder([link = link_, id = conn.id](Completion completion) {
     auto shared = std::make_shared<Completion>(std::move(completion));
     std::lock_guard lock(link->mu);

@@ -29,6 +29,11 @@
 //     defeats slowloris clients); a response that the client does not read for `idle_timeout` is
 //     abandoned. No timeout runs while a handler owns the request (handlers bound their own work).
 //   * At most `max_connections` at once; a client beyond that gets 503 and is closed.
+//   * Owner check: the peer of every connection (SO_PEERCRED) must be root or have this process's
+//     effective uid; anyone else gets 403 {"error": ...} for its first request (which is never
+//     dispatched) and is closed. The
+//     socket's mode (0600) already keeps others out; this holds even if the socket or its directory
+//     is made accessible (a group, a bind mount, a daemon serving several users).
 //   * Responses carrying file descriptors send them with SCM_RIGHTS on the first byte of the
 //     response (the client must use recvmsg; client.h does). The server closes its copies once sent.
 //
@@ -41,6 +46,7 @@
 #pragma once
 
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
@@ -63,6 +69,7 @@ struct Limits {
   size_t max_connections = 64;
   std::chrono::milliseconds idle_timeout{60'000};
   std::chrono::milliseconds request_timeout{10'000};
+  uid_t owner_uid = ::geteuid();  // besides root, the only uid served (see "Owner check")
 };
 
 class Server {

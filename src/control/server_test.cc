@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 
 #include <atomic>
 #include <cstring>
@@ -533,6 +534,62 @@ TEST(ClientTest, ReportsAMissingServer) {
   auto r = Call("/nonexistent/clone.sock", "GET", "/vm", std::nullopt, kTimeout);
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().message().rfind("no VM is serving /nonexistent/clone.sock", 0), 0u) << r.error().message();
+}
+
+// The status a client running as `uid` gets for GET /vm (0 when it could not connect at all),
+// from a forked child that drops to that uid first.
+int StatusAsUid(const std::string& socket, uid_t uid) {
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) return -1;
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(p[0]);
+    int status = 0;
+    if (::setresgid(uid, uid, uid) == 0 && ::setresuid(uid, uid, uid) == 0) {
+      Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+      sockaddr_un addr{};
+      addr.sun_family = AF_UNIX;
+      std::strncpy(addr.sun_path, socket.c_str(), sizeof(addr.sun_path) - 1);
+      if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+        constexpr char kRequest[] = "GET /vm HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        // The server may refuse and close before the request is sent: no SIGPIPE.
+        [[maybe_unused]] auto sent = ::send(fd.get(), kRequest, sizeof(kRequest) - 1, MSG_NOSIGNAL);
+        char buf[512] = {};
+        ssize_t n = ::read(fd.get(), buf, sizeof(buf) - 1);
+        if (n > 12) status = std::atoi(buf + 9);  // "HTTP/1.1 403 ..."
+        if (status == 403 && std::strstr(buf, "is not the owner of this VM") == nullptr) status = -2;
+      }
+    }
+    [[maybe_unused]] auto w = ::write(p[1], &status, sizeof(status));
+    ::_exit(0);
+  }
+  ::close(p[1]);
+  int status = -1;
+  if (::read(p[0], &status, sizeof(status)) != sizeof(status)) status = -1;
+  ::close(p[0]);
+  ::waitpid(pid, nullptr, 0);
+  return status;
+}
+
+// SO_PEERCRED: besides root, only the owner's uid is served, even on a socket anyone may open.
+TEST_F(ServerTest, OnlyTheOwnerOrRootIsServed) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a client as other uids";
+  constexpr uid_t kNobody = 65534;
+  Limits limits;
+  limits.owner_uid = 12345;  // the VM's owner: neither root nor nobody
+  Start(limits);
+  ASSERT_EQ(::chmod(dir_.path().c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(socket_.c_str(), 0666), 0);  // the file mode no longer keeps anyone out
+  EXPECT_EQ(StatusAsUid(socket_, kNobody), 403);
+  EXPECT_EQ(StatusAsUid(socket_, 12345), 200);
+  EXPECT_EQ(StatusAsUid(socket_, 0), 200);
+  // curl sends its request after the connection is accepted: it still reads the 403 and why.
+  auto curl =
+      RunCommand("setpriv --reuid=65534 --regid=65534 --clear-groups curl -s -w ' %{http_code}' --unix-socket " +
+                 socket_ + " http://localhost/vm");
+  EXPECT_NE(curl.output.find("is not the owner of this VM (uid 12345) or root"), std::string::npos) << curl.output;
+  EXPECT_TRUE(curl.output.ends_with(" 403")) << curl.output;
+  EXPECT_EQ(OnLoop([this] { return server_->connection_count(); }), 0u);  // the refused one is not kept
 }
 
 }  // namespace

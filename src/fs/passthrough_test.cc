@@ -452,7 +452,7 @@ TEST_F(FsTest, CreateChownsOnlyWhatItMade) {
 // Under a low fd limit the inode table stops at a quarter of it (ENFILE), leaving the rest of the
 // VMM its fds. In a child: the limit is lowered for good there.
 TEST_F(FsTest, InodesStopAtAQuarterOfTheFdLimit) {
-  for (int i = 0; i < 40; ++i) WriteHost(root_ / ("f" + std::to_string(i)), "x");
+  for (int i = 0; i < 40; ++i) WriteHost(root_ / fmt::format("f{}", i), "x");
   auto child = [this] {
     rlimit low{128, 128};
     if (::setrlimit(RLIMIT_NOFILE, &low) != 0) std::_Exit(2);
@@ -461,7 +461,7 @@ TEST_F(FsTest, InodesStopAtAQuarterOfTheFdLimit) {
     int ok = 0;
     int enfile = 0;
     for (int i = 0; i < 40; ++i) {
-      int err = Lookup(1, "f" + std::to_string(i)).error;
+      int err = Lookup(1, fmt::format("f{}", i)).error;
       ok += err == 0;
       enfile += err == ENFILE;
     }

@@ -47,6 +47,8 @@ TEST_F(RuntimeDirTest, CreateListFindAndRemove) {
     EXPECT_NE(ambiguous.error().message().find("alpha, beta"), std::string::npos);
     EXPECT_EQ(FindVm("beta")->id, "beta");
     EXPECT_FALSE(FindVm("gamma"));
+    EXPECT_EQ(FindVm("42")->id, "alpha");  // a VM process's PID (info.json "pid") finds it too
+    EXPECT_FALSE(FindVm("43"));
     EXPECT_EQ(ListVms().size(), 2u);
   }
   EXPECT_TRUE(ListVms().empty());

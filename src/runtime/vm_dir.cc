@@ -52,12 +52,6 @@ std::string RuntimeDir() {
 
 std::string VmsDir() { return RuntimeDir() + "/vms"; }
 
-bool IsValidVmId(const std::string& id) {
-  if (id.empty() || id.size() > 32) return false;
-  auto ok = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'; };
-  return id[0] != '-' && std::all_of(id.begin(), id.end(), ok);
-}
-
 std::string NewVmId() {
   uint8_t bytes[3] = {};
   if (::getrandom(bytes, sizeof(bytes), 0) != sizeof(bytes)) {
@@ -129,7 +123,14 @@ Result<VmEntry> FindVm(const std::string& id) {
     for (auto& vm : vms) {
       if (vm.id == id) return vm;
     }
-    return Fail("no running VM named '{}' (see 'clone list')", id);
+    bool digits = std::all_of(id.begin(), id.end(), [](char c) { return c >= '0' && c <= '9'; });
+    for (auto& vm : vms) {
+      auto pid = vm.info.find("pid");
+      if (digits && pid != vm.info.end() && pid->is_number_integer() && std::to_string(pid->get<int64_t>()) == id) {
+        return vm;
+      }
+    }
+    return Fail("no running VM named '{}' (see 'clone list'; --vm-id takes an id or a VM process's PID)", id);
   }
   if (vms.empty()) return Fail("no VM is running (runtime directory {})", VmsDir());
   if (vms.size() > 1) {

@@ -23,14 +23,15 @@
 
 #include "base/fd.h"
 #include "base/result.h"
+#include "spec/vm_spec.h"
 
 namespace clonevm {
 
 std::string RuntimeDir();
 std::string VmsDir();
 
-// Whether `id` is a valid VM id (see above).
-bool IsValidVmId(const std::string& id);
+// Whether `id` is a valid VM id (see above); the rule is the VM spec's.
+using spec::IsValidVmId;
 // A fresh random id, "vm-" + 6 hex digits.
 std::string NewVmId();
 
@@ -72,8 +73,9 @@ struct VmEntry {
 
 // Live VMs, sorted by id; stale directories are removed on the way.
 std::vector<VmEntry> ListVms();
-// The VM named `id`, or the only running VM when `id` is empty; a clear error otherwise
-// ("no VM is running", "3 VMs are running: pass --vm-id (one of a, b, c)", "no VM 'x'").
+// The VM named `id` — its id, or else the PID of its VM process (info.json "pid") — or the only
+// running VM when `id` is empty; a clear error otherwise ("no VM is running", "3 VMs are running:
+// pass --vm-id (one of a, b, c)", "no running VM named 'x'").
 [[nodiscard]] Result<VmEntry> FindVm(const std::string& id);
 
 }  // namespace clonevm
