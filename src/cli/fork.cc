@@ -201,29 +201,28 @@ int ForkCommand(const ForkOptions& o, BootTimer& timer) {
   std::vector<Fd> pipes;
   std::vector<pid_t> pids;
   for (uint32_t i = 0; i < o.count; ++i) {
-    int p[2];
-    if (::pipe2(p, O_CLOEXEC) != 0) {
-      Log(LogLevel::kError, "pipe: {}", std::strerror(errno));
+    auto pipe = Pipe();
+    if (!pipe) {
+      Log(LogLevel::kError, "{}", pipe.error().message());
       break;
     }
     pid_t pid = ::fork();
     if (pid < 0) {
       Log(LogLevel::kError, "fork: {}", std::strerror(errno));
-      ::close(p[0]);
-      ::close(p[1]);
       break;
     }
     if (pid == 0) {
-      ::close(p[0]);
+      pipe->read.reset();
       pipes.clear();  // the other forks' ready pipes are the parent's business
       remove_temporary.active = false;
       ::setsid();
       spec::ForkOverrides mine = *overrides;
       mine.name = ForkId(o.name, i, o.count);
-      return RunFromSnapshot(*loaded, mine, spec::SnapshotUse::kFork, true, true, launched, Fd(p[1]), timer);
+      return RunFromSnapshot(*loaded, mine, spec::SnapshotUse::kFork, true, true, launched, std::move(pipe->write),
+                             timer);
     }
-    ::close(p[1]);
-    pipes.emplace_back(p[0]);
+    pipe->write.reset();
+    pipes.push_back(std::move(pipe->read));
     pids.push_back(pid);
   }
   uint32_t started = 0;

@@ -106,9 +106,9 @@ Result<spec::VmSpec> SpecFromRunOptions(const RunOptions& o) {
 // the child's exit status when it failed (the child has printed why on the inherited stderr).
 // Returns nullopt in the child, with the pipe's write end in *ready.
 std::optional<int> ForkDetached(Fd* ready) {
-  int p[2];
-  if (::pipe2(p, O_CLOEXEC) != 0) {
-    Log(LogLevel::kError, "pipe: {}", std::strerror(errno));
+  auto pipe = Pipe();
+  if (!pipe) {
+    Log(LogLevel::kError, "{}", pipe.error().message());
     return kExitError;
   }
   pid_t pid = ::fork();
@@ -117,13 +117,13 @@ std::optional<int> ForkDetached(Fd* ready) {
     return kExitError;
   }
   if (pid == 0) {
-    ::close(p[0]);
+    pipe->read.reset();
     ::setsid();
-    *ready = Fd(p[1]);
+    *ready = std::move(pipe->write);
     return std::nullopt;
   }
-  ::close(p[1]);
-  Fd read_end(p[0]);
+  pipe->write.reset();
+  Fd read_end = std::move(pipe->read);
   if (auto id = AwaitReady(read_end)) {
     [[maybe_unused]] auto r = WriteAll(STDOUT_FILENO, id->data(), id->size());
     return kExitOk;
