@@ -63,9 +63,9 @@ class FsDeviceTest : public ::testing::Test {
     h.opcode = opcode;
     h.unique = ++unique_;
     h.nodeid = nodeid;
-    std::vector<uint8_t> req(sizeof(h));
+    std::vector<uint8_t> req(sizeof(h) + args.size());  // sized once (GCC 12 -O3 false positive on insert)
     std::memcpy(req.data(), &h, sizeof(h));
-    req.insert(req.end(), args.begin(), args.end());
+    std::copy(args.begin(), args.end(), req.begin() + sizeof(h));
     return req;
   }
 
