@@ -95,7 +95,9 @@ class Reader {
   // Fails for a non-object or a key not in `known`.
   Result<void> Expect(std::initializer_list<const char*> known) const {
     if (!j_.is_object()) return Fail("{}: expected an object", path_.empty() ? "spec" : path_);
-    for (const auto& [key, value] : j_.items()) {
+    for (const auto& item : j_.items()) {
+      // (not a structured binding: clang 14 cannot capture one in the lambda)
+      const std::string& key = item.key();
       if (std::none_of(known.begin(), known.end(), [&](const char* k) { return key == k; })) {
         return Fail("{}: unknown field", Field(key));
       }
