@@ -82,10 +82,11 @@ std::optional<long long> NumberFile(const System& system, const std::string& pat
   return n;
 }
 
-std::string CapName(const char* name) {
-  std::string s = name;
+// "KVM_CAP_IRQFD" -> "irqfd"
+std::string CapName(std::string_view name) {
+  if (name.starts_with("KVM_CAP_")) name.remove_prefix(8);
   std::string out;
-  for (char c : s) out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (char c : name) out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return out;
 }
 
@@ -397,7 +398,7 @@ Report Check(const System& system) {
     std::vector<std::string> have, missing_required;
     for (const auto& c : KvmCaps()) {
       int answer = kvm.caps.count(c.cap) ? kvm.caps[c.cap] : 0;
-      std::string name = CapName(c.name + 8);  // without "KVM_CAP_"
+      std::string name = CapName(c.name);
       if (answer > 0) {
         have.push_back(name);
       } else if (c.required) {
