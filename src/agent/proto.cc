@@ -13,6 +13,7 @@
 
 #include "base/bytes.h"
 #include "base/check.h"
+#include "base/json.h"
 
 namespace clonevm::agent {
 
@@ -234,120 +235,12 @@ Result<Frame> ReadFrame(int fd, Deadline deadline) {
 
 namespace {
 
-// Typed, checked access to the fields of a JSON object. Every accessor fails (never throws) on a
-// missing required field or a wrong type/range, naming the field.
-class Fields {
- public:
-  explicit Fields(const json& object) : object_(object) {}
-
-  const json* Find(const char* key) const {
-    auto it = object_.find(key);
-    if (it == object_.end() || it->is_null()) return nullptr;
-    return &*it;
-  }
-
-  Result<std::string> String(const char* key, size_t max_size = 4096) const {
-    const json* v = Find(key);
-    if (!v) return Fail("missing field \"{}\"", key);
-    return CheckString(key, *v, max_size);
-  }
-  Result<std::optional<std::string>> OptString(const char* key, size_t max_size = 4096) const {
-    const json* v = Find(key);
-    if (!v) return std::optional<std::string>();
-    std::string s = CLONE_TRY(CheckString(key, *v, max_size));
-    return std::optional<std::string>(std::move(s));
-  }
-  Result<uint64_t> Uint(const char* key, uint64_t min, uint64_t max) const {
-    const json* v = Find(key);
-    if (!v) return Fail("missing field \"{}\"", key);
-    return CheckUint(key, *v, min, max);
-  }
-  Result<std::optional<uint64_t>> OptUint(const char* key, uint64_t min, uint64_t max) const {
-    const json* v = Find(key);
-    if (!v) return std::optional<uint64_t>();
-    uint64_t n = CLONE_TRY(CheckUint(key, *v, min, max));
-    return std::optional<uint64_t>(n);
-  }
-  Result<uint64_t> UintOr(const char* key, uint64_t fallback, uint64_t min, uint64_t max) const {
-    auto v = CLONE_TRY(OptUint(key, min, max));
-    return v.value_or(fallback);
-  }
-  Result<double> Number(const char* key) const {
-    const json* v = Find(key);
-    if (!v) return Fail("missing field \"{}\"", key);
-    auto d = CLONE_TRY(OptNumber(key));
-    return *d;
-  }
-  Result<std::optional<double>> OptNumber(const char* key) const {
-    const json* v = Find(key);
-    if (!v) return std::optional<double>();
-    if (!v->is_number()) return Fail("field \"{}\" must be a number", key);
-    double d = v->get<double>();
-    if (!std::isfinite(d)) return Fail("field \"{}\" must be finite", key);
-    return std::optional<double>(d);
-  }
-  Result<bool> BoolOr(const char* key, bool fallback) const {
-    const json* v = Find(key);
-    if (!v) return fallback;
-    if (!v->is_boolean()) return Fail("field \"{}\" must be a boolean", key);
-    return v->get<bool>();
-  }
-  Result<bool> Bool(const char* key) const {
-    if (!Find(key)) return Fail("missing field \"{}\"", key);
-    return BoolOr(key, false);
-  }
-  Result<std::vector<std::string>> StringList(const char* key, size_t max_items, bool required) const {
-    const json* v = Find(key);
-    if (!v) {
-      if (required) return Fail("missing field \"{}\"", key);
-      return std::vector<std::string>();
-    }
-    if (!v->is_array()) return Fail("field \"{}\" must be an array of strings", key);
-    if (v->size() > max_items) return Fail("field \"{}\" has more than {} items", key, max_items);
-    std::vector<std::string> out;
-    out.reserve(v->size());
-    for (const json& item : *v) {
-      if (!item.is_string()) return Fail("field \"{}\" must be an array of strings", key);
-      const auto& s = item.get_ref<const std::string&>();
-      if (s.find('\0') != std::string::npos) return Fail("field \"{}\" has a string with a NUL byte", key);
-      out.push_back(s);
-    }
-    return out;
-  }
-
- private:
-  static Result<std::string> CheckString(const char* key, const json& v, size_t max_size) {
-    if (!v.is_string()) return Fail("field \"{}\" must be a string", key);
-    const auto& s = v.get_ref<const std::string&>();
-    if (s.size() > max_size) return Fail("field \"{}\" is longer than {} bytes", key, max_size);
-    if (s.find('\0') != std::string::npos) return Fail("field \"{}\" contains a NUL byte", key);
-    return s;
-  }
-  static Result<uint64_t> CheckUint(const char* key, const json& v, uint64_t min, uint64_t max) {
-    uint64_t n;
-    if (v.is_number_unsigned()) {
-      n = v.get<uint64_t>();
-    } else if (v.is_number_integer()) {
-      int64_t i = v.get<int64_t>();
-      if (i < 0) return Fail("field \"{}\" must be in [{}, {}]", key, min, max);
-      n = static_cast<uint64_t>(i);
-    } else {
-      return Fail("field \"{}\" must be an integer", key);
-    }
-    if (n < min || n > max) return Fail("field \"{}\" must be in [{}, {}]", key, min, max);
-    return n;
-  }
-
-  const json& object_;
-};
+using Fields = JsonReader;
 
 Result<json> ParseObject(std::string_view payload) {
   // An empty payload is an empty object (StdinClose, Shutdown, Reboot).
   if (payload.empty()) return json::object();
-  json j = json::parse(payload, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return Fail("payload is not valid JSON");
-  if (!j.is_object()) return Fail("payload is not a JSON object");
-  return j;
+  return ParseJsonObject(payload, "payload");
 }
 
 std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
@@ -459,7 +352,7 @@ Result<Hello> DecodePayload(std::string_view payload) {
   CLONE_TRY_VOID(CheckToken(m.token));
   m.role = CLONE_TRY(f.String("role", 16));
   if (m.role != "exec" && m.role != "monitor" && m.role != "control") {
-    return Fail("field \"role\" must be exec, monitor or control");
+    return Fail("role: must be exec, monitor or control");
   }
   return m;
 }
@@ -491,7 +384,7 @@ Result<ExecRequest> DecodePayload(std::string_view payload) {
   Fields f(j);
   ExecRequest m;
   m.argv = CLONE_TRY(f.StringList("argv", 4096, /*required=*/true));
-  if (m.argv.empty() || m.argv[0].empty()) return Fail("field \"argv\" must name a program");
+  if (m.argv.empty() || m.argv[0].empty()) return Fail("argv: must name a program");
   m.env = CLONE_TRY(f.StringList("env", 4096, /*required=*/false));
   for (const std::string& e : m.env) {
     size_t eq = e.find('=');
@@ -579,10 +472,10 @@ Result<SetIdentity> DecodePayload(std::string_view payload) {
   Fields f(j);
   SetIdentity m;
   m.hostname = CLONE_TRY(f.OptString("hostname", 64));
-  if (m.hostname && m.hostname->empty()) return Fail("field \"hostname\" is empty");
+  if (m.hostname && m.hostname->empty()) return Fail("hostname: is empty");
   m.machine_id = CLONE_TRY(f.OptString("machine_id", 32));
   if (m.machine_id) {
-    if (m.machine_id->size() != 32) return Fail("field \"machine_id\" must be 32 hex digits");
+    if (m.machine_id->size() != 32) return Fail("machine_id: must be 32 hex digits");
     CLONE_TRY(ParseHex(*m.machine_id));
   }
   m.ipv4 = CLONE_TRY(f.OptString("ipv4", 18));
@@ -593,7 +486,7 @@ Result<SetIdentity> DecodePayload(std::string_view payload) {
   if (m.mac) CLONE_TRY(ParseMac(*m.mac));
   m.interface = CLONE_TRY(f.OptString("interface", 15));
   if (m.interface && (m.interface->empty() || m.interface->find('/') != std::string::npos)) {
-    return Fail("field \"interface\" is not an interface name");
+    return Fail("interface: is not an interface name");
   }
   m.unix_time_ns = CLONE_TRY(f.OptUint("unix_time_ns", 0, UINT64_MAX));
   m.entropy_seed = CLONE_TRY(f.OptString("entropy_seed", 1024));

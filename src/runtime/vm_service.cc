@@ -16,6 +16,7 @@
 #include "agent/identity_page.h"
 #include "arch/x86/layout.h"
 #include "base/clock.h"
+#include "base/json.h"
 #include "base/log.h"
 #include "control/router.h"
 #include "snapshot/take.h"
@@ -69,33 +70,16 @@ nlohmann::json ReportJson(const agent::Report& r) {
 
 // Reads an ExecRequest from a POST /vm/exec or /vm/exec/session body.
 Result<agent::ExecRequest> ExecRequestFrom(const nlohmann::json& body, bool allow_tty) {
+  JsonReader r(body);
   agent::ExecRequest request;
-  auto argv = body.find("argv");
-  if (argv == body.end() || !argv->is_array() || argv->empty())
-    return Fail("argv: a non-empty array of strings is required");
-  for (const auto& a : *argv) {
-    if (!a.is_string()) return Fail("argv: every element must be a string");
-    request.argv.push_back(a.get<std::string>());
+  request.argv = CLONE_TRY(r.StringList("argv", 4096, /*required=*/true));
+  if (request.argv.empty()) return Fail("argv: a non-empty array of strings is required");
+  request.env = CLONE_TRY(r.StringList("env", 4096, /*required=*/false));
+  for (size_t i = 0; i < request.env.size(); ++i) {
+    if (request.env[i].find('=') == std::string::npos) return Fail("env[{}]: expected a \"NAME=value\" string", i);
   }
-  if (auto env = body.find("env"); env != body.end()) {
-    if (!env->is_array()) return Fail("env: must be an array of \"NAME=value\" strings");
-    for (const auto& e : *env) {
-      if (!e.is_string() || e.get<std::string>().find('=') == std::string::npos) {
-        return Fail("env: every element must be a \"NAME=value\" string");
-      }
-      request.env.push_back(e.get<std::string>());
-    }
-  }
-  if (auto cwd = body.find("cwd"); cwd != body.end()) {
-    if (!cwd->is_string()) return Fail("cwd: must be a string");
-    request.cwd = cwd->get<std::string>();
-  }
-  if (allow_tty) {
-    if (auto tty = body.find("tty"); tty != body.end()) {
-      if (!tty->is_boolean()) return Fail("tty: must be a boolean");
-      request.tty = tty->get<bool>();
-    }
-  }
+  CLONE_TRY_VOID(r.Get("cwd", &request.cwd));
+  if (allow_tty) CLONE_TRY_VOID(r.Get("tty", &request.tty));
   return request;
 }
 

@@ -21,6 +21,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 using virtio::JsonBool;
+using virtio::JsonString;
 using virtio::JsonUint;
 
 constexpr uint64_t kMaxStateBytes = 256ull << 20;  // far above any real state; bounds a crafted header
@@ -33,12 +34,6 @@ uint64_t GetLe(const uint8_t* p, int bytes) {
   uint64_t v = 0;
   for (int i = 0; i < bytes; ++i) v |= static_cast<uint64_t>(p[i]) << (8 * i);
   return v;
-}
-
-Result<std::string> JsonString(const json& j, const char* key) {
-  auto it = j.find(key);
-  if (it == j.end() || !it->is_string()) return Fail("missing or non-string \"{}\"", key);
-  return it->get<std::string>();
 }
 
 Result<void> WriteFileSynced(const std::string& path, std::span<const uint8_t> bytes) {
@@ -337,12 +332,7 @@ Result<SnapshotConfig> ConfigFromJson(const nlohmann::json& j) {
     c.mem_bytes = CLONE_TRY(JsonUint<uint64_t>(j, "mem_bytes"));
     c.vcpus = CLONE_TRY(JsonUint<uint32_t>(j, "vcpus"));
     if (c.mem_bytes == 0 || c.mem_bytes % kPageSize != 0 || c.vcpus == 0) return Fail("bad memory size or vCPU count");
-    auto types = j.find("virtio");
-    if (types == j.end() || !types->is_array()) return Fail("missing \"virtio\"");
-    for (const auto& t : *types) {
-      if (!t.is_number_unsigned() || t.get<uint64_t>() > UINT32_MAX) return Fail("bad \"virtio\" entry");
-      c.virtio_types.push_back(t.get<uint32_t>());
-    }
+    c.virtio_types = CLONE_TRY(JsonReader(j).UintList<uint32_t>("virtio", 64, /*required=*/true));
     c.rng = CLONE_TRY(JsonBool(j, "rng"));
     if (j.contains("vsock_cid")) c.vsock_cid = CLONE_TRY(JsonUint<uint64_t>(j, "vsock_cid"));
     auto disks = j.find("disks");

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "arch/x86/layout.h"
+#include "base/json.h"
 #include "base/sha256.h"
 #include "devices/virtio/fs.h"
 #include "devices/virtio/vsock.h"
@@ -88,71 +89,7 @@ std::string_view VhostName(virtio::VhostMode mode) {
 
 // --- JSON reading: every accessor names the field it failed on ---
 
-class Reader {
- public:
-  Reader(const json& j, std::string path) : j_(j), path_(std::move(path)) {}
-
-  // Fails for a non-object or a key not in `known`.
-  Result<void> Expect(std::initializer_list<const char*> known) const {
-    if (!j_.is_object()) return Fail("{}: expected an object", path_.empty() ? "spec" : path_);
-    for (const auto& item : j_.items()) {
-      // (not a structured binding: clang 14 cannot capture one in the lambda)
-      const std::string& key = item.key();
-      if (std::none_of(known.begin(), known.end(), [&](const char* k) { return key == k; })) {
-        return Fail("{}: unknown field", Field(key));
-      }
-    }
-    return {};
-  }
-  Result<void> Get(const char* key, std::string* out) const {
-    if (auto it = j_.find(key); it != j_.end()) {
-      if (!it->is_string()) return Fail("{}: expected a string", Field(key));
-      *out = it->get<std::string>();
-    }
-    return {};
-  }
-  Result<void> Get(const char* key, bool* out) const {
-    if (auto it = j_.find(key); it != j_.end()) {
-      if (!it->is_boolean()) return Fail("{}: expected true or false", Field(key));
-      *out = it->get<bool>();
-    }
-    return {};
-  }
-  template <typename T>
-  Result<void> GetUnsigned(const char* key, T* out) const {
-    if (auto it = j_.find(key); it != j_.end()) {
-      bool non_negative = it->is_number_unsigned() || (it->is_number_integer() && it->get<int64_t>() >= 0);
-      if (!non_negative || it->get<uint64_t>() > std::numeric_limits<T>::max()) {
-        return Fail("{}: expected a non-negative integer up to {}", Field(key), std::numeric_limits<T>::max());
-      }
-      *out = static_cast<T>(it->get<uint64_t>());
-    }
-    return {};
-  }
-  // Appends read(element) for each element of the array at `key` to *out; errors name "key[i]".
-  template <typename T>
-  Result<void> Each(const char* key, Result<T> (*read)(const Reader&), std::vector<T>* out) const {
-    auto it = j_.find(key);
-    if (it == j_.end()) return {};
-    if (!it->is_array()) return Fail("{}: expected an array", Field(key));
-    for (size_t i = 0; i < it->size(); ++i) {
-      out->push_back(CLONE_TRY(read(Reader((*it)[i], fmt::format("{}[{}]", Field(key), i)))));
-    }
-    return {};
-  }
-  std::optional<Reader> Child(const char* key) const {
-    auto it = j_.find(key);
-    if (it == j_.end()) return std::nullopt;
-    return Reader(*it, Field(key));
-  }
-  std::string Field(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
-  const std::string& path() const { return path_; }
-  const json& value() const { return j_; }
-
- private:
-  const json& j_;
-  std::string path_;
-};
+using Reader = JsonReader;
 
 Result<DiskSpec> ReadDisk(const Reader& r) {
   CLONE_TRY_VOID(r.Expect({"path", "read_only", "format"}));

@@ -151,7 +151,7 @@ TEST(VmSpecJson, EveryBadFieldIsNamed) {
     const char* text;
   };
   const Case cases[] = {
-      {json::array(), "spec: expected an object"},
+      {json::array(), "expected a JSON object"},
       {{{"kernel", "/k"}, {"memory", 5}}, "memory: unknown field"},
       {{{"kernel", 5}}, "kernel: expected a string"},
       {{{"kernel", "/k"}, {"version", 2}}, "version 2: this Clone reads VM specs up to version 1"},

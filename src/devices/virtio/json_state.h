@@ -6,30 +6,37 @@
 // mismatches; ParseJsonState turns those exceptions into an Error at this boundary.
 #pragma once
 
-#include <limits>
 #include <nlohmann/json.hpp>
 #include <string_view>
 
+#include "base/json.h"
 #include "base/result.h"
 
 namespace clonevm::virtio {
 
+// Shorthands over JsonReader (base/json.h, the one checked JSON reader) for flat state objects.
+
 // The "version" of `state`, or an error when it is missing, not an integer, or above `supported`.
-[[nodiscard]] Result<int> StateVersion(const nlohmann::json& state, int supported, std::string_view what);
+[[nodiscard]] inline Result<int> StateVersion(const nlohmann::json& state, int supported, std::string_view what) {
+  return JsonReader(state).Version(supported, what);
+}
 
 // The unsigned integer field `key` of `object`; an error when it is missing, not an unsigned integer,
 // or does not fit T.
 template <typename T>
 [[nodiscard]] Result<T> JsonUint(const nlohmann::json& object, const char* key) {
-  auto it = object.find(key);
-  if (it == object.end() || !it->is_number_unsigned()) return Fail("missing or non-integer \"{}\"", key);
-  auto value = it->get<uint64_t>();
-  if (value > std::numeric_limits<T>::max()) return Fail("\"{}\" = {} is out of range", key, value);
-  return static_cast<T>(value);
+  return JsonReader(object).Uint<T>(key);
 }
 
 // The boolean field `key` of `object`.
-[[nodiscard]] Result<bool> JsonBool(const nlohmann::json& object, const char* key);
+[[nodiscard]] inline Result<bool> JsonBool(const nlohmann::json& object, const char* key) {
+  return JsonReader(object).Bool(key);
+}
+
+// The string field `key` of `object` (paths and names: at most 64 KiB, no NUL).
+[[nodiscard]] inline Result<std::string> JsonString(const nlohmann::json& object, const char* key) {
+  return JsonReader(object).String(key, 64 * 1024);
+}
 
 // Runs fn() (which reads JSON and may throw) and converts nlohmann::json exceptions to an Error.
 template <typename Fn>
