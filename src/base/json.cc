@@ -129,7 +129,8 @@ Result<std::vector<std::string>> JsonReader::StringList(const char* key, size_t 
   for (size_t i = 0; i < v->size(); ++i) {
     const json& item = (*v)[i];
     std::string name = fmt::format("{}[{}]", key, i);
-    out.push_back(CLONE_TRY(CheckString(name.c_str(), item, kDefaultMaxString)));
+    out.push_back(CLONE_TRY(
+        CheckString(name.c_str(), item, std::numeric_limits<size_t>::max())));  // the message bounds the whole list
   }
   return out;
 }
