@@ -1246,8 +1246,9 @@ Result<PassthroughFs::LockOwner*> PassthroughFs::OwnerFor(uint64_t nodeid, uint6
   auto can = [](int mode, int needed) { return mode == O_RDWR || mode == needed; };
   if (it != lock_owners_.end() && !can(::fcntl(it->second.fd.get(), F_GETFL) & O_ACCMODE, need_mode)) {
     // Read locks taken through a read-only open, now a write lock through a writable one (or the
-    // reverse): a new description is only possible while the old one holds nothing (a probe from
-    // the handle's fd, which never holds OFD locks, sees every lock on the file).
+    // reverse): a new description is only possible while the old one holds nothing. Known for sure
+    // only when the file has no lock at all (a probe from the handle's fd, which never holds OFD
+    // locks, sees every lock on it).
     struct flock probe {};
     probe.l_type = F_WRLCK;
     probe.l_whence = SEEK_SET;
@@ -1590,6 +1591,7 @@ Result<void> PassthroughFs::RestoreState(const nlohmann::json& state) {
     inodes_ = std::move(new_inodes);
     by_host_inode_ = std::move(new_by_host);
     handles_ = std::move(new_handles);
+    lock_owners_.clear();  // a restored server holds no locks (none are in the state)
     initialized_ = initialized;
     minor_ = minor;
     init_flags_ = init_flags;

@@ -52,7 +52,9 @@
 // AnswerParked() (snapshots), dropped by DESTROY/EndSession (device reset). Checked fields: type
 // (F_RDLCK/F_WRLCK/F_UNLCK), start <= end <= INT64_MAX, lk_flags (FUSE_LK_FLOCK only), pid <=
 // PID_MAX_LIMIT, the handle belongs to the nodeid; anything else is EINVAL. Limits: kMaxParked
-// waits and max_handles descriptions (ENOLCK beyond). Snapshots hold no locks: SaveState records
+// waits and max_handles descriptions (ENOLCK beyond); an owner whose description was opened
+// read-only (its first lock came through a read-only open) gets ENOLCK for a write lock while
+// the file has any lock. Snapshots hold no locks: SaveState records
 // none and a restored server holds none (the guest's processes believe they still do).
 //
 // Confinement (virtiofsd's design): every inode the guest knows is an O_PATH|O_NOFOLLOW fd opened
