@@ -1244,6 +1244,8 @@ Result<PassthroughFs::LockOwner*> PassthroughFs::OwnerFor(uint64_t nodeid, uint6
   const int need_mode = need == LockNeed::kRead ? O_RDONLY : O_WRONLY;
   const int handle_mode = static_cast<int>(handle.flags) & O_ACCMODE;
   auto can = [](int mode, int needed) { return mode == O_RDWR || mode == needed; };
+  // The guest checked its open file's mode; a request through a handle without it is hostile.
+  if (!can(handle_mode, need_mode)) return Fail(Error("handle not open for this lock", EBADF));
   if (it != lock_owners_.end() && !can(::fcntl(it->second.fd.get(), F_GETFL) & O_ACCMODE, need_mode)) {
     // Read locks taken through a read-only open, now a write lock through a writable one (or the
     // reverse): a new description is only possible while the old one holds nothing. Known for sure
@@ -1260,7 +1262,6 @@ Result<PassthroughFs::LockOwner*> PassthroughFs::OwnerFor(uint64_t nodeid, uint6
   }
   if (it == lock_owners_.end()) {
     if (lock_owners_.size() >= max_handles_) return Fail(Error("too many lock owners", ENOLCK));
-    if (!can(handle_mode, need_mode)) return Fail(Error("handle not open for this lock", EBADF));
     // The handle's own access mode: a read-only open gets a read-only description (an extra
     // writable fd would be visible to the host: ETXTBSY, IN_CLOSE_WRITE). A write-only handle asks
     // for O_RDWR too, so later read locks through another open fit.

@@ -1268,6 +1268,20 @@ TEST_F(LockTest, MalformedLockRequestsAreEinval) {
   EXPECT_EQ(HostProbe(path(), F_WRLCK, 1, 0).l_type, F_UNLCK);  // nothing else was taken
 }
 
+TEST_F(FsTest, LocksWorkOnAReadOnlyShare) {
+  Make({.read_only = true});
+  Init();
+  uint64_t file = LookupId(1, "hello.txt");
+  uint64_t fh = Open(file, O_RDONLY);
+  ASSERT_NE(fh, 0u);
+  EXPECT_EQ(Send(FUSE_SETLK, file, Bytes(Lk(fh, 1, F_RDLCK, 0, kEof, 5))).error, 0);  // not a change
+  EXPECT_EQ(Send(FUSE_SETLK, file, Bytes(Lk(fh, 1, F_WRLCK, 0, kEof, 5))).error, EBADF);
+  EXPECT_EQ(Send(FUSE_SETLK, file, Bytes(Lk(fh, 1, F_WRLCK, 0, kEof, 5, FUSE_LK_FLOCK))).error, 0);
+  EXPECT_EQ(HostProbe(root_ / "hello.txt", F_WRLCK, 0, 0).l_type, F_RDLCK);
+  Fd host(::open((root_ / "hello.txt").c_str(), O_RDONLY | O_CLOEXEC));
+  EXPECT_EQ(::flock(host.get(), LOCK_SH | LOCK_NB), -1);
+}
+
 TEST_F(LockTest, AnOwnerMovesFromReadOnlyToWritableOpensWhileHoldingNothing) {
   uint64_t ro = Open(file_, O_RDONLY);
   EXPECT_EQ(SetLk(Lk(ro, 1, F_RDLCK, 0, 0, 10)).error, 0);
