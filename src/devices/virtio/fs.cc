@@ -190,7 +190,7 @@ void Fs::WorkerLoop(const std::function<void()>& worker_start) {
         lock.unlock();
         {
           std::lock_guard server_lock(server_mu_);
-          RetryParkedLocked();
+          if (RetryParkedLocked()) completion_.Signal();
         }
         next_retry = std::chrono::steady_clock::now() + kLockRetry;
         lock.lock();
@@ -242,16 +242,17 @@ void Fs::Serve(Work work, std::vector<uint8_t>& request, std::vector<uint8_t>& r
     parked = !parked_.empty();
   }
   // Still busy_: a reset waits for this before it takes the parked chains.
-  if (parked && MayUnlock(header.opcode)) RetryParkedLocked();
+  const bool answered = parked && MayUnlock(header.opcode) && RetryParkedLocked();
   {
     std::lock_guard lock(mu_);
     busy_ = false;
   }
   idle_cv_.notify_all();
-  if (length != fs::PassthroughFs::kParked) completion_.Signal();  // a parked one: when answered
+  // One signal for this reply and the waits it freed (a parked one: when answered).
+  if (length != fs::PassthroughFs::kParked || answered) completion_.Signal();
 }
 
-void Fs::RetryParkedLocked() {
+bool Fs::RetryParkedLocked() {
   bool answered = false;
   server_->RetryParked([&](uint64_t ticket, std::span<const uint8_t> out) {
     std::lock_guard lock(mu_);
@@ -263,7 +264,7 @@ void Fs::RetryParkedLocked() {
     done_.push_back(Done{work.queue, std::move(work.chain), static_cast<uint32_t>(out.size())});
     answered = true;
   });
-  if (answered) completion_.Signal();
+  return answered;
 }
 
 void Fs::CompleteDone() {
@@ -305,7 +306,7 @@ Result<void> Fs::Pause() {
   // A lock wait cannot be carried into a snapshot (its restored server holds no locks).
   RunOnWorker([this] {  // the worker holds server_mu_ for it
     server_->AnswerParked(ENOLCK);
-    RetryParkedLocked();
+    (void)RetryParkedLocked();  // completed below, signal or not
   });
   completion_.Drain();
   CompleteDone();

@@ -147,9 +147,10 @@ class Fs : public VirtioDevice {
   void WaitIdle(std::unique_lock<std::mutex>& lock);
   // Serves one request on the worker (server_mu_ not held).
   void Serve(Work work, std::vector<uint8_t>& request, std::vector<uint8_t>& reply);
-  // Retries the parked lock waits and completes those the server answers (on the worker, with
-  // server_mu_ held and mu_ not).
-  void RetryParkedLocked();
+  // Retries the parked lock waits and queues as done those the server answers (on the worker,
+  // with server_mu_ held and mu_ not). True when it answered any: the caller signals
+  // completion_fd(), once with whatever else it completed.
+  [[nodiscard]] bool RetryParkedLocked();
   // Runs `fn` on the worker thread, after the requests queued before it, and waits for it: every
   // file-system syscall of the device stays on that thread (its seccomp role allows them).
   void RunOnWorker(const std::function<void()>& fn) const;
