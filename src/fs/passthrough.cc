@@ -1,9 +1,11 @@
 #include "fs/passthrough.h"
 
 #include <dirent.h>
+#include <endian.h>
 #include <fcntl.h>
 #include <linux/fuse.h>
 #include <linux/openat2.h>
+#include <sys/file.h>
 #include <sys/fsuid.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -31,9 +33,15 @@ constexpr uint32_t kOurMinor = FUSE_KERNEL_MINOR_VERSION;
 // not). FUSE_HANDLE_KILLPRIV_V2: the guest leaves clearing set-uid/set-gid on write, truncate and
 // chown to the server (KillSuidGid; the host's chown does it itself), so a writer who is not the
 // owner does not need a chmod the host would refuse.
+// FUSE_POSIX_LOCKS, FUSE_FLOCK_LOCKS: guest locks are host locks (the header's "Locks").
+// FUSE_SETXATTR_EXT: setxattr carries FUSE_SETXATTR_ACL_KILL_SGID. FUSE_POSIX_ACL is added when the
+// shared directory's file system has ACLs.
 constexpr uint32_t kSupportedFlags = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_ATOMIC_O_TRUNC | FUSE_DO_READDIRPLUS |
-                                     FUSE_READDIRPLUS_AUTO | FUSE_MAX_PAGES | FUSE_DONT_MASK | FUSE_HANDLE_KILLPRIV_V2;
+                                     FUSE_READDIRPLUS_AUTO | FUSE_MAX_PAGES | FUSE_DONT_MASK | FUSE_HANDLE_KILLPRIV_V2 |
+                                     FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS | FUSE_SETXATTR_EXT;
 constexpr size_t kMaxXattrBytes = 65536;  // XATTR_SIZE_MAX (values and lists)
+constexpr char kAclAccess[] = "system.posix_acl_access";
+constexpr char kAclDefault[] = "system.posix_acl_default";
 
 // Reads one T from the front of `in` (advancing it); nullopt when too short.
 template <typename T>
@@ -154,6 +162,45 @@ int KillSuidGid(int proc_fd, int fd) {
   return 0;
 }
 
+// The named groups (ACL_GROUP entries) of the access ACL at `path`, appended to `groups`. The
+// xattr is posix_acl_xattr_header {le32 version = 2} then entries {le16 tag, le16 perm, le32 id}.
+void AclGroups(const std::string& path, std::vector<gid_t>& groups) {
+  constexpr uint16_t kAclGroupTag = 0x08;  // ACL_GROUP
+  constexpr size_t kMaxEntries = 128;      // a larger ACL adds nothing (ERANGE)
+  uint8_t buf[4 + 8 * kMaxEntries];
+  ssize_t n = ::getxattr(path.c_str(), kAclAccess, buf, sizeof(buf));
+  uint32_t version = 0;
+  if (n >= 4) std::memcpy(&version, buf, sizeof(version));
+  if (n < 4 || le32toh(version) != 2) return;
+  for (size_t pos = 4; pos + 8 <= static_cast<size_t>(n); pos += 8) {
+    uint16_t tag;
+    uint32_t id;
+    std::memcpy(&tag, buf + pos, sizeof(tag));
+    std::memcpy(&id, buf + pos + 4, sizeof(id));
+    if (le16toh(tag) == kAclGroupTag) groups.push_back(static_cast<gid_t>(le32toh(id)));
+  }
+}
+
+// ---- lock request checks ----
+constexpr uint64_t kOffsetMax = INT64_MAX;   // OFFSET_MAX: a lock's end "to EOF"
+constexpr uint32_t kPidMaxLimit = 4u << 20;  // PID_MAX_LIMIT (64-bit)
+
+// 0 when the guest's fuse_lk_in is well formed (fills `fl` as an OFD lock: SEEK_SET, l_pid 0),
+// else EINVAL. `setlk`: SETLK/SETLKW (may unlock, may be flock); else GETLK.
+int CheckLock(const fuse_lk_in& in, bool setlk, struct flock* fl) {
+  if ((in.lk_flags & ~static_cast<uint32_t>(FUSE_LK_FLOCK)) != 0) return EINVAL;
+  if (!setlk && (in.lk_flags & FUSE_LK_FLOCK)) return EINVAL;
+  if (in.lk.type != F_RDLCK && in.lk.type != F_WRLCK && (in.lk.type != F_UNLCK || !setlk)) return EINVAL;
+  if (in.lk.start > kOffsetMax || in.lk.end > kOffsetMax || in.lk.start > in.lk.end) return EINVAL;
+  if (in.lk.pid > kPidMaxLimit) return EINVAL;
+  *fl = {};
+  fl->l_type = static_cast<short>(in.lk.type);
+  fl->l_whence = SEEK_SET;
+  fl->l_start = static_cast<off_t>(in.lk.start);
+  fl->l_len = in.lk.end == kOffsetMax ? 0 : static_cast<off_t>(in.lk.end - in.lk.start + 1);
+  return 0;
+}
+
 }  // namespace
 
 // The reply being built: fuse_out_header then the payload, bounded by the guest's buffer.
@@ -161,6 +208,8 @@ struct PassthroughFs::Reply {
   std::span<uint8_t> buffer;  // the whole reply buffer (>= sizeof(fuse_out_header))
   size_t length = 0;          // 0: no reply
   int error = 0;
+  uint64_t ticket = 0;  // Handle()'s, for a SETLKW that parks
+  bool parked = false;  // a SETLKW kept waiting: no reply now
 
   // Payload space after the header.
   std::span<uint8_t> payload() { return buffer.subspan(sizeof(fuse_out_header)); }
@@ -220,6 +269,11 @@ Result<std::unique_ptr<PassthroughFs>> PassthroughFs::Create(const std::string& 
       return FailErrno("getgroups");
     }
   }
+  // POSIX ACLs: a file system without them answers EOPNOTSUPP, one with them ENODATA (no ACL on
+  // the root) or the ACL.
+  errno = 0;
+  fs->acl_supported_ =
+      ::getxattr(ProcPath(fs->root_fd_.get()).c_str(), kAclAccess, nullptr, 0) >= 0 || errno == ENODATA;
   Inode& inode = fs->inodes_[kRootNodeId];
   inode.fd.reset(::open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!inode.fd) return FailErrno("opening the shared directory", root);
@@ -285,12 +339,13 @@ uint64_t PassthroughFs::AddHandle(Fd fd, uint64_t nodeid, uint32_t flags, bool d
   return fh;
 }
 
-size_t PassthroughFs::Handle(std::span<const uint8_t> request, std::span<uint8_t> reply_buffer) {
+size_t PassthroughFs::Handle(std::span<const uint8_t> request, std::span<uint8_t> reply_buffer, uint64_t ticket) {
   if (reply_buffer.size() < sizeof(fuse_out_header)) reply_buffer = {};
   std::span<const uint8_t> in = request;
   auto header = Take<fuse_in_header>(in);
   if (!header) return 0;  // the transport checks this; nothing to answer without a unique id
   Reply reply{reply_buffer};
+  reply.ticket = ticket;
   const uint64_t node = header->nodeid;
   const uint32_t op = header->opcode;
 
@@ -308,16 +363,10 @@ size_t PassthroughFs::Handle(std::span<const uint8_t> request, std::span<uint8_t
     DoInit(in, reply);
   } else if (!initialized_) {
     reply.Error(EIO);
-  } else if (auto who = CallerFor(*header)) {
-    ScopedCredentials creds(who->uid, who->gid, who->groups, host_groups_);
-    if (!creds.ok()) {
-      reply.Error(EPERM);
-    } else {
-      Dispatch(*header, in, reply);
-    }
   } else {
-    Dispatch(*header, in, reply);
+    DispatchAsCaller(*header, in, reply);
   }
+  if (reply.parked) return kParked;
   if (reply.length == 0) return 0;
   fuse_out_header out{};
   out.len = static_cast<uint32_t>(reply.length);
@@ -326,6 +375,17 @@ size_t PassthroughFs::Handle(std::span<const uint8_t> request, std::span<uint8_t
   std::memcpy(reply_buffer.data(), &out, sizeof(out));
   return reply.length;
 }
+
+void PassthroughFs::DispatchAsCaller(const fuse_in_header& header, std::span<const uint8_t> in, Reply& reply) {
+  if (auto who = CallerFor(header)) {
+    ScopedCredentials creds(who->uid, who->gid, who->groups, host_groups_);
+    if (!creds.ok()) return reply.Error(EPERM);
+    return Dispatch(header, in, reply);
+  }
+  Dispatch(header, in, reply);
+}
+
+bool PassthroughFs::posix_acl() const { return (init_flags_ & FUSE_POSIX_ACL) != 0; }
 
 std::optional<PassthroughFs::Caller> PassthroughFs::CallerFor(const fuse_in_header& header) const {
   if (model_ == CredentialModel::kVmm) return std::nullopt;
@@ -345,6 +405,8 @@ std::optional<PassthroughFs::Caller> PassthroughFs::CallerFor(const fuse_in_head
     struct stat st {};
     if (parent != inodes_.end() && parent->second.fd && StatFd(parent->second.fd.get(), &st) == 0) {
       who.groups.push_back(st.st_gid);
+      // A directory writable through a named group of its ACL: that group stands in too.
+      if (posix_acl()) AclGroups(ProcPath(parent->second.fd.get()), who.groups);
     }
   }
   return who;
@@ -418,14 +480,16 @@ void PassthroughFs::Dispatch(const fuse_in_header& header, std::span<const uint8
       DoRelease(in, true, reply);
       break;
     case FUSE_FLUSH:
-      // Nothing is buffered here: writes went to the host file when they were answered.
-      if (auto arg = Take<fuse_flush_in>(in); !arg) {
-        reply.Error(EINVAL);
-      } else if (auto h = GetHandle(arg->fh, false); !h) {
-        reply.Error(h.error().error_number());
-      } else {
-        reply.OkEmpty();
-      }
+      DoFlush(in, reply);
+      break;
+    case FUSE_GETLK:
+      DoGetlk(node, in, reply);
+      break;
+    case FUSE_SETLK:
+      DoSetlk(header, in, false, reply);
+      break;
+    case FUSE_SETLKW:
+      DoSetlk(header, in, true, reply);
       break;
     case FUSE_FSYNC:
       DoFsync(in, false, reply);
@@ -484,7 +548,7 @@ void PassthroughFs::DoInit(std::span<const uint8_t> in, Reply& reply) {
   if (arg->major > FUSE_KERNEL_VERSION) return reply.Ok(out);  // the kernel retries with our major
   out.minor = std::min(arg->minor, kOurMinor);
   out.max_readahead = arg->max_readahead;
-  out.flags = arg->flags & kSupportedFlags;
+  out.flags = arg->flags & (kSupportedFlags | (acl_supported_ ? FUSE_POSIX_ACL : 0));
   out.max_background = 64;
   out.congestion_threshold = 48;
   out.max_write = options_.max_write;
@@ -509,7 +573,12 @@ void PassthroughFs::DoInit(std::span<const uint8_t> in, Reply& reply) {
 }
 
 void PassthroughFs::DoDestroy() {
-  // The guest unmounted: it forgets every inode but the root and every handle.
+  // The guest unmounted: it forgets every inode but the root and every handle. Closing the fds
+  // releases every host lock the guest held; a wait still parked is answered EIO.
+  lock_owners_.clear();
+  for (Parked& p : parked_) {
+    if (p.error < 0) p.error = EIO;
+  }
   handles_.clear();
   for (auto it = inodes_.begin(); it != inodes_.end();) {
     if (it->first == kRootNodeId) {
@@ -702,7 +771,7 @@ void PassthroughFs::DoMknod(uint64_t parent, std::span<const uint8_t> in, Reply&
   } else if (type != S_IFREG && type != S_IFIFO && type != S_IFSOCK) {
     return reply.Error(EINVAL);
   }
-  if (::mknodat(dir->fd.get(), name->c_str(), type | GuestMode(arg->mode, arg->umask), rdev) != 0) {
+  if (::mknodat(dir->fd.get(), name->c_str(), type | NewMode(*dir, arg->mode, arg->umask), rdev) != 0) {
     return reply.Error(Errno());
   }
   FinishCreate(*dir, name->c_str(), reply);
@@ -713,7 +782,7 @@ void PassthroughFs::DoMkdir(uint64_t parent, std::span<const uint8_t> in, Reply&
   auto name = arg ? TakeString(in) : std::nullopt;
   Inode* dir = DirFor(parent, name, Access::kChange, reply);
   if (!dir) return;
-  if (::mkdirat(dir->fd.get(), name->c_str(), GuestMode(arg->mode, arg->umask)) != 0) return reply.Error(Errno());
+  if (::mkdirat(dir->fd.get(), name->c_str(), NewMode(*dir, arg->mode, arg->umask)) != 0) return reply.Error(Errno());
   FinishCreate(*dir, name->c_str(), reply);
 }
 
@@ -820,7 +889,7 @@ void PassthroughFs::DoCreate(uint64_t parent, std::span<const uint8_t> in, Reply
   // O_EXCL first, to know whether this request made the file (it then belongs to the caller, see
   // CallerFor) or found one under the name (a stale negative dentry, a hostile kernel): without
   // the guest's own O_EXCL an existing file is then opened as it is, as the caller.
-  int fd = ::openat(dir->fd.get(), name->c_str(), flags | O_EXCL | O_NONBLOCK, GuestMode(arg->mode, arg->umask));
+  int fd = ::openat(dir->fd.get(), name->c_str(), flags | O_EXCL | O_NONBLOCK, NewMode(*dir, arg->mode, arg->umask));
   const bool created = fd >= 0;
   if (fd < 0 && errno == EEXIST && !(flags & O_EXCL)) {
     fd = ::openat(dir->fd.get(), name->c_str(), (flags & ~O_CREAT) | O_NONBLOCK);
@@ -920,7 +989,9 @@ void PassthroughFs::DoRelease(std::span<const uint8_t> in, bool dir, Reply& repl
   if (!arg) return reply.Error(EINVAL);
   auto it = handles_.find(arg->fh);
   if (it == handles_.end() || it->second.dir != dir) return reply.Error(EBADF);
-  handles_.erase(it);  // stale handles are released too
+  const uint64_t nodeid = it->second.nodeid;
+  handles_.erase(it);  // stale handles are released too; closing the fd drops its flock
+  if (!dir) ForgetHandleLocks(nodeid, arg->fh);
   reply.OkEmpty();
 }
 
@@ -1057,6 +1128,7 @@ int CheckXattrName(const std::optional<std::string>& name) {
 // other trusted.* users): a squashed caller may not write them even on its own files, since
 // fsuid switching leaves CAP_SETFCAP and CAP_SYS_ADMIN effective.
 bool PrivilegedXattr(const std::string& name) { return name.starts_with("security.") || name.starts_with("trusted."); }
+bool AclXattr(const std::string& name) { return name == kAclAccess || name == kAclDefault; }
 }  // namespace
 
 void PassthroughFs::DoGetxattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply) {
@@ -1101,11 +1173,17 @@ void PassthroughFs::DoListxattr(uint64_t nodeid, std::span<const uint8_t> in, Re
 }
 
 void PassthroughFs::DoSetxattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply) {
-  // The 8-byte form (size, flags): FUSE_SETXATTR_EXT is not negotiated.
+  // fuse_setxattr_in: 8 bytes (size, flags), 16 with FUSE_SETXATTR_EXT (+ setxattr_flags, padding).
   auto size = Take<uint32_t>(in);
   auto flags = size ? Take<uint32_t>(in) : std::nullopt;
+  std::optional<uint32_t> ext_flags = 0;
+  if (flags && (init_flags_ & FUSE_SETXATTR_EXT)) {
+    ext_flags = Take<uint32_t>(in);
+    if (!ext_flags || !Take<uint32_t>(in)) return reply.Error(EINVAL);
+  }
   auto name = flags ? TakeString(in) : std::nullopt;
   if (int err = CheckXattrName(name)) return reply.Error(err);
+  if ((*ext_flags & ~static_cast<uint32_t>(FUSE_SETXATTR_ACL_KILL_SGID)) != 0) return reply.Error(EINVAL);
   if (*size > kMaxXattrBytes) return reply.Error(E2BIG);
   if (*size > in.size()) return reply.Error(EINVAL);
   if ((*flags & ~static_cast<uint32_t>(XATTR_CREATE | XATTR_REPLACE)) != 0) return reply.Error(EINVAL);
@@ -1114,9 +1192,21 @@ void PassthroughFs::DoSetxattr(uint64_t nodeid, std::span<const uint8_t> in, Rep
   if (options_.read_only) return reply.Error(EROFS);
   if ((*inode)->type == S_IFLNK) return reply.Error(EPERM);
   if (model_ == CredentialModel::kCaller && PrivilegedXattr(*name)) return reply.Error(EPERM);
+  if (AclXattr(*name) && !posix_acl()) return reply.Error(EOPNOTSUPP);
   if (::setxattr(ProcPath((*inode)->fd.get()).c_str(), name->c_str(), in.data(), *size, static_cast<int>(*flags)) !=
       0) {
     return reply.Error(Errno());
+  }
+  // The guest found the caller neither in the file's group nor holding CAP_FSETID: setting an
+  // access ACL clears set-gid then (posix_acl_update_mode), which the host, running this as root,
+  // would not do by itself.
+  if ((*ext_flags & FUSE_SETXATTR_ACL_KILL_SGID) && *name == kAclAccess) {
+    struct stat st {};
+    if (int err = StatFd((*inode)->fd.get(), &st)) return reply.Error(err);
+    if ((st.st_mode & S_ISGID) &&
+        ::fchmodat(proc_fd_.get(), ProcName((*inode)->fd.get()).c_str(), st.st_mode & 07777 & ~S_ISGID, 0) != 0) {
+      return reply.Error(Errno());
+    }
   }
   reply.OkEmpty();
 }
@@ -1129,11 +1219,259 @@ void PassthroughFs::DoRemovexattr(uint64_t nodeid, std::span<const uint8_t> in, 
   if (options_.read_only) return reply.Error(EROFS);
   if ((*inode)->type == S_IFLNK) return reply.Error(EPERM);
   if (model_ == CredentialModel::kCaller && PrivilegedXattr(*name)) return reply.Error(EPERM);
+  if (AclXattr(*name) && !posix_acl()) return reply.Error(EOPNOTSUPP);
   if (::removexattr(ProcPath((*inode)->fd.get()).c_str(), name->c_str()) != 0) return reply.Error(Errno());
   reply.OkEmpty();
 }
 
-// ---- State ----
+// ---- New inodes and ACLs ----
+
+mode_t PassthroughFs::NewMode(const Inode& dir, uint32_t mode, uint32_t umask) const {
+  // With FUSE_POSIX_ACL the guest's VFS leaves the umask to the file system, which applies it only
+  // when the parent has no default ACL; with one, the host kernel masks the mode by the inherited
+  // ACL itself (posix_acl_create; this thread's umask is 0).
+  if (posix_acl() && ::getxattr(ProcPath(dir.fd.get()).c_str(), kAclDefault, nullptr, 0) > 0) umask = 0;
+  return GuestMode(mode, umask);
+}
+
+// ---- Locks (the header's "Locks") ----
+
+Result<PassthroughFs::LockOwner*> PassthroughFs::OwnerFor(uint64_t nodeid, uint64_t owner, const OpenFile& handle,
+                                                          uint64_t fh, LockNeed need) {
+  auto key = std::make_pair(nodeid, owner);
+  auto it = lock_owners_.find(key);
+  if (need == LockNeed::kExisting) return it == lock_owners_.end() ? nullptr : &it->second;
+  const int need_mode = need == LockNeed::kRead ? O_RDONLY : O_WRONLY;
+  const int handle_mode = static_cast<int>(handle.flags) & O_ACCMODE;
+  auto can = [](int mode, int needed) { return mode == O_RDWR || mode == needed; };
+  // The guest checked its open file's mode; a request through a handle without it is hostile.
+  if (!can(handle_mode, need_mode)) return Fail(Error("handle not open for this lock", EBADF));
+  if (it != lock_owners_.end() && !can(::fcntl(it->second.fd.get(), F_GETFL) & O_ACCMODE, need_mode)) {
+    // Read locks taken through a read-only open, now a write lock through a writable one (or the
+    // reverse): a new description is only possible while the old one holds nothing. Known for sure
+    // only when the file has no lock at all (a probe from the handle's fd, which never holds OFD
+    // locks, sees every lock on it).
+    struct flock probe {};
+    probe.l_type = F_WRLCK;
+    probe.l_whence = SEEK_SET;
+    if (::fcntl(handle.fd.get(), F_OFD_GETLK, &probe) != 0 || probe.l_type != F_UNLCK) {
+      return Fail(Error("lock owner's description lacks the access mode", ENOLCK));
+    }
+    lock_owners_.erase(it);
+    it = lock_owners_.end();
+  }
+  if (it == lock_owners_.end()) {
+    if (lock_owners_.size() >= max_handles_) return Fail(Error("too many lock owners", ENOLCK));
+    // The handle's own access mode: a read-only open gets a read-only description (an extra
+    // writable fd would be visible to the host: ETXTBSY, IN_CLOSE_WRITE). A write-only handle asks
+    // for O_RDWR too, so later read locks through another open fit.
+    const std::string proc = ProcName(handle.fd.get());
+    int fd = -1;
+    if (handle_mode != O_RDONLY && !options_.read_only) fd = ::openat(proc_fd_.get(), proc.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) fd = ::openat(proc_fd_.get(), proc.c_str(), handle_mode | O_CLOEXEC);
+    if (fd < 0) return Fail(Error("reopening for locks", Errno()));
+    it = lock_owners_.emplace(key, LockOwner{Fd(fd), 0, {}}).first;
+  }
+  if (std::find(it->second.handles.begin(), it->second.handles.end(), fh) == it->second.handles.end()) {
+    it->second.handles.push_back(fh);
+  }
+  return &it->second;
+}
+
+std::optional<uint64_t> PassthroughFs::HolderOf(uint64_t nodeid, uint64_t except, const struct flock& conflict) {
+  for (auto it = lock_owners_.lower_bound({nodeid, 0}); it != lock_owners_.end() && it->first.first == nodeid; ++it) {
+    if (it->first.second == except) continue;
+    // Its own locks never conflict with it: when nothing else overlaps the conflicting range, the
+    // lock found is this owner's.
+    struct flock probe {};
+    probe.l_type = F_WRLCK;
+    probe.l_whence = SEEK_SET;
+    probe.l_start = conflict.l_start;
+    probe.l_len = conflict.l_len;
+    if (::fcntl(it->second.fd.get(), F_OFD_GETLK, &probe) == 0 && probe.l_type == F_UNLCK) return it->first.second;
+  }
+  return std::nullopt;
+}
+
+bool PassthroughFs::WouldDeadlock(uint64_t owner, uint64_t holder) {
+  // The owner `holder` waits for (a parked POSIX SETLKW of it), and who holds that, and so on:
+  // reaching `owner` closes a cycle. Bounded as Linux's posix_locks_deadlock (10 steps).
+  for (int step = 0; step < 10; ++step) {
+    if (holder == owner) return true;
+    const Parked* waiting = nullptr;
+    fuse_lk_in lk{};
+    fuse_in_header header{};
+    for (const Parked& p : parked_) {
+      std::memcpy(&lk, p.lk.data(), sizeof(lk));
+      if (p.error < 0 && lk.owner == holder && !(lk.lk_flags & FUSE_LK_FLOCK)) {
+        waiting = &p;
+        std::memcpy(&header, p.header.data(), sizeof(header));
+        break;
+      }
+    }
+    if (waiting == nullptr) return false;
+    struct flock fl {};
+    if (CheckLock(lk, true, &fl) != 0) return false;
+    auto h = GetHandle(lk.fh, false);
+    if (!h) return false;
+    auto own = OwnerFor(header.nodeid, holder, **h, lk.fh, LockNeed::kExisting);
+    if (!own) return false;
+    if (::fcntl(*own ? (*own)->fd.get() : (*h)->fd.get(), F_OFD_GETLK, &fl) != 0 || fl.l_type == F_UNLCK) return false;
+    auto next = HolderOf(header.nodeid, holder, fl);
+    if (!next) return false;
+    holder = *next;
+  }
+  return false;
+}
+
+void PassthroughFs::DoGetlk(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply) {
+  auto arg = Take<fuse_lk_in>(in);
+  if (!arg) return reply.Error(EINVAL);
+  struct flock fl {};
+  if (int err = CheckLock(*arg, false, &fl)) return reply.Error(err);
+  auto h = GetHandle(arg->fh, false);
+  if (!h) return reply.Error(h.error().error_number());
+  if ((*h)->nodeid != nodeid) return reply.Error(EINVAL);
+  // The owner's own locks do not conflict with it: ask through its description when it has one,
+  // else through the handle's fd (which never holds OFD locks).
+  auto owner = OwnerFor(nodeid, arg->owner, **h, arg->fh, LockNeed::kExisting);
+  if (!owner) return reply.Error(owner.error().error_number());
+  if (::fcntl(*owner ? (*owner)->fd.get() : (*h)->fd.get(), F_OFD_GETLK, &fl) != 0) return reply.Error(Errno());
+  fuse_lk_out out{};
+  out.lk.type = static_cast<uint32_t>(fl.l_type);
+  if (fl.l_type == F_UNLCK) {
+    out.lk.start = arg->lk.start;
+    out.lk.end = arg->lk.end;
+  } else {
+    out.lk.start = static_cast<uint64_t>(fl.l_start);
+    out.lk.end = fl.l_len == 0 ? kOffsetMax : static_cast<uint64_t>(fl.l_start + fl.l_len - 1);
+    // The holder's guest pid when it is one of this guest's owners; a host process's pid means
+    // nothing in the guest (0).
+    if (auto holder = HolderOf(nodeid, arg->owner, fl)) out.lk.pid = lock_owners_[{nodeid, *holder}].pid;
+  }
+  reply.Ok(out);
+}
+
+int PassthroughFs::TryLock(uint64_t nodeid, std::span<const uint8_t> lk) {
+  auto arg = Take<fuse_lk_in>(lk);
+  if (!arg) return EINVAL;
+  struct flock fl {};
+  if (int err = CheckLock(*arg, true, &fl)) return err;
+  auto h = GetHandle(arg->fh, false);
+  if (!h) return h.error().error_number();
+  if ((*h)->nodeid != nodeid) return EINVAL;
+  if (arg->lk_flags & FUSE_LK_FLOCK) {
+    // flock's owner is the guest's open file, which is this handle.
+    int op = fl.l_type == F_RDLCK ? LOCK_SH : fl.l_type == F_WRLCK ? LOCK_EX : LOCK_UN;
+    if (::flock((*h)->fd.get(), op | LOCK_NB) != 0) return errno == EWOULDBLOCK ? EAGAIN : Errno();
+    return 0;
+  }
+  const LockNeed need = fl.l_type == F_UNLCK   ? LockNeed::kExisting
+                        : fl.l_type == F_RDLCK ? LockNeed::kRead
+                                               : LockNeed::kWrite;
+  const bool existed = lock_owners_.count({nodeid, arg->owner}) != 0;
+  auto owner = OwnerFor(nodeid, arg->owner, **h, arg->fh, need);
+  if (!owner) return owner.error().error_number();
+  if (*owner == nullptr) return 0;  // unlocking what was never locked
+  if (::fcntl((*owner)->fd.get(), F_OFD_SETLK, &fl) != 0) {
+    int err = Errno();
+    if (!existed) lock_owners_.erase({nodeid, arg->owner});  // holds nothing: no fd kept for a waiter
+    return err == EACCES ? EAGAIN : err;
+  }
+  if (fl.l_type != F_UNLCK) (*owner)->pid = arg->lk.pid;
+  return 0;
+}
+
+void PassthroughFs::DoSetlk(const fuse_in_header& header, std::span<const uint8_t> in, bool wait, Reply& reply) {
+  if (in.size() < sizeof(fuse_lk_in)) return reply.Error(EINVAL);
+  std::span<const uint8_t> lk = in.first(sizeof(fuse_lk_in));
+  int err = TryLock(header.nodeid, lk);
+  if (err != EAGAIN || !wait) return err == 0 ? reply.OkEmpty() : reply.Error(err);
+  // SETLKW that conflicts: park it (nothing here blocks the worker), unless it would deadlock.
+  if (parked_.size() >= kMaxParked) return reply.Error(ENOLCK);
+  fuse_lk_in arg{};
+  std::memcpy(&arg, lk.data(), sizeof(arg));
+  if (!(arg.lk_flags & FUSE_LK_FLOCK)) {
+    struct flock fl {};
+    CheckLock(arg, true, &fl);  // TryLock checked it
+    int fd = -1;
+    if (auto h = GetHandle(arg.fh, false)) {
+      auto own = OwnerFor(header.nodeid, arg.owner, **h, arg.fh, LockNeed::kExisting);
+      fd = own && *own ? (*own)->fd.get() : (*h)->fd.get();
+    }
+    if (fd >= 0 && ::fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK) {
+      if (auto holder = HolderOf(header.nodeid, arg.owner, fl); holder && WouldDeadlock(arg.owner, *holder)) {
+        return reply.Error(EDEADLK);
+      }
+    }
+  }
+  Parked p;
+  p.ticket = reply.ticket;
+  p.header.resize(sizeof(header));
+  std::memcpy(p.header.data(), &header, sizeof(header));
+  p.lk.assign(lk.begin(), lk.end());
+  parked_.push_back(std::move(p));
+  reply.parked = true;
+}
+
+void PassthroughFs::DoFlush(std::span<const uint8_t> in, Reply& reply) {
+  auto arg = Take<fuse_flush_in>(in);
+  if (!arg) return reply.Error(EINVAL);
+  auto h = GetHandle(arg->fh, false);
+  if (!h) return reply.Error(h.error().error_number());
+  // A close(2) in the guest: POSIX drops every lock the closing process (lock_owner) holds on the
+  // file, through whichever fd it took them. Nothing is buffered here: writes went to the host
+  // file when they were answered.
+  lock_owners_.erase({(*h)->nodeid, arg->lock_owner});
+  reply.OkEmpty();
+}
+
+void PassthroughFs::ForgetHandleLocks(uint64_t nodeid, uint64_t fh) {
+  for (auto it = lock_owners_.lower_bound({nodeid, 0}); it != lock_owners_.end() && it->first.first == nodeid;) {
+    auto& used = it->second.handles;
+    used.erase(std::remove(used.begin(), used.end(), fh), used.end());
+    // Only through released handles: a guest OFD lock's owner (that open file), or a process that
+    // has closed every fd it locked through (its FLUSH already dropped it).
+    it = used.empty() ? lock_owners_.erase(it) : std::next(it);
+  }
+}
+
+void PassthroughFs::RetryParked(const std::function<void(uint64_t, std::span<const uint8_t>)>& answer) {
+  std::vector<Parked> waiting;
+  std::vector<Parked> now;
+  now.swap(parked_);  // TryLock never parks; WouldDeadlock is not called from here
+  for (Parked& p : now) {
+    fuse_in_header header{};
+    std::memcpy(&header, p.header.data(), sizeof(header));
+    int err = p.error;
+    if (err < 0) {
+      if (auto who = CallerFor(header)) {
+        ScopedCredentials creds(who->uid, who->gid, who->groups, host_groups_);
+        err = creds.ok() ? TryLock(header.nodeid, p.lk) : EPERM;
+      } else {
+        err = TryLock(header.nodeid, p.lk);
+      }
+      if (err == EAGAIN) {
+        waiting.push_back(std::move(p));
+        continue;
+      }
+    }
+    fuse_out_header out{};
+    out.len = sizeof(out);
+    out.error = -err;
+    out.unique = header.unique;
+    answer(p.ticket, std::span(reinterpret_cast<const uint8_t*>(&out), sizeof(out)));
+  }
+  // Anything parked meanwhile (nothing: answer() must not call Handle) goes after the waiting.
+  waiting.insert(waiting.end(), std::make_move_iterator(parked_.begin()), std::make_move_iterator(parked_.end()));
+  parked_ = std::move(waiting);
+}
+
+void PassthroughFs::AnswerParked(int error) {
+  for (Parked& p : parked_) {
+    if (p.error < 0) p.error = error;
+  }
+}
 
 std::optional<std::string> PassthroughFs::RelativePath(int fd) const {
   char buf[PATH_MAX];
@@ -1254,6 +1592,7 @@ Result<void> PassthroughFs::RestoreState(const nlohmann::json& state) {
     inodes_ = std::move(new_inodes);
     by_host_inode_ = std::move(new_by_host);
     handles_ = std::move(new_handles);
+    lock_owners_.clear();  // a restored server holds no locks (none are in the state)
     initialized_ = initialized;
     minor_ = minor;
     init_flags_ = init_flags;

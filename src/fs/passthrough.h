@@ -10,13 +10,52 @@
 // (regular files, FIFOs, sockets; character and block devices only on a nodev host mount), MKDIR,
 // UNLINK, RMDIR, RENAME, RENAME2 (NOREPLACE, EXCHANGE, WHITEOUT), LINK, OPEN, CREATE, READ, WRITE,
 // STATFS, RELEASE, FLUSH, FSYNC, OPENDIR, READDIR, READDIRPLUS, RELEASEDIR, FSYNCDIR, ACCESS,
-// FALLOCATE, LSEEK, GETXATTR, SETXATTR, LISTXATTR, REMOVEXATTR. Everything else (locks, ioctl,
-// ...) is answered -ENOSYS, which makes the kernel stop asking or fall back to local behaviour:
-// flock and POSIX locks are not negotiated, so the guest kernel keeps them (coherent inside the
-// guest, invisible to host processes; a blocking SETLKW would stall the one worker).
+// FALLOCATE, LSEEK, GETXATTR, SETXATTR, LISTXATTR, REMOVEXATTR, GETLK, SETLK, SETLKW. Everything
+// else (ioctl, ...) is answered -ENOSYS, which makes the kernel stop asking or fall back.
 // INIT negotiates FUSE_DONT_MASK (new inodes get mode & ~the guest's umask; the worker thread's
-// own umask is 0) and FUSE_HANDLE_KILLPRIV_V2 (a WRITE, truncate or O_TRUNC open the guest marks
-// clears set-uid, and set-gid with group execute; chown's clearing is the host's own).
+// own umask is 0), FUSE_HANDLE_KILLPRIV_V2 (a WRITE, truncate or O_TRUNC open the guest marks
+// clears set-uid, and set-gid with group execute; chown's clearing is the host's own),
+// FUSE_SETXATTR_EXT (the 16-byte setxattr header with FUSE_SETXATTR_ACL_KILL_SGID),
+// FUSE_POSIX_LOCKS and FUSE_FLOCK_LOCKS (see "Locks"), and FUSE_POSIX_ACL only when the shared
+// directory's file system has POSIX ACLs (probed once at Create: getxattr of
+// system.posix_acl_access on the root answers ENODATA or a value, not EOPNOTSUPP).
+//
+// POSIX ACLs (with FUSE_POSIX_ACL): the guest kernel enforces them (its permission checks read
+// system.posix_acl_access through GETXATTR) and sets them as xattrs; the server passes
+// system.posix_acl_{access,default} through to the host inode, whose kernel validates them and
+// updates the mode from an access ACL (and the ACL from a chmod). FUSE_SETXATTR_ACL_KILL_SGID
+// (the caller is neither in the file's group nor has CAP_FSETID, as the guest decided) clears
+// set-gid after an access ACL is set. A new inode in a directory with a default ACL gets the
+// guest's mode without the umask (the host kernel then applies the inherited ACL, as a local
+// file system does); without one, mode & ~umask. When the creating request runs as the caller
+// (kCreatorOwns), the named groups of the parent's access ACL are added to the parent's group as
+// supplementary groups: the guest has checked the caller's membership, the host sees the group
+// that granted it. Without FUSE_POSIX_ACL, system.posix_acl_* changes are refused (EOPNOTSUPP).
+//
+// Locks (FUSE_POSIX_LOCKS, FUSE_FLOCK_LOCKS): guest locks are host locks, visible to host
+// processes and coherent with them. POSIX record locks (GETLK/SETLK/SETLKW) are host OFD locks
+// (F_OFD_GETLK/F_OFD_SETLK) on one host open file description per (inode, lock_owner), opened
+// by reopening the inode (O_RDWR, else the handle's access mode): the guest's lock owner (a
+// process's files_struct, or the file for guest OFD locks) is what owns the host lock, so two
+// guest processes conflict with each other as they would locally, and one process's locks through
+// two fds of the file are one owner's. A FLUSH (a close(2) in the guest) drops its lock_owner's
+// description on that inode (POSIX: any close releases the process's locks on the file); a
+// RELEASE drops the descriptions used only through that handle. GETLK reports the holder's guest
+// pid when the holder is a guest owner (found by probing the other owners' descriptions), 0 when
+// it is a host process or another guest. flock (SETLK/SETLKW with FUSE_LK_FLOCK) is flock(2) on
+// the handle's own fd (one handle = one guest open file, flock's owner), released when the handle
+// is. Nothing ever blocks the worker: every attempt is non-blocking (F_OFD_SETLK, LOCK_NB); a
+// SETLKW that conflicts is parked (Handle returns kParked), retried by RetryParked() (the device
+// calls it every few ms and after each lock-changing request) and answered when granted, with
+// EDEADLK at once when it would close a cycle of guest owners waiting for each other (as the
+// Linux POSIX lock code does), with EBADF when its handle is released, ENOLCK by
+// AnswerParked() (snapshots), dropped by DESTROY/EndSession (device reset). Checked fields: type
+// (F_RDLCK/F_WRLCK/F_UNLCK), start <= end <= INT64_MAX, lk_flags (FUSE_LK_FLOCK only), pid <=
+// PID_MAX_LIMIT, the handle belongs to the nodeid; anything else is EINVAL. Limits: kMaxParked
+// waits and max_handles descriptions (ENOLCK beyond); an owner whose description was opened
+// read-only (its first lock came through a read-only open) gets ENOLCK for a write lock while
+// the file has any lock. Snapshots hold no locks: SaveState records
+// none and a restored server holds none (the guest's processes believe they still do).
 //
 // Confinement (virtiofsd's design): every inode the guest knows is an O_PATH|O_NOFOLLOW fd opened
 // relative to its parent's fd, starting from the shared root; no host path is ever built from a
@@ -72,13 +111,14 @@
 //    uids gets more than a host user of that uid; security.* and trusted.* xattrs are refused
 //    (fsuid switching keeps CAP_SETFCAP and CAP_SYS_ADMIN effective).
 //
-// Thread-safety: none. One thread (the device's fs worker) calls Handle(); SaveState() and
-// RestoreState() must not run concurrently with it.
+// Thread-safety: none. One thread (the device's fs worker) calls Handle() and RetryParked();
+// SaveState() and RestoreState() must not run concurrently with it.
 #pragma once
 
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
@@ -113,6 +153,9 @@ class PassthroughFs {
   static constexpr size_t kMaxHandles = 1u << 14;
   static constexpr uint64_t kRootNodeId = 1;
   static constexpr double kCacheSeconds = 1.0;  // entry and attribute timeouts given to the kernel
+  static constexpr size_t kMaxParked = 128;     // SETLKW waits at once (ENOLCK beyond)
+  // Handle()'s answer for a FUSE_SETLKW that waits: no reply yet (RetryParked() gives it).
+  static constexpr size_t kParked = static_cast<size_t>(-1);
 
   // Opens `root` (must be a directory). Fails when it cannot be opened.
   [[nodiscard]] static Result<std::unique_ptr<PassthroughFs>> Create(const std::string& root, FsOptions options);
@@ -120,11 +163,27 @@ class PassthroughFs {
   // Serves one request (see the header comment) and writes its reply into `reply`. Returns the
   // reply's length (fuse_out_header included), or 0 for requests without a reply (FORGET,
   // BATCH_FORGET) and when `reply` cannot even hold a fuse_out_header.
-  size_t Handle(std::span<const uint8_t> request, std::span<uint8_t> reply);
+  // A FUSE_SETLKW that must wait returns kParked: the server keeps it under `ticket` (the
+  // caller's name for the request, e.g. its descriptor chain) until RetryParked() answers it.
+  size_t Handle(std::span<const uint8_t> request, std::span<uint8_t> reply, uint64_t ticket = 0);
+
+  // Tries every parked SETLKW again (non-blocking) and calls `answer(ticket, reply)` for each one
+  // answered (granted, failed, or given up by AnswerParked/EndSession/DESTROY): `reply` is the
+  // whole reply, a fuse_out_header.
+  void RetryParked(const std::function<void(uint64_t ticket, std::span<const uint8_t> reply)>& answer);
+  // Gives up every parked SETLKW with `error` (answered by the next RetryParked()).
+  void AnswerParked(int error);
+  size_t parked_count() const { return parked_.size(); }
+  bool has_posix_acl() const { return acl_supported_; }
+  size_t lock_owner_count() const { return lock_owners_.size(); }
 
   // Ends the FUSE session as DESTROY does (the device was reset): every inode but the root and
   // every handle is forgotten, and the next request must be INIT.
-  void EndSession() { DoDestroy(); }
+  // Parked SETLKWs are dropped without an answer (the device abandons their requests).
+  void EndSession() {
+    DoDestroy();
+    parked_.clear();
+  }
 
   [[nodiscard]] nlohmann::json SaveState() const;
   [[nodiscard]] Result<void> RestoreState(const nlohmann::json& state);
@@ -155,6 +214,19 @@ class PassthroughFs {
     bool dir = false;
   };
   struct Reply;
+  // The host open file description holding one guest lock owner's POSIX locks on one inode.
+  struct LockOwner {
+    Fd fd;
+    uint32_t pid = 0;               // the guest tgid of its last lock request (GETLK's l_pid)
+    std::vector<uint64_t> handles;  // fhs it was used through (dropped when all are released)
+  };
+  // A FUSE_SETLKW waiting for its lock (RetryParked). lk is the fuse_lk_in, checked.
+  struct Parked {
+    uint64_t ticket = 0;
+    std::vector<uint8_t> header;  // the fuse_in_header bytes (unique, nodeid, the caller)
+    std::vector<uint8_t> lk;      // the fuse_lk_in bytes
+    int error = -1;               // >= 0: answered with this errno (0 granted) at the next RetryParked
+  };
   // Whose host credentials the server takes for requests (the header comment's "Credentials").
   enum class CredentialModel {
     kVmm,          // the VMM is not root: every request runs as the VMM
@@ -173,6 +245,8 @@ class PassthroughFs {
   std::optional<Caller> CallerFor(const fuse_in_header& header) const;
   // Runs one request of an initialized session (every opcode but INIT, FORGET and BATCH_FORGET).
   void Dispatch(const fuse_in_header& header, std::span<const uint8_t> in, Reply& reply);
+  // Dispatch() with the request's credentials (CallerFor) switched in.
+  void DispatchAsCaller(const fuse_in_header& header, std::span<const uint8_t> in, Reply& reply);
   // The handlers: `in` is the argument bytes after fuse_in_header.
   void DoInit(std::span<const uint8_t> in, Reply& reply);
   void DoLookup(uint64_t parent, std::span<const uint8_t> in, Reply& reply);
@@ -202,6 +276,30 @@ class PassthroughFs {
   void DoListxattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
   void DoSetxattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
   void DoRemovexattr(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
+  void DoGetlk(uint64_t nodeid, std::span<const uint8_t> in, Reply& reply);
+  // SETLK/SETLKW: 0 granted, EAGAIN would block, else an errno. `parked`: a retry, where no new
+  // wait is counted and deadlock was already checked.
+  // One non-blocking attempt at a SETLK(W): 0 granted, EAGAIN conflicting, else an errno. `lk`
+  // is the fuse_lk_in (checked here).
+  int TryLock(uint64_t nodeid, std::span<const uint8_t> lk);
+  void DoSetlk(const fuse_in_header& header, std::span<const uint8_t> in, bool wait, Reply& reply);
+  void DoFlush(std::span<const uint8_t> in, Reply& reply);
+  // The description of (nodeid, owner). kExisting: the one there is, or nullptr. kRead/kWrite:
+  // opened (reopening `handle`'s file) if needed, able to take read/write locks, `fh` recorded as
+  // used through.
+  enum class LockNeed { kExisting, kRead, kWrite };
+  Result<LockOwner*> OwnerFor(uint64_t nodeid, uint64_t owner, const OpenFile& handle, uint64_t fh, LockNeed need);
+  // The guest owner (other than `except`) holding a lock that conflicts over `conflict` (as
+  // F_OFD_GETLK returned it) on nodeid, or nullopt (none known: a host process, another guest).
+  std::optional<uint64_t> HolderOf(uint64_t nodeid, uint64_t except, const struct flock& conflict);
+  // Whether `owner` waiting for `holder` would close a cycle of parked guest owners.
+  bool WouldDeadlock(uint64_t owner, uint64_t holder);
+  // Drops descriptions of `nodeid` whose every handle was released (fh now gone).
+  void ForgetHandleLocks(uint64_t nodeid, uint64_t fh);
+  // The mode for a new inode under `dir` (the guest's umask unless dir has a default ACL).
+  mode_t NewMode(const Inode& dir, uint32_t mode, uint32_t umask) const;
+  // FUSE_POSIX_ACL was negotiated.
+  bool posix_acl() const;
   // "/proc/self/fd/N" as an absolute path, for the *xattr calls that have no *at form; the link
   // names the inode itself.
   static std::string ProcPath(int fd);
@@ -250,6 +348,10 @@ class PassthroughFs {
   std::unordered_map<uint64_t, OpenFile> handles_;
   uint64_t next_fh_ = 1;
   size_t stale_entries_ = 0;
+  bool acl_supported_ = false;  // the root's file system has POSIX ACLs (probed at Create)
+
+  std::map<std::pair<uint64_t, uint64_t>, LockOwner> lock_owners_;  // (nodeid, lock_owner)
+  std::vector<Parked> parked_;                                      // FIFO
 };
 
 }  // namespace clonevm::fs

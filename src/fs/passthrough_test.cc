@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <linux/fuse.h>
+#include <sys/file.h>
 #include <sys/fsuid.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -20,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "base/fd.h"
 #include "base/testing/host_tools.h"
 #include "fs/testing/fuse_args.h"
 #include "gtest/gtest.h"
@@ -39,7 +41,8 @@ void WriteHost(const stdfs::path& p, const std::string& s) { std::ofstream(p, st
 struct Answer {
   int error = 0;  // errno (positive) or 0
   std::vector<uint8_t> payload;
-  size_t length = 0;  // 0: no reply
+  size_t length = 0;    // 0: no reply
+  bool parked = false;  // a SETLKW left waiting (ticket = the request's unique)
   template <typename T>
   T As() const {
     T value{};
@@ -84,7 +87,12 @@ class FsTest : public ::testing::Test {
     req.insert(req.end(), args.begin(), args.end());
     std::vector<uint8_t> reply(reply_size);
     Answer a;
-    a.length = fs_->Handle(req, reply);
+    a.length = fs_->Handle(req, reply, unique_);
+    if (a.length == PassthroughFs::kParked) {
+      a.parked = true;
+      a.length = 0;
+      return a;
+    }
     if (a.length == 0) return a;
     fuse_out_header out;
     std::memcpy(&out, reply.data(), sizeof(out));
@@ -119,7 +127,8 @@ class FsTest : public ::testing::Test {
     EXPECT_EQ(out.minor, 31u);
     EXPECT_EQ(out.max_write, 1u << 20);
     EXPECT_EQ(out.max_pages, 256u);
-    EXPECT_EQ(out.flags & FUSE_POSIX_ACL, 0u);  // not ours to grant
+    // Granted exactly when the host file system has ACLs (probed at Create).
+    EXPECT_EQ(out.flags & FUSE_POSIX_ACL, fs_->has_posix_acl() ? FUSE_POSIX_ACL : 0u);
     EXPECT_NE(out.flags & FUSE_DO_READDIRPLUS, 0u);
   }
 
@@ -481,7 +490,8 @@ TEST_F(FsTest, MalformedArgumentsAreErrnoRepliesNotCrashes) {
   EXPECT_EQ(Send(FUSE_RENAME, 1, Bytes(fuse_rename_in{}, {"only-one"})).error, EINVAL);
   EXPECT_EQ(Send(9999, 1, {}).error, ENOSYS);
   EXPECT_EQ(Send(FUSE_GETXATTR, 1, {}).error, EINVAL);
-  EXPECT_EQ(Send(FUSE_SETLKW, 1, {}).error, ENOSYS);  // locks stay in the guest kernel
+  EXPECT_EQ(Send(FUSE_SETLKW, 1, {}).error, EINVAL);  // short fuse_lk_in
+  EXPECT_EQ(Send(FUSE_IOCTL, 1, {}).error, ENOSYS);
   // A WRITE whose size claims more data than the request carries.
   auto [fh, node] = Create(1, "w");
   ASSERT_NE(fh, 0u);
@@ -713,12 +723,27 @@ TEST_F(FsTest, InitOffersDontMaskAndKillprivV2) {
   fuse_init_in in{};
   in.major = 7;
   in.minor = 37;
-  in.flags = FUSE_DONT_MASK | FUSE_HANDLE_KILLPRIV_V2 | FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS;
+  in.flags = FUSE_DONT_MASK | FUSE_HANDLE_KILLPRIV_V2 | FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS | FUSE_SETXATTR_EXT;
   auto out = Send(FUSE_INIT, 0, Bytes(in)).As<fuse_init_out>();
   EXPECT_NE(out.flags & FUSE_DONT_MASK, 0u);
   EXPECT_NE(out.flags & FUSE_HANDLE_KILLPRIV_V2, 0u);
-  // Locks stay in the guest kernel (README): a blocking SETLKW would stall the one worker.
-  EXPECT_EQ(out.flags & (FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS), 0u);
+  // Locks are host locks (the worker never blocks: SETLKW parks), setxattr has its flags.
+  EXPECT_EQ(out.flags & (FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS), FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS);
+  EXPECT_NE(out.flags & FUSE_SETXATTR_EXT, 0u);
+  EXPECT_EQ(out.flags & FUSE_POSIX_ACL, 0u);  // not offered by this kernel: not granted
+}
+
+TEST_F(FsTest, PosixAclIsOfferedOnlyWhereTheHostFileSystemHasAcls) {
+  errno = 0;
+  const bool host_acls = ::getxattr(root_.c_str(), "system.posix_acl_access", nullptr, 0) >= 0 || errno == ENODATA;
+  Make();
+  EXPECT_EQ(fs_->has_posix_acl(), host_acls);
+  fuse_init_in in{};
+  in.major = 7;
+  in.minor = 38;
+  in.flags = FUSE_POSIX_ACL;
+  auto out = Send(FUSE_INIT, 0, Bytes(in)).As<fuse_init_out>();
+  EXPECT_EQ((out.flags & FUSE_POSIX_ACL) != 0, host_acls);
 }
 
 TEST_F(FsTest, SetIdBitsAreClearedOnWriteTruncateAndChown) {
@@ -968,6 +993,468 @@ TEST_F(FsTest, RootSquashRunsEveryRequestAsTheCaller) {
   EXPECT_EQ(Send(FUSE_UNLINK, 1, Name("squashed")).error, EPERM);
   guest_uid_ = 0;
   EXPECT_EQ(Send(FUSE_UNLINK, 1, Name("squashed")).error, 0);
+}
+
+// ---- Locks: guest locks are host locks (OFD for POSIX records, flock for flock) ----
+
+fuse_lk_in Lk(uint64_t fh, uint64_t owner, uint32_t type, uint64_t start, uint64_t end, uint32_t pid = 0,
+              uint32_t flags = 0) {
+  fuse_lk_in in{};
+  in.fh = fh;
+  in.owner = owner;
+  in.lk.type = type;
+  in.lk.start = start;
+  in.lk.end = end;
+  in.lk.pid = pid;
+  in.lk_flags = flags;
+  return in;
+}
+constexpr uint64_t kEof = INT64_MAX;  // OFFSET_MAX: "to the end of the file"
+
+// What a host process sees: F_OFD_GETLK through its own open of the file.
+struct flock HostProbe(const stdfs::path& p, short type, off_t start, off_t len) {
+  struct flock fl {};
+  fl.l_type = type;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = start;
+  fl.l_len = len;
+  Fd fd(::open(p.c_str(), O_RDWR | O_CLOEXEC));
+  EXPECT_TRUE(fd);
+  EXPECT_EQ(::fcntl(fd.get(), F_OFD_GETLK, &fl), 0);
+  return fl;
+}
+
+class LockTest : public FsTest {
+ protected:
+  void SetUp() override {
+    FsTest::SetUp();
+    Make();
+    Init();
+    file_ = LookupId(1, "hello.txt");
+    fh_ = Open(file_, O_RDWR);
+    ASSERT_NE(fh_, 0u);
+  }
+  Answer SetLk(const fuse_lk_in& in, bool wait = false) {
+    return Send(wait ? FUSE_SETLKW : FUSE_SETLK, file_, Bytes(in));
+  }
+  Answer GetLk(const fuse_lk_in& in) { return Send(FUSE_GETLK, file_, Bytes(in)); }
+  // RetryParked(): the parked requests answered now, as (ticket, errno).
+  std::vector<std::pair<uint64_t, int>> Retry() {
+    std::vector<std::pair<uint64_t, int>> answered;
+    fs_->RetryParked([&](uint64_t ticket, std::span<const uint8_t> reply) {
+      fuse_out_header out{};
+      EXPECT_EQ(reply.size(), sizeof(out));
+      std::memcpy(&out, reply.data(), sizeof(out));
+      EXPECT_EQ(out.unique, ticket);  // the tests use unique as the ticket
+      answered.emplace_back(ticket, -out.error);
+    });
+    return answered;
+  }
+  Answer Flush(uint64_t fh, uint64_t owner) {
+    fuse_flush_in in{};
+    in.fh = fh;
+    in.lock_owner = owner;
+    return Send(FUSE_FLUSH, file_, Bytes(in));
+  }
+  Answer Release(uint64_t fh) {
+    fuse_release_in in{};
+    in.fh = fh;
+    return Send(FUSE_RELEASE, file_, Bytes(in));
+  }
+  stdfs::path path() const { return root_ / "hello.txt"; }
+
+  uint64_t file_ = 0;
+  uint64_t fh_ = 0;
+};
+
+TEST_F(LockTest, PosixLocksAreHostOfdLocksOwnedPerGuestOwner) {
+  const uint64_t a = 0xA, b = 0xB;
+  EXPECT_EQ(SetLk(Lk(fh_, a, F_WRLCK, 0, 9, 100)).error, 0);
+  // A host process sees the guest's lock and conflicts with it.
+  struct flock host = HostProbe(path(), F_RDLCK, 0, 1);
+  EXPECT_EQ(host.l_type, F_WRLCK);
+  EXPECT_EQ(host.l_start, 0);
+  EXPECT_EQ(host.l_len, 10);
+  EXPECT_EQ(HostProbe(path(), F_WRLCK, 10, 5).l_type, F_UNLCK);
+  // Another guest owner conflicts (on the same handle: the owner decides, not the fh).
+  EXPECT_EQ(SetLk(Lk(fh_, b, F_RDLCK, 5, 5, 200)).error, EAGAIN);
+  Answer got = GetLk(Lk(fh_, b, F_WRLCK, 0, kEof));
+  ASSERT_EQ(got.error, 0);
+  fuse_lk_out out = got.As<fuse_lk_out>();
+  EXPECT_EQ(out.lk.type, static_cast<uint32_t>(F_WRLCK));
+  EXPECT_EQ(out.lk.start, 0u);
+  EXPECT_EQ(out.lk.end, 9u);
+  EXPECT_EQ(out.lk.pid, 100u);  // the holder's guest pid
+  // Its own lock never conflicts with the owner, and it may change it (split, downgrade).
+  EXPECT_EQ(GetLk(Lk(fh_, a, F_WRLCK, 0, kEof)).As<fuse_lk_out>().lk.type, static_cast<uint32_t>(F_UNLCK));
+  EXPECT_EQ(SetLk(Lk(fh_, a, F_RDLCK, 0, 4, 100)).error, 0);
+  EXPECT_EQ(SetLk(Lk(fh_, b, F_RDLCK, 0, 4, 200)).error, 0);       // two readers
+  EXPECT_EQ(SetLk(Lk(fh_, b, F_RDLCK, 5, 5, 200)).error, EAGAIN);  // a's write lock on 5..9 stays
+  // A second open of the file by the same owner is the same owner (POSIX: per process).
+  uint64_t fh2 = Open(file_, O_RDWR);
+  EXPECT_EQ(SetLk(Lk(fh2, a, F_WRLCK, 20, kEof, 100)).error, 0);
+  EXPECT_EQ(SetLk(Lk(fh2, a, F_UNLCK, 5, 9)).error, 0);
+  EXPECT_EQ(SetLk(Lk(fh_, b, F_WRLCK, 5, 9, 200)).error, 0);
+  // A host lock: the guest sees it (pid 0: a host pid means nothing there) and cannot take it.
+  Fd host_fd(::open(path().c_str(), O_RDWR | O_CLOEXEC));
+  struct flock mine {};
+  mine.l_type = F_WRLCK;
+  mine.l_whence = SEEK_SET;
+  mine.l_start = 12;
+  mine.l_len = 2;
+  ASSERT_EQ(::fcntl(host_fd.get(), F_OFD_SETLK, &mine), 0);
+  out = GetLk(Lk(fh_, b, F_RDLCK, 10, 15)).As<fuse_lk_out>();
+  EXPECT_EQ(out.lk.type, static_cast<uint32_t>(F_WRLCK));
+  EXPECT_EQ(out.lk.start, 12u);
+  EXPECT_EQ(out.lk.end, 13u);
+  EXPECT_EQ(out.lk.pid, 0u);
+  EXPECT_EQ(SetLk(Lk(fh_, b, F_RDLCK, 13, 13, 200)).error, EAGAIN);
+  // FLUSH (a close in the guest) drops every lock of that owner on the file, whichever fh.
+  EXPECT_EQ(fs_->lock_owner_count(), 2u);
+  EXPECT_EQ(Flush(fh_, a).error, 0);
+  EXPECT_EQ(HostProbe(path(), F_WRLCK, 20, 0).l_type, F_UNLCK);
+  EXPECT_EQ(HostProbe(path(), F_WRLCK, 0, 5).l_type, F_RDLCK);  // b's
+  EXPECT_EQ(fs_->lock_owner_count(), 1u);
+  // RELEASE of the last handle used drops the rest (a guest OFD lock's owner is its file).
+  EXPECT_EQ(Release(fh2).error, 0);
+  EXPECT_EQ(fs_->lock_owner_count(), 1u);  // b locked through fh_ only
+  EXPECT_EQ(Release(fh_).error, 0);
+  EXPECT_EQ(fs_->lock_owner_count(), 0u);
+  EXPECT_EQ(HostProbe(path(), F_WRLCK, 0, 12).l_type, F_UNLCK);
+}
+
+TEST_F(LockTest, FlockIsHostFlockOnTheHandle) {
+  uint64_t fh2 = Open(file_, O_RDONLY);
+  EXPECT_EQ(SetLk(Lk(fh_, 1, F_WRLCK, 0, kEof, 0, FUSE_LK_FLOCK)).error, 0);
+  Fd host(::open(path().c_str(), O_RDONLY | O_CLOEXEC));
+  EXPECT_EQ(::flock(host.get(), LOCK_SH | LOCK_NB), -1);
+  EXPECT_EQ(errno, EWOULDBLOCK);
+  EXPECT_EQ(SetLk(Lk(fh2, 2, F_RDLCK, 0, kEof, 0, FUSE_LK_FLOCK)).error, EAGAIN);
+  // flock and POSIX locks do not interact (Linux): a record lock is still free.
+  EXPECT_EQ(SetLk(Lk(fh2, 2, F_RDLCK, 0, kEof, 7)).error, 0);
+  EXPECT_EQ(SetLk(Lk(fh_, 1, F_RDLCK, 0, kEof, 0, FUSE_LK_FLOCK)).error, 0);  // downgrade
+  EXPECT_EQ(::flock(host.get(), LOCK_SH | LOCK_NB), 0);
+  EXPECT_EQ(::flock(host.get(), LOCK_UN), 0);
+  EXPECT_EQ(SetLk(Lk(fh_, 1, F_WRLCK, 0, kEof, 0, FUSE_LK_FLOCK)).error, 0);
+  EXPECT_EQ(Release(fh_).error, 0);  // the handle's close releases its flock
+  EXPECT_EQ(::flock(host.get(), LOCK_EX | LOCK_NB), 0);
+  EXPECT_EQ(SetLk(Lk(fh2, 2, F_RDLCK, 0, kEof, 0, FUSE_LK_FLOCK)).error, EAGAIN);  // the host's now
+}
+
+TEST_F(LockTest, SetlkwParksAndIsAnsweredWhenTheLockIsFree) {
+  EXPECT_EQ(SetLk(Lk(fh_, 1, F_WRLCK, 0, kEof, 10)).error, 0);
+  Answer wait = SetLk(Lk(fh_, 2, F_WRLCK, 0, 0, 20), true);
+  ASSERT_TRUE(wait.parked);
+  const uint64_t ticket = unique_;
+  EXPECT_EQ(fs_->parked_count(), 1u);
+  EXPECT_TRUE(Retry().empty());
+  // Other requests are served meanwhile (the worker is not blocked).
+  EXPECT_EQ(Lookup(1, "sub").error, 0);
+  EXPECT_EQ(SetLk(Lk(fh_, 1, F_UNLCK, 0, kEof)).error, 0);
+  auto answered = Retry();
+  ASSERT_EQ(answered.size(), 1u);
+  EXPECT_EQ(answered[0], std::make_pair(ticket, 0));
+  EXPECT_EQ(fs_->parked_count(), 0u);
+  EXPECT_EQ(HostProbe(path(), F_RDLCK, 0, 1).l_type, F_WRLCK);  // granted: owner 2 holds it
+  // A host holder: parked until the host unlocks.
+  Fd host(::open(path().c_str(), O_RDWR | O_CLOEXEC));
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = 100;
+  fl.l_len = 1;
+  ASSERT_EQ(::fcntl(host.get(), F_OFD_SETLK, &fl), 0);
+  ASSERT_TRUE(SetLk(Lk(fh_, 3, F_RDLCK, 100, 100, 30), true).parked);
+  EXPECT_EQ(SetLk(Lk(fh_, 4, F_WRLCK, 0, kEof, 40, FUSE_LK_FLOCK), true).error, 0);  // flock: free
+  EXPECT_EQ(SetLk(Lk(fh_, 4, F_UNLCK, 0, kEof, 0, FUSE_LK_FLOCK)).error, 0);
+  EXPECT_TRUE(Retry().empty());
+  host.reset();  // the host process closes: its lock goes
+  EXPECT_EQ(Retry().size(), 1u);
+}
+
+TEST_F(LockTest, FlockWaitsParkToo) {
+  Fd host(::open(path().c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_EQ(::flock(host.get(), LOCK_EX), 0);
+  ASSERT_TRUE(SetLk(Lk(fh_, 1, F_RDLCK, 0, kEof, 0, FUSE_LK_FLOCK), true).parked);
+  EXPECT_TRUE(Retry().empty());
+  ASSERT_EQ(::flock(host.get(), LOCK_UN), 0);
+  auto answered = Retry();
+  ASSERT_EQ(answered.size(), 1u);
+  EXPECT_EQ(answered[0].second, 0);
+  EXPECT_EQ(::flock(host.get(), LOCK_EX | LOCK_NB), -1);  // the guest's shared lock now
+}
+
+TEST_F(LockTest, AWaitThatClosesACycleOfGuestOwnersIsEdeadlk) {
+  EXPECT_EQ(SetLk(Lk(fh_, 1, F_WRLCK, 0, 9, 10)).error, 0);
+  EXPECT_EQ(SetLk(Lk(fh_, 2, F_WRLCK, 10, 19, 20)).error, 0);
+  ASSERT_TRUE(SetLk(Lk(fh_, 2, F_WRLCK, 0, 0, 20), true).parked);          // 2 waits for 1
+  EXPECT_EQ(SetLk(Lk(fh_, 1, F_WRLCK, 10, 10, 10), true).error, EDEADLK);  // 1 would wait for 2
+  // Three owners: 3 holds 20..29 and waits for 2; 1 waiting for 3 waits (via 2) for itself.
+  EXPECT_EQ(SetLk(Lk(fh_, 3, F_WRLCK, 20, 29, 30)).error, 0);
+  ASSERT_TRUE(SetLk(Lk(fh_, 3, F_WRLCK, 15, 15, 30), true).parked);
+  EXPECT_EQ(SetLk(Lk(fh_, 1, F_WRLCK, 25, 25, 10), true).error, EDEADLK);
+  // Not a cycle: 4 waits for 1, which waits for nobody.
+  ASSERT_TRUE(SetLk(Lk(fh_, 4, F_WRLCK, 5, 5, 40), true).parked);
+  EXPECT_EQ(fs_->parked_count(), 3u);
+  EXPECT_EQ(Flush(fh_, 1).error, 0);  // 1 closes: 2 gets 0..0, then 4 gets 5
+  auto answered = Retry();
+  EXPECT_EQ(answered.size(), 2u);
+  EXPECT_EQ(fs_->parked_count(), 1u);  // 3 still waits for 2
+}
+
+TEST_F(LockTest, ParkedWaitsEndOnReleaseSnapshotDestroyAndReset) {
+  EXPECT_EQ(SetLk(Lk(fh_, 1, F_WRLCK, 0, kEof, 10)).error, 0);
+  uint64_t fh2 = Open(file_, O_RDWR);
+  ASSERT_TRUE(SetLk(Lk(fh2, 2, F_WRLCK, 0, 0, 20), true).parked);
+  EXPECT_EQ(Release(fh2).error, 0);  // only a hostile guest releases a handle with a wait on it
+  auto answered = Retry();
+  ASSERT_EQ(answered.size(), 1u);
+  EXPECT_EQ(answered[0].second, EBADF);
+  ASSERT_TRUE(SetLk(Lk(fh_, 2, F_WRLCK, 0, 0, 20), true).parked);
+  fs_->AnswerParked(ENOLCK);  // a snapshot
+  answered = Retry();
+  ASSERT_EQ(answered.size(), 1u);
+  EXPECT_EQ(answered[0].second, ENOLCK);
+  // Snapshots hold no locks: the state names none, a restored server holds none.
+  nlohmann::json state = fs_->SaveState();
+  EXPECT_EQ(state.dump().find("lock"), std::string::npos);
+  ASSERT_TRUE(SetLk(Lk(fh_, 2, F_WRLCK, 0, 0, 20), true).parked);
+  EXPECT_EQ(Send(FUSE_DESTROY, 0, {}).error, 0);  // the guest unmounts
+  answered = Retry();
+  ASSERT_EQ(answered.size(), 1u);
+  EXPECT_EQ(answered[0].second, EIO);
+  EXPECT_EQ(HostProbe(path(), F_WRLCK, 0, 0).l_type, F_UNLCK);  // DESTROY closed everything
+  Init();
+  file_ = LookupId(1, "hello.txt");
+  fh_ = Open(file_, O_RDWR);
+  EXPECT_EQ(SetLk(Lk(fh_, 1, F_WRLCK, 0, kEof, 10)).error, 0);
+  ASSERT_TRUE(SetLk(Lk(fh_, 2, F_WRLCK, 0, 0, 20), true).parked);
+  fs_->EndSession();  // a device reset: the device abandons the requests, nothing is answered
+  EXPECT_EQ(fs_->parked_count(), 0u);
+  EXPECT_TRUE(Retry().empty());
+  EXPECT_EQ(HostProbe(path(), F_WRLCK, 0, 0).l_type, F_UNLCK);
+}
+
+TEST_F(LockTest, ParkedWaitsAreBounded) {
+  EXPECT_EQ(SetLk(Lk(fh_, 1, F_WRLCK, 0, kEof, 10)).error, 0);
+  for (size_t i = 0; i < PassthroughFs::kMaxParked; ++i) {
+    ASSERT_TRUE(SetLk(Lk(fh_, 100 + i, F_RDLCK, i, i, 20), true).parked) << i;
+  }
+  EXPECT_EQ(SetLk(Lk(fh_, 99, F_RDLCK, 0, 0, 20), true).error, ENOLCK);
+  EXPECT_EQ(SetLk(Lk(fh_, 1, F_UNLCK, 0, kEof)).error, 0);
+  EXPECT_EQ(Retry().size(), PassthroughFs::kMaxParked);
+}
+
+TEST_F(LockTest, MalformedLockRequestsAreEinval) {
+  EXPECT_EQ(Send(FUSE_SETLK, file_, {1, 2, 3}).error, EINVAL);
+  EXPECT_EQ(Send(FUSE_GETLK, file_, {1, 2, 3}).error, EINVAL);
+  EXPECT_EQ(SetLk(Lk(fh_, 1, 7, 0, 0)).error, EINVAL);               // no such type
+  EXPECT_EQ(SetLk(Lk(fh_, 1, F_WRLCK, 10, 9)).error, EINVAL);        // start > end
+  EXPECT_EQ(SetLk(Lk(fh_, 1, F_WRLCK, 0, kEof + 1)).error, EINVAL);  // past OFFSET_MAX
+  EXPECT_EQ(SetLk(Lk(fh_, 1, F_WRLCK, kEof + 1, UINT64_MAX)).error, EINVAL);
+  EXPECT_EQ(SetLk(Lk(fh_, 1, F_WRLCK, 0, 0, 0, 2)).error, EINVAL);      // unknown lk_flags
+  EXPECT_EQ(SetLk(Lk(fh_, 1, F_WRLCK, 0, 0, 1u << 31)).error, EINVAL);  // no such pid
+  EXPECT_EQ(GetLk(Lk(fh_, 1, F_UNLCK, 0, 0)).error, EINVAL);            // GETLK of nothing
+  EXPECT_EQ(GetLk(Lk(fh_, 1, F_WRLCK, 0, 0, 0, FUSE_LK_FLOCK)).error, EINVAL);
+  EXPECT_EQ(SetLk(Lk(999, 1, F_WRLCK, 0, 0)).error, EBADF);                                         // unknown fh
+  EXPECT_EQ(Send(FUSE_SETLK, LookupId(1, "sub"), Bytes(Lk(fh_, 1, F_WRLCK, 0, 0))).error, EINVAL);  // fh of another
+  fuse_open_in oin{};
+  uint64_t dir_fh = Send(FUSE_OPENDIR, 1, Bytes(oin)).As<fuse_open_out>().fh;
+  EXPECT_EQ(Send(FUSE_SETLK, 1, Bytes(Lk(dir_fh, 1, F_WRLCK, 0, 0))).error, EBADF);  // directories: guest-local
+  uint64_t ro = Open(file_, O_RDONLY);
+  EXPECT_EQ(SetLk(Lk(ro, 1, F_WRLCK, 0, 0)).error, EBADF);  // a write lock needs a writable open
+  EXPECT_EQ(SetLk(Lk(ro, 1, F_RDLCK, 0, 0)).error, 0);
+  EXPECT_EQ(fs_->parked_count(), 0u);
+  EXPECT_EQ(HostProbe(path(), F_WRLCK, 1, 0).l_type, F_UNLCK);  // nothing else was taken
+}
+
+TEST_F(FsTest, LocksWorkOnAReadOnlyShare) {
+  Make({.read_only = true});
+  Init();
+  uint64_t file = LookupId(1, "hello.txt");
+  uint64_t fh = Open(file, O_RDONLY);
+  ASSERT_NE(fh, 0u);
+  EXPECT_EQ(Send(FUSE_SETLK, file, Bytes(Lk(fh, 1, F_RDLCK, 0, kEof, 5))).error, 0);  // not a change
+  EXPECT_EQ(Send(FUSE_SETLK, file, Bytes(Lk(fh, 1, F_WRLCK, 0, kEof, 5))).error, EBADF);
+  EXPECT_EQ(Send(FUSE_SETLK, file, Bytes(Lk(fh, 1, F_WRLCK, 0, kEof, 5, FUSE_LK_FLOCK))).error, 0);
+  EXPECT_EQ(HostProbe(root_ / "hello.txt", F_WRLCK, 0, 0).l_type, F_RDLCK);
+  Fd host(::open((root_ / "hello.txt").c_str(), O_RDONLY | O_CLOEXEC));
+  EXPECT_EQ(::flock(host.get(), LOCK_SH | LOCK_NB), -1);
+}
+
+TEST_F(LockTest, AnOwnerMovesFromReadOnlyToWritableOpensWhileHoldingNothing) {
+  uint64_t ro = Open(file_, O_RDONLY);
+  EXPECT_EQ(SetLk(Lk(ro, 1, F_RDLCK, 0, 0, 10)).error, 0);
+  EXPECT_EQ(SetLk(Lk(fh_, 1, F_WRLCK, 5, 5, 10)).error, ENOLCK);  // its read lock is on a read-only open
+  EXPECT_EQ(SetLk(Lk(ro, 1, F_UNLCK, 0, kEof)).error, 0);
+  EXPECT_EQ(SetLk(Lk(fh_, 1, F_WRLCK, 5, 5, 10)).error, 0);
+  EXPECT_EQ(SetLk(Lk(ro, 1, F_RDLCK, 0, 0, 10)).error, 0);  // the new description reads too
+  EXPECT_EQ(HostProbe(path(), F_WRLCK, 0, 1).l_type, F_RDLCK);
+  EXPECT_EQ(HostProbe(path(), F_RDLCK, 5, 1).l_type, F_WRLCK);
+}
+
+// ---- POSIX ACLs (FUSE_POSIX_ACL where the host file system has them) ----
+
+// A system.posix_acl_* value: {le32 version 2} then {le16 tag, le16 perm, le32 id} entries.
+std::string AclBlob(std::initializer_list<std::tuple<uint16_t, uint16_t, uint32_t>> entries) {
+  std::string blob(4, '\0');
+  blob[0] = 2;
+  for (auto [tag, perm, id] : entries) {
+    char e[8];
+    std::memcpy(e, &tag, 2);
+    std::memcpy(e + 2, &perm, 2);
+    std::memcpy(e + 4, &id, 4);
+    blob.append(e, 8);
+  }
+  return blob;
+}
+constexpr uint16_t kUserObj = 0x01, kUser = 0x02, kGroupObj = 0x04, kGroup = 0x08, kMask = 0x10, kOther = 0x20;
+constexpr uint32_t kNoId = UINT32_MAX;
+
+class AclTest : public FsTest {
+ protected:
+  void SetUp() override {
+    FsTest::SetUp();
+    Make();
+    if (!fs_->has_posix_acl()) GTEST_SKIP() << "the host file system has no POSIX ACLs";
+    Init(FUSE_DONT_MASK | FUSE_SETXATTR_EXT);
+  }
+  int SetAcl(uint64_t node, const char* name, const std::string& blob, uint32_t setxattr_flags = 0) {
+    fuse_setxattr_in in{};
+    in.size = static_cast<uint32_t>(blob.size());
+    in.setxattr_flags = setxattr_flags;
+    return Send(FUSE_SETXATTR, node, Bytes(in, {name}, blob)).error;
+  }
+};
+
+TEST_F(AclTest, AclsPassThroughAndTheHostUpdatesTheMode) {
+  uint64_t hello = LookupId(1, "hello.txt");
+  ASSERT_EQ(::chmod((root_ / "hello.txt").c_str(), 0644), 0);
+  std::string acl =
+      AclBlob({{kUserObj, 6, kNoId}, {kUser, 6, 4321}, {kGroupObj, 4, kNoId}, {kMask, 6, kNoId}, {kOther, 0, kNoId}});
+  ASSERT_EQ(SetAcl(hello, "system.posix_acl_access", acl), 0);
+  char buf[128];
+  ssize_t n = ::getxattr((root_ / "hello.txt").c_str(), "system.posix_acl_access", buf, sizeof(buf));
+  ASSERT_EQ(n, static_cast<ssize_t>(acl.size()));
+  EXPECT_EQ(std::string(buf, static_cast<size_t>(n)), acl);
+  EXPECT_EQ(HostStat(root_ / "hello.txt").st_mode & 0777, 0660u);  // group bits are the mask, other none
+  fuse_getxattr_in gin{};
+  gin.size = 128;
+  EXPECT_EQ(Send(FUSE_GETXATTR, hello, Bytes(gin, {"system.posix_acl_access"})).Text(), acl);
+  // chmod changes the ACL's mask (the host's posix_acl_chmod).
+  fuse_setattr_in sa{};
+  sa.valid = FATTR_MODE;
+  sa.mode = 0640;
+  ASSERT_EQ(Send(FUSE_SETATTR, hello, Bytes(sa)).error, 0);
+  n = ::getxattr((root_ / "hello.txt").c_str(), "system.posix_acl_access", buf, sizeof(buf));
+  ASSERT_EQ(n, static_cast<ssize_t>(acl.size()));
+  uint16_t mask_perm;
+  std::memcpy(&mask_perm, buf + 4 + 8 * 3 + 2, 2);
+  EXPECT_EQ(mask_perm, 4);
+  EXPECT_EQ(Send(FUSE_REMOVEXATTR, hello, Name("system.posix_acl_access")).error, 0);
+  EXPECT_EQ(::getxattr((root_ / "hello.txt").c_str(), "system.posix_acl_access", buf, sizeof(buf)), -1);
+  // A malformed ACL is the host's to refuse.
+  EXPECT_EQ(SetAcl(hello, "system.posix_acl_access", std::string("\x02\0\0\0xyz", 7)), EINVAL);
+  EXPECT_EQ(SetAcl(hello, "system.posix_acl_access", "junk"), EOPNOTSUPP);  // not version 2
+}
+
+TEST_F(AclTest, NewInodesInheritTheDefaultAclWithoutTheUmask) {
+  stdfs::create_directory(root_ / "inh");
+  uint64_t inh = LookupId(1, "inh");
+  ASSERT_EQ(SetAcl(inh, "system.posix_acl_default",
+                   AclBlob({{kUserObj, 7, kNoId}, {kGroupObj, 5, kNoId}, {kOther, 5, kNoId}})),
+            0);
+  fuse_create_in in{};
+  in.flags = O_RDWR | O_CREAT | O_EXCL;
+  in.mode = S_IFREG | 0666;
+  in.umask = 077;
+  ASSERT_EQ(Send(FUSE_CREATE, inh, Bytes(in, {"f"})).error, 0);
+  ASSERT_EQ(Send(FUSE_CREATE, 1, Bytes(in, {"plain"})).error, 0);
+  fuse_mkdir_in mk{};
+  mk.mode = 0777;
+  mk.umask = 077;
+  ASSERT_EQ(Send(FUSE_MKDIR, inh, Bytes(mk, {"d"})).error, 0);
+  fuse_mknod_in mn{};
+  mn.mode = S_IFIFO | 0666;
+  mn.umask = 077;
+  ASSERT_EQ(Send(FUSE_MKNOD, inh, Bytes(mn, {"p"})).error, 0);
+  EXPECT_EQ(HostStat(root_ / "inh" / "f").st_mode & 07777, 0644u);  // 0666 & the ACL, no umask
+  EXPECT_EQ(HostStat(root_ / "inh" / "d").st_mode & 07777, 0755u);
+  EXPECT_EQ(HostStat(root_ / "inh" / "p").st_mode & 07777, 0644u);
+  EXPECT_EQ(HostStat(root_ / "plain").st_mode & 07777, 0600u);  // no default ACL: the umask
+  // The new directory inherits the default ACL as its own default.
+  EXPECT_GT(::getxattr((root_ / "inh" / "d").c_str(), "system.posix_acl_default", nullptr, 0), 0);
+}
+
+TEST_F(AclTest, KillSgidFlagClearsSetGidWhenTheAccessAclIsSet) {
+  uint64_t hello = LookupId(1, "hello.txt");
+  const std::string acl = AclBlob({{kUserObj, 7, kNoId}, {kGroupObj, 5, kNoId}, {kOther, 0, kNoId}});
+  ASSERT_EQ(::chmod((root_ / "hello.txt").c_str(), 02755), 0);
+  ASSERT_EQ(SetAcl(hello, "system.posix_acl_access", acl), 0);
+  EXPECT_EQ(HostStat(root_ / "hello.txt").st_mode & 07777, 02750u);  // root may keep it
+  ASSERT_EQ(SetAcl(hello, "system.posix_acl_access", acl, FUSE_SETXATTR_ACL_KILL_SGID), 0);
+  EXPECT_EQ(HostStat(root_ / "hello.txt").st_mode & 07777, 0750u);
+  EXPECT_EQ(SetAcl(hello, "system.posix_acl_access", acl, 0x80), EINVAL);  // unknown flag
+  fuse_setxattr_in in{};
+  in.size = 1;
+  std::vector<uint8_t> short_ext = Bytes(in);
+  short_ext.resize(12);  // 12 of the 16 bytes
+  EXPECT_EQ(Send(FUSE_SETXATTR, hello, short_ext).error, EINVAL);
+}
+
+TEST_F(AclTest, WithoutPosixAclNegotiatedAclChangesAreRefused) {
+  Make();
+  fuse_init_in in{};
+  in.major = 7;
+  in.minor = 31;
+  ASSERT_EQ(Send(FUSE_INIT, 0, Bytes(in)).error, 0);
+  uint64_t hello = LookupId(1, "hello.txt");
+  struct {
+    uint32_t size;
+    uint32_t flags;
+  } set{28, 0};
+  std::string acl = AclBlob({{kUserObj, 6, kNoId}, {kGroupObj, 4, kNoId}, {kOther, 0, kNoId}});
+  EXPECT_EQ(Send(FUSE_SETXATTR, hello, Bytes(set, {"system.posix_acl_access"}, acl)).error, EOPNOTSUPP);
+  EXPECT_EQ(Send(FUSE_REMOVEXATTR, hello, Name("system.posix_acl_default")).error, EOPNOTSUPP);
+}
+
+TEST_F(AclTest, ANamedGroupOfTheParentsAclLetsTheCallerCreate) {
+  REQUIRE_ROOT();
+  stdfs::create_directory(root_ / "team");
+  ASSERT_EQ(::chmod((root_ / "team").c_str(), 0755), 0);  // root:root, not writable by the group
+  uint64_t team = LookupId(1, "team");
+  ASSERT_EQ(
+      SetAcl(
+          team, "system.posix_acl_access",
+          AclBlob(
+              {{kUserObj, 7, kNoId}, {kGroupObj, 5, kNoId}, {kGroup, 7, 5000}, {kMask, 7, kNoId}, {kOther, 5, kNoId}})),
+      0);
+  guest_uid_ = 4321;  // the guest checked its membership in 5000
+  guest_gid_ = 4321;
+  int err = 0;
+  ASSERT_NE(Create(team, "ours", &err).first, 0u) << err;
+  EXPECT_EQ(HostStat(root_ / "team" / "ours").st_uid, 4321u);
+  EXPECT_EQ(HostStat(root_ / "team" / "ours").st_gid, 4321u);
+  // Without write for that group the host still refuses (the ACL is what grants it).
+  stdfs::create_directory(root_ / "closed");
+  ASSERT_EQ(::chmod((root_ / "closed").c_str(), 0755), 0);
+  Create(LookupId(1, "closed"), "nope", &err);
+  EXPECT_EQ(err, EACCES);
+}
+
+TEST_F(AclTest, RootSquashStillLetsOnlyTheOwnerSetAcls) {
+  REQUIRE_ROOT();
+  Make({.root_squash = true});
+  Init(FUSE_DONT_MASK | FUSE_SETXATTR_EXT);
+  uint64_t hello = LookupId(1, "hello.txt");  // root's
+  const std::string acl = AclBlob({{kUserObj, 6, kNoId}, {kGroupObj, 6, kNoId}, {kOther, 6, kNoId}});
+  guest_uid_ = 0;  // squashed to nobody
+  EXPECT_EQ(SetAcl(hello, "system.posix_acl_access", acl), EPERM);
+  EXPECT_EQ(Send(FUSE_REMOVEXATTR, hello, Name("system.posix_acl_access")).error, EPERM);
+  ASSERT_EQ(::chown((root_ / "hello.txt").c_str(), 4321, 4321), 0);
+  guest_uid_ = 4321;
+  EXPECT_EQ(SetAcl(hello, "system.posix_acl_access", acl), 0);
+  EXPECT_EQ(HostStat(root_ / "hello.txt").st_mode & 0777, 0666u);
 }
 
 }  // namespace

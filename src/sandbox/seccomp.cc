@@ -108,7 +108,7 @@ constexpr Syscall kSyscalls[] = {
     {"shutdown", kVmmWorkers},       // ending agent/control connections
     {"poll", kVmmWorkers},           // agent connection timeouts
     {"ppoll", kVmmWorkers},          // same (glibc poll)
-    {"fcntl", kVmmWorkers},          // O_NONBLOCK on new connections
+    {"fcntl", kVmmWorkers},          // O_NONBLOCK on new connections; fs: F_OFD_GETLK/F_OFD_SETLK (guest POSIX locks), F_GETFL
     {"getsockopt", kVmmWorkers},     // SO_ERROR after a non-blocking connect
     {"setsockopt", kVmmWorkers},     // socket options on agent connections
     {"socket", kVmmWorkers, Check::kSocket},  // vsock to the guest agent; AF_UNIX only otherwise
@@ -153,7 +153,7 @@ constexpr Syscall kSyscalls[] = {
     {"ftruncate", kVmmFs},           // snapshot files
     {"copy_file_range", kVmmFs},     // freezing a writable disk into a snapshot
     {"getdents64", kVmmFs},          // directory listings (snapshot, teardown)
-    {"flock", kVmmFs},               // --net lease release, disk locks
+    {"flock", kVmmFs},               // --net lease release, disk locks; fs: guest flock (LOCK_NB only, never waits)
     {"utimensat", kVmmFs},           // snapshot files
     {"fchmod", kVmmFs},              // snapshot files
     {"readlink", kVmmFs},            // std::filesystem

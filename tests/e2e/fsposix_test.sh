@@ -3,11 +3,14 @@
 # tests/guest/fsposix.c (built static on the host, put in a busybox initrd) runs as root in a stock
 # Debian guest kernel (it forks unprivileged users itself) on a shared directory: once on the lab
 # host's own directory (the reference), once in `clone run --seccomp --shared-dir`, once in
-# `qemu-system-x86_64 -accel kvm` with Debian's /usr/lib/qemu/virtiofsd (-o xattr, otherwise its
-# defaults). Same kernel, initrd and host file system (ext4 on a loop device, mounted nodev, so
-# that guests may make device nodes). Both pass counts are printed; the test fails when Clone's
-# is lower than virtiofsd's, or when either run crashes or hangs. A short extra boot checks
-# `--shared-dir HOST:TAG:squash-root`: guest root is nobody on the host.
+# `qemu-system-x86_64 -accel kvm` with Debian's /usr/lib/qemu/virtiofsd (-o xattr, posix_acl, flock,
+# posix_lock: everything it can do). Same kernel, initrd and host file system (ext4 on a loop
+# device, mounted nodev, so that guests may make device nodes; ext4 has POSIX ACLs). While a
+# guest runs, `fsposix hostside` runs on the lab host: it checks that the guest's flock and record
+# lock are host locks and holds its own for the guest to see. Both pass counts are printed; the
+# test fails when Clone's is lower than virtiofsd's, when Clone's locks are not host locks, or when
+# either run crashes or hangs. A short extra boot checks `--shared-dir HOST:TAG:squash-root`: guest
+# root is nobody on the host.
 source "$(dirname "$0")/lib.sh"
 
 e2e_prepare() {
@@ -40,6 +43,16 @@ mkdir -p "$top/clone" "$top/qemu"
 counts() { # counts FILE: "PASSED FAILED" from the suite's last line, or nothing
   tr -d '\r' <"$1" | sed -n 's/^\([0-9][0-9]*\) passed, \([0-9][0-9]*\) failed$/\1 \2/p' | tail -1
 }
+hostside_pid=
+hostside_start() { # hostside_start DIR OUT: the host process the guest's lock checks talk to
+  "$E2E_WORK/fsposix" hostside "$1" >"$2" 2>&1 &
+  hostside_pid=$!
+}
+hostside_stop() { # it ends by itself once the guest is done; a guest that died leaves it waiting
+  for _ in $(seq 1 50); do kill -0 "$hostside_pid" 2>/dev/null || break; sleep 0.1; done
+  kill "$hostside_pid" 2>/dev/null || true
+  wait "$hostside_pid" 2>/dev/null || true
+}
 
 # 1. Reference: the suite on the lab host's directory itself.
 timeout 120 "$E2E_WORK/fsposix" "$top/reference" >"$E2E_WORK/reference.out" 2>&1 || true
@@ -51,12 +64,19 @@ rm -rf "$top/reference"
 # 2. Clone, confined (--seccomp: the fs worker's allow-list covers the new syscalls).
 t0=$(now)
 status=0
+hostside_start "$top/clone/run" "$E2E_WORK/clone-hostside.out"
 timeout 300 "$CLONE_BIN" run --seccomp --kernel "$LAB_CLOUD_KERNEL" --initrd "$initrd" --mem-mb 256 \
   --shared-dir "$top/clone:posix" --cmdline "$cmdline" </dev/null >"$E2E_WORK/clone.out" 2>"$E2E_WORK/clone.err" || status=$?
 echo "clone: exit $status after $(since "$t0") s"
+hostside_stop
+cat "$E2E_WORK/clone-hostside.out"
 read -r clone_pass clone_fail <<<"$(counts "$E2E_WORK/clone.out")" || true
 check "clone: the suite ran to the end" grep -aq 'FSPOSIX-END rc=0' "$E2E_WORK/clone.out"
 check "clone: the VM powered off (no crash, no hang)" test "$status" = 0
+check "clone: a host process sees the guest's flock and record lock" \
+  grep -q 'HOSTSIDE saw flock=held fcntl=1:0:100' "$E2E_WORK/clone-hostside.out"
+check "clone: the guest's close released them on the host" \
+  grep -q 'HOSTSIDE after flock=free fcntl=2' "$E2E_WORK/clone-hostside.out"
 
 # 2b. :squash-root: guest root is nobody on the host (a root-owned file in a sticky directory).
 mkdir -p "$top/squash"
@@ -80,18 +100,22 @@ sock=/tmp/clone-e2e-posix-vfsd.sock
 rm -f "$sock"
 virtiofsd=/usr/lib/qemu/virtiofsd
 check "virtiofsd is installed ($virtiofsd)" test -x "$virtiofsd"
-"$virtiofsd" --socket-path="$sock" -o source="$top/qemu" -o xattr -o cache=auto -o sandbox=chroot \
+"$virtiofsd" --socket-path="$sock" -o source="$top/qemu" -o xattr -o posix_acl -o flock -o posix_lock \
+  -o cache=auto -o sandbox=chroot \
   >"$E2E_WORK/virtiofsd.log" 2>&1 &
 vfsd=$!
 for _ in $(seq 1 100); do [[ -S $sock ]] && break; sleep 0.1; done
 t0=$(now)
 status=0
+hostside_start "$top/qemu/run" "$E2E_WORK/qemu-hostside.out"
 timeout 300 qemu-system-x86_64 -accel kvm -cpu host -M pc -m 256 -smp 1 -nodefaults -no-user-config -no-reboot \
   -display none -serial stdio -kernel "$LAB_CLOUD_KERNEL" -initrd "$initrd" -append "$cmdline" \
   -object memory-backend-memfd,id=mem,size=256M,share=on -numa node,memdev=mem \
   -chardev socket,id=vfs,path="$sock" -device vhost-user-fs-pci,chardev=vfs,tag=posix \
   </dev/null >"$E2E_WORK/qemu.out" 2>"$E2E_WORK/qemu.err" || status=$?
 echo "qemu + virtiofsd: exit $status after $(since "$t0") s"
+hostside_stop
+cat "$E2E_WORK/qemu-hostside.out"
 kill "$vfsd" 2>/dev/null || true
 wait "$vfsd" 2>/dev/null || true
 read -r qemu_pass qemu_fail <<<"$(counts "$E2E_WORK/qemu.out")" || true
@@ -102,7 +126,7 @@ tr -d '\r' <"$E2E_WORK/clone.out" | grep -a '^FAIL' | sed 's/^/  clone  /' || tr
 tr -d '\r' <"$E2E_WORK/qemu.out" | grep -a '^FAIL' | sed 's/^/  qemu   /' || true
 echo "== POSIX suite (tests/guest/fsposix.c, $fs_kind nodev host directory, Debian $(basename "$LAB_CLOUD_KERNEL") guest):"
 printf '  %-28s %5s passed %5s failed\n' "lab host directly" "${ref_pass:-?}" "${ref_fail:-?}" \
-  "clone --shared-dir" "${clone_pass:-?}" "${clone_fail:-?}" "qemu + virtiofsd -o xattr" "${qemu_pass:-?}" "${qemu_fail:-?}"
+  "clone --shared-dir" "${clone_pass:-?}" "${clone_fail:-?}" "qemu + virtiofsd (all -o)" "${qemu_pass:-?}" "${qemu_fail:-?}"
 check "clone's pass count (${clone_pass:-none}) is at least virtiofsd's (${qemu_pass:-none})" \
   test "${clone_pass:-0}" -gt 0 -a "${clone_pass:-0}" -ge "${qemu_pass:-0}"
 

@@ -6,10 +6,13 @@
 // and group of every kind of new inode (setgid directories included), umask, set-uid/set-gid
 // clearing on write/chown/chmod, sticky-directory rules for unlink and rename, rename semantics
 // and flags (NOREPLACE, EXCHANGE, WHITEOUT), link counts, c/m/atime updates, utimensat with
-// UTIME_NOW/UTIME_OMIT, extended attributes (user.*, security.capability), flock and fcntl
-// record locks, mknod/mkfifo, open flags. Each assertion prints "ok|FAIL <n> <what>"; the last
-// line is "N passed, M failed". The exit status is 0 when the suite ran to the end.
-// Build: gcc -static -O1 -o fsposix fsposix.c
+// UTIME_NOW/UTIME_OMIT, extended attributes (user.*, security.capability), POSIX ACLs (access
+// and default, inheritance without the umask, the mask, named users and groups), flock, fcntl
+// record and OFD locks (conflicts, F_GETLK's holder, blocking waits, EDEADLK, close semantics),
+// mknod/mkfifo, open flags. With a second argument "host", locks are also checked against a host
+// process (`fsposix hostside DIR` on the host, run by tests/e2e/fsposix_test.sh). Each assertion
+// prints "ok|FAIL <n> <what>"; the last line is "N passed, M failed". The exit status is 0 when
+// the suite ran to the end. Build: gcc -static -O1 -o fsposix fsposix.c
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -647,6 +650,253 @@ static void test_locks(void) {
   close(fd);
 }
 
+// ---- POSIX ACLs (system.posix_acl_* blobs built here, as setfacl writes them) ----
+// posix_acl_xattr_header {le32 version = 2}, then entries {le16 tag, le16 perm, le32 id}.
+enum { A_USER_OBJ = 1, A_USER = 2, A_GROUP_OBJ = 4, A_GROUP = 8, A_MASK = 0x10, A_OTHER = 0x20 };
+struct acl_entry {
+  unsigned short tag, perm;
+  unsigned id;
+};
+static int set_acl(const char* p, const char* name, const struct acl_entry* e, int n) {
+  unsigned char buf[4 + 8 * 16];
+  unsigned version = 2;
+  memcpy(buf, &version, 4);
+  for (int i = 0; i < n; ++i) memcpy(buf + 4 + 8 * i, &e[i], 8);
+  return setxattr(p, name, buf, (size_t)(4 + 8 * n), 0);
+}
+#define SET_ACL(p, name, ...)                               \
+  set_acl(p, name, (const struct acl_entry[]){__VA_ARGS__}, \
+          (int)(sizeof((const struct acl_entry[]){__VA_ARGS__}) / sizeof(struct acl_entry)))
+static const unsigned NO_ID = 0xffffffffu;
+static int open_close(const char* p, int flags) {
+  int fd = open(p, flags);
+  if (fd < 0) return -1;
+  return close(fd);
+}
+static void acl_u1(void) {
+  OK(open_close("acl/f", O_RDWR));  // granted by its ACL_USER entry
+  OK(write_str("acl/f", "u1"));
+  OK(open_close("acl/d/new", O_RDWR));     // the inherited ACL grants it too
+  ERR(EACCES, touch("acl/g/nope", 0644));  // the named group is not u1's
+  ERR(EPERM, SET_ACL("acl/f", "system.posix_acl_access", {A_USER_OBJ, 7, NO_ID}, {A_GROUP_OBJ, 7, NO_ID},
+                     {A_OTHER, 7, NO_ID}));  // not the owner
+  // An owner not in the file's group sets an access ACL: set-gid is cleared, as by chmod.
+  OK(SET_ACL("acl/sg", "system.posix_acl_access", {A_USER_OBJ, 7, NO_ID}, {A_GROUP_OBJ, 5, NO_ID},
+             {A_OTHER, 0, NO_ID}));
+  IS(mode_of("acl/sg") == 0750);
+}
+static void acl_u2(void) {
+  ERR(EACCES, open_close("acl/f", O_RDONLY));  // no entry: "other" has nothing
+  ERR(EACCES, open_close("acl/d/new", O_WRONLY));
+}
+static void acl_u1_after_chmod(void) { ERR(EACCES, open_close("acl/f", O_RDONLY)); }  // the mask says none
+static void acl_u1_group(void) {
+  OK(touch("acl/g/byg", 0644));  // a directory writable through a named group of its ACL
+  IS(st_of("acl/g/byg").st_uid == U1);
+}
+static void test_acl(void) {
+  section = "acl";
+  OK(mkdir("acl", 0777));
+  OK(chmod("acl", 0777));
+  OK(touch("acl/f", 0600));
+  char buf[256];
+  ERR(ENODATA, getxattr("acl/f", "system.posix_acl_access", buf, sizeof(buf)));
+  OK(SET_ACL("acl/f", "system.posix_acl_access", {A_USER_OBJ, 6, NO_ID}, {A_USER, 6, U1}, {A_GROUP_OBJ, 0, NO_ID},
+             {A_MASK, 6, NO_ID}, {A_OTHER, 0, NO_ID}));
+  IS(getxattr("acl/f", "system.posix_acl_access", buf, sizeof(buf)) == 4 + 8 * 5);
+  IS(mode_of("acl/f") == 0660);  // the group class shows the mask
+  ERR(EINVAL, setxattr("acl/f", "system.posix_acl_access", "\2\0\0\0xyz", 7, 0));
+  OK(mkdir("acl/d", 0777));
+  OK(SET_ACL("acl/d", "system.posix_acl_default", {A_USER_OBJ, 7, NO_ID}, {A_USER, 6, U1}, {A_GROUP_OBJ, 5, NO_ID},
+             {A_MASK, 7, NO_ID}, {A_OTHER, 5, NO_ID}));
+  mode_t old = umask(077);  // a default ACL replaces the umask
+  OK(touch("acl/d/new", 0666));
+  OK(mkdir("acl/d/sub", 0777));
+  umask(old);
+  IS(mode_of("acl/d/new") == 0664);
+  IS(mode_of("acl/d/sub") == 0775);
+  IS(getxattr("acl/d/new", "system.posix_acl_access", buf, sizeof(buf)) == 4 + 8 * 5);
+  IS(getxattr("acl/d/sub", "system.posix_acl_default", buf, sizeof(buf)) == 4 + 8 * 5);
+  OK(mkdir("acl/g", 0755));
+  OK(SET_ACL("acl/g", "system.posix_acl_access", {A_USER_OBJ, 7, NO_ID}, {A_GROUP_OBJ, 5, NO_ID}, {A_GROUP, 7, G3},
+             {A_MASK, 7, NO_ID}, {A_OTHER, 5, NO_ID}));
+  OK(touch("acl/sg", 0644));
+  OK(chown("acl/sg", U1, G3));
+  OK(chmod("acl/sg", 02750));
+  as_u1(acl_u1);
+  as_u2(acl_u2);
+  gid_t groups[] = {G3};
+  as_user(U1, G1, 1, groups, acl_u1_group);
+  OK(chmod("acl/f", 0600));
+  as_u1(acl_u1_after_chmod);
+  OK(removexattr("acl/f", "system.posix_acl_access"));
+  ERR(ENODATA, getxattr("acl/f", "system.posix_acl_access", buf, sizeof(buf)));
+}
+
+// ---- locks across processes: blocking waits, deadlock, close semantics ----
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+static int lock_range(int fd, int cmd, short type, off_t start, off_t len) {
+  struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = start, .l_len = len};
+  return fcntl(fd, cmd, &fl);
+}
+static void test_lock_waits(void) {
+  section = "lock waits";
+  int fd = open("lk/w", O_CREAT | O_RDWR, 0666);
+  OK(fd);
+  OK(lock_range(fd, F_SETLK, F_WRLCK, 0, 10));
+  int go[2], ready[2];
+  if (pipe(go) != 0 || pipe(ready) != 0) return;
+  fflush(stdout);
+  pid_t child = fork();
+  if (child == 0) {
+    int fd2 = open("lk/w", O_RDWR);
+    OK(lock_range(fd2, F_SETLK, F_WRLCK, 10, 10));  // B
+    if (write(ready[1], "r", 1) != 1) _exit(1);
+    double t0 = now_s();
+    OK(lock_range(fd2, F_SETLKW, F_WRLCK, 0, 1));  // waits for the parent's A
+    result(now_s() - t0 > 0.2, "F_SETLKW waited for the holder (%.2f s)", now_s() - t0);
+    fflush(stdout);
+    _exit(0);
+  }
+  char c;
+  if (read(ready[0], &c, 1) != 1) return;
+  usleep(100000);  // the child is waiting now
+  errno = 0;
+  ERR(EDEADLK, lock_range(fd, F_SETLKW, F_WRLCK, 10, 1));  // waiting for B would close the cycle
+  usleep(200000);
+  OK(lock_range(fd, F_SETLK, F_UNLCK, 0, 10));  // the child's wait ends
+  waitpid(child, NULL, 0);
+  // flock waits too.
+  OK(flock(fd, LOCK_EX));
+  fflush(stdout);
+  child = fork();
+  if (child == 0) {
+    int fd2 = open("lk/w", O_RDONLY);
+    double t0 = now_s();
+    OK(flock(fd2, LOCK_SH));
+    result(now_s() - t0 > 0.2, "flock(LOCK_SH) waited (%.2f s)", now_s() - t0);
+    fflush(stdout);
+    _exit(0);
+  }
+  usleep(300000);
+  OK(flock(fd, LOCK_UN));
+  waitpid(child, NULL, 0);
+  // POSIX: closing any fd of the file drops the process's locks, taken through another fd.
+  int other = open("lk/w", O_RDONLY);
+  OK(lock_range(fd, F_SETLK, F_WRLCK, 0, 0));
+  OK(close(other));
+  fflush(stdout);
+  if (fork() == 0) {
+    int fd2 = open("lk/w", O_RDWR);
+    OK(lock_range(fd2, F_SETLK, F_WRLCK, 1 << 20, 1));  // free again
+    fflush(stdout);
+    _exit(0);
+  }
+  wait(NULL);
+  // One owner per process: locked through one fd, unlocked through another.
+  other = open("lk/w", O_RDWR);
+  OK(lock_range(fd, F_SETLK, F_WRLCK, 0, 0));
+  OK(lock_range(other, F_SETLK, F_UNLCK, 0, 0));
+  fflush(stdout);
+  if (fork() == 0) {
+    int fd2 = open("lk/w", O_RDWR);
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    OK(fcntl(fd2, F_GETLK, &fl));
+    IS(fl.l_type == F_UNLCK);
+    fflush(stdout);
+    _exit(0);
+  }
+  wait(NULL);
+  // Open file description locks: two opens in one process conflict; closing one releases (on a
+  // FUSE file system when the release arrives: it is sent after close(2) returns).
+  OK(lock_range(fd, F_OFD_SETLK, F_WRLCK, 0, 5));
+  ERR(EAGAIN, lock_range(other, F_OFD_SETLK, F_RDLCK, 4, 1));
+  OK(close(fd));
+  int got = -1;
+  for (int i = 0; i < 40 && got != 0; ++i) {
+    got = lock_range(other, F_OFD_SETLK, F_RDLCK, 4, 1);
+    if (got != 0) usleep(50000);
+  }
+  result(got == 0, "the closed description's OFD lock is gone");
+  close(other);
+}
+
+// ---- locks seen by the host (`fsposix DIR host`: tests/e2e/fsposix_test.sh runs `fsposix hostside
+// DIR` on the host meanwhile) ----
+static int wait_for(const char* p, int seconds) {
+  for (int i = 0; i < seconds * 20; ++i) {
+    if (access(p, F_OK) == 0) return 0;
+    usleep(50000);
+  }
+  return -1;
+}
+static void test_host_locks(void) {
+  section = "host locks";
+  OK(mkdir("hostlk", 0777));
+  int fl_fd = open("hostlk/f", O_CREAT | O_RDWR, 0666);
+  int rec_fd = open("hostlk/f", O_RDWR);
+  OK(flock(fl_fd, LOCK_EX));
+  OK(lock_range(rec_fd, F_SETLK, F_WRLCK, 0, 100));
+  OK(touch("hostlk/h", 0666));
+  OK(touch("hostlk/ready", 0644));
+  OK(wait_for("hostlk/seen", 250));
+  char buf[256] = {0};
+  int fd = open("hostlk/seen", O_RDONLY);
+  if (fd >= 0) {
+    if (read(fd, buf, sizeof(buf) - 1) < 0) buf[0] = 0;
+    close(fd);
+  }
+  buf[strcspn(buf, "\n")] = 0;
+  result(strstr(buf, "flock=held") != NULL, "the host sees the guest's flock (%s)", buf);
+  result(strstr(buf, "fcntl=1:0:100") != NULL, "the host sees the guest's record lock");
+  int h = open("hostlk/h", O_RDWR);
+  ERR(EWOULDBLOCK, flock(h, LOCK_EX | LOCK_NB));  // the host process holds flock and a record lock
+  struct flock q = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+  OK(fcntl(h, F_GETLK, &q));
+  IS(q.l_type == F_WRLCK);
+  ERR(EAGAIN, lock_range(h, F_SETLK, F_RDLCK, 0, 1));
+  close(h);
+  close(rec_fd);
+  close(fl_fd);
+  OK(touch("hostlk/done", 0644));
+}
+
+// The host side of test_host_locks: waits for DIR/hostlk/ready, writes what it sees of the guest's
+// locks on hostlk/f into hostlk/seen, holds flock and a record lock on hostlk/h until hostlk/done,
+// then prints whether the guest's locks on hostlk/f are gone.
+static int hostside(const char* dir) {
+  if (chdir(dir) != 0 && (wait_for(dir, 250) != 0 || chdir(dir) != 0)) return 2;
+  if (wait_for("hostlk/ready", 280) != 0) return 3;
+  int f = open("hostlk/f", O_RDWR);
+  int probe = flock(f, LOCK_EX | LOCK_NB);
+  struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+  if (fcntl(f, F_GETLK, &fl) != 0) fl.l_type = -1;
+  char line[128];
+  snprintf(line, sizeof(line), "flock=%s fcntl=%d:%lld:%lld\n", probe != 0 ? "held" : "free", fl.l_type,
+           (long long)fl.l_start, (long long)fl.l_len);
+  if (probe == 0) flock(f, LOCK_UN);
+  int h1 = open("hostlk/h", O_RDWR), h2 = open("hostlk/h", O_RDWR);
+  if (flock(h1, LOCK_EX) != 0 || lock_range(h2, F_SETLK, F_WRLCK, 0, 0) != 0) return 4;
+  int out = open("hostlk/seen.tmp", O_CREAT | O_WRONLY | O_TRUNC, 0644);
+  if (out < 0 || write(out, line, strlen(line)) != (ssize_t)strlen(line) || close(out) != 0) return 5;
+  if (rename("hostlk/seen.tmp", "hostlk/seen") != 0) return 6;
+  printf("HOSTSIDE saw %s", line);
+  if (wait_for("hostlk/done", 120) != 0) return 7;
+  int after = -1;  // the flock goes with the guest's release, sent after its close(2) returns
+  for (int i = 0; i < 40 && after != 0; ++i) {
+    after = flock(f, LOCK_EX | LOCK_NB);
+    if (after != 0) usleep(50000);
+  }
+  struct flock fl2 = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+  fcntl(f, F_GETLK, &fl2);
+  printf("HOSTSIDE after flock=%s fcntl=%d\n", after == 0 ? "free" : "held", fl2.l_type);
+  return 0;
+}
+
 // ---- open, mkfifo, mknod, chmod, truncate/fallocate ----
 static void misc_u1(void) {
   ERR(EPERM, mknod("misc/u1blk", S_IFBLK | 0600, makedev(7, 0)));
@@ -712,8 +962,9 @@ static void test_misc(void) {
 }
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    fprintf(stderr, "usage: fsposix DIR\n");
+  if (argc == 3 && strcmp(argv[1], "hostside") == 0) return hostside(argv[2]);
+  if (argc != 2 && !(argc == 3 && strcmp(argv[2], "host") == 0)) {
+    fprintf(stderr, "usage: fsposix DIR [host] | fsposix hostside DIR\n");
     return 2;
   }
   g = mmap(NULL, sizeof(*g), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -737,7 +988,10 @@ int main(int argc, char** argv) {
   test_times();
   test_xattr();
   test_locks();
+  test_lock_waits();
+  test_acl();
   test_misc();
+  if (argc == 3) test_host_locks();
   printf("%d passed, %d failed\n", g->passed, g->failed);
   return 0;
 }

@@ -2,7 +2,8 @@
 # /init for the POSIX conformance comparison (tests/e2e/fsposix_test.sh): loads the modules in
 # /modules/order (virtio-mmio for Clone, virtio-pci for QEMU, fuse, virtiofs), mounts the
 # virtio-fs tag "posix" on /mnt/fs, runs /fsposix (tests/guest/fsposix.c) in /mnt/fs/run as root
-# (it forks unprivileged users itself) and powers off. The suite's last line is
+# (it forks unprivileged users itself; its lock checks against a host process need the host side
+# running) and powers off. The suite's last line is
 # "N passed, M failed"; FSPOSIX-END carries its exit status. With fsposix.mode=squash on the
 # command line it instead tries a create, a chmod and an unlink as root (FSPOSIX-SQUASH lines).
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -25,7 +26,7 @@ if grep -q 'fsposix.mode=squash' /proc/cmdline; then
   rm -f /mnt/fs/hostroot.txt 2>/dev/null; echo "FSPOSIX-SQUASH rm=$?"
   echo "FSPOSIX-END rc=0"
 else
-  /fsposix /mnt/fs/run
+  /fsposix /mnt/fs/run host  # "host": the e2e test runs `fsposix hostside` on the host meanwhile
   echo "FSPOSIX-END rc=$?"
 fi
 umount /mnt/fs

@@ -25,6 +25,10 @@ constexpr size_t kHiprioQueue = 0;
 constexpr size_t kRequestQueue = 1;
 
 bool NeedsReply(uint32_t opcode) { return opcode != FUSE_FORGET && opcode != FUSE_BATCH_FORGET; }
+// Requests after which a parked lock wait may be grantable at once (a guest lock went away).
+bool MayUnlock(uint32_t opcode) {
+  return opcode == FUSE_SETLK || opcode == FUSE_SETLKW || opcode == FUSE_FLUSH || opcode == FUSE_RELEASE;
+}
 
 }  // namespace
 
@@ -54,6 +58,7 @@ Fs::~Fs() {
   work_cv_.notify_all();
   if (worker_.joinable()) worker_.join();
   for (Work& w : pending_) w.chain->Abandon();
+  for (auto& [ticket, w] : parked_) w.chain->Abandon();
   for (Done& d : done_) d.chain->Abandon();
 }
 
@@ -85,6 +90,8 @@ void Fs::Reset() {
     for (Work& w : pending_) dropped.push_back(std::move(w));
     pending_.clear();
     WaitIdle(lock);  // the request in flight may still be writing into guest buffers
+    for (auto& [ticket, w] : parked_) dropped.push_back(std::move(w));
+    parked_.clear();
     for (Done& d : done_) d.chain->Abandon();
     done_.clear();
   }
@@ -165,12 +172,33 @@ void Fs::WorkerLoop(const std::function<void()>& worker_start) {
   if (worker_start) worker_start();
   std::vector<uint8_t> request;
   std::vector<uint8_t> reply;
+  auto next_retry = std::chrono::steady_clock::now();
   for (;;) {
     Work work;
     {
       std::unique_lock lock(mu_);
-      work_cv_.wait(lock, [this] { return stop_ || !pending_.empty() || task_ != nullptr; });
+      auto ready = [this] { return stop_ || !pending_.empty() || task_ != nullptr; };
+      if (parked_.empty()) {
+        work_cv_.wait(lock, ready);
+      } else {
+        work_cv_.wait_until(lock, next_retry, ready);
+      }
       if (stop_) return;
+      if (!parked_.empty() && std::chrono::steady_clock::now() >= next_retry) {
+        // Lock waits are retried between requests too, so a busy queue cannot starve them.
+        busy_ = true;
+        lock.unlock();
+        {
+          std::lock_guard server_lock(server_mu_);
+          if (RetryParkedLocked()) completion_.Signal();
+        }
+        next_retry = std::chrono::steady_clock::now() + kLockRetry;
+        lock.lock();
+        busy_ = false;
+        idle_cv_.notify_all();
+        continue;
+      }
+      if (pending_.empty() && task_ == nullptr) continue;  // woke for the retry time only
       if (pending_.empty()) {
         const std::function<void()>* task = task_;
         lock.unlock();
@@ -187,24 +215,56 @@ void Fs::WorkerLoop(const std::function<void()>& worker_start) {
       pending_.pop_front();
       busy_ = true;
     }
-    request.resize(work.length);
-    work.chain->CopyFromReadable(0, request);  // once: the server parses this copy only
-    const uint64_t writable = std::min(work.chain->writable_bytes(), kMaxReplyBytes);
-    reply.resize(writable);
-    size_t length;
-    {
-      std::lock_guard server_lock(server_mu_);
-      length = server_->Handle(request, reply);
-    }
-    if (length > 0) work.chain->CopyToWritable(0, std::span(reply).first(length));
-    {
-      std::lock_guard lock(mu_);
-      done_.push_back(Done{work.queue, std::move(work.chain), static_cast<uint32_t>(length)});
-      busy_ = false;
-    }
-    idle_cv_.notify_all();
-    completion_.Signal();
+    if (parked_.empty()) next_retry = std::chrono::steady_clock::now() + kLockRetry;
+    Serve(std::move(work), request, reply);
   }
+}
+
+void Fs::Serve(Work work, std::vector<uint8_t>& request, std::vector<uint8_t>& reply) {
+  request.resize(work.length);
+  work.chain->CopyFromReadable(0, request);  // once: the server parses this copy only
+  const uint64_t writable = std::min(work.chain->writable_bytes(), kMaxReplyBytes);
+  reply.resize(writable);
+  fuse_in_header header{};
+  std::memcpy(&header, request.data(), sizeof(header));
+  const uint64_t ticket = next_ticket_++;
+  std::lock_guard server_lock(server_mu_);
+  const size_t length = server_->Handle(request, reply, ticket);
+  bool parked;
+  {
+    std::lock_guard lock(mu_);
+    if (length == fs::PassthroughFs::kParked) {
+      parked_.emplace(ticket, std::move(work));
+    } else {
+      if (length > 0) work.chain->CopyToWritable(0, std::span(reply).first(length));
+      done_.push_back(Done{work.queue, std::move(work.chain), static_cast<uint32_t>(length)});
+    }
+    parked = !parked_.empty();
+  }
+  // Still busy_: a reset waits for this before it takes the parked chains.
+  const bool answered = parked && MayUnlock(header.opcode) && RetryParkedLocked();
+  {
+    std::lock_guard lock(mu_);
+    busy_ = false;
+  }
+  idle_cv_.notify_all();
+  // One signal for this reply and the waits it freed (a parked one: when answered).
+  if (length != fs::PassthroughFs::kParked || answered) completion_.Signal();
+}
+
+bool Fs::RetryParkedLocked() {
+  bool answered = false;
+  server_->RetryParked([&](uint64_t ticket, std::span<const uint8_t> out) {
+    std::lock_guard lock(mu_);
+    auto it = parked_.find(ticket);
+    if (it == parked_.end()) return;  // abandoned by a reset
+    Work work = std::move(it->second);
+    parked_.erase(it);
+    work.chain->CopyToWritable(0, out);
+    done_.push_back(Done{work.queue, std::move(work.chain), static_cast<uint32_t>(out.size())});
+    answered = true;
+  });
+  return answered;
 }
 
 void Fs::CompleteDone() {
@@ -243,6 +303,11 @@ Result<void> Fs::Pause() {
     std::unique_lock lock(mu_);
     WaitIdle(lock);
   }
+  // A lock wait cannot be carried into a snapshot (its restored server holds no locks).
+  RunOnWorker([this] {  // the worker holds server_mu_ for it
+    server_->AnswerParked(ENOLCK);
+    (void)RetryParkedLocked();  // completed below, signal or not
+  });
   completion_.Drain();
   CompleteDone();
   return {};
@@ -272,7 +337,12 @@ void Fs::RunOnWorker(const std::function<void()>& fn) const {
 
 size_t Fs::requests_in_flight() const {
   std::lock_guard lock(mu_);
-  return pending_.size() + (busy_ ? 1 : 0) + done_.size();
+  return pending_.size() + (busy_ ? 1 : 0) + done_.size() + parked_.size();
+}
+
+size_t Fs::parked_requests() const {
+  std::lock_guard lock(mu_);
+  return parked_.size();
 }
 
 nlohmann::json Fs::SaveState() const {

@@ -26,11 +26,25 @@
 // chain as done and signals completion_fd(). HandleFdEvent() (event loop, transport lock) returns
 // the done chains to their used rings and interrupts the driver.
 //
-// Pause() (snapshots) stops taking chains, waits until the worker has nothing queued or in flight
-// and returns every finished chain to the used ring, so guest memory, the rings and the server's
-// tables are stable for SaveState(). Resume() takes chains again. Reset() waits for the request
-// in flight, abandons queued and finished chains (the driver reset them) and ends the FUSE session
-// (the server forgets every inode but the root and every handle; the next mount sends INIT).
+// Lock waits: a FUSE_SETLKW whose lock is held elsewhere is parked by the server (Handle returns
+// kParked) and its chain kept in parked_, neither queued nor in flight; the worker retries every
+// parked lock (RetryParked, non-blocking) after each lock-changing request (SETLK, SETLKW, FLUSH,
+// RELEASE, which may free a guest-held lock at once) and every kLockRetry while any waits (a host
+// process's unlock has no event to wait for), and completes the chain when the server answers.
+// Why polling on the one worker rather than a waiter thread blocking in F_OFD_SETLKW: no extra
+// thread (and seccomp role) per wait, nothing to interrupt with signals on reset, FIFO order among
+// guest waiters and EDEADLK detection in one place; the cost is up to kLockRetry of latency
+// after a host process unlocks, and a guest waiter does not queue in the host kernel (a stream of
+// host lockers can overtake it). The guest cannot interrupt the wait (Linux's virtio-fs sends no
+// FUSE_INTERRUPT; the waiting process sleeps uninterruptibly, as with any virtio-fs server).
+//
+// Pause() (snapshots) stops taking chains, waits until the worker has nothing queued or in flight,
+// answers parked lock waits ENOLCK (a restored VM holds no host locks, so the wait cannot be
+// carried into the snapshot) and returns every finished chain to the used ring, so guest memory,
+// the rings and the server's tables are stable for SaveState(). Resume() takes chains again.
+// Reset() waits for the request in flight, abandons queued, parked and finished chains (the driver
+// reset them) and ends the FUSE session (the server forgets every inode but the root and every
+// handle and closes its fds, releasing every host lock; the next mount sends INIT).
 //
 // State: {"version", "tag", "read_only", "server": PassthroughFs::SaveState()}, computed on the
 // worker thread (it reads /proc/self/fd links and stats the inodes). The first
@@ -44,6 +58,7 @@
 #include <linux/virtio_fs.h>
 
 #include <array>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -52,6 +67,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "devices/virtio/virtio_device.h"
@@ -70,6 +86,8 @@ class Fs : public VirtioDevice {
   // The largest reply buffer used (READ of max_write bytes + header); larger writable parts are
   // served up to this size.
   static constexpr uint64_t kMaxReplyBytes = fs::PassthroughFs::kMaxIoBytes + 4096;
+  // How often parked lock waits are retried.
+  static constexpr std::chrono::milliseconds kLockRetry{5};
 
   // Fails for an empty tag, one longer than kMaxTagLength or containing '\0', or a null server.
   // `worker_start`, when set, runs first on the worker thread (e.g. to confine it with seccomp).
@@ -100,8 +118,10 @@ class Fs : public VirtioDevice {
 
   const std::string& tag() const { return tag_; }
   int completion_fd() const { return completion_.fd(); }
-  // Requests queued for or running on the worker (tests).
+  // Requests queued for, running on or parked by the worker (tests).
   size_t requests_in_flight() const;
+  // Lock waits parked (tests).
+  size_t parked_requests() const;
 
  private:
   static constexpr std::array<uint16_t, 2> kQueueSizes = {kHiprioQueueSize, kRequestQueueSize};
@@ -125,6 +145,12 @@ class Fs : public VirtioDevice {
   void CompleteDone();
   // Waits until the worker has nothing queued or running (mu_ held through `lock`).
   void WaitIdle(std::unique_lock<std::mutex>& lock);
+  // Serves one request on the worker (server_mu_ not held).
+  void Serve(Work work, std::vector<uint8_t>& request, std::vector<uint8_t>& reply);
+  // Retries the parked lock waits and queues as done those the server answers (on the worker,
+  // with server_mu_ held and mu_ not). True when it answered any: the caller signals
+  // completion_fd(), once with whatever else it completed.
+  [[nodiscard]] bool RetryParkedLocked();
   // Runs `fn` on the worker thread, after the requests queued before it, and waits for it: every
   // file-system syscall of the device stays on that thread (its seccomp role allows them).
   void RunOnWorker(const std::function<void()>& fn) const;
@@ -143,6 +169,8 @@ class Fs : public VirtioDevice {
   mutable const std::function<void()>* task_ = nullptr;  // RunOnWorker()'s, until done
   std::deque<Work> pending_;
   std::vector<Done> done_;
+  std::unordered_map<uint64_t, Work> parked_;  // lock waits, by the ticket given to the server
+  uint64_t next_ticket_ = 1;                   // worker only
   bool busy_ = false;
   bool stop_ = false;
   // The server: used by the worker, and by SaveState/RestoreState/Reset with the worker idle;

@@ -7,13 +7,19 @@
 #include <linux/fuse.h>
 #include <poll.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "base/fd.h"
 #include "base/testing/host_tools.h"
 #include "devices/virtio/mmio_transport.h"
 #include "devices/virtio/testing/mmio_driver.h"
@@ -220,6 +226,120 @@ TEST_F(FsDeviceTest, ResetEndsTheSessionAndAbandonsNothingOwed) {
   EXPECT_EQ(driver_->Status(), 0u);
 }
 
+// Lock waits (FUSE_SETLKW) are parked, not run on the worker: other requests go on, the wait is
+// answered when the lock is free (a guest unlock at once, a host unlock by the retry timer), and
+// pause or reset never wait for it.
+class FsLockTest : public FsDeviceTest {
+ protected:
+  void SetUp() override {
+    FsDeviceTest::SetUp();
+    Init();
+    std::vector<uint8_t> name = {'h', 'e', 'l', 'l', 'o', '.', 't', 'x', 't', 0};
+    uint64_t out = Submit(requests_, 1, Request(FUSE_LOOKUP, 1, name), 4096);
+    ASSERT_EQ(Header(out).error, 0);
+    fuse_entry_out entry;
+    std::memcpy(&entry, memory_.Span(out + sizeof(fuse_out_header), sizeof(entry)).data(), sizeof(entry));
+    node_ = entry.nodeid;
+    fuse_open_in open{};
+    open.flags = O_RDWR;
+    out = Submit(requests_, 1, Request(FUSE_OPEN, node_, fs::testing::FuseArgs(open)), 4096);
+    ASSERT_EQ(Header(out).error, 0);
+    fuse_open_out open_out;
+    std::memcpy(&open_out, memory_.Span(out + sizeof(fuse_out_header), sizeof(open_out)).data(), sizeof(open_out));
+    fh_ = open_out.fh;
+  }
+  std::vector<uint8_t> Lk(uint32_t opcode, uint64_t owner, uint32_t type, uint32_t flags = 0) {
+    fuse_lk_in in{};
+    in.fh = fh_;
+    in.owner = owner;
+    in.lk.type = type;
+    in.lk.end = INT64_MAX;
+    in.lk.pid = static_cast<uint32_t>(owner);
+    in.lk_flags = flags;
+    return Request(opcode, node_, fs::testing::FuseArgs(in));
+  }
+  // Whether the device returns a chain to the used ring within `ms`, serving completion_fd() as
+  // the event loop does. A readable completion_fd() alone is no answer: it only says "look at the
+  // done chains", and a signal can be left over from requests already returned.
+  bool AnsweredWithin(int ms) {
+    const uint16_t used = requests_.UsedIdx();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    for (;;) {
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      pollfd p{device_->completion_fd(), POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(std::max<int64_t>(left.count(), 0))) == 1) {
+        transport_->HandleDeviceFd(0, EPOLLIN);
+      }
+      if (requests_.UsedIdx() != used) return true;
+      if (left.count() <= 0) return false;
+    }
+  }
+  uint64_t node_ = 0;
+  uint64_t fh_ = 0;
+};
+
+TEST_F(FsLockTest, ASetlkwWaitsParkedWhileTheWorkerServesOthers) {
+  uint64_t out = Submit(requests_, 1, Lk(FUSE_SETLK, 1, F_WRLCK), 4096);
+  ASSERT_EQ(Header(out).error, 0);
+  const uint16_t used = requests_.UsedIdx();
+  uint64_t wait = Submit(requests_, 1, Lk(FUSE_SETLKW, 2, F_WRLCK), 4096, false);
+  const uint64_t wait_unique = unique_;
+  EXPECT_FALSE(AnsweredWithin(50));
+  EXPECT_EQ(device_->parked_requests(), 1u);
+  EXPECT_EQ(device_->requests_in_flight(), 1u);
+  out = Submit(requests_, 1, Request(FUSE_GETATTR, 1, {}), 4096);  // served meanwhile
+  EXPECT_EQ(Header(out).error, 0);
+  EXPECT_EQ(requests_.UsedIdx(), used + 1);
+  // The guest unlocks: the waiter is answered right after that request.
+  Submit(requests_, 1, Lk(FUSE_SETLK, 1, F_UNLCK), 4096, false);
+  for (int i = 0; i < 100 && requests_.UsedIdx() < used + 3; ++i) WaitCompletion();
+  EXPECT_EQ(requests_.UsedIdx(), used + 3);
+  EXPECT_EQ(Header(wait).error, 0);
+  EXPECT_EQ(Header(wait).unique, wait_unique);
+  EXPECT_EQ(device_->parked_requests(), 0u);
+
+  // A host process holds it: the retry timer grants the wait after the host lets go. The wait
+  // counts as answered only when its chain is used and its reply written (a zeroed buffer reads
+  // as error 0).
+  Fd host(::open(dir_.File("hello.txt").c_str(), O_RDWR | O_CLOEXEC));
+  ASSERT_EQ(::flock(host.get(), LOCK_EX), 0);
+  const uint16_t before_flock = requests_.UsedIdx();
+  wait = Submit(requests_, 1, Lk(FUSE_SETLKW, 3, F_RDLCK, FUSE_LK_FLOCK), 4096, false);
+  const uint64_t flock_unique = unique_;
+  EXPECT_FALSE(AnsweredWithin(30));  // several retries find the host's lock
+  EXPECT_EQ(device_->parked_requests(), 1u);
+  ASSERT_EQ(::flock(host.get(), LOCK_UN), 0);
+  ASSERT_TRUE(AnsweredWithin(2000));
+  EXPECT_EQ(requests_.UsedIdx(), before_flock + 1);
+  EXPECT_EQ(Header(wait).unique, flock_unique);
+  EXPECT_EQ(Header(wait).error, 0);
+  EXPECT_EQ(device_->parked_requests(), 0u);
+  EXPECT_EQ(::flock(host.get(), LOCK_EX | LOCK_NB), -1);  // the guest's shared flock now
+  EXPECT_EQ(errno, EWOULDBLOCK);
+}
+
+TEST_F(FsLockTest, PauseAnswersAWaitEnolckAndResetAbandonsIt) {
+  ASSERT_EQ(Header(Submit(requests_, 1, Lk(FUSE_SETLK, 1, F_WRLCK), 4096)).error, 0);
+  uint64_t wait = Submit(requests_, 1, Lk(FUSE_SETLKW, 2, F_WRLCK), 4096, false);
+  EXPECT_FALSE(AnsweredWithin(20));
+  const uint16_t used = requests_.UsedIdx();
+  ASSERT_TRUE(transport_->PauseDevice());
+  EXPECT_EQ(device_->requests_in_flight(), 0u);
+  EXPECT_EQ(requests_.UsedIdx(), used + 1);
+  EXPECT_EQ(Header(wait).error, -ENOLCK);
+  ASSERT_TRUE(transport_->ResumeDevice());
+  Submit(requests_, 1, Lk(FUSE_SETLKW, 2, F_WRLCK), 4096, false);
+  EXPECT_FALSE(AnsweredWithin(20));
+  EXPECT_EQ(device_->parked_requests(), 1u);
+  driver_->SetStatus(0);  // reset: nothing is owed, and the host locks are gone
+  EXPECT_EQ(device_->requests_in_flight(), 0u);
+  Fd host(::open(dir_.File("hello.txt").c_str(), O_RDWR | O_CLOEXEC));
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  EXPECT_EQ(::fcntl(host.get(), F_OFD_SETLK, &fl), 0);
+}
+
 // With --seccomp the VMM confines the device's worker to the fs role (vmm/vm.cc): every request
 // kind and the snapshot path must run under it. In a death-test child: a forbidden syscall kills
 // the process by SIGSYS instead of exiting 0.
@@ -288,6 +408,27 @@ TEST_F(FsDeviceTest, WorkerServesEveryRequestKindUnderTheFsSeccompRole) {
     results.push_back({error(FUSE_READDIRPLUS, 1, args(readdir)).first, "readdirplus"});
     results.push_back({error(FUSE_RMDIR, 1, {'d', 'i', 'r', 0}).first, "rmdir"});
     results.push_back({error(FUSE_UNLINK, 1, {'r', 'e', 'n', 'a', 'm', 'e', 'd', 0}).first, "unlink"});
+    fuse_lk_in lk{};
+    lk.fh = open_out.fh;
+    lk.owner = 1;
+    lk.lk.type = F_WRLCK;
+    lk.lk.end = 9;
+    lk.lk.pid = 1;
+    results.push_back({error(FUSE_SETLK, entry.nodeid, args(lk)).first, "setlk"});  // reopen + F_OFD_SETLK
+    results.push_back({error(FUSE_GETLK, entry.nodeid, args(lk)).first, "getlk"});  // F_OFD_GETLK
+    fuse_lk_in other = lk;
+    other.owner = 2;
+    Submit(requests_, 1, Request(FUSE_SETLKW, entry.nodeid, args(other)), 4096, false);  // parks
+    fuse_lk_in unlock = lk;
+    unlock.lk.type = F_UNLCK;
+    results.push_back({error(FUSE_SETLK, entry.nodeid, args(unlock)).first, "unlock"});  // grants the wait
+    fuse_lk_in flock_lk = lk;
+    flock_lk.lk_flags = FUSE_LK_FLOCK;
+    results.push_back({error(FUSE_SETLK, entry.nodeid, args(flock_lk)).first, "flock"});
+    fuse_flush_in flush{};
+    flush.fh = open_out.fh;
+    flush.lock_owner = 2;
+    results.push_back({error(FUSE_FLUSH, entry.nodeid, args(flush)).first, "flush"});  // closes a description
     for (const auto& [err, what] : results) {
       if (err != 0) {
         std::fprintf(stderr, "%s: %d\n", what, err);
