@@ -23,6 +23,8 @@
 #include <optional>
 #include <vector>
 
+#include "base/json.h"
+
 namespace clonevm::fs {
 namespace {
 
@@ -1510,100 +1512,93 @@ nlohmann::json PassthroughFs::SaveState() const {
 }
 
 Result<void> PassthroughFs::RestoreState(const nlohmann::json& state) {
-  try {
-    if (!state.is_object()) return Fail("virtio-fs state is not an object");
-    int version = state.at("version").get<int>();
-    if (version < 1 || version > kStateVersion) return Fail("virtio-fs state version {} is not supported", version);
-    bool initialized = state.at("initialized").get<bool>();
-    uint32_t minor = state.at("minor").get<uint32_t>();
-    uint32_t init_flags = state.at("init_flags").get<uint32_t>();
-    uint32_t max_write = state.at("max_write").get<uint32_t>();
-    uint64_t next_nodeid = state.at("next_nodeid").get<uint64_t>();
-    uint64_t next_fh = state.at("next_fh").get<uint64_t>();
-    if (initialized && (minor > kOurMinor || max_write > options_.max_write || max_write == 0)) {
-      return Fail("virtio-fs state: minor {} / max_write {} exceed this server's {} / {}", minor, max_write, kOurMinor,
-                  options_.max_write);
-    }
-    const auto& inodes = state.at("inodes");
-    const auto& handles = state.at("handles");
-    if (!inodes.is_array() || !handles.is_array() || inodes.size() > kMaxInodes || handles.size() > kMaxHandles) {
-      return Fail("virtio-fs state: bad inode or handle table");
-    }
-    std::unordered_map<uint64_t, Inode> new_inodes;
-    std::map<std::pair<dev_t, ino_t>, uint64_t> new_by_host;
-    size_t stale = 0;
-    for (const auto& entry : inodes) {
-      uint64_t nodeid = entry.at("nodeid").get<uint64_t>();
-      uint64_t lookups = entry.at("lookups").get<uint64_t>();
-      if (nodeid == 0 || nodeid >= next_nodeid || new_inodes.count(nodeid) != 0) {
-        return Fail("virtio-fs state: bad or duplicate nodeid {}", nodeid);
-      }
-      Inode inode;
-      inode.lookups = lookups;
-      if (entry.contains("path")) {
-        std::string path = entry.at("path").get<std::string>();
-        long fd;
-        if (path.empty()) {
-          fd = ::openat(root_fd_.get(), ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
-        } else {
-          fd = OpenAt2(root_fd_.get(), path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC,
-                       RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
-        }
-        if (fd >= 0) {
-          inode.fd.reset(static_cast<int>(fd));
-          struct stat st {};
-          if (StatFd(inode.fd.get(), &st) == 0) {
-            inode.dev = st.st_dev;
-            inode.ino = st.st_ino;
-            inode.type = st.st_mode & S_IFMT;
-            new_by_host.emplace(std::make_pair(st.st_dev, st.st_ino), nodeid);
-          } else {
-            inode.fd.reset();
-          }
-        }
-      }
-      if (nodeid == kRootNodeId && !inode.fd) return Fail("virtio-fs state: the shared root cannot be reopened");
-      if (!inode.fd) ++stale;
-      new_inodes.emplace(nodeid, std::move(inode));
-    }
-    if (new_inodes.count(kRootNodeId) == 0) return Fail("virtio-fs state: no root inode");
-    std::unordered_map<uint64_t, OpenFile> new_handles;
-    for (const auto& entry : handles) {
-      uint64_t fh = entry.at("fh").get<uint64_t>();
-      OpenFile handle;
-      handle.nodeid = entry.at("nodeid").get<uint64_t>();
-      handle.flags = entry.at("flags").get<uint32_t>();
-      handle.dir = entry.at("dir").get<bool>();
-      if (fh == 0 || fh >= next_fh || new_handles.count(fh) != 0)
-        return Fail("virtio-fs state: bad or duplicate fh {}", fh);
-      auto inode = new_inodes.find(handle.nodeid);
-      if (inode == new_inodes.end()) return Fail("virtio-fs state: fh {} names unknown nodeid {}", fh, handle.nodeid);
-      if (inode->second.fd) {
-        int flags = handle.dir ? O_RDONLY | O_DIRECTORY
-                               : static_cast<int>(handle.flags) & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_PATH);
-        if (options_.read_only && !handle.dir && (flags & O_ACCMODE) != O_RDONLY) {
-          flags = (flags & ~O_ACCMODE) | O_RDONLY;  // writes through it answer EROFS anyway
-        }
-        if (auto fd = ReopenInode(inode->second, flags)) handle.fd = std::move(*fd);
-      }
-      if (!handle.fd) ++stale;
-      new_handles.emplace(fh, std::move(handle));
-    }
-    inodes_ = std::move(new_inodes);
-    by_host_inode_ = std::move(new_by_host);
-    handles_ = std::move(new_handles);
-    lock_owners_.clear();  // a restored server holds no locks (none are in the state)
-    initialized_ = initialized;
-    minor_ = minor;
-    init_flags_ = init_flags;
-    max_write_ = max_write;
-    next_nodeid_ = next_nodeid;
-    next_fh_ = next_fh;
-    stale_entries_ = stale;
-    return {};
-  } catch (const nlohmann::json::exception& e) {
-    return Fail("restoring virtio-fs: {}", e.what());
+  JsonReader in(state, "server");
+  CLONE_TRY(in.Version(kStateVersion, "virtio-fs"));
+  bool initialized = CLONE_TRY(in.Bool("initialized"));
+  auto minor = CLONE_TRY(in.Uint<uint32_t>("minor"));
+  auto init_flags = CLONE_TRY(in.Uint<uint32_t>("init_flags"));
+  auto max_write = CLONE_TRY(in.Uint<uint32_t>("max_write"));
+  auto next_nodeid = CLONE_TRY(in.Uint("next_nodeid"));
+  auto next_fh = CLONE_TRY(in.Uint("next_fh"));
+  if (initialized && (minor > kOurMinor || max_write > options_.max_write || max_write == 0)) {
+    return Fail("virtio-fs state: minor {} / max_write {} exceed this server's {} / {}", minor, max_write, kOurMinor,
+                options_.max_write);
   }
+  if (!in.Has("inodes")) return Fail("virtio-fs state: no inode table");
+  std::vector<JsonReader> inodes = CLONE_TRY(in.Array("inodes", kMaxInodes));
+  std::vector<JsonReader> handles = CLONE_TRY(in.Array("handles", kMaxHandles));
+  std::unordered_map<uint64_t, Inode> new_inodes;
+  std::map<std::pair<dev_t, ino_t>, uint64_t> new_by_host;
+  size_t stale = 0;
+  for (const auto& entry : inodes) {
+    auto nodeid = CLONE_TRY(entry.Uint("nodeid"));
+    auto lookups = CLONE_TRY(entry.Uint("lookups"));
+    if (nodeid == 0 || nodeid >= next_nodeid || new_inodes.count(nodeid) != 0) {
+      return Fail("virtio-fs state: bad or duplicate nodeid {}", nodeid);
+    }
+    Inode inode;
+    inode.lookups = lookups;
+    if (std::optional<std::string> path_field = CLONE_TRY(entry.OptString("path", PATH_MAX))) {
+      const std::string& path = *path_field;
+      long fd;
+      if (path.empty()) {
+        fd = ::openat(root_fd_.get(), ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+      } else {
+        fd = OpenAt2(root_fd_.get(), path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC,
+                     RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+      }
+      if (fd >= 0) {
+        inode.fd.reset(static_cast<int>(fd));
+        struct stat st {};
+        if (StatFd(inode.fd.get(), &st) == 0) {
+          inode.dev = st.st_dev;
+          inode.ino = st.st_ino;
+          inode.type = st.st_mode & S_IFMT;
+          new_by_host.emplace(std::make_pair(st.st_dev, st.st_ino), nodeid);
+        } else {
+          inode.fd.reset();
+        }
+      }
+    }
+    if (nodeid == kRootNodeId && !inode.fd) return Fail("virtio-fs state: the shared root cannot be reopened");
+    if (!inode.fd) ++stale;
+    new_inodes.emplace(nodeid, std::move(inode));
+  }
+  if (new_inodes.count(kRootNodeId) == 0) return Fail("virtio-fs state: no root inode");
+  std::unordered_map<uint64_t, OpenFile> new_handles;
+  for (const auto& entry : handles) {
+    auto fh = CLONE_TRY(entry.Uint("fh"));
+    OpenFile handle;
+    handle.nodeid = CLONE_TRY(entry.Uint("nodeid"));
+    handle.flags = CLONE_TRY(entry.Uint<uint32_t>("flags"));
+    handle.dir = CLONE_TRY(entry.Bool("dir"));
+    if (fh == 0 || fh >= next_fh || new_handles.count(fh) != 0)
+      return Fail("virtio-fs state: bad or duplicate fh {}", fh);
+    auto inode = new_inodes.find(handle.nodeid);
+    if (inode == new_inodes.end()) return Fail("virtio-fs state: fh {} names unknown nodeid {}", fh, handle.nodeid);
+    if (inode->second.fd) {
+      int flags = handle.dir ? O_RDONLY | O_DIRECTORY
+                             : static_cast<int>(handle.flags) & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_PATH);
+      if (options_.read_only && !handle.dir && (flags & O_ACCMODE) != O_RDONLY) {
+        flags = (flags & ~O_ACCMODE) | O_RDONLY;  // writes through it answer EROFS anyway
+      }
+      if (auto fd = ReopenInode(inode->second, flags)) handle.fd = std::move(*fd);
+    }
+    if (!handle.fd) ++stale;
+    new_handles.emplace(fh, std::move(handle));
+  }
+  inodes_ = std::move(new_inodes);
+  by_host_inode_ = std::move(new_by_host);
+  handles_ = std::move(new_handles);
+  lock_owners_.clear();  // a restored server holds no locks (none are in the state)
+  initialized_ = initialized;
+  minor_ = minor;
+  init_flags_ = init_flags;
+  max_write_ = max_write;
+  next_nodeid_ = next_nodeid;
+  next_fh_ = next_fh;
+  stale_entries_ = stale;
+  return {};
 }
 
 }  // namespace clonevm::fs

@@ -1011,17 +1011,31 @@ fuse_lk_in Lk(uint64_t fh, uint64_t owner, uint32_t type, uint64_t start, uint64
 }
 constexpr uint64_t kEof = INT64_MAX;  // OFFSET_MAX: "to the end of the file"
 
-// What a host process sees: F_OFD_GETLK through its own open of the file.
-struct flock HostProbe(const stdfs::path& p, short type, off_t start, off_t len) {
+struct flock HostRange(short type, off_t start, off_t len) {
   struct flock fl {};
   fl.l_type = type;
   fl.l_whence = SEEK_SET;
   fl.l_start = start;
   fl.l_len = len;
+  return fl;
+}
+
+// What a host process sees: F_OFD_GETLK through its own open of the file.
+struct flock HostProbe(const stdfs::path& p, short type, off_t start, off_t len) {
+  struct flock fl = HostRange(type, start, len);
   Fd fd(::open(p.c_str(), O_RDWR | O_CLOEXEC));
   EXPECT_TRUE(fd);
   EXPECT_EQ(::fcntl(fd.get(), F_OFD_GETLK, &fl), 0);
   return fl;
+}
+
+// A host process's lock: its own open of the file holding an OFD lock (closing it drops the lock).
+Fd HostLock(const stdfs::path& p, short type, off_t start, off_t len) {
+  Fd fd(::open(p.c_str(), O_RDWR | O_CLOEXEC));
+  struct flock fl = HostRange(type, start, len);
+  EXPECT_TRUE(fd);
+  EXPECT_EQ(::fcntl(fd.get(), F_OFD_SETLK, &fl), 0);
+  return fd;
 }
 
 class LockTest : public FsTest {
@@ -1096,13 +1110,7 @@ TEST_F(LockTest, PosixLocksAreHostOfdLocksOwnedPerGuestOwner) {
   EXPECT_EQ(SetLk(Lk(fh2, a, F_UNLCK, 5, 9)).error, 0);
   EXPECT_EQ(SetLk(Lk(fh_, b, F_WRLCK, 5, 9, 200)).error, 0);
   // A host lock: the guest sees it (pid 0: a host pid means nothing there) and cannot take it.
-  Fd host_fd(::open(path().c_str(), O_RDWR | O_CLOEXEC));
-  struct flock mine {};
-  mine.l_type = F_WRLCK;
-  mine.l_whence = SEEK_SET;
-  mine.l_start = 12;
-  mine.l_len = 2;
-  ASSERT_EQ(::fcntl(host_fd.get(), F_OFD_SETLK, &mine), 0);
+  Fd host_fd = HostLock(path(), F_WRLCK, 12, 2);
   out = GetLk(Lk(fh_, b, F_RDLCK, 10, 15)).As<fuse_lk_out>();
   EXPECT_EQ(out.lk.type, static_cast<uint32_t>(F_WRLCK));
   EXPECT_EQ(out.lk.start, 12u);
@@ -1157,13 +1165,7 @@ TEST_F(LockTest, SetlkwParksAndIsAnsweredWhenTheLockIsFree) {
   EXPECT_EQ(fs_->parked_count(), 0u);
   EXPECT_EQ(HostProbe(path(), F_RDLCK, 0, 1).l_type, F_WRLCK);  // granted: owner 2 holds it
   // A host holder: parked until the host unlocks.
-  Fd host(::open(path().c_str(), O_RDWR | O_CLOEXEC));
-  struct flock fl {};
-  fl.l_type = F_WRLCK;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = 100;
-  fl.l_len = 1;
-  ASSERT_EQ(::fcntl(host.get(), F_OFD_SETLK, &fl), 0);
+  Fd host = HostLock(path(), F_WRLCK, 100, 1);
   ASSERT_TRUE(SetLk(Lk(fh_, 3, F_RDLCK, 100, 100, 30), true).parked);
   EXPECT_EQ(SetLk(Lk(fh_, 4, F_WRLCK, 0, kEof, 40, FUSE_LK_FLOCK), true).error, 0);  // flock: free
   EXPECT_EQ(SetLk(Lk(fh_, 4, F_UNLCK, 0, kEof, 0, FUSE_LK_FLOCK)).error, 0);

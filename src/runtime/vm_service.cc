@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <ctime>
 #include <fstream>
+#include <limits>
 
 #include "agent/identity_page.h"
 #include "arch/x86/layout.h"
@@ -413,17 +414,17 @@ void VmService::HandleExec(control::Request request, control::Responder responde
   auto exec = ExecRequestFrom(*body, /*allow_tty=*/false);
   if (!exec) return responder.RespondError(400, exec.error().message());
   agent::ExecCaptureOptions options;
-  if (auto in = body->find("stdin"); in != body->end()) {
-    if (!in->is_string()) return responder.RespondError(400, "stdin: must be a string");
-    options.stdin_data = in->get<std::string>();
+  JsonReader fields(*body);
+  // stdin is bounded by the request body's size limit, not by a field limit.
+  auto stdin_data = fields.OptString("stdin", std::numeric_limits<size_t>::max());
+  if (!stdin_data) return responder.RespondError(400, stdin_data.error().message());
+  if (*stdin_data) {
+    options.stdin_data = std::move(**stdin_data);
     exec->forward_stdin = true;
   }
-  if (auto t = body->find("timeout_ms"); t != body->end()) {
-    if (!t->is_number_unsigned() || t->get<uint64_t>() > 24ull * 3600 * 1000) {
-      return responder.RespondError(400, "timeout_ms: a number of milliseconds up to one day");
-    }
-    options.timeout = milliseconds(t->get<uint64_t>());
-  }
+  auto timeout_ms = fields.OptUint("timeout_ms", 0, 24ull * 3600 * 1000);  // up to one day
+  if (!timeout_ms) return responder.RespondError(400, timeout_ms.error().message());
+  if (*timeout_ms) options.timeout = milliseconds(**timeout_ms);
   if (identity_.vsock_cid == 0) return responder.RespondError(409, "this VM has no vsock device, so no agent");
   RunWorker([this, r = std::move(responder), request = std::move(*exec), options]() mutable {
     if (!WaitForIdentity(kExecSessionTimeout)) {

@@ -3,9 +3,11 @@
 #include <sys/random.h>
 
 #include <chrono>
+#include <climits>
 #include <ctime>
 #include <filesystem>
 
+#include "base/json.h"
 #include "base/log.h"
 #include "block/image.h"
 #include "devices/virtio/virtio_spec.h"
@@ -181,25 +183,23 @@ control::Router::Handler SnapshotRoute(Vm& vm, std::string source_vm, nlohmann::
     TakeOptions options;
     options.source_vm = source_vm;
     options.info = info;
-    auto name = body->find("name");
-    if (name == body->end() || !name->is_string())
-      return responder.RespondError(400, "name: a snapshot name is required");
-    options.name = name->get<std::string>();
+    JsonReader fields(*body);
+    auto name = fields.String("name");
+    if (!name) return responder.RespondError(400, name.error().message());
+    options.name = std::move(*name);
     if (auto valid = ValidateName(options.name); !valid) return responder.RespondError(400, valid.error().message());
-    options.dir = DefaultTemplatesDir();
-    if (auto dir = body->find("dir"); dir != body->end()) {
-      if (!dir->is_string() || dir->get<std::string>().empty() || dir->get<std::string>()[0] != '/') {
-        return responder.RespondError(400, "dir: an absolute directory path");
-      }
-      options.dir = dir->get<std::string>();
-    }
-    if (auto resume = body->find("resume"); resume != body->end()) {
-      if (!resume->is_boolean()) return responder.RespondError(400, "resume: must be a boolean");
-      options.resume = resume->get<bool>();
-    }
-    if (auto parent = body->find("parent"); parent != body->end()) {
-      if (!parent->is_string()) return responder.RespondError(400, "parent: a snapshot name");
-      options.parent = parent->get<std::string>();
+    auto dir = fields.OptString("dir", PATH_MAX);
+    if (!dir) return responder.RespondError(400, dir.error().message());
+    if (*dir && ((*dir)->empty() || (**dir)[0] != '/'))
+      return responder.RespondError(400, "dir: an absolute directory path");
+    options.dir = dir->value_or(DefaultTemplatesDir());
+    auto resume = fields.BoolOr("resume", options.resume);
+    if (!resume) return responder.RespondError(400, resume.error().message());
+    options.resume = *resume;
+    auto parent = fields.OptString("parent");
+    if (!parent) return responder.RespondError(400, parent.error().message());
+    if (*parent) {
+      options.parent = std::move(**parent);
       if (auto valid = ValidateName(options.parent); !valid)
         return responder.RespondError(400, valid.error().message());
       if (auto ok = CheckParent(vm, options.dir, options.parent); !ok)
