@@ -72,7 +72,7 @@ Result<spec::ForkOverrides> ParseOverrideFlags(const OverrideFlags& f) {
 
 int RunFromSnapshot(snapshot::Loaded& loaded, const spec::ForkOverrides& overrides, spec::SnapshotUse use,
                     bool detached, bool set_hostname, std::chrono::steady_clock::time_point launched, Fd ready,
-                    BootTimer& timer) {
+                    BootTimer& timer, const std::string& vmm_log) {
   auto recorded = spec::RecordedSpec(loaded.config);
   if (!recorded) {
     Log(LogLevel::kError, "{}: {}", loaded.path, recorded.error().message());
@@ -95,6 +95,7 @@ int RunFromSnapshot(snapshot::Loaded& loaded, const spec::ForkOverrides& overrid
   launch.detached = detached;
   launch.set_hostname = set_hostname;
   launch.launched = launched;
+  launch.vmm_log = vmm_log;
   return ExitStatusOf(RunVmProcess(launch, std::move(ready), timer));
 }
 

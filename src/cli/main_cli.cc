@@ -7,6 +7,7 @@
 #include "base/log.h"
 #include "cli/attach.h"
 #include "cli/check.h"
+#include "cli/daemon.h"
 #include "cli/exec.h"
 #include "cli/exit_codes.h"
 #include "cli/fork.h"
@@ -44,6 +45,8 @@ int Main(int argc, char** argv) {
   AddSnapshotCommands(app, snapshot_options, restore_options);
   ForkOptions fork_options;
   AddForkCommand(app, fork_options);
+  DaemonCliOptions daemon_options;
+  AddDaemonCommands(app, daemon_options);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -59,7 +62,7 @@ int Main(int argc, char** argv) {
   if (app.got_subcommand("check")) return CheckCommand(check_options);
   // A KVM that cannot run stock kernels (PVM, ...) is refused before any image is read
   // (Vm::OpenKvm checks again for every other way a VM is built).
-  for (const char* sub : {"run", "restore", "fork"}) {
+  for (const char* sub : {"run", "restore", "fork", "daemon-vm"}) {
     if (!app.got_subcommand(sub)) continue;
     if (auto why = host::RefuseNonHardwareKvm(host::System())) {
       Log(LogLevel::kError, "{}", *why);
@@ -67,6 +70,7 @@ int Main(int argc, char** argv) {
     }
   }
   if (app.got_subcommand("run")) return RunCommand(run_options, timer);
+  if (auto status = RunDaemonCommands(app, daemon_options, timer)) return *status;
   if (app.got_subcommand("rootfs")) return RootfsCreateCommand(rootfs_options);
   if (app.got_subcommand("attach")) return AttachCommand(attach_options);
   if (app.got_subcommand("exec")) return ExecCommand(exec_options);

@@ -1,0 +1,3 @@
+#include <gtest/gtest.h>
+
+int Placeholder() { return 0; }
