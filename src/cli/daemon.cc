@@ -177,8 +177,9 @@ int DaemonVmCommand(const DaemonCliOptions& o, BootTimer& timer) {
 }
 
 void AddClientFlags(CLI::App* command, DaemonCliOptions& o) {
-  command->add_option("--socket", o.socket, "The daemon's socket (default: $CLONE_DAEMON_SOCKET, /run/clone/daemon.sock "
-                                            "for root, $XDG_RUNTIME_DIR/clone/daemon.sock)");
+  command->add_option("--socket", o.socket,
+                      "The daemon's socket (default: $CLONE_DAEMON_SOCKET, /run/clone/daemon.sock "
+                      "for root, $XDG_RUNTIME_DIR/clone/daemon.sock)");
   command->add_flag("--json", o.json, "Print the API's JSON answer");
 }
 
@@ -193,10 +194,12 @@ void AddDaemonCommands(CLI::App& app, DaemonCliOptions& o) {
       "  curl --unix-socket $XDG_RUNTIME_DIR/clone/daemon.sock http://localhost/vms\n"
       "Each VM is a VM process of its own; they keep running when the daemon stops and are adopted\n"
       "when it starts again. See docs/daemon.md.");
-  d->add_option("--socket", o.socket, "The API socket (default /run/clone/daemon.sock for root, else "
-                                      "$XDG_RUNTIME_DIR/clone/daemon.sock)");
-  d->add_option("--state-dir", o.state_dir, "VM records and templates (default /var/lib/clone for root, else "
-                                            "~/.local/share/clone)");
+  d->add_option("--socket", o.socket,
+                "The API socket (default /run/clone/daemon.sock for root, else "
+                "$XDG_RUNTIME_DIR/clone/daemon.sock)");
+  d->add_option("--state-dir", o.state_dir,
+                "VM records and templates (default /var/lib/clone for root, else "
+                "~/.local/share/clone)");
   d->add_option("--group", o.group, "Make the socket 0660 for this group (default 0600: the daemon's user only)");
 
   auto* vm = app.add_subcommand("daemon-vm", "");  // internal: a daemon's VM process (hidden)
@@ -204,7 +207,8 @@ void AddDaemonCommands(CLI::App& app, DaemonCliOptions& o) {
   vm->add_option("--state-dir", o.state_dir)->required();
   vm->add_option("--id", o.id)->required();
 
-  auto* create = app.add_subcommand("create", "Create (and start) a VM through the daemon; takes every clone run option");
+  auto* create =
+      app.add_subcommand("create", "Create (and start) a VM through the daemon; takes every clone run option");
   create->footer(
       "Example:\n"
       "  clone create --name dev --kernel /boot/vmlinuz --rootfs dev.img --net --restart on-failure\n"

@@ -124,8 +124,8 @@ const VmRecord* Api::Owned(const Request& request, Responder& responder) {
     return nullptr;
   }
   if (!Visible(*record, request.peer_uid)) {
-    responder.RespondError(403, fmt::format("VM '{}' belongs to uid {}, not to uid {}", id, record->owner,
-                                            request.peer_uid));
+    responder.RespondError(
+        403, fmt::format("VM '{}' belongs to uid {}, not to uid {}", id, record->owner, request.peer_uid));
     return nullptr;
   }
   return record;
@@ -220,8 +220,8 @@ void Api::Proxy(Request request, Responder responder, const char* method, const 
   const VmRecord* record = Owned(request, responder);
   if (record == nullptr) return;
   if (supervisor_.state(record->id) != VmState::kRunning) {
-    return responder.RespondError(409, fmt::format("VM '{}' is {}", record->id,
-                                                   VmStateName(supervisor_.state(record->id))));
+    return responder.RespondError(409,
+                                  fmt::format("VM '{}' is {}", record->id, VmStateName(supervisor_.state(record->id))));
   }
   auto body = JsonBody(request);
   if (!body) return responder.Respond(body.error().ToResponse());
@@ -372,10 +372,10 @@ void Api::Events(Request request, Responder responder) {
   head.status = 200;
   head.close_delimited = true;
   head.headers.emplace_back("Content-Type", "application/x-ndjson");
-  responder.Hijack(std::move(head), [this, uid = request.peer_uid, since = *since](
-                                        Result<control::HijackedConnection> taken) {
-    if (taken) events_.Subscribe(std::move(taken->socket), uid, since);
-  });
+  responder.Hijack(std::move(head),
+                   [this, uid = request.peer_uid, since = *since](Result<control::HijackedConnection> taken) {
+                     if (taken) events_.Subscribe(std::move(taken->socket), uid, since);
+                   });
 }
 
 void Api::Host(Request request, Responder responder) {

@@ -359,8 +359,8 @@ TEST_F(SupervisorTest, AFailedStartSaysWhyFromTheVmmLog) {
 
 TEST_F(SupervisorTest, RestartPoliciesApplyToUnaskedEndsOnly) {
   // Runs, then fails once: "on-failure" starts it again; the second run stays up.
-  std::string script = std::string("echo \"ok $4\" >&3; if [ ! -e ") + state_ +
-                       "/failed-once ]; then touch " + state_ + "/failed-once; exit 1; fi; exec sleep 30";
+  std::string script = std::string("echo \"ok $4\" >&3; if [ ! -e ") + state_ + "/failed-once ]; then touch " + state_ +
+                       "/failed-once; exit 1; fi; exec sleep 30";
   auto s = Make(script);
   ASSERT_TRUE(s->Create(Boot("vm-r", RestartPolicy::kOnFailure)));
   ASSERT_FALSE(StartAndWait(*s, "vm-r"));
@@ -471,7 +471,8 @@ class ApiTest : public SupervisorTest {
     request.body = body;
     request.peer_uid = uid;
     std::optional<control::Response> got;
-    router_->Dispatch(std::move(request), control::Responder([&](control::Completion c) { got = std::move(c.response); }));
+    router_->Dispatch(std::move(request),
+                      control::Responder([&](control::Completion c) { got = std::move(c.response); }));
     EXPECT_TRUE(RunUntil([&] { return got.has_value(); }));
     return got ? std::move(*got) : control::Response{};
   }
@@ -505,9 +506,10 @@ TEST_F(ApiTest, CreateListGetStartStopDestroy) {
 }
 
 TEST_F(ApiTest, ACreateWhoseVmFailsLeavesNothing) {
-  auto failing = std::make_unique<Supervisor>(*loop_,
-                                              SupervisorOptions{state_, {"/bin/sh", "-c", "echo 'clone: error: no kernel' >&2; exit 1", "sh"}, runtime_},
-                                              [](const std::string&, const VmRecord&, json) {});
+  auto failing = std::make_unique<Supervisor>(
+      *loop_,
+      SupervisorOptions{state_, {"/bin/sh", "-c", "echo 'clone: error: no kernel' >&2; exit 1", "sh"}, runtime_},
+      [](const std::string&, const VmRecord&, json) {});
   ASSERT_TRUE(failing->Recover());
   Api api(*loop_, *failing, *bus_);
   auto router = api.Routes();
@@ -573,7 +575,7 @@ TEST_F(ApiTest, TheEventStreamReplaysAndFilters) {
   EXPECT_NE(text.find(R"("id":"e1","seq":1)"), std::string::npos) << text;
   EXPECT_NE(text.find(R"("type":"destroyed")"), std::string::npos) << text;
   EXPECT_EQ(text.find("e2"), std::string::npos) << text;  // uid 2000's VM
-  ours.reset();  // the subscriber hangs up: dropped
+  ours.reset();                                           // the subscriber hangs up: dropped
   ASSERT_TRUE(RunUntil([&] { return bus_->subscriber_count() == 0; }));
 }
 

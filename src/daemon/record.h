@@ -39,16 +39,16 @@ struct ExitInfo {
 
 struct VmRecord {
   std::string id;
-  uid_t owner = 0;             // the caller that created it (SO_PEERCRED)
-  std::string template_name;   // a fork of this template; empty: booted from `spec`
-  spec::VmSpec spec;           // boot: the spec (name = id)
+  uid_t owner = 0;                // the caller that created it (SO_PEERCRED)
+  std::string template_name;      // a fork of this template; empty: booted from `spec`
+  spec::VmSpec spec;              // boot: the spec (name = id)
   spec::ForkOverrides overrides;  // fork: applied to the template's recorded spec (name = id)
   RestartPolicy restart = RestartPolicy::kNo;
-  bool want_running = false;   // started and not since stopped: what restart policies act on
-  pid_t pid = 0;               // the VM process of the current run; 0: none
-  uint64_t pid_start = 0;      // its start time (/proc/PID/stat field 22): a reused PID is not it
+  bool want_running = false;  // started and not since stopped: what restart policies act on
+  pid_t pid = 0;              // the VM process of the current run; 0: none
+  uint64_t pid_start = 0;     // its start time (/proc/PID/stat field 22): a reused PID is not it
   int64_t created_unix = 0;
-  uint32_t restarts = 0;       // restarts made by the restart policy
+  uint32_t restarts = 0;  // restarts made by the restart policy
   std::optional<ExitInfo> last_exit;
   bool operator==(const VmRecord&) const = default;
 };

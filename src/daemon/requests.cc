@@ -32,7 +32,8 @@ Result<void> CheckAbsolutePaths(const spec::VmSpec& s) {
   CLONE_TRY_VOID(check("initrd", s.initrd));
   CLONE_TRY_VOID(check("rootfs.image", s.rootfs.image));
   CLONE_TRY_VOID(check("rootfs.modules", s.rootfs.modules));
-  if (s.rootfs.overlay != "tmpfs" && s.rootfs.overlay != "auto") CLONE_TRY_VOID(check("rootfs.overlay", s.rootfs.overlay));
+  if (s.rootfs.overlay != "tmpfs" && s.rootfs.overlay != "auto")
+    CLONE_TRY_VOID(check("rootfs.overlay", s.rootfs.overlay));
   for (size_t i = 0; i < s.disks.size(); ++i) CLONE_TRY_VOID(check(fmt::format("disks[{}].path", i), s.disks[i].path));
   for (size_t i = 0; i < s.shares.size(); ++i) {
     CLONE_TRY_VOID(check(fmt::format("shares[{}].host_path", i), s.shares[i].host_path));

@@ -392,9 +392,9 @@ void Supervisor::Finish(Vm& vm, ExitInfo exit) {
   extra["status"] = exit.status ? nlohmann::json(*exit.status) : nlohmann::json(nullptr);
   events_("exited", vm.record, extra);
   bool failed = !exit.status || *exit.status != 0;
-  bool restart = !asked && was == VmState::kRunning && vm.record.want_running &&
-                 (vm.record.restart == RestartPolicy::kAlways ||
-                  (vm.record.restart == RestartPolicy::kOnFailure && failed));
+  bool restart =
+      !asked && was == VmState::kRunning && vm.record.want_running &&
+      (vm.record.restart == RestartPolicy::kAlways || (vm.record.restart == RestartPolicy::kOnFailure && failed));
   if (!restart && !asked) vm.record.want_running = false;
   Save(vm);
   std::string id = vm.record.id;

@@ -91,7 +91,9 @@ class Supervisor {
   // GET /vms/{id}: the record's facts with state, pid and last exit.
   nlohmann::json Describe(const std::string& id) const;
   VmState state(const std::string& id) const;
-  std::string ControlSocket(const std::string& id) const { return options_.runtime_dir + "/vms/" + id + "/control.sock"; }
+  std::string ControlSocket(const std::string& id) const {
+    return options_.runtime_dir + "/vms/" + id + "/control.sock";
+  }
   const RecordStore& store() const { return store_; }
 
  private:
