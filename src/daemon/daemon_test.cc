@@ -11,9 +11,12 @@
 #include <fstream>
 #include <functional>
 #include <optional>
+#include <thread>
 
 #include "base/event_loop.h"
 #include "base/testing/host_tools.h"
+#include "control/client.h"
+#include "control/server.h"
 #include "daemon/api.h"
 #include "daemon/events.h"
 #include "daemon/record.h"
@@ -577,6 +580,106 @@ TEST_F(ApiTest, TheEventStreamReplaysAndFilters) {
   EXPECT_EQ(text.find("e2"), std::string::npos) << text;  // uid 2000's VM
   ours.reset();                                           // the subscriber hangs up: dropped
   ASSERT_TRUE(RunUntil([&] { return bus_->subscriber_count() == 0; }));
+}
+
+}  // namespace
+}  // namespace clonevm::daemon
+
+namespace clonevm::daemon {
+namespace {
+
+// 50 concurrent requests (create, fork of a missing template, bad bodies, destroy) over the real
+// socket: each gets its answer (2xx or a 4xx JSON error), the loop never blocks on a start, and
+// nothing is left afterwards.
+TEST(DaemonConcurrencyTest, FiftyConcurrentRequestsAllGetAnAnswerAndLeaveNothing) {
+  host_tools::TempDir dir;
+  std::string state = dir.path().string() + "/state", runtime = dir.path().string() + "/rt";
+  std::string socket = dir.path().string() + "/d.sock";
+  fs::create_directories(runtime + "/vms");
+  auto loop = std::move(*EventLoop::Create());
+  SupervisorOptions o;
+  o.state_dir = state;
+  o.runtime_dir = runtime;
+  // A VM process that takes a while to "boot": no request may wait for another VM's boot.
+  o.vm_command = {"/bin/sh", "-c", "sleep 0.3; echo \"ok $4\" >&3; exec sleep 30", "sh"};
+  EventBus bus(*loop);
+  Supervisor supervisor(*loop, o, [&bus](const std::string& type, const VmRecord& r, json extra) {
+    extra["type"] = type;
+    extra["id"] = r.id;
+    bus.Publish(std::move(extra), r.owner);
+  });
+  ASSERT_TRUE(supervisor.Recover());
+  Api api(*loop, supervisor, bus);
+  control::Limits limits;
+  limits.peers = control::PeerPolicy::kAnyPeer;
+  limits.max_connections = 128;
+  auto server = control::Server::Create(*loop, socket, api.Routes(), limits);
+  ASSERT_TRUE(server) << server.error().message();
+  std::thread loop_thread([&] { ASSERT_TRUE(loop->Run()); });
+
+  constexpr int kRequests = 50;
+  std::vector<int> statuses(kRequests, 0);
+  std::vector<std::string> bodies(kRequests);
+  std::vector<std::thread> clients;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < kRequests; ++i) {
+    clients.emplace_back([&, i] {
+      std::optional<json> body;
+      std::string method = "POST", path = "/vms";
+      switch (i % 5) {
+        case 0:
+        case 1:
+        case 2:
+          body = json{{"name", fmt::format("c-{}", i)}, {"kernel", "/k"}};
+          break;
+        case 3:
+          path = "/templates/missing/fork";
+          body = json{{"count", 2}};
+          break;
+        case 4:
+          body = json{{"kernel", "/k"}, {"mem_mib", 1}};
+          break;
+      }
+      auto r = control::Call(socket, method, path, body, std::chrono::seconds(30));
+      if (!r) return;
+      statuses[i] = r->status;
+      bodies[i] = r->body;
+    });
+  }
+  for (auto& c : clients) c.join();
+  auto elapsed = std::chrono::steady_clock::now() - t0;
+  int created = 0;
+  for (int i = 0; i < kRequests; ++i) {
+    int want = i % 5 <= 2 ? 201 : i % 5 == 3 ? 404 : 400;
+    EXPECT_EQ(statuses[i], want) << i << ": " << bodies[i];
+    EXPECT_TRUE(json::parse(bodies[i], nullptr, false).is_object()) << bodies[i];
+    if (statuses[i] == 201) ++created;
+  }
+  EXPECT_EQ(created, 30);
+  // 30 boots of 0.3 s each, answered concurrently, not one after another (9 s).
+  EXPECT_LT(elapsed, std::chrono::seconds(5));
+  // Destroy them all at once.
+  std::vector<std::thread> destroyers;
+  std::atomic<int> destroyed{0};
+  for (int i = 0; i < kRequests; ++i) {
+    if (i % 5 > 2) continue;
+    destroyers.emplace_back([&, i] {
+      auto r = control::Call(socket, "DELETE", fmt::format("/vms/c-{}", i), std::nullopt, std::chrono::seconds(30));
+      if (r && r->status == 200) ++destroyed;
+    });
+  }
+  for (auto& d : destroyers) d.join();
+  EXPECT_EQ(destroyed.load(), 30);
+  auto list = control::Call(socket, "GET", "/vms", std::nullopt, std::chrono::seconds(5));
+  ASSERT_TRUE(list);
+  EXPECT_EQ(json::parse(list->body, nullptr, false), json::array());
+  loop->Post([&] {
+    server->reset();
+    loop->Stop();
+  });
+  loop_thread.join();
+  EXPECT_TRUE(fs::is_empty(state + "/vms"));
+  EXPECT_TRUE(fs::is_empty(runtime + "/vms"));
 }
 
 }  // namespace
