@@ -87,6 +87,8 @@ std::string DefaultStateDir() {
 }
 
 Result<void> RunDaemon(const DaemonOptions& o) {
+  // A daemon's log is its operator's record of adoptions, deaths and restarts: info unless told.
+  if (Env("CLONE_LOG").empty()) SetLogLevel(LogLevel::kInfo);
   std::string socket = o.socket.empty() ? DefaultSocketPath() : o.socket;
   std::string state_dir = fs::absolute(o.state_dir.empty() ? DefaultStateDir() : o.state_dir).string();
   Fd state_lock = CLONE_TRY(LockStateDir(state_dir));

@@ -2,7 +2,7 @@
 //
 // RunDaemon serves the API (api.h) on `socket` until SIGTERM or SIGINT; VMs keep running when the
 // daemon stops and are adopted when it starts again (supervisor.h). One daemon per state
-// directory (flock on <state>/daemon.lock).
+// directory (flock on <state>/daemon.lock). It logs at info level unless $CLONE_LOG says otherwise.
 //
 // Access: the socket is 0600, or 0660 with group `group` (its directory is then made searchable by
 // the group); the API checks every request's SO_PEERCRED uid (api.h). The daemon runs VM processes
