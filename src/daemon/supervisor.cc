@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -414,7 +415,9 @@ void Supervisor::Finish(Vm& vm, ExitInfo exit) {
 void Supervisor::ScheduleRestart(const std::string& id) {
   Vm* vm = Get(id);
   if (vm == nullptr) return;
-  vm->restart_timer = OneShot::Arm(loop_, options_.restart_delay, [this, id] {
+  // Back off a VM that keeps ending: restart_delay, doubled per restart so far, at most 60 times it.
+  uint32_t factor = std::min<uint32_t>(1u << std::min<uint32_t>(vm->record.restarts, 6), 60);
+  vm->restart_timer = OneShot::Arm(loop_, options_.restart_delay * factor, [this, id] {
     Vm* again = Get(id);
     if (again == nullptr || again->state != VmState::kExited || !again->record.want_running) return;
     auto timer = std::move(again->restart_timer);  // destroyed when this callback returns

@@ -11,8 +11,8 @@
 // says how, or "status unknown"), the supervisor removes what it may have left: its runtime
 // directory (sockets, overlays of forks) unless a live process holds its lock, stale lease files
 // that name it, and the "auto" rootfs overlay; its TAPs die with its fds. Then the restart policy:
-// "always", or "on-failure" with a non-zero status, starts it again after `restart_delay` unless it
-// was stopped or destroyed.
+// "always", or "on-failure" with a non-zero status, starts it again after `restart_delay` (doubled
+// for each restart it had, up to 60 times) unless it was stopped or destroyed.
 //
 // Recover(), at daemon start: every vm.json is read; a VM whose recorded process is alive (same
 // PID and start time) and holds its runtime directory's lock is adopted (watched by pidfd); one
