@@ -10,7 +10,8 @@
 source "$(dirname "$0")/lib.sh"
 
 e2e_prepare() {
-  e2e_modules "$LAB_CLOUD_MODULES" "$E2E_WORK/modules" virtio_mmio vmw_vsock_virtio_transport virtio_net
+  e2e_modules "$LAB_CLOUD_MODULES" "$E2E_WORK/modules" virtio_mmio vmw_vsock_virtio_transport virtio_net virtio_blk
+  truncate -s 64M "$E2E_WORK/b-disk.img" && mkfs.ext4 -q -F "$E2E_WORK/b-disk.img"
   e2e_initrd "$E2E_WORK/agent.cpio.gz" "$E2E_ROOT/tests/guest/init-agent.sh" \
     "$E2E_WORK/modules:/modules" "$(dirname "$CLONE_BIN")/clone-agent:/usr/bin/clone-agent"
 }
@@ -20,6 +21,8 @@ export CLONE_RUNTIME_DIR=/tmp/clone-e2e-daemon-rt  # sockets cannot live on the 
 state=/tmp/clone-e2e-daemon-state
 export CLONE_DAEMON_SOCKET=/tmp/clone-e2e-daemon/daemon.sock
 rm -rf "$CLONE_RUNTIME_DIR" "$state" /tmp/clone-e2e-daemon
+mkdir -p /tmp/clone-e2e-daemon-disk
+cp --sparse=always "$E2E_WORK/b-disk.img" /tmp/clone-e2e-daemon-disk/b.img  # b's own disk, off the 9p share
 sock=$CLONE_DAEMON_SOCKET
 initrd=$E2E_WORK/agent.cpio.gz
 cmdline="console=ttyS0 quiet panic=-1"
@@ -62,7 +65,7 @@ a=$("$CLONE_BIN" create --name a --kernel "$LAB_CLOUD_KERNEL" --initrd "$initrd"
   --cmdline "$cmdline" 2>"$E2E_WORK/create-a.err") || true
 cat "$E2E_WORK/create-a.err"
 check "clone create a (--net) through the daemon" test "$a" = a
-r=$(api POST /vms "{\"name\": \"b\", \"kernel\": \"$LAB_CLOUD_KERNEL\", \"initrd\": \"$initrd\", \"mem_mib\": 160, \"cmdline\": \"$cmdline\", \"restart\": \"on-failure\"}")
+r=$(api POST /vms "{\"name\": \"b\", \"kernel\": \"$LAB_CLOUD_KERNEL\", \"initrd\": \"$initrd\", \"mem_mib\": 160, \"cmdline\": \"$cmdline\", \"restart\": \"on-failure\", \"disks\": [{\"path\": \"/tmp/clone-e2e-daemon-disk/b.img\"}]}")
 check "POST /vms b: 201 running" test "$(status_of "$r") $(field "$(body_of "$r")" 'd["state"]')" = "201 running"
 check "a: agent ready (GET /vms/a)" wait_ready a
 check "b: agent ready" wait_ready b
@@ -140,13 +143,16 @@ kinds = {(e['type'], e['id']) for e in events}
 assert ('adopted', 'a') in kinds and ('exited', 'f-2') in kinds, events
 " "$E2E_WORK/events"
 
-# --- stop and start ---
+# --- stop and start: b's own disk keeps what it wrote ---
+gexec b 'mkdir -p /mnt && mount /dev/vda /mnt && echo persisted > /mnt/file && umount /mnt && echo written'
 r=$(api POST /vms/b/stop '{"mode": "agent", "timeout_ms": 60000}')
 check "POST /vms/b/stop: stopped" test "$(field "$(body_of "$r")" 'd["state"]')" = stopped
 check "b's process is gone" test ! -e "$CLONE_RUNTIME_DIR/vms/b"
 r=$(api POST /vms/b/start)
 check "POST /vms/b/start: running again" test "$(field "$(body_of "$r")" 'd["state"]')" = running
 check "b: agent ready after its start" wait_ready b
+check "b's disk kept its file across stop and start" \
+  test "$(gexec b 'mkdir -p /mnt && mount /dev/vda /mnt && cat /mnt/file; umount /mnt')" = persisted
 
 # --- destroy everything ---
 for id in a b f-1 f-2; do
