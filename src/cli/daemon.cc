@@ -5,6 +5,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 
@@ -253,6 +254,32 @@ std::optional<int> RunDaemonCommands(const CLI::App& app, const DaemonCliOptions
   if (app.got_subcommand("destroy")) return CallDaemon(o, "DELETE", "/vms/" + o.vm_id, std::nullopt, IdLine);
   if (app.got_subcommand("events")) return EventsCommand(o);
   return std::nullopt;
+}
+
+std::optional<int> ForkThroughDaemon(const std::string& template_name, uint32_t count, const std::string& name,
+                                     const spec::ForkOverrides& overrides) {
+  std::string socket = daemon::DefaultSocketPath();
+  if (::access(socket.c_str(), F_OK) != 0) return std::nullopt;
+  auto listed = control::Call(socket, "GET", "/templates", std::nullopt, std::chrono::seconds(10));
+  auto templates = listed ? control::ResponseJson(*listed) : Result<nlohmann::json>(tl::unexpected(listed.error()));
+  if (!templates || !templates->is_array()) return std::nullopt;
+  bool known = std::any_of(templates->begin(), templates->end(),
+                           [&](const nlohmann::json& t) { return t.value("name", "") == template_name; });
+  if (!known) return std::nullopt;
+  nlohmann::json body = spec::OverridesToJson(overrides);
+  body.erase("version");
+  body["count"] = count;
+  if (!name.empty()) body["name"] = name;
+  DaemonCliOptions o;
+  o.socket = socket;
+  return CallDaemon(o, "POST", "/templates/" + template_name + "/fork", body, [](const nlohmann::json& reply) {
+    std::string out;
+    for (const auto& vm : reply.value("vms", nlohmann::json::array())) out += vm.value("id", "") + "\n";
+    for (const auto& failed : reply.value("failed", nlohmann::json::array())) {
+      Log(LogLevel::kError, "fork {}: {}", failed.value("id", ""), failed.value("error", ""));
+    }
+    return out;
+  });
 }
 
 std::optional<nlohmann::json> ListThroughDaemon() {

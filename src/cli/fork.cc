@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "base/log.h"
+#include "cli/daemon.h"
 #include "cli/exit_codes.h"
 #include "cli/run.h"
 #include "cli/snapshot.h"
@@ -143,6 +144,10 @@ int ForkCommand(const ForkOptions& o, BootTimer& timer) {
   if (!overrides) {
     Log(LogLevel::kError, "{}", overrides.error().message());
     return kExitUsage;
+  }
+  // A template of the daemon's, forked in the background: the daemon starts and supervises the forks.
+  if (o.vm_id.empty() && o.dir.empty() && (o.detach || o.count > 1)) {
+    if (auto status = ForkThroughDaemon(o.template_name, o.count, o.name, *overrides)) return *status;
   }
   std::string dir = TemplatesDir(o.dir);
   std::string template_name = o.template_name;

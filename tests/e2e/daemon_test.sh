@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `clone daemon` end to end (docs/daemon.md): two VMs created through the daemon (one with --net),
-# a template saved from the networked one and two forks of it through POST /templates/{name}/fork,
+# a template saved from the networked one, two forks of it through POST /templates/{name}/fork and
+# one through `clone fork -d` (which forks through the daemon when it has the template),
 # `clone list` through the daemon, exec through the daemon in each (each fork is its own machine:
 # hostname = its id); bad requests get a 4xx naming the field; a non-owner caller is refused
 # (SO_PEERCRED). Then the daemon is killed (-9), one fork is killed (-9) while it is down, and the
@@ -101,11 +102,16 @@ echo "fork: $(status_of "$r") in $(since "$t1") s"
 check "POST /templates/tpl/fork count 2: 201" test "$(status_of "$r")" = 201
 check "the forks are f-1 and f-2" test "$(field "$(body_of "$r")" '" ".join(sorted(v["id"] for v in d["vms"]))')" = "f-1 f-2"
 check "GET /templates lists tpl with its forks" test "$(field "$(body_of "$(api GET /templates)")" '",".join(d[0]["vms"])')" = "f-1,f-2"
+g=$("$CLONE_BIN" fork --template tpl -d --name g --net 2>"$E2E_WORK/fork-g.err") || true
+cat "$E2E_WORK/fork-g.err"
+check "clone fork -d of the daemon's template forks through the daemon" test "$g" = g
+check "GET /vms/g: a fork of tpl" test "$(field "$(body_of "$(api GET /vms/g)")" 'd["template"]')" = tpl
 check "f-1: agent ready" wait_ready f-1
 check "f-2: agent ready" wait_ready f-2
+check "g: agent ready" wait_ready g
 "$CLONE_BIN" list | tee "$E2E_WORK/list"
-check "clone list (through the daemon) shows 4 running VMs" test "$(grep -c ' running ' "$E2E_WORK/list")" = 4
-for id in a b f-1 f-2; do
+check "clone list (through the daemon) shows 5 running VMs" test "$(grep -c ' running ' "$E2E_WORK/list")" = 5
+for id in a b f-1 f-2 g; do
   check "exec through the daemon in $id: hostname is its id" test "$(gexec "$id" hostname)" = "$id"
 done
 gexec a 'echo kept > /tmp/marker' >/dev/null || true
@@ -122,7 +128,7 @@ for _ in $(seq 1 50); do kill -0 "$f2" 2>/dev/null || break; sleep 0.1; done
 check "the VMs survive the daemon's death" kill -0 "$(pid_of a)"
 check "the daemon restarts" start_daemon
 r=$(body_of "$(api GET /vms)")
-check "after the restart: a, b, f-1 running" test "$(field "$r" '" ".join(v["id"] for v in d if v["state"] == "running")')" = "a b f-1"
+check "after the restart: a, b, f-1, g running" test "$(field "$r" '" ".join(v["id"] for v in d if v["state"] == "running")')" = "a b f-1 g"
 f2json=$(body_of "$(api GET /vms/f-2)")
 echo "f-2: $f2json" | cut -c1-300
 check "f-2 reported exited (died while the daemon was down)" \
@@ -155,7 +161,7 @@ check "b's disk kept its file across stop and start" \
   test "$(gexec b 'mkdir -p /mnt && mount /dev/vda /mnt && cat /mnt/file; umount /mnt')" = persisted
 
 # --- destroy everything ---
-for id in a b f-1 f-2; do
+for id in a b f-1 f-2 g; do
   check "DELETE /vms/$id" test "$(status_of "$(api DELETE "/vms/$id")")" = 200
 done
 r=$(api DELETE /templates/tpl)
