@@ -7,9 +7,10 @@
 //   clone daemon-vm --state-dir DIR --id ID                        (internal) one daemon VM process
 //
 // `clone fork --template N -d` (or --count K) forks through the daemon when it has template N
-// (ForkThroughDaemon), else directly. `clone list` asks the daemon when one serves its socket (ListThroughDaemon) and scans runtime
-// directories otherwise or with --no-daemon. Every client command takes --socket (default
-// daemon::DefaultSocketPath()) and --json (the API's JSON instead of a line of text).
+// (ForkThroughDaemon), else directly. `clone list` asks the daemon when one serves its socket
+// (ListThroughDaemon) and scans runtime directories otherwise or with --no-daemon. Every client
+// command takes --socket (default daemon::DefaultSocketPath()) and --json (the API's JSON instead
+// of a line of text).
 #pragma once
 
 #include <CLI/CLI.hpp>
