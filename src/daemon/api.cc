@@ -12,6 +12,7 @@
 #include "base/json.h"
 #include "base/log.h"
 #include "control/client.h"
+#include "host/check.h"
 #include "runtime/vm_dir.h"
 
 namespace clonevm::daemon {
@@ -385,9 +386,13 @@ void Api::Host(Request request, Responder responder) {
     ++total;
     if (supervisor_.state(id) == VmState::kRunning) ++running;
   }
+  // `clone check`'s verdict on this host's KVM (cheap: a few small files).
+  host::KvmVerdict verdict = host::ClassifyKvm(host::System());
+  nlohmann::json kvm = {{"kind", host::KvmKindName(verdict.kind)}, {"stock_guests", verdict.stock_guests}};
+  if (!verdict.stock_guests) kvm["why"] = verdict.why;
   responder.RespondJson(200, {{"vms", total},
                               {"running", running},
-                              {"kvm", ::access("/dev/kvm", R_OK | W_OK) == 0},
+                              {"kvm", kvm},
                               {"state_dir", supervisor_.store().state_dir()},
                               {"event_subscribers", events_.subscriber_count()}});
 }

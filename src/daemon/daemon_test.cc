@@ -563,6 +563,19 @@ TEST_F(ApiTest, ACallerSeesAndControlsOnlyItsOwnVms) {
   EXPECT_EQ(Call("DELETE", "/vms/theirs", "", 0).status, 200);
 }
 
+TEST_F(ApiTest, HostCountsTheCallersVmsAndJudgesKvm) {
+  ASSERT_EQ(Call("POST", "/vms", R"({"name": "h1", "kernel": "/k", "start": false})", 1000).status, 201);
+  ASSERT_EQ(Call("POST", "/vms", R"({"name": "h2", "kernel": "/k"})", 2000).status, 201);
+  auto mine = Body(Call("GET", "/host", "", 1000));
+  EXPECT_EQ(mine["vms"], 1);
+  EXPECT_EQ(mine["running"], 0);
+  auto all = Body(Call("GET", "/host", "", 0));
+  EXPECT_EQ(all["vms"], 2);
+  EXPECT_EQ(all["running"], 1);
+  ASSERT_TRUE(all["kvm"]["kind"].is_string());
+  EXPECT_EQ(all["kvm"]["stock_guests"].get<bool>(), !all["kvm"].contains("why"));
+}
+
 TEST_F(ApiTest, TheEventStreamReplaysAndFilters) {
   ASSERT_EQ(Call("POST", "/vms", R"({"name": "e1", "kernel": "/k", "start": false})", 1000).status, 201);
   ASSERT_EQ(Call("POST", "/vms", R"({"name": "e2", "kernel": "/k", "start": false})", 2000).status, 201);
