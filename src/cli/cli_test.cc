@@ -476,3 +476,29 @@ TEST(PlatformCmdlineTest, AppendsTheRebootMethodUnlessChosen) {
 namespace clonevm::cli {
 namespace {}  // namespace
 }  // namespace clonevm::cli
+
+namespace clonevm::cli {
+namespace {
+
+// The daemon's client commands when no daemon serves the socket: a clear one-line error; bad flags
+// are usage errors before anything is asked; `clone list` falls back to scanning.
+TEST_F(CliTest, DaemonCommandsWithoutADaemon) {
+  std::string socket = dir_ + "/none.sock";
+  ::setenv("CLONE_DAEMON_SOCKET", socket.c_str(), 1);
+  ::setenv("CLONE_RUNTIME_DIR", (dir_ + "/rt").c_str(), 1);
+  auto create = RunClone({"create", "--kernel", not_a_kernel_});
+  EXPECT_EQ(create.status, kExitError);
+  EXPECT_NE(create.stderr_text.find("is 'clone daemon' running?"), std::string::npos) << create.stderr_text;
+  auto small = RunClone({"create", "--kernel", not_a_kernel_, "--mem-mb", "8"});
+  EXPECT_EQ(small.status, kExitUsage);
+  EXPECT_NE(small.stderr_text.find("--mem-mb 8"), std::string::npos) << small.stderr_text;
+  EXPECT_EQ(RunClone({"start"}).status, kExitUsage);  // --vm-id is required
+  EXPECT_EQ(RunClone({"stop", "--vm-id", "a"}).status, kExitError);
+  EXPECT_EQ(RunClone({"events"}).status, kExitError);
+  EXPECT_EQ(RunClone({"list"}).status, kExitOk);  // no daemon: the runtime directory is scanned
+  ::unsetenv("CLONE_DAEMON_SOCKET");
+  ::unsetenv("CLONE_RUNTIME_DIR");
+}
+
+}  // namespace
+}  // namespace clonevm::cli

@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "base/log.h"
+#include "cli/daemon.h"
 #include "cli/exit_codes.h"
 #include "cli/run.h"
 #include "cli/snapshot.h"
@@ -72,7 +73,7 @@ Result<spec::ForkOverrides> ParseOverrideFlags(const OverrideFlags& f) {
 
 int RunFromSnapshot(snapshot::Loaded& loaded, const spec::ForkOverrides& overrides, spec::SnapshotUse use,
                     bool detached, bool set_hostname, std::chrono::steady_clock::time_point launched, Fd ready,
-                    BootTimer& timer) {
+                    BootTimer& timer, const std::string& vmm_log) {
   auto recorded = spec::RecordedSpec(loaded.config);
   if (!recorded) {
     Log(LogLevel::kError, "{}: {}", loaded.path, recorded.error().message());
@@ -95,6 +96,7 @@ int RunFromSnapshot(snapshot::Loaded& loaded, const spec::ForkOverrides& overrid
   launch.detached = detached;
   launch.set_hostname = set_hostname;
   launch.launched = launched;
+  launch.vmm_log = vmm_log;
   return ExitStatusOf(RunVmProcess(launch, std::move(ready), timer));
 }
 
@@ -142,6 +144,10 @@ int ForkCommand(const ForkOptions& o, BootTimer& timer) {
   if (!overrides) {
     Log(LogLevel::kError, "{}", overrides.error().message());
     return kExitUsage;
+  }
+  // A template of the daemon's, forked in the background: the daemon starts and supervises the forks.
+  if (o.vm_id.empty() && o.dir.empty() && (o.detach || o.count > 1)) {
+    if (auto status = ForkThroughDaemon(o.template_name, o.count, o.name, *overrides)) return *status;
   }
   std::string dir = TemplatesDir(o.dir);
   std::string template_name = o.template_name;

@@ -73,10 +73,10 @@ struct OverrideFlags {
 
 // Runs the VM process for a snapshot (restore or fork) in the calling process: the recorded spec
 // with `overrides` applied, checked (usage errors → kExitUsage) before anything is made; returns the
-// exit status. `ready` (from ForkDetached) is told the id once the VM runs.
+// exit status. `ready` (from ForkDetached) is told the id once the VM runs; `vmm_log` as Launch's.
 int RunFromSnapshot(snapshot::Loaded& loaded, const spec::ForkOverrides& overrides, spec::SnapshotUse use,
                     bool detached, bool set_hostname, std::chrono::steady_clock::time_point launched, Fd ready,
-                    BootTimer& timer);
+                    BootTimer& timer, const std::string& vmm_log = "");
 
 void AddForkCommand(CLI::App& app, ForkOptions& options);
 int ForkCommand(const ForkOptions& options, BootTimer& timer);

@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "base/log.h"
+#include "cli/daemon.h"
 #include "cli/exit_codes.h"
 #include "control/client.h"
 #include "runtime/vm_dir.h"
@@ -67,7 +68,9 @@ void Print(const std::string& text) { [[maybe_unused]] auto r = WriteAll(STDOUT_
 void AddListCommands(CLI::App& app, ListOptions& o) {
   auto* list = app.add_subcommand("list", "List running VMs: id, PID, state, vCPUs, memory, RSS, vsock CID");
   list->add_flag("--json", o.json, "Print a JSON array instead of a table");
-  list->add_flag("--no-daemon", o.no_daemon, "Find VMs through their runtime directories (the default today)");
+  list->add_flag("--no-daemon", o.no_daemon,
+                 "Find VMs through their runtime directories instead of asking the daemon (the default when none "
+                 "serves its socket)");
   auto* status = app.add_subcommand("status", "Running VMs and their memory use (RSS, PSS, private, shared)");
   status->add_flag("--json", o.json, "Print JSON instead of a table");
   status->add_flag("--no-daemon", o.no_daemon, "Find VMs through their runtime directories (the default today)");
@@ -75,7 +78,11 @@ void AddListCommands(CLI::App& app, ListOptions& o) {
 
 int ListCommand(const ListOptions& o) {
   nlohmann::json all = nlohmann::json::array();
-  for (const auto& vm : ListVms()) all.push_back(Describe(vm));
+  if (auto through_daemon = o.no_daemon ? std::nullopt : ListThroughDaemon()) {
+    all = std::move(*through_daemon);
+  } else {
+    for (const auto& vm : ListVms()) all.push_back(Describe(vm));
+  }
   if (o.json) {
     Print(all.dump(2) + "\n");
     return kExitOk;

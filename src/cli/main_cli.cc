@@ -12,6 +12,7 @@
 #include "base/log.h"
 #include "cli/attach.h"
 #include "cli/check.h"
+#include "cli/daemon.h"
 #include "cli/exec.h"
 #include "cli/exit_codes.h"
 #include "cli/fork.h"
@@ -44,6 +45,8 @@ int Main(int argc, char** argv) {
   SnapshotOptions snapshot_options;
   RestoreOptions restore_options;
   ForkOptions fork_options;
+  DaemonCliOptions daemon_options;
+  bool daemon_commands = false;  // registered (RunDaemonCommands asks CLI11 about each of them)
   struct Group {
     std::initializer_list<std::string_view> names;
     std::function<void()> add;
@@ -57,6 +60,11 @@ int Main(int argc, char** argv) {
       {{"list", "status"}, [&] { AddListCommands(app, list_options); }},
       {{"snapshot", "restore"}, [&] { AddSnapshotCommands(app, snapshot_options, restore_options); }},
       {{"fork"}, [&] { AddForkCommand(app, fork_options); }},
+      {{"daemon", "daemon-vm", "create", "start", "stop", "destroy", "events"},
+       [&] {
+         AddDaemonCommands(app, daemon_options);
+         daemon_commands = true;
+       }},
   };
   std::string_view first = argc > 1 ? argv[1] : "";
   auto named = [&](const Group& g) { return std::find(g.names.begin(), g.names.end(), first) != g.names.end(); };
@@ -81,13 +89,16 @@ int Main(int argc, char** argv) {
   if (command == "check") return CheckCommand(check_options);
   // A KVM that cannot run stock kernels (PVM, ...) is refused before any image is read
   // (Vm::OpenKvm checks again for every other way a VM is built).
-  if (command == "run" || command == "restore" || command == "fork") {
+  if (command == "run" || command == "restore" || command == "fork" || command == "daemon-vm") {
     if (auto why = host::RefuseNonHardwareKvm(host::System())) {
       Log(LogLevel::kError, "{}", *why);
       return kExitError;
     }
   }
   if (command == "run") return RunCommand(run_options, timer);
+  if (daemon_commands) {
+    if (auto status = RunDaemonCommands(app, daemon_options, timer)) return *status;
+  }
   if (command == "rootfs") return RootfsCreateCommand(rootfs_options);
   if (command == "attach") return AttachCommand(attach_options);
   if (command == "exec") return ExecCommand(exec_options);

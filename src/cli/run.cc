@@ -41,6 +41,14 @@ void AddRunCommand(CLI::App& app, RunOptions& o) {
       "On a terminal, Ctrl-A x stops the VM.\n"
       "Exit status: 0 guest powered off, 1 VMM error, 2 usage error, 3 guest rebooted,\n"
       "4 guest crashed, 128+N stopped by signal N.");
+  AddSpecFlags(run, o);
+  run->add_flag("--boot-timing", o.boot_timing, "Print VMM phase timings and the time to the first guest output");
+  run->add_flag("-d,--detach", o.detach,
+                "Run in the background: print the VM id once it runs and return; the console goes to "
+                "the VM's console socket ('clone attach') and console.log");
+}
+
+void AddSpecFlags(CLI::App* run, RunOptions& o) {
   run->add_option("--kernel", o.spec.kernel, "Kernel image: bzImage or ELF vmlinux (PVH entry used if present)")
       ->required();
   run->add_option("--initrd", o.spec.initrd, "Initial ramdisk (cpio, optionally compressed)");
@@ -76,16 +84,12 @@ void AddRunCommand(CLI::App& app, RunOptions& o) {
       ->default_str("tmpfs");
   run->add_option("--modules", o.spec.rootfs.modules,
                   "With --rootfs: the kernel's modules directory (default /lib/modules/<kernel release>)");
-  run->add_flag("--boot-timing", o.boot_timing, "Print VMM phase timings and the time to the first guest output");
   run->add_flag("--net", o.spec.net,
                 "Automatic networking: a TAP on the bridge clonebr0 (created if missing, 172.30.0.1/24) "
                 "with NAT to the host's uplink; the guest's address (leased per VM) and MAC are applied "
                 "by the guest agent. Removed when the VM exits (the bridge stays for other VMs)");
   run->add_option("--name", o.spec.name,
                   "The VM id used by attach/exec/list (a-z, 0-9, '-'; default: a random vm-xxxxxx)");
-  run->add_flag("-d,--detach", o.detach,
-                "Run in the background: print the VM id once it runs and return; the console goes to "
-                "the VM's console socket ('clone attach') and console.log");
   run->add_flag("--seccomp", o.spec.seccomp,
                 "Confine the VM process with seccomp: the event loop, each vCPU and the agent/request workers may "
                 "make only the syscalls their role needs (no exec, no new processes, no executable memory); "

@@ -28,6 +28,9 @@ struct RunOptions {
 };
 
 void AddRunCommand(CLI::App& app, RunOptions& options);
+// The flags that make up a VM spec (every `clone run` flag but --detach and --boot-timing), shared
+// with `clone create`.
+void AddSpecFlags(CLI::App* command, RunOptions& options);
 
 // The spec the flags describe, validated (errors name the flag).
 [[nodiscard]] Result<spec::VmSpec> SpecFromRunOptions(const RunOptions& options);

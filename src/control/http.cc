@@ -353,7 +353,9 @@ std::string SerializeResponseHead(const Response& response, const ResponseHeadOp
     out += fmt::format("{}: {}\r\n", name, value);
   }
   const bool interim = response.status < 200;
-  if (!interim && response.status != 204) out += fmt::format("Content-Length: {}\r\n", response.body.size());
+  if (!interim && response.status != 204 && !response.close_delimited) {
+    out += fmt::format("Content-Length: {}\r\n", response.body.size());
+  }
   if (!interim) {
     if (!options.keep_alive) {
       out += "Connection: close\r\n";

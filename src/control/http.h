@@ -27,6 +27,8 @@
 // about framing (Content-Length, chunked, or close-delimited bodies; no body for 1xx/204/304/HEAD).
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -59,6 +61,9 @@ struct Request {
   bool keep_alive = true;  // the peer may send another request on this connection
   // Values of `{name}` segments of the matched route, percent-decoded. Filled by Router.
   std::map<std::string, std::string> path_params;
+  // The connection's peer (SO_PEERCRED at accept). Filled by Server.
+  uid_t peer_uid = 0;
+  pid_t peer_pid = 0;
 
   std::optional<std::string_view> Header(std::string_view name) const { return FindHeader(headers, name); }
 };
@@ -72,6 +77,9 @@ struct Response {
   // File descriptors sent to the client with SCM_RIGHTS alongside the first byte of the response
   // (server.h). Left empty in the responses the client returns (see client.h's received_fds).
   std::vector<Fd> fds;
+  // A stream's head (Responder::Hijack): no Content-Length; the body is what the handler writes on
+  // the taken connection until it closes it.
+  bool close_delimited = false;
 
   // `status` with `body` serialised as JSON and Content-Type: application/json.
   static Response Json(int status, const nlohmann::json& body);

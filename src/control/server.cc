@@ -44,6 +44,8 @@ struct Server::Connection {
   bool in_flight = false;           // a handler owns the current request
   bool continue_sent = false;
   std::string refused;  // why the peer may not use the server (SO_PEERCRED): its request gets a 403
+  uid_t peer_uid = 0;   // SO_PEERCRED at accept
+  pid_t peer_pid = 0;
   // The request being handled: how to frame its response.
   bool keep_alive = true;
   int version_minor = 1;
@@ -69,14 +71,15 @@ Result<sockaddr_un> UnixAddress(const std::string& path) {
   return addr;
 }
 
-// Why the peer of connection `fd` may not use this server (nullopt: it may): it must be root or `owner`.
-std::optional<std::string> CheckPeer(int fd, uid_t owner) {
-  ucred cred{};
+// Why the peer of connection `fd` may not use this server (nullopt: it may): it must be root or `owner`
+// (any uid with kAnyPeer). *peer gets the peer's credentials.
+std::optional<std::string> CheckPeer(int fd, uid_t owner, PeerPolicy policy, ucred* peer) {
+  ucred& cred = *peer;
   socklen_t len = sizeof(cred);
   if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
     return fmt::format("SO_PEERCRED: {}", std::strerror(errno));
   }
-  if (cred.uid == 0 || cred.uid == owner) return std::nullopt;
+  if (policy == PeerPolicy::kAnyPeer || cred.uid == 0 || cred.uid == owner) return std::nullopt;
   return fmt::format("uid {} (pid {}) is not the owner of this VM (uid {}) or root", cred.uid, cred.pid, owner);
 }
 
@@ -178,7 +181,8 @@ void Server::OnAccept() {
       return;
     }
     Fd fd(raw);
-    std::optional<std::string> refused = CheckPeer(fd.get(), limits_.owner_uid);
+    ucred peer{};
+    std::optional<std::string> refused = CheckPeer(fd.get(), limits_.owner_uid, limits_.peers, &peer);
     if (refused) CLONE_LOG_RATELIMITED(LogLevel::kWarn, "control socket {}: {}", socket_path_, *refused);
     if (connections_.size() >= limits_.max_connections) {
       std::string busy = SerializeResponse(Response::Error(503, "too many control connections"), {.keep_alive = false});
@@ -191,6 +195,8 @@ void Server::OnAccept() {
     conn->fd = std::move(fd);
     conn->parser = RequestParser(limits_.parser);
     if (refused) conn->refused = std::move(*refused);
+    conn->peer_uid = peer.uid;
+    conn->peer_pid = peer.pid;
     Connection& ref = *conn;
     const int conn_fd = conn->fd.get();
     connections_.emplace(id, std::move(conn));
@@ -337,6 +343,8 @@ void Server::ParseNext(Connection& conn) {
     Queue(conn, Response::Error(403, conn.refused), /*close_after=*/true);
     return;
   }
+  step.request.peer_uid = conn.peer_uid;
+  step.request.peer_pid = conn.peer_pid;
   Responder responder([link = link_, id = conn.id](Completion completion) {
     auto shared = std::make_shared<Completion>(std::move(completion));
     std::lock_guard lock(link->mu);

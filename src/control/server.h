@@ -34,6 +34,8 @@
 //     dispatched) and is closed. The
 //     socket's mode (0600) already keeps others out; this holds even if the socket or its directory
 //     is made accessible (a group, a bind mount, a daemon serving several users).
+//     With PeerPolicy::kAnyPeer nobody is refused here; every request carries its peer's uid and
+//     pid (Request::peer_uid/peer_pid) for the handlers to check.
 //   * Responses carrying file descriptors send them with SCM_RIGHTS on the first byte of the
 //     response (the client must use recvmsg; client.h does). The server closes its copies once sent.
 //
@@ -64,12 +66,17 @@
 
 namespace clonevm::control {
 
+// Who may use the server: root and `owner_uid` (a VM's control socket), or every peer that can
+// connect (the daemon: the socket's mode and group decide, and handlers check Request::peer_uid).
+enum class PeerPolicy { kOwnerOrRoot, kAnyPeer };
+
 struct Limits {
   ParserLimits parser;
   size_t max_connections = 64;
   std::chrono::milliseconds idle_timeout{60'000};
   std::chrono::milliseconds request_timeout{10'000};
   uid_t owner_uid = ::geteuid();  // besides root, the only uid served (see "Owner check")
+  PeerPolicy peers = PeerPolicy::kOwnerOrRoot;
 };
 
 class Server {

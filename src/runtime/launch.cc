@@ -220,9 +220,10 @@ Result<SnapshotIdentity> ApplyIdentity(const Launch& launch, const std::string& 
 }
 
 // Serves the built VM, tells a detached parent, runs it to its end with the terminal raw, tears down.
-Result<VmExit> ServeAndRun(std::unique_ptr<VmService> service, std::unique_ptr<Vm> vm, Fd& ready) {
+Result<VmExit> ServeAndRun(std::unique_ptr<VmService> service, std::unique_ptr<Vm> vm, Fd& ready,
+                           const std::string& vmm_log) {
   CLONE_TRY_VOID(service->Serve(*vm));
-  if (ready) ReportDetachedReady(ready, service->dir().id(), service->dir().vmm_log());
+  if (ready) ReportDetachedReady(ready, service->dir().id(), vmm_log.empty() ? service->dir().vmm_log() : vmm_log);
   VmExit exit;
   {
     RawTerminal terminal(STDIN_FILENO);
@@ -264,7 +265,7 @@ Result<VmExit> Boot(const Launch& launch, Fd& ready, BootTimer& timer) {
   config.console_out = STDOUT_FILENO;
   service->ConnectConsole(config);
   auto vm = CLONE_TRY(Vm::Create(std::move(config), &timer));
-  return ServeAndRun(std::move(service), std::move(vm), ready);
+  return ServeAndRun(std::move(service), std::move(vm), ready, launch.vmm_log);
 }
 
 Result<VmExit> FromSnapshot(const Launch& launch, Fd& ready, BootTimer& timer) {
@@ -303,7 +304,7 @@ Result<VmExit> FromSnapshot(const Launch& launch, Fd& ready, BootTimer& timer) {
   auto vm = Vm::Restore(std::move(config), loaded.state, loaded.memory, &timer);
   if (!vm) return Fail(vm.error().Wrap(fmt::format("{} from {}", fork ? "forking" : "restoring", loaded.path)));
   loaded.memory.reset();  // the mappings keep the file
-  return ServeAndRun(std::move(service), std::move(*vm), ready);
+  return ServeAndRun(std::move(service), std::move(*vm), ready, launch.vmm_log);
 }
 
 }  // namespace

@@ -45,6 +45,7 @@ struct Launch {
   snapshot::Loaded* loaded = nullptr;      // restore and fork: the snapshot, read and checked
   std::vector<std::string> disk_rewrites;  // restore and fork: FROM=TO (snapshot/disks.h)
   bool detached = false;                   // console to <dir>/console.log; stdio let go once running
+  std::string vmm_log;                     // detached: stderr once running (empty: <dir>/vmm.log)
   // The agent sets the guest's hostname to the VM id: a named boot or restore, and every fork.
   bool set_hostname = false;
   // When the user asked (for a fork, before the VM process was forked): GET /vm's timings start here.
