@@ -6,6 +6,7 @@
 
 #include "base/log.h"
 #include "cli/attach.h"
+#include "cli/balloon.h"
 #include "cli/check.h"
 #include "cli/exec.h"
 #include "cli/exit_codes.h"
@@ -44,6 +45,8 @@ int Main(int argc, char** argv) {
   AddSnapshotCommands(app, snapshot_options, restore_options);
   ForkOptions fork_options;
   AddForkCommand(app, fork_options);
+  BalloonOptions balloon_options;
+  AddBalloonCommand(app, balloon_options);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -75,6 +78,7 @@ int Main(int argc, char** argv) {
   if (app.got_subcommand("snapshot")) return SnapshotCommand(snapshot_options);
   if (app.got_subcommand("restore")) return RestoreCommand(restore_options, timer);
   if (app.got_subcommand("fork")) return ForkCommand(fork_options, timer);
+  if (app.got_subcommand("balloon")) return BalloonCommand(balloon_options);
   return kExitUsage;
 }
 

@@ -1,5 +1,6 @@
 #include "memory/guest_memory.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -31,6 +32,7 @@ Result<MemoryRegion> MapFileRegion(int file, uint64_t offset, uint64_t gpa, uint
   region.size = size;
   region.mapping =
       CLONE_TRY(Mmap::Map(size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, file, static_cast<off_t>(offset)));
+  region.backing = MemoryBacking::kFilePrivate;
   // Copies made on write are anonymous pages: let KSM merge those across forks.
   if (::madvise(region.host(), size, MADV_MERGEABLE) != 0) {
     Log(LogLevel::kDebug, "madvise(MADV_MERGEABLE) failed: {}", errno);
@@ -38,7 +40,33 @@ Result<MemoryRegion> MapFileRegion(int file, uint64_t offset, uint64_t gpa, uint
   return region;
 }
 
+Result<MemoryRegion> MapSharedRegion(int memfd, uint64_t offset, uint64_t gpa, uint64_t size) {
+  MemoryRegion region;
+  region.gpa = gpa;
+  region.size = size;
+  region.mapping = CLONE_TRY(Mmap::Map(size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, static_cast<off_t>(offset)));
+  region.backing = MemoryBacking::kSharedMemfd;
+  // KSM merges only private anonymous pages; shared pages are not offered to it.
+  return region;
+}
+
 }  // namespace
+
+Result<GuestMemory> GuestMemory::CreateShared(uint64_t ram_bytes, uint64_t hole_start, uint64_t high_start) {
+  if (ram_bytes == 0 || ram_bytes % 4096 != 0)
+    return Fail("guest RAM size {} is not a positive multiple of 4 KiB", ram_bytes);
+  Fd memfd(::memfd_create("clone-guest-ram", MFD_CLOEXEC));
+  if (!memfd) return FailErrno("memfd_create", "guest RAM");
+  if (::ftruncate(memfd.get(), static_cast<off_t>(ram_bytes)) != 0) return FailErrno("ftruncate", "guest RAM memfd");
+  GuestMemory mem;
+  mem.ram_bytes_ = ram_bytes;
+  uint64_t low = std::min(ram_bytes, hole_start);
+  mem.regions_.push_back(CLONE_TRY(MapSharedRegion(memfd.get(), 0, 0, low)));
+  if (ram_bytes > low)
+    mem.regions_.push_back(CLONE_TRY(MapSharedRegion(memfd.get(), low, high_start, ram_bytes - low)));
+  CLONE_TRY_VOID(mem.CreateDirtyLog());
+  return mem;  // the mappings keep the memfd's pages; the fd itself closes here
+}
 
 Result<GuestMemory> GuestMemory::CreateFromFile(int file, uint64_t ram_bytes, uint64_t hole_start,
                                                 uint64_t high_start) {
@@ -176,6 +204,28 @@ std::span<uint8_t> GuestMemory::Span(uint64_t gpa, uint64_t len) const {
     if (len > r.size - offset) return {};
     return std::span(r.host() + offset, len);
   }
+  return {};
+}
+
+Result<void> GuestMemory::Discard(uint64_t gpa, uint64_t len) const {
+  if (gpa % kDirtyPageSize != 0 || len % kDirtyPageSize != 0)
+    return Fail("discard {:#x}+{:#x}: not 4 KiB aligned", gpa, len);
+  if (len == 0) return {};
+  const MemoryRegion* region = nullptr;
+  for (const auto& r : regions_) {
+    if (gpa >= r.gpa && gpa < r.end() && len <= r.end() - gpa) region = &r;
+  }
+  if (region == nullptr) return Fail("discard {:#x}+{:#x}: outside guest RAM", gpa, len);
+  uint8_t* host = region->host() + (gpa - region->gpa);
+  // MADV_DONTNEED on a private mapping drops its pages (anonymous: zero on the next touch; file:
+  // the file's page again). On a shared mapping it would only unmap them from this process, so the
+  // memfd's pages are freed with MADV_REMOVE, which punches a hole in the file.
+  int advice = region->backing == MemoryBacking::kSharedMemfd ? MADV_REMOVE : MADV_DONTNEED;
+  if (::madvise(host, len, advice) != 0) {
+    return FailErrno("madvise",
+                     fmt::format("{} {:#x}+{:#x}", advice == MADV_REMOVE ? "MADV_REMOVE" : "MADV_DONTNEED", gpa, len));
+  }
+  MarkDirty(gpa, len);
   return {};
 }
 

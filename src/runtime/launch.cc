@@ -175,6 +175,17 @@ Result<void> ReadKernel(const spec::VmSpec& s, VmConfig* config) {
   return {};
 }
 
+// The balloon device for --balloon (docs/density.md); none for off.
+Result<std::optional<virtio::BalloonOptions>> BalloonOptionsOf(const spec::BalloonSpec& b) {
+  if (b.mode == "off") return std::nullopt;
+  if (b.mode == "auto") {
+    return Fail(
+        "--balloon auto: the automatic balloon policy is not available yet; use --balloon manual "
+        "(free page reporting and 'clone balloon')");
+  }
+  return virtio::BalloonOptions{.free_page_reporting = b.free_page_reporting, .stats_interval_s = b.stats_interval_s};
+}
+
 // Boot: reads and verifies the kernel and initrd and opens every disk, before KVM is opened.
 Result<VmConfig> BootConfig(const spec::VmSpec& s, const std::string& overlay) {
   VmConfig config;
@@ -194,6 +205,7 @@ Result<VmConfig> BootConfig(const spec::VmSpec& s, const std::string& overlay) {
   if (s.cid != 0 || ::access(virtio::Vsock::kDefaultDevice, R_OK | W_OK) == 0) config.vsock = VsockConfig{s.cid};
   CLONE_TRY_VOID(spec::CheckShares(s.shares));
   config.shared_dirs = spec::ToSharedDirs(s.shares);
+  config.balloon = CLONE_TRY(BalloonOptionsOf(s.balloon));
   config.mem_bytes = s.mem_mib * x86::kMiB;
   config.vcpus = s.vcpus;
   return config;

@@ -19,6 +19,7 @@
 #include "base/json.h"
 #include "base/log.h"
 #include "control/router.h"
+#include "runtime/balloon_api.h"
 #include "snapshot/take.h"
 
 namespace clonevm {
@@ -353,6 +354,7 @@ nlohmann::json VmService::StateJson() const {
   if (auto first = vm_->first_run()) timing["first_instruction_ms"] = ms_since_launch(*first);
   if (agent_ready_at_) timing["agent_ms"] = ms_since_launch(*agent_ready_at_);
   state["timing"] = timing;
+  state["balloon"] = BalloonJson(*vm_);
   return state;
 }
 
@@ -375,6 +377,7 @@ control::Router VmService::Routes() {
   router.Add("POST", "/vm/exec/session", [this](control::Request request, control::Responder r) {
     HandleExecSession(std::move(request), std::move(r));
   });
+  router.Add("PUT", "/vm/balloon", BalloonRoute(*vm_));
   router.Add("PUT", "/vm/snapshot", snapshot::SnapshotRoute(*vm_, dir_.id(), options_.info));
   return router;
 }

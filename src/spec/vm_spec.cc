@@ -297,6 +297,9 @@ Result<void> ValidateSpec(const VmSpec& s, Spelling spelling) {
   if (s.balloon.mode != "off" && s.balloon.mode != "manual" && s.balloon.mode != "auto") {
     return Fail("{} '{}': expected off, manual or auto", n.balloon, s.balloon.mode);
   }
+  if (s.balloon.stats_interval_s > 3600) {
+    return Fail("balloon statistics interval {} s: at most 3600", s.balloon.stats_interval_s);
+  }
   return {};
 }
 
@@ -321,7 +324,12 @@ json SpecToJson(const VmSpec& s) {
       {"vcpus", s.vcpus},
       {"mem_mib", s.mem_mib},
       {"seccomp", s.seccomp},
-      {"balloon", {{"mode", s.balloon.mode}, {"floor", s.balloon.floor}, {"times", s.balloon.times}}},
+      {"balloon",
+       {{"mode", s.balloon.mode},
+        {"floor", s.balloon.floor},
+        {"times", s.balloon.times},
+        {"free_page_reporting", s.balloon.free_page_reporting},
+        {"stats_interval_s", s.balloon.stats_interval_s}}},
   };
 }
 
@@ -355,10 +363,12 @@ Result<VmSpec> SpecFromJson(const json& j) {
   CLONE_TRY_VOID(r.GetUnsigned("mem_mib", &s.mem_mib));
   CLONE_TRY_VOID(r.Get("seccomp", &s.seccomp));
   if (auto balloon = r.Child("balloon")) {
-    CLONE_TRY_VOID(balloon->Expect({"mode", "floor", "times"}));
+    CLONE_TRY_VOID(balloon->Expect({"mode", "floor", "times", "free_page_reporting", "stats_interval_s"}));
     CLONE_TRY_VOID(balloon->Get("mode", &s.balloon.mode));
     CLONE_TRY_VOID(balloon->Get("floor", &s.balloon.floor));
     CLONE_TRY_VOID(balloon->Get("times", &s.balloon.times));
+    CLONE_TRY_VOID(balloon->Get("free_page_reporting", &s.balloon.free_page_reporting));
+    CLONE_TRY_VOID(balloon->GetUnsigned("stats_interval_s", &s.balloon.stats_interval_s));
   }
   CLONE_TRY_VOID(ValidateSpec(s, Spelling::kJson));
   return s;

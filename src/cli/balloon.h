@@ -1,0 +1,27 @@
+// `clone balloon`: set a running VM's balloon target through its control API (PUT /vm/balloon), and
+// the balloon flags `clone run` takes (docs/density.md).
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "base/result.h"
+#include "spec/vm_spec.h"
+
+namespace clonevm::cli {
+
+struct BalloonOptions {
+  std::string vm_id;
+  std::string target;  // memory the guest keeps: 64M, 1G, 256 (a bare number is MiB)
+  bool json = false;
+};
+
+// --balloon MODE, --no-balloon, --no-free-page-reporting, --balloon-stats-interval on `run`.
+void AddBalloonFlags(CLI::App* run, spec::BalloonSpec& spec);
+void AddBalloonCommand(CLI::App& app, BalloonOptions& options);
+int BalloonCommand(const BalloonOptions& options);
+
+// "64M", "1G", "512K" (rounded down to whole MiB), "256" (MiB) -> MiB; at least 1 MiB.
+[[nodiscard]] Result<uint64_t> ParseMemoryMib(const std::string& text);
+
+}  // namespace clonevm::cli
