@@ -1,10 +1,9 @@
 #include "cli/balloon.h"
 
-#include <charconv>
-
 #include "base/log.h"
 #include "cli/exit_codes.h"
 #include "control/client.h"
+#include "runtime/balloon_policy.h"
 #include "runtime/vm_dir.h"
 
 namespace clonevm::cli {
@@ -30,33 +29,15 @@ Result<int> SetTarget(const BalloonOptions& o) {
 
 }  // namespace
 
-Result<uint64_t> ParseMemoryMib(const std::string& text) {
-  uint64_t value = 0;
-  const char* end = text.data() + text.size();
-  auto [rest, ec] = std::from_chars(text.data(), end, value);
-  if (ec != std::errc() || rest == text.data()) return Fail("'{}': expected a size such as 64M, 1G or 256", text);
-  std::string_view unit(rest, static_cast<size_t>(end - rest));
-  uint64_t kib = 0;
-  constexpr uint64_t kMax = uint64_t{1} << 40;  // KiB: far above any guest
-  if (value > kMax) return Fail("'{}': too large", text);
-  if (unit.empty() || unit == "M" || unit == "m" || unit == "MiB") {
-    kib = value * 1024;
-  } else if (unit == "G" || unit == "g" || unit == "GiB") {
-    kib = value * 1024 * 1024;
-  } else if (unit == "K" || unit == "k" || unit == "KiB") {
-    kib = value;
-  } else {
-    return Fail("'{}': unknown unit '{}' (use K, M or G)", text, unit);
-  }
-  if (kib < 1024) return Fail("'{}': at least 1M", text);
-  return kib / 1024;
-}
-
 void AddBalloonFlags(CLI::App* run, spec::BalloonSpec& spec) {
   run->add_option("--balloon", spec.mode,
                   "Memory balloon: manual (default: free page reporting gives freed guest memory back, "
-                  "'clone balloon' sets a target), off (no balloon device)")
+                  "'clone balloon' sets a target), auto (manual + inflate while the agent reports the guest "
+                  "idle, deflate when it is active), off (no balloon device)")
       ->capture_default_str();
+  run->add_option("--balloon-floor", spec.floor, "auto: memory an idle guest keeps at the last step (default 24M)");
+  run->add_option("--balloon-times", spec.times,
+                  "auto: IDLE1,IDLE2,IDLE3,COOLDOWN,BURST_COOLDOWN (default 30s,2m,5m,60s,3m)");
   run->add_flag_callback(
       "--no-balloon", [&spec] { spec.mode = "off"; }, "No balloon device (--balloon off)");
   run->add_flag_callback(

@@ -5,7 +5,6 @@
 #include <CLI/CLI.hpp>
 #include <string>
 
-#include "base/result.h"
 #include "spec/vm_spec.h"
 
 namespace clonevm::cli {
@@ -16,12 +15,10 @@ struct BalloonOptions {
   bool json = false;
 };
 
-// --balloon MODE, --no-balloon, --no-free-page-reporting, --balloon-stats-interval on `run`.
+// --balloon MODE, --no-balloon, --no-free-page-reporting, --balloon-stats-interval, --balloon-floor,
+// --balloon-times on `run`.
 void AddBalloonFlags(CLI::App* run, spec::BalloonSpec& spec);
 void AddBalloonCommand(CLI::App& app, BalloonOptions& options);
 int BalloonCommand(const BalloonOptions& options);
-
-// "64M", "1G", "512K" (rounded down to whole MiB), "256" (MiB) -> MiB; at least 1 MiB.
-[[nodiscard]] Result<uint64_t> ParseMemoryMib(const std::string& text);
 
 }  // namespace clonevm::cli

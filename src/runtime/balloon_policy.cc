@@ -23,6 +23,28 @@ Result<std::chrono::seconds> ParseDuration(std::string_view text) {
 
 }  // namespace
 
+Result<uint64_t> ParseMemoryMib(const std::string& text) {
+  uint64_t value = 0;
+  const char* end = text.data() + text.size();
+  auto [rest, ec] = std::from_chars(text.data(), end, value);
+  if (ec != std::errc() || rest == text.data()) return Fail("'{}': expected a size such as 64M, 1G or 256", text);
+  std::string_view unit(rest, static_cast<size_t>(end - rest));
+  constexpr uint64_t kMaxKib = uint64_t{1} << 40;
+  if (value > kMaxKib) return Fail("'{}': too large", text);
+  uint64_t kib = 0;
+  if (unit.empty() || unit == "M" || unit == "m" || unit == "MiB") {
+    kib = value * 1024;
+  } else if (unit == "G" || unit == "g" || unit == "GiB") {
+    kib = value * 1024 * 1024;
+  } else if (unit == "K" || unit == "k" || unit == "KiB") {
+    kib = value;
+  } else {
+    return Fail("'{}': unknown unit '{}' (use K, M or G)", text, unit);
+  }
+  if (kib < 1024) return Fail("'{}': at least 1M", text);
+  return kib / 1024;
+}
+
 Result<BalloonPolicyTimes> ParseBalloonTimes(const std::string& text) {
   std::vector<std::chrono::seconds> parts;
   size_t start = 0;

@@ -31,6 +31,10 @@ struct BalloonPolicyTimes {
   std::chrono::seconds idle1{30}, idle2{120}, idle3{300}, cooldown{60}, burst_cooldown{180};
   bool operator==(const BalloonPolicyTimes&) const = default;
 };
+// "64M", "1G", "512K" (rounded down to whole MiB), "256" (MiB) -> MiB; at least 1 MiB. The one
+// parser of memory sizes for balloon targets and floors.
+[[nodiscard]] Result<uint64_t> ParseMemoryMib(const std::string& text);
+
 // "30s,2m,5m,60s,3m" (units s, m, h; a bare number is seconds); IDLE1 <= IDLE2 <= IDLE3.
 [[nodiscard]] Result<BalloonPolicyTimes> ParseBalloonTimes(const std::string& text);
 

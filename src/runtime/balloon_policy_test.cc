@@ -136,3 +136,20 @@ TEST(BalloonTimesTest, BadFormsAreOneLineErrors) {
 
 }  // namespace
 }  // namespace clonevm
+
+namespace clonevm {
+namespace {
+
+TEST(MemorySizeTest, ParsesMibWithUnits) {
+  EXPECT_EQ(*ParseMemoryMib("64M"), 64u);
+  EXPECT_EQ(*ParseMemoryMib("256"), 256u);
+  EXPECT_EQ(*ParseMemoryMib("1G"), 1024u);
+  EXPECT_EQ(*ParseMemoryMib("2048K"), 2u);
+  EXPECT_EQ(*ParseMemoryMib("1536k"), 1u);  // rounded down
+  for (const char* bad : {"", "M", "64X", "-1", "512K", "0", "99999999999999999999"}) {
+    EXPECT_FALSE(ParseMemoryMib(bad)) << bad;
+  }
+}
+
+}  // namespace
+}  // namespace clonevm

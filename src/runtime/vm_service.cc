@@ -196,6 +196,19 @@ void VmService::ConfineThisThread() const {
   }
 }
 
+void VmService::ApplyBalloonPolicy(const agent::Report& report) {
+  if (!options_.balloon_policy || !vm_->has_balloon()) return;
+  if (!balloon_policy_) balloon_policy_.emplace(*options_.balloon_policy);
+  uint64_t bytes = balloon_policy_->Update({report.active, report.psi_some_avg10, report.mem_available_kb * 1024},
+                                           std::chrono::steady_clock::now());
+  if (bytes == balloon_applied_) return;
+  if (auto set = vm_->SetBalloonTarget(bytes); !set) {
+    Log(LogLevel::kWarn, "balloon policy: {}", set.error().message());
+    return;
+  }
+  balloon_applied_ = bytes;
+}
+
 agent::AgentEndpoint VmService::Endpoint() const { return agent::AgentEndpoint{identity_.vsock_cid}; }
 
 void VmService::AgentLoop() {
@@ -243,6 +256,7 @@ void VmService::AgentLoop() {
           if (!identity_sent && options_.from_snapshot) break;
           auto report = monitor->Next(kAgentSessionTimeout);
           if (!report) break;
+          ApplyBalloonPolicy(*report);
           std::lock_guard lock(mu_);
           last_report_ = *report;
           last_report_at_ = std::chrono::steady_clock::now();

@@ -92,6 +92,9 @@ Result<void> Balloon::Activate(const DeviceContext& context) {
   if ((context.features & kBalloonFeatureStatsVq) != 0) roles_.push_back(Role::kStats);
   if ((context.features & kBalloonFeatureReporting) != 0) roles_.push_back(Role::kReporting);
   ArmTimer((context.features & kBalloonFeatureStatsVq) != 0);
+  // Linux primes the stats queue before DRIVER_OK (virtballoon_probe kicks it from init_vqs), when
+  // the device could not take the buffer yet: look for buffers made available before activation.
+  for (size_t i = 0; i < roles_.size(); ++i) CLONE_TRY_VOID(ProcessQueue(i));
   return {};
 }
 

@@ -229,6 +229,28 @@ TEST_F(BalloonTest, StatsBufferIsHeldParsedAndGivenBackOnTheTimer) {
   EXPECT_FALSE(NeedsReset());
 }
 
+// Linux adds its first stats buffer and kicks before it sets DRIVER_OK.
+TEST_F(BalloonTest, StatsBufferPrimedBeforeDriverOkIsTaken) {
+  auto balloon = Balloon::Create({.protected_below = kProtected}, kRam, kHigh + 4 * kMiB);
+  transport_ = MmioTransport::Create(memory_, std::move(*balloon)).value();
+  driver_ = std::make_unique<MmioDriver>(*transport_);
+  ASSERT_TRUE(driver_->Negotiate(kAllFeatures));
+  QueueDriver stats{memory_, Balloon::kQueueSize, 0x30000, 0x80000};
+  for (uint32_t i = 0; i < 4; ++i) driver_->SetUpQueue(i, i == 2 ? stats : queues_[i]);
+  auto bytes = Stats({{4, 123 * kMiB}});
+  uint64_t at = stats.Alloc(static_cast<uint32_t>(bytes.size()));
+  ASSERT_TRUE(memory_.WriteBytes(at, bytes));
+  stats.AddChain({{at, static_cast<uint32_t>(bytes.size())}});
+  driver_->Notify(2);  // not active yet
+  EXPECT_TRUE(Status().stats.empty());
+  driver_->DriverOk();
+  BalloonStatus s = Status();
+  ASSERT_EQ(s.stats.size(), 1u);
+  EXPECT_EQ(s.stats[0].name, "free_memory");
+  EXPECT_EQ(s.stats[0].value, 123 * kMiB);
+  EXPECT_EQ(stats.UsedIdx(), 0);  // held
+}
+
 TEST_F(BalloonTest, PauseGivesTheStatsBufferBack) {
   uint64_t at = queues_[2].Alloc(10);
   queues_[2].AddChain({{at, 10}});
