@@ -86,7 +86,7 @@ void BalloonPolicy::Deflate(Clock::time_point now) {
 
 uint64_t BalloonPolicy::Update(const GuestActivity& report, Clock::time_point now) {
   bool pressure = report.psi_some_avg10 && *report.psi_some_avg10 >= config_.pressure_threshold;
-  bool busy = report.active || pressure;
+  bool busy = pressure || report.exec_running || (report.active && !report.balloon_settling);
   if (busy_ && *busy_ != busy) NoteTransition(now);
   bool became_idle = !busy && (!busy_ || *busy_);
   busy_ = busy;

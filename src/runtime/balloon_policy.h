@@ -12,6 +12,10 @@
 //   * After any deflate, no inflation for COOLDOWN (60 s); when 3 or more active/idle transitions
 //     happened within the last 5 minutes, for BURST_COOLDOWN (3 min) instead. Steps the idle time
 //     reached during a cooldown are taken when it ends.
+//   * The balloon's own work is not activity: while the balloon is still moving towards the size
+//     the policy set (the driver's actual differs from the target), CPU use alone does not count
+//     as active — only a running exec session or memory pressure does. Otherwise every inflation
+//     (kernel time in the guest) would look like activity and deflate the balloon it is filling.
 // A guest's report is guest-controlled: an available size above its RAM is clamped, and the floor
 // bounds every inflation, so a lying guest can only make its own balloon smaller or get itself
 // deflated.
@@ -47,7 +51,9 @@ struct BalloonPolicyConfig {
 
 // One agent report, as the policy reads it.
 struct GuestActivity {
-  bool active = false;
+  bool active = false;                   // the agent's verdict (CPU use or an exec session)
+  bool exec_running = false;             // an exec session runs (always activity)
+  bool balloon_settling = false;         // the balloon has not reached its target yet (VMM side)
   std::optional<double> psi_some_avg10;  // null without PSI
   uint64_t available_bytes = 0;          // the guest's MemAvailable (with the current balloon)
 };

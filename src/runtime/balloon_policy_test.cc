@@ -15,7 +15,7 @@ class BalloonPolicyTest : public ::testing::Test {
  protected:
   // Feeds a report `at` seconds after the start.
   uint64_t At(int at, bool active, uint64_t available_mib = 400, std::optional<double> psi = 0.0) {
-    return policy_.Update({active, psi, available_mib * kMiB}, start_ + seconds(at));
+    return policy_.Update({active, false, false, psi, available_mib * kMiB}, start_ + seconds(at));
   }
   // Idle reports every second over [from, to].
   uint64_t IdleFrom(int from, int to, uint64_t available_mib = 400) {
@@ -105,6 +105,23 @@ TEST_F(BalloonPolicyTest, AGuestWithNothingAvailableOnlyReachesTheFloorStep) {
 TEST_F(BalloonPolicyTest, AGuestSmallerThanTheFloorIsNeverInflated) {
   policy_ = BalloonPolicy(BalloonPolicyConfig{16 * kMiB, kFloor, {}, 10.0});
   EXPECT_EQ(IdleFrom(0, 600), 0u);
+}
+
+TEST_F(BalloonPolicyTest, TheBalloonsOwnWorkIsNotActivity) {
+  IdleFrom(0, 30);
+  ASSERT_EQ(policy_.balloon_bytes(), 100 * kMiB);
+  auto at = [this](int t) { return start_ + seconds(t); };
+  // CPU-busy while the balloon is still inflating: the driver's work, not the guest's.
+  EXPECT_EQ(policy_.Update({true, false, true, 0.0, 300 * kMiB}, at(31)), 100 * kMiB);
+  // An exec session is activity even then, and so is pressure.
+  EXPECT_EQ(policy_.Update({true, true, true, 0.0, 300 * kMiB}, at(32)), 0u);
+  IdleFrom(33, 200);
+  ASSERT_GT(policy_.balloon_bytes(), 0u);
+  EXPECT_EQ(policy_.Update({false, false, true, 50.0, 300 * kMiB}, at(201)), 0u);
+  // Once settled, CPU use counts again.
+  IdleFrom(202, 400);
+  ASSERT_GT(policy_.balloon_bytes(), 0u);
+  EXPECT_EQ(policy_.Update({true, false, false, 0.0, 300 * kMiB}, at(401)), 0u);
 }
 
 TEST_F(BalloonPolicyTest, NoPsiIsNoPressure) {

@@ -199,8 +199,11 @@ void VmService::ConfineThisThread() const {
 void VmService::ApplyBalloonPolicy(const agent::Report& report) {
   if (!options_.balloon_policy || !vm_->has_balloon()) return;
   if (!balloon_policy_) balloon_policy_.emplace(*options_.balloon_policy);
-  uint64_t bytes = balloon_policy_->Update({report.active, report.psi_some_avg10, report.mem_available_kb * 1024},
-                                           std::chrono::steady_clock::now());
+  std::optional<virtio::BalloonStatus> balloon = vm_->balloon_status();
+  bool settling = balloon && balloon->actual_pages != balloon->target_pages;
+  GuestActivity activity{report.active, report.exec_sessions > 0, settling, report.psi_some_avg10,
+                         report.mem_available_kb * 1024};
+  uint64_t bytes = balloon_policy_->Update(activity, std::chrono::steady_clock::now());
   if (bytes == balloon_applied_) return;
   if (auto set = vm_->SetBalloonTarget(bytes); !set) {
     Log(LogLevel::kWarn, "balloon policy: {}", set.error().message());

@@ -7,7 +7,9 @@
 #   2. inflating with `clone balloon --target 160M` (a guest without free page reporting, holding
 #      300 MiB it freed) lowers the VMM's RSS by most of that and the guest sees the memory gone;
 #   3. deflating (`--target 512M`) gives it back: the guest allocates 300 MiB again;
-#   4. a snapshot of the ballooned VM forks with the balloon intact (GET /vm of the fork).
+#   4. a snapshot of the ballooned VM forks with the balloon intact (GET /vm of the fork);
+#   5. --balloon auto with compressed times: the agent's idle reports inflate the guest down to the
+#      floor, an exec (activity) deflates it at once.
 source "$(dirname "$0")/lib.sh"
 
 e2e_prepare() {
@@ -121,4 +123,24 @@ echo "deflate: guest MemAvailable with 300 MiB filled: ${avail_after} MiB; VMM R
 out=$("$CLONE_BIN" balloon --vm-id bal --target 600M 2>&1) && fail "a target above RAM is refused"
 check "a target above the guest's RAM is refused with one line" grep -q "target_mib" <<<"$out"
 stop_vm bal || fail "bal stops"
+echo "sections 1-4: ${SECONDS} s"
+
+# --- 5. the policy: idle -> floor, active -> deflated ---
+id=$(run_vm auto --balloon auto --balloon-floor 64M --balloon-times 2s,4s,6s,4s,8s) || true
+check "VM with --balloon auto started" test "$id" = auto
+check "agent answers" wait_agent auto
+# Only GET /vm from here on: every exec is activity.
+check "idle: the policy inflates the guest down to the 64 MiB floor" wait_actual auto 120 64
+echo "auto at the floor: VMM RSS $(rss_mib auto) MiB, balloon $(balloon_field auto balloon_mib) MiB"
+"$CLONE_BIN" exec --vm-id auto --timeout 60 -- sleep 10 >/dev/null 2>&1 &
+deflated=0
+for _ in $(seq 1 20); do
+  t=$(balloon_field auto target_mib)
+  [[ -n $t ]] && awk -v t="$t" 'BEGIN{exit !(t >= 511)}' && { deflated=1; break; }
+  sleep 0.5
+done
+check "active (an exec runs): the policy deflates at once" test "$deflated" = 1
+wait
+stop_vm auto || fail "auto stops"
+echo "total: ${SECONDS} s"
 e2e_finish
