@@ -29,7 +29,12 @@ Result<int> SetTarget(const BalloonOptions& o) {
 
 }  // namespace
 
-void AddBalloonFlags(CLI::App* run, spec::BalloonSpec& spec) {
+void AddBalloonFlags(CLI::App* run, spec::VmSpec& vm) {
+  run->add_flag_callback(
+      "--no-ksm", [&vm] { vm.ksm = false; },
+      "Do not offer guest RAM to KSM (default: MADV_MERGEABLE; whether KSM runs is the host's setting, see 'clone "
+      "check')");
+  spec::BalloonSpec& spec = vm.balloon;
   run->add_option("--balloon", spec.mode,
                   "Memory balloon: manual (default: free page reporting gives freed guest memory back, "
                   "'clone balloon' sets a target), auto (manual + inflate while the agent reports the guest "

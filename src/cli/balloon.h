@@ -17,7 +17,8 @@ struct BalloonOptions {
 
 // --balloon MODE, --no-balloon, --no-free-page-reporting, --balloon-stats-interval, --balloon-floor,
 // --balloon-times on `run`.
-void AddBalloonFlags(CLI::App* run, spec::BalloonSpec& spec);
+// Also --no-ksm (spec.ksm): the memory-density flags live together.
+void AddBalloonFlags(CLI::App* run, spec::VmSpec& spec);
 void AddBalloonCommand(CLI::App& app, BalloonOptions& options);
 int BalloonCommand(const BalloonOptions& options);
 

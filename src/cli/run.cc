@@ -91,7 +91,7 @@ void AddRunCommand(CLI::App& app, RunOptions& o) {
                 "Confine the VM process with seccomp: the event loop, each vCPU and the agent/request workers may "
                 "make only the syscalls their role needs (no exec, no new processes, no executable memory); "
                 "a forbidden call stops the VM with one line on stderr naming the thread role and syscall");
-  AddBalloonFlags(run, o.spec.balloon);
+  AddBalloonFlags(run, o.spec);
 }
 
 Result<spec::VmSpec> SpecFromRunOptions(const RunOptions& o) {

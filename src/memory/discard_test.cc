@@ -166,3 +166,41 @@ TEST(DiscardTest, DiscardedPagesAreDirtyWhileTracking) {
 
 }  // namespace
 }  // namespace clonevm
+
+namespace clonevm {
+namespace {
+
+// The VmFlags of the mapping that holds `addr` (/proc/self/smaps), e.g. "rd wr mr mw me ac mg".
+std::string VmFlags(const void* addr) {
+  FILE* f = std::fopen("/proc/self/smaps", "r");
+  EXPECT_NE(f, nullptr);
+  char line[512];
+  bool inside = false;
+  std::string flags;
+  auto a = reinterpret_cast<uintptr_t>(addr);
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    unsigned long lo = 0, hi = 0;
+    if (std::sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && std::strchr(line, '-') < std::strchr(line, ' ')) {
+      inside = a >= lo && a < hi;
+      continue;
+    }
+    if (inside && std::strncmp(line, "VmFlags:", 8) == 0) {
+      flags = line + 8;
+      break;
+    }
+  }
+  std::fclose(f);
+  return flags;
+}
+
+TEST(KsmTest, GuestRamIsMergeableUnlessKsmIsOff) {
+  auto on = GuestMemory::Create(8 * kMiB, 3 * kGiB, 4 * kGiB);
+  auto off = GuestMemory::Create(8 * kMiB, 3 * kGiB, 4 * kGiB, Ksm::kOff);
+  ASSERT_TRUE(on && off);
+  std::string on_flags = VmFlags(on->regions()[0].host());
+  if (on_flags.find(" mg") == std::string::npos) GTEST_SKIP() << "no KSM in this kernel (VmFlags:" << on_flags << ")";
+  EXPECT_EQ(VmFlags(off->regions()[0].host()).find(" mg"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace clonevm

@@ -14,19 +14,25 @@ namespace {
 // so the VMM keeps room for its other mappings; layers beyond it are copied in instead.
 constexpr size_t kMaxOverlayMappings = 16384;
 
-Result<MemoryRegion> MapRegion(uint64_t gpa, uint64_t size) {
+// Offers the region to KSM unless --no-ksm. KSM may be compiled out or disabled; memory still
+// works without merging.
+void MarkMergeable(const MemoryRegion& region, Ksm ksm) {
+  if (ksm == Ksm::kOff) return;
+  if (::madvise(region.host(), region.size, MADV_MERGEABLE) != 0) {
+    Log(LogLevel::kDebug, "madvise(MADV_MERGEABLE) failed: {}", errno);
+  }
+}
+
+Result<MemoryRegion> MapRegion(uint64_t gpa, uint64_t size, Ksm ksm) {
   MemoryRegion region;
   region.gpa = gpa;
   region.size = size;
   region.mapping = CLONE_TRY(Mmap::Anonymous(size));
-  // KSM may be compiled out or disabled; memory still works without merging.
-  if (::madvise(region.host(), size, MADV_MERGEABLE) != 0) {
-    Log(LogLevel::kDebug, "madvise(MADV_MERGEABLE) failed: {}", errno);
-  }
+  MarkMergeable(region, ksm);
   return region;
 }
 
-Result<MemoryRegion> MapFileRegion(int file, uint64_t offset, uint64_t gpa, uint64_t size) {
+Result<MemoryRegion> MapFileRegion(int file, uint64_t offset, uint64_t gpa, uint64_t size, Ksm ksm) {
   MemoryRegion region;
   region.gpa = gpa;
   region.size = size;
@@ -34,9 +40,7 @@ Result<MemoryRegion> MapFileRegion(int file, uint64_t offset, uint64_t gpa, uint
       CLONE_TRY(Mmap::Map(size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, file, static_cast<off_t>(offset)));
   region.backing = MemoryBacking::kFilePrivate;
   // Copies made on write are anonymous pages: let KSM merge those across forks.
-  if (::madvise(region.host(), size, MADV_MERGEABLE) != 0) {
-    Log(LogLevel::kDebug, "madvise(MADV_MERGEABLE) failed: {}", errno);
-  }
+  MarkMergeable(region, ksm);
   return region;
 }
 
@@ -68,8 +72,8 @@ Result<GuestMemory> GuestMemory::CreateShared(uint64_t ram_bytes, uint64_t hole_
   return mem;  // the mappings keep the memfd's pages; the fd itself closes here
 }
 
-Result<GuestMemory> GuestMemory::CreateFromFile(int file, uint64_t ram_bytes, uint64_t hole_start,
-                                                uint64_t high_start) {
+Result<GuestMemory> GuestMemory::CreateFromFile(int file, uint64_t ram_bytes, uint64_t hole_start, uint64_t high_start,
+                                                Ksm ksm) {
   if (ram_bytes == 0 || ram_bytes % 4096 != 0)
     return Fail("guest RAM size {} is not a positive multiple of 4 KiB", ram_bytes);
   struct stat st {};
@@ -80,15 +84,15 @@ Result<GuestMemory> GuestMemory::CreateFromFile(int file, uint64_t ram_bytes, ui
   GuestMemory mem;
   mem.ram_bytes_ = ram_bytes;
   uint64_t low = std::min(ram_bytes, hole_start);
-  mem.regions_.push_back(CLONE_TRY(MapFileRegion(file, 0, 0, low)));
-  if (ram_bytes > low) mem.regions_.push_back(CLONE_TRY(MapFileRegion(file, low, high_start, ram_bytes - low)));
+  mem.regions_.push_back(CLONE_TRY(MapFileRegion(file, 0, 0, low, ksm)));
+  if (ram_bytes > low) mem.regions_.push_back(CLONE_TRY(MapFileRegion(file, low, high_start, ram_bytes - low, ksm)));
   CLONE_TRY_VOID(mem.CreateDirtyLog());
   return mem;
 }
 
 Result<GuestMemory> GuestMemory::CreateFromImage(const MemoryImage& image, uint64_t ram_bytes, uint64_t hole_start,
-                                                 uint64_t high_start) {
-  GuestMemory mem = CLONE_TRY(CreateFromFile(image.base.get(), ram_bytes, hole_start, high_start));
+                                                 uint64_t high_start, Ksm ksm) {
+  GuestMemory mem = CLONE_TRY(CreateFromFile(image.base.get(), ram_bytes, hole_start, high_start, ksm));
   size_t map_budget = kMaxOverlayMappings;
   for (size_t i = 0; i < image.layers.size(); ++i) {
     auto applied = mem.ApplyLayer(image.layers[i], &map_budget);
@@ -96,10 +100,7 @@ Result<GuestMemory> GuestMemory::CreateFromImage(const MemoryImage& image, uint6
   }
   if (!image.layers.empty()) {
     // MAP_FIXED overlays are new mappings without the region's MADV_MERGEABLE.
-    for (const auto& r : mem.regions_) {
-      if (::madvise(r.host(), r.size, MADV_MERGEABLE) != 0)
-        Log(LogLevel::kDebug, "madvise(MADV_MERGEABLE) failed: {}", errno);
-    }
+    for (const auto& r : mem.regions_) MarkMergeable(r, ksm);
   }
   return mem;
 }
@@ -185,14 +186,14 @@ uint64_t GuestMemory::FileOffset(size_t index) const {
   return offset;
 }
 
-Result<GuestMemory> GuestMemory::Create(uint64_t ram_bytes, uint64_t hole_start, uint64_t high_start) {
+Result<GuestMemory> GuestMemory::Create(uint64_t ram_bytes, uint64_t hole_start, uint64_t high_start, Ksm ksm) {
   if (ram_bytes == 0 || ram_bytes % 4096 != 0)
     return Fail("guest RAM size {} is not a positive multiple of 4 KiB", ram_bytes);
   GuestMemory mem;
   mem.ram_bytes_ = ram_bytes;
   uint64_t low = std::min(ram_bytes, hole_start);
-  mem.regions_.push_back(CLONE_TRY(MapRegion(0, low)));
-  if (ram_bytes > low) mem.regions_.push_back(CLONE_TRY(MapRegion(high_start, ram_bytes - low)));
+  mem.regions_.push_back(CLONE_TRY(MapRegion(0, low, ksm)));
+  if (ram_bytes > low) mem.regions_.push_back(CLONE_TRY(MapRegion(high_start, ram_bytes - low, ksm)));
   CLONE_TRY_VOID(mem.CreateDirtyLog());
   return mem;
 }

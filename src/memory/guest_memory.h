@@ -41,6 +41,9 @@
 
 namespace clonevm {
 
+// Whether guest RAM is offered to KSM (MADV_MERGEABLE, the default) or not (--no-ksm).
+enum class Ksm { kMergeable, kOff };
+
 // What backs a region's host mapping (what Discard() must do to give its pages back).
 enum class MemoryBacking {
   kAnonymous,    // MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE (Create)
@@ -77,7 +80,8 @@ struct MemoryImage {
 class GuestMemory {
  public:
   // Lays out `ram_bytes` of RAM: below `hole_start`, then from `high_start` upward.
-  [[nodiscard]] static Result<GuestMemory> Create(uint64_t ram_bytes, uint64_t hole_start, uint64_t high_start);
+  [[nodiscard]] static Result<GuestMemory> Create(uint64_t ram_bytes, uint64_t hole_start, uint64_t high_start,
+                                                  Ksm ksm = Ksm::kMergeable);
   // The same layout in one memfd mapped MAP_SHARED (regions back to back in the memfd, as in a
   // memory file): for backends that map guest RAM themselves. The memfd lives as long as the mappings.
   [[nodiscard]] static Result<GuestMemory> CreateShared(uint64_t ram_bytes, uint64_t hole_start, uint64_t high_start);
@@ -87,12 +91,13 @@ class GuestMemory {
   // every other VM mapping it, the first write to a page copies it (the file never changes).
   // The file must hold at least `ram_bytes` bytes (holes read as zeros).
   [[nodiscard]] static Result<GuestMemory> CreateFromFile(int file, uint64_t ram_bytes, uint64_t hole_start,
-                                                          uint64_t high_start);
+                                                          uint64_t high_start, Ksm ksm = Ksm::kMergeable);
   // CreateFromFile(image.base), then each layer's pages mapped over it (MAP_PRIVATE | MAP_FIXED runs
   // of the layer file; a layer with too many runs for the mapping budget is copied in with pread).
   // Every layer file must hold at least `ram_bytes` bytes and its bitmap cover ram_bytes / 4 KiB pages.
   [[nodiscard]] static Result<GuestMemory> CreateFromImage(const MemoryImage& image, uint64_t ram_bytes,
-                                                           uint64_t hole_start, uint64_t high_start);
+                                                           uint64_t hole_start, uint64_t high_start,
+                                                           Ksm ksm = Ksm::kMergeable);
   // Offset of region `index` in a memory file laid out as CreateFromFile expects.
   uint64_t FileOffset(size_t index) const;
 

@@ -215,6 +215,7 @@ Result<VmConfig> BootConfig(const spec::VmSpec& s, const std::string& overlay) {
   CLONE_TRY_VOID(spec::CheckShares(s.shares));
   config.shared_dirs = spec::ToSharedDirs(s.shares);
   config.balloon = BalloonOptionsOf(s.balloon);
+  config.ksm = s.ksm ? Ksm::kMergeable : Ksm::kOff;
   config.mem_bytes = s.mem_mib * x86::kMiB;
   config.vcpus = s.vcpus;
   return config;
@@ -317,6 +318,7 @@ Result<VmExit> FromSnapshot(const Launch& launch, Fd& ready, BootTimer& timer) {
   auto config = CLONE_TRY(
       snapshot::RestoreVmConfig(loaded.config, loaded.path, snapshot::DiskPlan{service->dir().path(), rewrites}));
   config.shared_dirs = spec::ToSharedDirs(s.shares);
+  config.ksm = s.ksm ? Ksm::kMergeable : Ksm::kOff;
   if (config.vsock) config.vsock->cid = identity.cid;
   config.nets = std::move(identity.nets);
   config.console_in = STDIN_FILENO;

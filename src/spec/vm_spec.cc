@@ -324,6 +324,7 @@ json SpecToJson(const VmSpec& s) {
       {"vcpus", s.vcpus},
       {"mem_mib", s.mem_mib},
       {"seccomp", s.seccomp},
+      {"ksm", s.ksm},
       {"balloon",
        {{"mode", s.balloon.mode},
         {"floor", s.balloon.floor},
@@ -336,7 +337,7 @@ json SpecToJson(const VmSpec& s) {
 Result<VmSpec> SpecFromJson(const json& j) {
   Reader r(j, "");
   CLONE_TRY_VOID(r.Expect({"version", "name", "kernel", "kernel_sha256", "initrd", "cmdline", "rootfs", "disks", "net",
-                           "taps", "shares", "cid", "vcpus", "mem_mib", "seccomp", "balloon"}));
+                           "taps", "shares", "cid", "vcpus", "mem_mib", "seccomp", "ksm", "balloon"}));
   uint32_t version = kSpecVersion;
   CLONE_TRY_VOID(r.GetUnsigned("version", &version));
   if (version == 0 || version > kSpecVersion) {
@@ -362,6 +363,7 @@ Result<VmSpec> SpecFromJson(const json& j) {
   CLONE_TRY_VOID(r.GetUnsigned("vcpus", &s.vcpus));
   CLONE_TRY_VOID(r.GetUnsigned("mem_mib", &s.mem_mib));
   CLONE_TRY_VOID(r.Get("seccomp", &s.seccomp));
+  CLONE_TRY_VOID(r.Get("ksm", &s.ksm));
   if (auto balloon = r.Child("balloon")) {
     CLONE_TRY_VOID(balloon->Expect({"mode", "floor", "times", "free_page_reporting", "stats_interval_s"}));
     CLONE_TRY_VOID(balloon->Get("mode", &s.balloon.mode));

@@ -98,6 +98,7 @@ struct VmSpec {
   uint32_t vcpus = 1;
   uint64_t mem_mib = 512;
   bool seccomp = false;
+  bool ksm = true;  // guest RAM MADV_MERGEABLE (--no-ksm: not); host KSM settings are never changed
   BalloonSpec balloon;
   bool operator==(const VmSpec&) const = default;
 };

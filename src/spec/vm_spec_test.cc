@@ -30,6 +30,7 @@ VmSpec FullSpec() {
   s.vcpus = 2;
   s.mem_mib = 256;
   s.seccomp = true;
+  s.ksm = false;
   s.balloon = {"auto", "64M", "10s,60s", false, 30};
   return s;
 }

@@ -79,7 +79,8 @@ Result<std::unique_ptr<Vm>> Vm::OpenKvm(const VmConfig& config, BootTimer* timer
 
 Result<std::unique_ptr<Vm>> Vm::Create(VmConfig config, BootTimer* timer) {
   std::unique_ptr<Vm> vm = CLONE_TRY(OpenKvm(config, timer, "--vcpus"));
-  GuestMemory memory = CLONE_TRY(GuestMemory::Create(config.mem_bytes, x86::kMmioHoleStart, x86::kHighRamStart));
+  GuestMemory memory =
+      CLONE_TRY(GuestMemory::Create(config.mem_bytes, x86::kMmioHoleStart, x86::kHighRamStart, config.ksm));
   CLONE_TRY_VOID(vm->SetUpMemory(std::move(memory)));
   timer->Mark("memory");
   CLONE_TRY_VOID(vm->vm_fd_->CreateIrqchip());

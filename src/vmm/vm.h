@@ -80,6 +80,7 @@ struct VmConfig {
   std::vector<uint8_t> initrd;
   std::string cmdline;
   uint64_t mem_bytes = 0;
+  Ksm ksm = Ksm::kMergeable;  // guest RAM offered to KSM (--no-ksm: not)
   uint32_t vcpus = 1;
   int console_in = 0;   // fd the serial console reads from (-1: none); Ctrl-A x on a terminal stops the VM
   int console_out = 1;  // fd guest serial output goes to (-1: none), unless console_sink is set
