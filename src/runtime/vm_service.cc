@@ -47,6 +47,8 @@ constexpr milliseconds kAgentConnectTimeoutRestored{8000};
 constexpr milliseconds kAgentSessionTimeout{60000};
 constexpr milliseconds kAgentRetry{250};
 constexpr milliseconds kReportInterval{2000};
+// --balloon auto: how long CPU use counts as the balloon driver's own work after a new size.
+constexpr std::chrono::seconds kBalloonSettleTime{30};
 constexpr milliseconds kIdentityWaitMax{30000};
 constexpr milliseconds kExecSessionTimeout{5000};
 // While the agent link is up the agent is there, just slow to answer (a busy guest or host): a
@@ -199,17 +201,22 @@ void VmService::ConfineThisThread() const {
 void VmService::ApplyBalloonPolicy(const agent::Report& report) {
   if (!options_.balloon_policy || !vm_->has_balloon()) return;
   if (!balloon_policy_) balloon_policy_.emplace(*options_.balloon_policy);
+  // Settling: the driver is still moving toward the size sent last, for at most kBalloonSettleTime
+  // (a target the guest cannot reach must not hide its CPU activity for ever).
+  auto now = std::chrono::steady_clock::now();
   std::optional<virtio::BalloonStatus> balloon = vm_->balloon_status();
-  bool settling = balloon && balloon->actual_pages != balloon->target_pages;
+  bool settling =
+      balloon && balloon->actual_pages != balloon->target_pages && now - balloon_applied_at_ < kBalloonSettleTime;
   GuestActivity activity{report.active, report.exec_sessions > 0, settling, report.psi_some_avg10,
                          report.mem_available_kb * 1024};
-  uint64_t bytes = balloon_policy_->Update(activity, std::chrono::steady_clock::now());
+  uint64_t bytes = balloon_policy_->Update(activity, now);
   if (bytes == balloon_applied_) return;
   if (auto set = vm_->SetBalloonTarget(bytes); !set) {
     Log(LogLevel::kWarn, "balloon policy: {}", set.error().message());
     return;
   }
   balloon_applied_ = bytes;
+  balloon_applied_at_ = now;
 }
 
 agent::AgentEndpoint VmService::Endpoint() const { return agent::AgentEndpoint{identity_.vsock_cid}; }

@@ -157,8 +157,9 @@ class VmService {
   std::optional<std::chrono::steady_clock::time_point> agent_ready_at_;  // first agent hello
   std::optional<agent::HelloOk> agent_hello_;
   std::optional<agent::Report> last_report_;
-  std::optional<BalloonPolicy> balloon_policy_;  // agent thread only
-  uint64_t balloon_applied_ = 0;                 // the policy's last size sent to the device
+  std::optional<BalloonPolicy> balloon_policy_;                 // agent thread only
+  uint64_t balloon_applied_ = 0;                                // the policy's last size sent to the device
+  std::chrono::steady_clock::time_point balloon_applied_at_{};  // when it was sent
   std::chrono::steady_clock::time_point last_report_at_;
   std::set<int> busy_fds_;
   std::thread agent_thread_;
