@@ -99,6 +99,11 @@ Result<void> Balloon::Activate(const DeviceContext& context) {
 }
 
 void Balloon::Reset() {
+  // A reset driver starts with an empty balloon (Linux deflates everything before it lets go), so
+  // the pages it inflates next are discarded again rather than counted as repeats.
+  inflated_ = PageBitmap();
+  inflated_count_ = 0;
+  actual_pages_ = 0;
   ArmTimer(false);
   if (stats_chain_) stats_chain_->Abandon();
   stats_chain_.reset();

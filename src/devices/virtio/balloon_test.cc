@@ -166,6 +166,29 @@ TEST_F(BalloonTest, DeflateForgetsOnlyInflatedPages) {
   EXPECT_FALSE(NeedsReset());
 }
 
+TEST_F(BalloonTest, AResetDriverStartsWithAnEmptyBalloon) {
+  Send(queues_[0], 0, {Pfn(3 * kMiB)});
+  driver_->Write32(0x104, 1);
+  ASSERT_EQ(Status().inflated_pages, 1u);
+  // The driver resets the device (Negotiate writes status 0 first) and sets it up on fresh rings.
+  constexpr uint16_t kSize = Balloon::kQueueSize;
+  QueueDriver fresh[4] = {{memory_, kSize, 0x30000, 0x80000},
+                          {memory_, kSize, 0x34000, 0x84000},
+                          {memory_, kSize, 0x38000, 0x88000},
+                          {memory_, kSize, 0x3c000, 0x8c000}};
+  ASSERT_TRUE(driver_->Negotiate(kAllFeatures));
+  for (uint32_t i = 0; i < 4; ++i) driver_->SetUpQueue(i, fresh[i]);
+  driver_->DriverOk();
+  EXPECT_EQ(Status().inflated_pages, 0u);
+  EXPECT_EQ(Status().actual_pages, 0u);
+  Fill(3 * kMiB, kPage, 0x12);
+  Send(fresh[0], 0, {Pfn(3 * kMiB)});
+  ASSERT_EQ(fresh[0].UsedIdx(), 1);
+  EXPECT_TRUE(All(3 * kMiB, kPage, 0));  // discarded again, not ignored as a repeat
+  EXPECT_EQ(Status().ignored_pfns, 0u);
+  EXPECT_EQ(Status().inflated_pages, 1u);
+}
+
 TEST_F(BalloonTest, MalformedPfnBuffersNeedReset) {
   uint64_t at = queues_[0].Alloc(8);
   queues_[0].AddChain({{at, 6}});  // not whole PFNs
