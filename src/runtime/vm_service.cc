@@ -49,6 +49,7 @@ constexpr milliseconds kAgentRetry{250};
 constexpr milliseconds kReportInterval{2000};
 // --balloon auto: how long CPU use counts as the balloon driver's own work after a new size.
 constexpr std::chrono::seconds kBalloonSettleTime{30};
+constexpr std::chrono::seconds kBalloonSettledGrace{5};  // > 2 report intervals
 constexpr milliseconds kIdentityWaitMax{30000};
 constexpr milliseconds kExecSessionTimeout{5000};
 // While the agent link is up the agent is there, just slow to answer (a busy guest or host): a
@@ -201,12 +202,19 @@ void VmService::ConfineThisThread() const {
 void VmService::ApplyBalloonPolicy(const agent::Report& report) {
   if (!options_.balloon_policy || !vm_->has_balloon()) return;
   if (!balloon_policy_) balloon_policy_.emplace(*options_.balloon_policy);
-  // Settling: the driver is still moving toward the size sent last, for at most kBalloonSettleTime
-  // (a target the guest cannot reach must not hide its CPU activity for ever).
+  // Settling: the driver is still moving toward the size sent last, or reached it less than
+  // kBalloonSettledGrace ago (the report that follows covers the interval it worked in); for at most
+  // kBalloonSettleTime, so a target the guest cannot reach does not hide its CPU activity for ever.
   auto now = std::chrono::steady_clock::now();
   std::optional<virtio::BalloonStatus> balloon = vm_->balloon_status();
+  bool reached = !balloon || balloon->actual_pages == balloon->target_pages;
+  if (!reached) {
+    balloon_reached_at_.reset();
+  } else if (!balloon_reached_at_) {
+    balloon_reached_at_ = now;
+  }
   bool settling =
-      balloon && balloon->actual_pages != balloon->target_pages && now - balloon_applied_at_ < kBalloonSettleTime;
+      now - balloon_applied_at_ < kBalloonSettleTime && (!reached || now - *balloon_reached_at_ < kBalloonSettledGrace);
   GuestActivity activity{report.active, report.exec_sessions > 0, settling, report.psi_some_avg10,
                          report.mem_available_kb * 1024};
   uint64_t bytes = balloon_policy_->Update(activity, now);

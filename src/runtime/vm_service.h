@@ -160,6 +160,7 @@ class VmService {
   std::optional<BalloonPolicy> balloon_policy_;                 // agent thread only
   uint64_t balloon_applied_ = 0;                                // the policy's last size sent to the device
   std::chrono::steady_clock::time_point balloon_applied_at_{};  // when it was sent
+  std::optional<std::chrono::steady_clock::time_point> balloon_reached_at_;  // when the driver got there
   std::chrono::steady_clock::time_point last_report_at_;
   std::set<int> busy_fds_;
   std::thread agent_thread_;
