@@ -47,6 +47,7 @@ nlohmann::json Describe(const VmEntry& vm) {
     d["state"] = state->value("state", "unknown");
     d["agent"] = state->value("agent", nlohmann::json::object()).value("connected", false);
     if (auto timing = state->find("timing"); timing != state->end()) d["timing"] = *timing;
+    if (auto balloon = state->find("balloon"); balloon != state->end()) d["balloon"] = *balloon;
   } else {
     d["state"] = "unresponsive";
   }
@@ -59,6 +60,32 @@ nlohmann::json Describe(const VmEntry& vm) {
     d["shared_kib"] = use.shared_kib;
   }
   return d;
+}
+
+// The host's side of the summary: MemAvailable and the KSM counters (read, never changed).
+nlohmann::json HostMemory() {
+  nlohmann::json host = nlohmann::json::object();
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  uint64_t kib = 0;
+  std::string line;
+  while (std::getline(meminfo, line)) {
+    std::istringstream fields(line);
+    if (fields >> key >> kib && key == "MemAvailable:") host["mem_available_kib"] = kib;
+  }
+  for (const char* counter : {"run", "pages_shared", "pages_sharing"}) {
+    std::ifstream in(fmt::format("/sys/kernel/mm/ksm/{}", counter));
+    uint64_t value = 0;
+    if (in >> value) host["ksm"][counter] = value;
+  }
+  return host;
+}
+
+// What the guest keeps with its balloon, in MiB ("-" without a balloon).
+std::string BalloonColumn(const nlohmann::json& d) {
+  auto balloon = d.find("balloon");
+  if (balloon == d.end() || !balloon->is_object()) return "-";
+  return fmt::format("{:.0f}", balloon->value("actual_mib", 0.0));
 }
 
 void Print(const std::string& text) { [[maybe_unused]] auto r = WriteAll(STDOUT_FILENO, text.data(), text.size()); }
@@ -110,21 +137,32 @@ int StatusCommand(const ListOptions& o) {
     mem += d.value("mem_mib", uint64_t{0});
     all.push_back(std::move(d));
   }
-  nlohmann::json summary = {
-      {"vms", all.size()}, {"guest_mem_mib", mem}, {"rss_kib", rss}, {"pss_kib", pss}, {"private_kib", priv}};
+  nlohmann::json summary = {{"vms", all.size()}, {"guest_mem_mib", mem}, {"rss_kib", rss},
+                            {"pss_kib", pss},    {"private_kib", priv},  {"host", HostMemory()}};
   if (o.json) {
     Print(nlohmann::json{{"summary", summary}, {"vms", all}}.dump(2) + "\n");
     return kExitOk;
   }
-  std::string out = fmt::format("{:<20} {:<12} {:>8} {:>10} {:>10} {:>12} {:>11}\n", "ID", "STATE", "MEM_MIB",
-                                "RSS_KIB", "PSS_KIB", "PRIVATE_KIB", "SHARED_KIB");
+  std::string out = fmt::format("{:<20} {:<12} {:>8} {:>12} {:>10} {:>10} {:>12} {:>11}\n", "ID", "STATE", "MEM_MIB",
+                                "BALLOON_KEEP", "RSS_KIB", "PSS_KIB", "PRIVATE_KIB", "SHARED_KIB");
   for (const auto& d : all) {
-    out += fmt::format("{:<20} {:<12} {:>8} {:>10} {:>10} {:>12} {:>11}\n", d.value("id", ""), d.value("state", ""),
-                       d.value("mem_mib", 0), d.value("rss_kib", uint64_t{0}), d.value("pss_kib", uint64_t{0}),
-                       d.value("private_kib", uint64_t{0}), d.value("shared_kib", uint64_t{0}));
+    out += fmt::format("{:<20} {:<12} {:>8} {:>12} {:>10} {:>10} {:>12} {:>11}\n", d.value("id", ""),
+                       d.value("state", ""), d.value("mem_mib", 0), BalloonColumn(d), d.value("rss_kib", uint64_t{0}),
+                       d.value("pss_kib", uint64_t{0}), d.value("private_kib", uint64_t{0}),
+                       d.value("shared_kib", uint64_t{0}));
   }
   out += fmt::format("{} VM(s), {} MiB of guest memory configured; RSS {} KiB, PSS {} KiB, private {} KiB\n",
                      all.size(), mem, rss, pss, priv);
+  const nlohmann::json& host = summary["host"];
+  out += fmt::format("host: MemAvailable {} KiB", host.value("mem_available_kib", uint64_t{0}));
+  if (host.contains("ksm")) {
+    out += fmt::format("; KSM {} (pages_shared {}, pages_sharing {})",
+                       host["ksm"].value("run", uint64_t{0}) == 1 ? "running" : "not running",
+                       host["ksm"].value("pages_shared", uint64_t{0}), host["ksm"].value("pages_sharing", uint64_t{0}));
+  } else {
+    out += "; no KSM";
+  }
+  out += "\n";
   Print(out);
   return kExitOk;
 }

@@ -11,6 +11,7 @@
 
 #include "base/log.h"
 #include "cli/attach.h"
+#include "cli/balloon.h"
 #include "cli/check.h"
 #include "cli/daemon.h"
 #include "cli/exec.h"
@@ -45,6 +46,7 @@ int Main(int argc, char** argv) {
   SnapshotOptions snapshot_options;
   RestoreOptions restore_options;
   ForkOptions fork_options;
+  BalloonOptions balloon_options;
   DaemonCliOptions daemon_options;
   bool daemon_commands = false;  // registered (RunDaemonCommands asks CLI11 about each of them)
   struct Group {
@@ -60,6 +62,7 @@ int Main(int argc, char** argv) {
       {{"list", "status"}, [&] { AddListCommands(app, list_options); }},
       {{"snapshot", "restore"}, [&] { AddSnapshotCommands(app, snapshot_options, restore_options); }},
       {{"fork"}, [&] { AddForkCommand(app, fork_options); }},
+      {{"balloon"}, [&] { AddBalloonCommand(app, balloon_options); }},
       {{"daemon", "daemon-vm", "create", "start", "stop", "destroy", "events"},
        [&] {
          AddDaemonCommands(app, daemon_options);
@@ -107,6 +110,7 @@ int Main(int argc, char** argv) {
   if (command == "snapshot") return SnapshotCommand(snapshot_options);
   if (command == "restore") return RestoreCommand(restore_options, timer);
   if (command == "fork") return ForkCommand(fork_options, timer);
+  if (command == "balloon") return BalloonCommand(balloon_options);
   return kExitUsage;
 }
 

@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "base/log.h"
+#include "cli/balloon.h"
 #include "cli/exit_codes.h"
 #include "runtime/launch.h"
 
@@ -94,6 +95,7 @@ void AddSpecFlags(CLI::App* run, RunOptions& o) {
                 "Confine the VM process with seccomp: the event loop, each vCPU and the agent/request workers may "
                 "make only the syscalls their role needs (no exec, no new processes, no executable memory); "
                 "a forbidden call stops the VM with one line on stderr naming the thread role and syscall");
+  AddBalloonFlags(run, o.spec);
 }
 
 Result<spec::VmSpec> SpecFromRunOptions(const RunOptions& o) {

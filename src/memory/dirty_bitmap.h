@@ -48,6 +48,9 @@ class PageBitmap {
   void Set(uint64_t page) {
     if (page < pages_) words_[page / 64] |= uint64_t{1} << (page % 64);
   }
+  void Clear(uint64_t page) {
+    if (page < pages_) words_[page / 64] &= ~(uint64_t{1} << (page % 64));
+  }
   // Sets [first, first + count), clipped to the bitmap.
   void SetRange(uint64_t first, uint64_t count);
   // ORs `other` in; sizes must match (checked).

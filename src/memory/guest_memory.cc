@@ -1,5 +1,6 @@
 #include "memory/guest_memory.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,35 +14,66 @@ namespace {
 // so the VMM keeps room for its other mappings; layers beyond it are copied in instead.
 constexpr size_t kMaxOverlayMappings = 16384;
 
-Result<MemoryRegion> MapRegion(uint64_t gpa, uint64_t size) {
+// Offers the region to KSM unless --no-ksm. KSM may be compiled out or disabled; memory still
+// works without merging.
+void MarkMergeable(const MemoryRegion& region, Ksm ksm) {
+  if (ksm == Ksm::kOff) return;
+  if (::madvise(region.host(), region.size, MADV_MERGEABLE) != 0) {
+    Log(LogLevel::kDebug, "madvise(MADV_MERGEABLE) failed: {}", errno);
+  }
+}
+
+Result<MemoryRegion> MapRegion(uint64_t gpa, uint64_t size, Ksm ksm) {
   MemoryRegion region;
   region.gpa = gpa;
   region.size = size;
   region.mapping = CLONE_TRY(Mmap::Anonymous(size));
-  // KSM may be compiled out or disabled; memory still works without merging.
-  if (::madvise(region.host(), size, MADV_MERGEABLE) != 0) {
-    Log(LogLevel::kDebug, "madvise(MADV_MERGEABLE) failed: {}", errno);
-  }
+  MarkMergeable(region, ksm);
   return region;
 }
 
-Result<MemoryRegion> MapFileRegion(int file, uint64_t offset, uint64_t gpa, uint64_t size) {
+Result<MemoryRegion> MapFileRegion(int file, uint64_t offset, uint64_t gpa, uint64_t size, Ksm ksm) {
   MemoryRegion region;
   region.gpa = gpa;
   region.size = size;
   region.mapping =
       CLONE_TRY(Mmap::Map(size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, file, static_cast<off_t>(offset)));
+  region.backing = MemoryBacking::kFilePrivate;
   // Copies made on write are anonymous pages: let KSM merge those across forks.
-  if (::madvise(region.host(), size, MADV_MERGEABLE) != 0) {
-    Log(LogLevel::kDebug, "madvise(MADV_MERGEABLE) failed: {}", errno);
-  }
+  MarkMergeable(region, ksm);
+  return region;
+}
+
+Result<MemoryRegion> MapSharedRegion(int memfd, uint64_t offset, uint64_t gpa, uint64_t size) {
+  MemoryRegion region;
+  region.gpa = gpa;
+  region.size = size;
+  region.mapping = CLONE_TRY(Mmap::Map(size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, static_cast<off_t>(offset)));
+  region.backing = MemoryBacking::kSharedMemfd;
+  // KSM merges only private anonymous pages; shared pages are not offered to it.
   return region;
 }
 
 }  // namespace
 
-Result<GuestMemory> GuestMemory::CreateFromFile(int file, uint64_t ram_bytes, uint64_t hole_start,
-                                                uint64_t high_start) {
+Result<GuestMemory> GuestMemory::CreateShared(uint64_t ram_bytes, uint64_t hole_start, uint64_t high_start) {
+  if (ram_bytes == 0 || ram_bytes % 4096 != 0)
+    return Fail("guest RAM size {} is not a positive multiple of 4 KiB", ram_bytes);
+  Fd memfd(::memfd_create("clone-guest-ram", MFD_CLOEXEC));
+  if (!memfd) return FailErrno("memfd_create", "guest RAM");
+  if (::ftruncate(memfd.get(), static_cast<off_t>(ram_bytes)) != 0) return FailErrno("ftruncate", "guest RAM memfd");
+  GuestMemory mem;
+  mem.ram_bytes_ = ram_bytes;
+  uint64_t low = std::min(ram_bytes, hole_start);
+  mem.regions_.push_back(CLONE_TRY(MapSharedRegion(memfd.get(), 0, 0, low)));
+  if (ram_bytes > low)
+    mem.regions_.push_back(CLONE_TRY(MapSharedRegion(memfd.get(), low, high_start, ram_bytes - low)));
+  CLONE_TRY_VOID(mem.CreateDirtyLog());
+  return mem;  // the mappings keep the memfd's pages; the fd itself closes here
+}
+
+Result<GuestMemory> GuestMemory::CreateFromFile(int file, uint64_t ram_bytes, uint64_t hole_start, uint64_t high_start,
+                                                Ksm ksm) {
   if (ram_bytes == 0 || ram_bytes % 4096 != 0)
     return Fail("guest RAM size {} is not a positive multiple of 4 KiB", ram_bytes);
   struct stat st {};
@@ -52,15 +84,15 @@ Result<GuestMemory> GuestMemory::CreateFromFile(int file, uint64_t ram_bytes, ui
   GuestMemory mem;
   mem.ram_bytes_ = ram_bytes;
   uint64_t low = std::min(ram_bytes, hole_start);
-  mem.regions_.push_back(CLONE_TRY(MapFileRegion(file, 0, 0, low)));
-  if (ram_bytes > low) mem.regions_.push_back(CLONE_TRY(MapFileRegion(file, low, high_start, ram_bytes - low)));
+  mem.regions_.push_back(CLONE_TRY(MapFileRegion(file, 0, 0, low, ksm)));
+  if (ram_bytes > low) mem.regions_.push_back(CLONE_TRY(MapFileRegion(file, low, high_start, ram_bytes - low, ksm)));
   CLONE_TRY_VOID(mem.CreateDirtyLog());
   return mem;
 }
 
 Result<GuestMemory> GuestMemory::CreateFromImage(const MemoryImage& image, uint64_t ram_bytes, uint64_t hole_start,
-                                                 uint64_t high_start) {
-  GuestMemory mem = CLONE_TRY(CreateFromFile(image.base.get(), ram_bytes, hole_start, high_start));
+                                                 uint64_t high_start, Ksm ksm) {
+  GuestMemory mem = CLONE_TRY(CreateFromFile(image.base.get(), ram_bytes, hole_start, high_start, ksm));
   size_t map_budget = kMaxOverlayMappings;
   for (size_t i = 0; i < image.layers.size(); ++i) {
     auto applied = mem.ApplyLayer(image.layers[i], &map_budget);
@@ -68,10 +100,7 @@ Result<GuestMemory> GuestMemory::CreateFromImage(const MemoryImage& image, uint6
   }
   if (!image.layers.empty()) {
     // MAP_FIXED overlays are new mappings without the region's MADV_MERGEABLE.
-    for (const auto& r : mem.regions_) {
-      if (::madvise(r.host(), r.size, MADV_MERGEABLE) != 0)
-        Log(LogLevel::kDebug, "madvise(MADV_MERGEABLE) failed: {}", errno);
-    }
+    for (const auto& r : mem.regions_) MarkMergeable(r, ksm);
   }
   return mem;
 }
@@ -157,14 +186,14 @@ uint64_t GuestMemory::FileOffset(size_t index) const {
   return offset;
 }
 
-Result<GuestMemory> GuestMemory::Create(uint64_t ram_bytes, uint64_t hole_start, uint64_t high_start) {
+Result<GuestMemory> GuestMemory::Create(uint64_t ram_bytes, uint64_t hole_start, uint64_t high_start, Ksm ksm) {
   if (ram_bytes == 0 || ram_bytes % 4096 != 0)
     return Fail("guest RAM size {} is not a positive multiple of 4 KiB", ram_bytes);
   GuestMemory mem;
   mem.ram_bytes_ = ram_bytes;
   uint64_t low = std::min(ram_bytes, hole_start);
-  mem.regions_.push_back(CLONE_TRY(MapRegion(0, low)));
-  if (ram_bytes > low) mem.regions_.push_back(CLONE_TRY(MapRegion(high_start, ram_bytes - low)));
+  mem.regions_.push_back(CLONE_TRY(MapRegion(0, low, ksm)));
+  if (ram_bytes > low) mem.regions_.push_back(CLONE_TRY(MapRegion(high_start, ram_bytes - low, ksm)));
   CLONE_TRY_VOID(mem.CreateDirtyLog());
   return mem;
 }
@@ -176,6 +205,28 @@ std::span<uint8_t> GuestMemory::Span(uint64_t gpa, uint64_t len) const {
     if (len > r.size - offset) return {};
     return std::span(r.host() + offset, len);
   }
+  return {};
+}
+
+Result<void> GuestMemory::Discard(uint64_t gpa, uint64_t len) const {
+  if (gpa % kDirtyPageSize != 0 || len % kDirtyPageSize != 0)
+    return Fail("discard {:#x}+{:#x}: not 4 KiB aligned", gpa, len);
+  if (len == 0) return {};
+  const MemoryRegion* region = nullptr;
+  for (const auto& r : regions_) {
+    if (gpa >= r.gpa && gpa < r.end() && len <= r.end() - gpa) region = &r;
+  }
+  if (region == nullptr) return Fail("discard {:#x}+{:#x}: outside guest RAM", gpa, len);
+  uint8_t* host = region->host() + (gpa - region->gpa);
+  // MADV_DONTNEED on a private mapping drops its pages (anonymous: zero on the next touch; file:
+  // the file's page again). On a shared mapping it would only unmap them from this process, so the
+  // memfd's pages are freed with MADV_REMOVE, which punches a hole in the file.
+  int advice = region->backing == MemoryBacking::kSharedMemfd ? MADV_REMOVE : MADV_DONTNEED;
+  if (::madvise(host, len, advice) != 0) {
+    return FailErrno("madvise",
+                     fmt::format("{} {:#x}+{:#x}", advice == MADV_REMOVE ? "MADV_REMOVE" : "MADV_DONTNEED", gpa, len));
+  }
+  MarkDirty(gpa, len);
   return {};
 }
 

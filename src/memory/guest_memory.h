@@ -15,6 +15,13 @@
 // rings and device-writable buffers, vhost devices get the log as their kernel log. vCPU writes are
 // KVM's to log (vmm/vm_dirty.cc merges the two).
 //
+// Giving pages back (virtio-balloon, free page reporting): Discard() releases the host memory behind
+// a page-aligned guest range with the call that suits the region's backing — MADV_DONTNEED for
+// private mappings (anonymous RAM then reads as zeros; a snapshot file's private mapping drops its
+// copies and reads the file's page again), MADV_REMOVE (a hole punched in the file) for shared memfd
+// RAM. The next guest access faults a page in again. Discarded pages are marked dirty: an incremental
+// snapshot must record their new (zero or file) content, not keep the parent's.
+//
 // Snapshot images: CreateFromImage() maps a full memory file and then overlays incremental layers
 // (only their listed pages) with MAP_FIXED private mappings of the layer files, so restoring an
 // incremental snapshot still shares every file's page cache.
@@ -34,10 +41,21 @@
 
 namespace clonevm {
 
+// Whether guest RAM is offered to KSM (MADV_MERGEABLE, the default) or not (--no-ksm).
+enum class Ksm { kMergeable, kOff };
+
+// What backs a region's host mapping (what Discard() must do to give its pages back).
+enum class MemoryBacking {
+  kAnonymous,    // MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE (Create)
+  kFilePrivate,  // MAP_PRIVATE of a snapshot's memory file (CreateFromFile, CreateFromImage)
+  kSharedMemfd,  // MAP_SHARED of a memfd (CreateShared): another process may map the same pages
+};
+
 struct MemoryRegion {
   uint64_t gpa = 0;
   uint64_t size = 0;
   Mmap mapping;
+  MemoryBacking backing = MemoryBacking::kAnonymous;
 
   uint64_t end() const { return gpa + size; }
   uint8_t* host() const { return mapping.data(); }
@@ -62,19 +80,24 @@ struct MemoryImage {
 class GuestMemory {
  public:
   // Lays out `ram_bytes` of RAM: below `hole_start`, then from `high_start` upward.
-  [[nodiscard]] static Result<GuestMemory> Create(uint64_t ram_bytes, uint64_t hole_start, uint64_t high_start);
+  [[nodiscard]] static Result<GuestMemory> Create(uint64_t ram_bytes, uint64_t hole_start, uint64_t high_start,
+                                                  Ksm ksm = Ksm::kMergeable);
+  // The same layout in one memfd mapped MAP_SHARED (regions back to back in the memfd, as in a
+  // memory file): for backends that map guest RAM themselves. The memfd lives as long as the mappings.
+  [[nodiscard]] static Result<GuestMemory> CreateShared(uint64_t ram_bytes, uint64_t hole_start, uint64_t high_start);
   // The same layout backed by `file` (a snapshot's memory file): the regions lie back to back in
   // the file (region k at the sum of the sizes before it, i.e. RAM in guest-physical order without
   // the hole) and are mapped MAP_PRIVATE | MAP_NORESERVE: reads share the file's page cache with
   // every other VM mapping it, the first write to a page copies it (the file never changes).
   // The file must hold at least `ram_bytes` bytes (holes read as zeros).
   [[nodiscard]] static Result<GuestMemory> CreateFromFile(int file, uint64_t ram_bytes, uint64_t hole_start,
-                                                          uint64_t high_start);
+                                                          uint64_t high_start, Ksm ksm = Ksm::kMergeable);
   // CreateFromFile(image.base), then each layer's pages mapped over it (MAP_PRIVATE | MAP_FIXED runs
   // of the layer file; a layer with too many runs for the mapping budget is copied in with pread).
   // Every layer file must hold at least `ram_bytes` bytes and its bitmap cover ram_bytes / 4 KiB pages.
   [[nodiscard]] static Result<GuestMemory> CreateFromImage(const MemoryImage& image, uint64_t ram_bytes,
-                                                           uint64_t hole_start, uint64_t high_start);
+                                                           uint64_t hole_start, uint64_t high_start,
+                                                           Ksm ksm = Ksm::kMergeable);
   // Offset of region `index` in a memory file laid out as CreateFromFile expects.
   uint64_t FileOffset(size_t index) const;
 
@@ -96,6 +119,12 @@ class GuestMemory {
   // Converts a guest-physical page bitmap (DirtyLog::TakeAll) to memory-file pages, and back.
   PageBitmap FilePages(const PageBitmap& gpa_pages) const;
   PageBitmap GpaPages(const PageBitmap& file_pages) const;
+
+  // Releases the host memory of [gpa, gpa + len) (see "Giving pages back" above) and marks it dirty.
+  // gpa and len must be multiples of 4 KiB and the range inside one RAM region, else an error and
+  // nothing is touched. Any thread; the guest may access the range concurrently (it then reads a
+  // zero or file page, or keeps a page it wrote after the discard).
+  [[nodiscard]] Result<void> Discard(uint64_t gpa, uint64_t len) const;
 
   // Marks what it writes (MarkDirty).
   [[nodiscard]] Result<void> WriteBytes(uint64_t gpa, std::span<const uint8_t> data) const;

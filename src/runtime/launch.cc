@@ -175,6 +175,26 @@ Result<void> ReadKernel(const spec::VmSpec& s, VmConfig* config) {
   return {};
 }
 
+// The balloon device for --balloon (docs/density.md); none for off.
+std::optional<virtio::BalloonOptions> BalloonOptionsOf(const spec::BalloonSpec& b) {
+  if (b.mode == "off") return std::nullopt;
+  return virtio::BalloonOptions{.free_page_reporting = b.free_page_reporting, .stats_interval_s = b.stats_interval_s};
+}
+
+// --balloon auto: the policy for a VM of `ram_bytes` (floor and times from the flags).
+Result<std::optional<BalloonPolicyConfig>> BalloonPolicyOf(const spec::BalloonSpec& b, uint64_t ram_bytes) {
+  if (b.mode != "auto") return std::nullopt;
+  BalloonPolicyConfig policy;
+  policy.ram_bytes = ram_bytes;
+  if (!b.floor.empty()) {
+    auto mib = ParseMemoryMib(b.floor);
+    if (!mib) return Fail(mib.error().Wrap("--balloon-floor"));
+    policy.floor_bytes = *mib * x86::kMiB;
+  }
+  if (!b.times.empty()) policy.times = CLONE_TRY(ParseBalloonTimes(b.times));
+  return policy;
+}
+
 // Boot: reads and verifies the kernel and initrd and opens every disk, before KVM is opened.
 Result<VmConfig> BootConfig(const spec::VmSpec& s, const std::string& overlay) {
   VmConfig config;
@@ -194,6 +214,8 @@ Result<VmConfig> BootConfig(const spec::VmSpec& s, const std::string& overlay) {
   if (s.cid != 0 || ::access(virtio::Vsock::kDefaultDevice, R_OK | W_OK) == 0) config.vsock = VsockConfig{s.cid};
   CLONE_TRY_VOID(spec::CheckShares(s.shares));
   config.shared_dirs = spec::ToSharedDirs(s.shares);
+  config.balloon = BalloonOptionsOf(s.balloon);
+  config.ksm = s.ksm ? Ksm::kMergeable : Ksm::kOff;
   config.mem_bytes = s.mem_mib * x86::kMiB;
   config.vcpus = s.vcpus;
   return config;
@@ -258,6 +280,7 @@ Result<VmExit> Boot(const Launch& launch, Fd& ready, BootTimer& timer) {
   ServiceOptions service_options{id, launch.detached, std::move(info), std::nullopt};
   service_options.set_hostname = launch.set_hostname;
   service_options.launched = launch.launched;
+  service_options.balloon_policy = CLONE_TRY(BalloonPolicyOf(s.balloon, config.mem_bytes));
   // Networks before KVM, so a permission problem is reported first.
   auto network = CLONE_TRY(AttachNetworks(s, id, &config.nets, &service_options));
   auto service = CLONE_TRY(VmService::Create(std::move(service_options)));
@@ -287,6 +310,7 @@ Result<VmExit> FromSnapshot(const Launch& launch, Fd& ready, BootTimer& timer) {
   if (fork) info["forked_from"] = loaded.path;
   ServiceOptions service_options{id, launch.detached, std::move(info), std::nullopt};
   service_options.launched = launch.launched;
+  service_options.balloon_policy = CLONE_TRY(BalloonPolicyOf(s.balloon, loaded.config.mem_bytes));
   // Identity first (its network address goes into the service), then the VM directory; every step
   // undoes itself on failure (VmNetwork: lease + TAP; VmService: the directory).
   SnapshotIdentity identity = CLONE_TRY(ApplyIdentity(launch, id, &service_options));
@@ -295,6 +319,7 @@ Result<VmExit> FromSnapshot(const Launch& launch, Fd& ready, BootTimer& timer) {
   auto config = CLONE_TRY(
       snapshot::RestoreVmConfig(loaded.config, loaded.path, snapshot::DiskPlan{service->dir().path(), rewrites}));
   config.shared_dirs = spec::ToSharedDirs(s.shares);
+  config.ksm = s.ksm ? Ksm::kMergeable : Ksm::kOff;
   if (config.vsock) config.vsock->cid = identity.cid;
   config.nets = std::move(identity.nets);
   config.console_in = STDIN_FILENO;

@@ -20,6 +20,7 @@
 #include "base/json.h"
 #include "base/log.h"
 #include "control/router.h"
+#include "runtime/balloon_api.h"
 #include "snapshot/take.h"
 
 namespace clonevm {
@@ -47,6 +48,9 @@ constexpr milliseconds kAgentConnectTimeoutRestored{8000};
 constexpr milliseconds kAgentSessionTimeout{60000};
 constexpr milliseconds kAgentRetry{250};
 constexpr milliseconds kReportInterval{2000};
+// --balloon auto: how long CPU use counts as the balloon driver's own work after a new size.
+constexpr std::chrono::seconds kBalloonSettleTime{30};
+constexpr std::chrono::seconds kBalloonSettledGrace{5};  // > 2 report intervals
 constexpr milliseconds kIdentityWaitMax{30000};
 constexpr milliseconds kExecSessionTimeout{5000};
 // While the agent link is up the agent is there, just slow to answer (a busy guest or host): a
@@ -196,6 +200,34 @@ void VmService::ConfineThisThread() const {
   }
 }
 
+void VmService::ApplyBalloonPolicy(const agent::Report& report) {
+  if (!options_.balloon_policy || !vm_->has_balloon()) return;
+  if (!balloon_policy_) balloon_policy_.emplace(*options_.balloon_policy);
+  // Settling: the driver is still moving toward the size sent last, or reached it less than
+  // kBalloonSettledGrace ago (the report that follows covers the interval it worked in); for at most
+  // kBalloonSettleTime, so a target the guest cannot reach does not hide its CPU activity for ever.
+  auto now = std::chrono::steady_clock::now();
+  std::optional<virtio::BalloonStatus> balloon = vm_->balloon_status();
+  bool reached = !balloon || balloon->actual_pages == balloon->target_pages;
+  if (!reached) {
+    balloon_reached_at_.reset();
+  } else if (!balloon_reached_at_) {
+    balloon_reached_at_ = now;
+  }
+  bool settling =
+      now - balloon_applied_at_ < kBalloonSettleTime && (!reached || now - *balloon_reached_at_ < kBalloonSettledGrace);
+  GuestActivity activity{report.active, report.exec_sessions > 0, settling, report.psi_some_avg10,
+                         report.mem_available_kb * 1024};
+  uint64_t bytes = balloon_policy_->Update(activity, now);
+  if (bytes == balloon_applied_) return;
+  if (auto set = vm_->SetBalloonTarget(bytes); !set) {
+    Log(LogLevel::kWarn, "balloon policy: {}", set.error().message());
+    return;
+  }
+  balloon_applied_ = bytes;
+  balloon_applied_at_ = now;
+}
+
 agent::AgentEndpoint VmService::Endpoint() const { return agent::AgentEndpoint{identity_.vsock_cid}; }
 
 void VmService::AgentLoop() {
@@ -243,6 +275,7 @@ void VmService::AgentLoop() {
           if (!identity_sent && options_.from_snapshot) break;
           auto report = monitor->Next(kAgentSessionTimeout);
           if (!report) break;
+          ApplyBalloonPolicy(*report);
           std::lock_guard lock(mu_);
           last_report_ = *report;
           last_report_at_ = std::chrono::steady_clock::now();
@@ -354,6 +387,7 @@ nlohmann::json VmService::StateJson() const {
   if (auto first = vm_->first_run()) timing["first_instruction_ms"] = ms_since_launch(*first);
   if (agent_ready_at_) timing["agent_ms"] = ms_since_launch(*agent_ready_at_);
   state["timing"] = timing;
+  state["balloon"] = BalloonJson(*vm_);
   return state;
 }
 
@@ -376,6 +410,7 @@ control::Router VmService::Routes() {
   router.Add("POST", "/vm/exec/session", [this](control::Request request, control::Responder r) {
     HandleExecSession(std::move(request), std::move(r));
   });
+  router.Add("PUT", "/vm/balloon", BalloonRoute(*vm_));
   router.Add("PUT", "/vm/snapshot", snapshot::SnapshotRoute(*vm_, dir_.id(), options_.info));
   return router;
 }

@@ -47,6 +47,7 @@
 #include "agent/identity_page.h"
 #include "base/result.h"
 #include "control/server.h"
+#include "runtime/balloon_policy.h"
 #include "runtime/console_hub.h"
 #include "runtime/vm_dir.h"
 #include "vmm/vm.h"
@@ -78,6 +79,8 @@ struct ServiceOptions {
   // When the user's command started (for forks: the `clone fork` call, before it forked the VM
   // process): GET /vm reports the time to the first guest instruction and to the agent from here.
   std::chrono::steady_clock::time_point launched = std::chrono::steady_clock::now();
+  // --balloon auto: the agent's reports drive the VM's balloon through this policy.
+  std::optional<BalloonPolicyConfig> balloon_policy;
 };
 
 class VmService {
@@ -104,6 +107,8 @@ class VmService {
   // FirstIdentity() sent over a control connection of its own (agent thread).
   Result<agent::IdentityOk> SendFirstIdentity();
   void AgentLoop();
+  // --balloon auto: one report through the policy, its size to the balloon (agent thread).
+  void ApplyBalloonPolicy(const agent::Report& report);
   // Runs fn (move-only is fine) on a detached worker thread; the destructor waits for all.
   template <typename F>
   void RunWorker(F&& fn) {
@@ -152,6 +157,10 @@ class VmService {
   std::optional<std::chrono::steady_clock::time_point> agent_ready_at_;  // first agent hello
   std::optional<agent::HelloOk> agent_hello_;
   std::optional<agent::Report> last_report_;
+  std::optional<BalloonPolicy> balloon_policy_;                 // agent thread only
+  uint64_t balloon_applied_ = 0;                                // the policy's last size sent to the device
+  std::chrono::steady_clock::time_point balloon_applied_at_{};  // when it was sent
+  std::optional<std::chrono::steady_clock::time_point> balloon_reached_at_;  // when the driver got there
   std::chrono::steady_clock::time_point last_report_at_;
   std::set<int> busy_fds_;
   std::thread agent_thread_;

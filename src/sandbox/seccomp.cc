@@ -77,7 +77,7 @@ constexpr Syscall kSyscalls[] = {
     {"mprotect", kAll, Check::kNoExec},  // malloc arena growth, stack guard pages; never executable
     {"munmap", kAll},                // free, thread stacks
     {"mremap", kAll},                // realloc of large blocks
-    {"madvise", kAll},               // glibc free (MADV_DONTNEED), thread stack release
+    {"madvise", kAll},               // glibc free (MADV_DONTNEED), thread stack release; balloon discards
     {"clock_gettime", kAll},         // steady_clock / system_clock when the vDSO falls back
     {"gettimeofday", kAll},          // same, vDSO fallback
     {"clock_nanosleep", kAll},       // sleep_for (agent reconnect backoff, pause polling)
@@ -120,7 +120,7 @@ constexpr Syscall kSyscalls[] = {
     {"epoll_pwait", kVmm},           // the event loop (glibc's epoll_wait)
     {"epoll_ctl", kVmm},             // adding/removing connections, console input
     {"accept4", kVmm},               // control and console socket clients
-    {"timerfd_settime", kVmm},       // loop timers
+    {"timerfd_settime", kVmmVcpu},   // loop timers; virtio-balloon stats timer (armed at DRIVER_OK, a vCPU write)
     {"timerfd_create", kVmm},        // loop timers
     {"dup", kVmm},                   // exec sessions hand a connection over
     {"clone", kVmm, Check::kThreadClone},  // vCPU and worker threads (never processes)

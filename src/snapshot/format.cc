@@ -311,6 +311,11 @@ nlohmann::json ConfigToJson(const SnapshotConfig& c) {
             {"created_unix", c.created_unix},
             {"info", c.info}};
   if (c.vsock_cid) j["vsock_cid"] = *c.vsock_cid;
+  if (c.balloon) {
+    j["balloon"] = {{"free_page_reporting", c.balloon->free_page_reporting},
+                    {"deflate_on_oom", c.balloon->deflate_on_oom},
+                    {"stats_interval_s", c.balloon->stats_interval_s}};
+  }
   if (!c.shared_dirs.empty()) {
     json dirs = json::array();
     for (const auto& d : c.shared_dirs) {
@@ -335,6 +340,16 @@ Result<SnapshotConfig> ConfigFromJson(const nlohmann::json& j) {
     c.virtio_types = CLONE_TRY(JsonReader(j).UintList<uint32_t>("virtio", 64, /*required=*/true));
     c.rng = CLONE_TRY(JsonBool(j, "rng"));
     if (j.contains("vsock_cid")) c.vsock_cid = CLONE_TRY(JsonUint<uint64_t>(j, "vsock_cid"));
+    if (auto balloon = JsonReader(j).Child("balloon")) {
+      CLONE_TRY_VOID(balloon->Expect({"free_page_reporting", "deflate_on_oom", "stats_interval_s"}));
+      c.balloon =
+          SnapshotBalloon{CLONE_TRY(balloon->Bool("free_page_reporting")), CLONE_TRY(balloon->Bool("deflate_on_oom")),
+                          CLONE_TRY(balloon->Uint<uint32_t>("stats_interval_s", 0, 3600))};
+    }
+    if ((std::count(c.virtio_types.begin(), c.virtio_types.end(), virtio::kDeviceTypeBalloon) != 0) !=
+        c.balloon.has_value()) {
+      return Fail("\"balloon\" does not match the virtio devices");
+    }
     auto disks = j.find("disks");
     if (disks == j.end() || !disks->is_array()) return Fail("missing \"disks\"");
     for (const auto& d : *disks) c.disks.push_back(CLONE_TRY(DiskFromJson(d)));

@@ -101,6 +101,14 @@ struct SnapshotSharedDir {
   bool operator==(const SnapshotSharedDir&) const = default;
 };
 
+// A virtio-balloon as recorded: what its device offered (a restore must offer the same).
+struct SnapshotBalloon {
+  bool free_page_reporting = true;
+  bool deflate_on_oom = true;
+  uint32_t stats_interval_s = 0;
+  bool operator==(const SnapshotBalloon&) const = default;
+};
+
 // The snapshot an incremental snapshot's memory is relative to.
 struct SnapshotParent {
   std::string name;
@@ -117,6 +125,8 @@ struct SnapshotConfig {
   std::vector<uint32_t> virtio_types;  // virtio device ids in slot order
   bool rng = false;
   std::optional<uint64_t> vsock_cid;
+  // The balloon's options, when the VM has one ("balloon"; absent in older snapshots).
+  std::optional<SnapshotBalloon> balloon;
   std::vector<SnapshotDisk> disks;
   std::vector<SnapshotSharedDir> shared_dirs;  // "shared_dirs"; absent in older snapshots
   std::string cmdline;                         // for the record

@@ -261,6 +261,29 @@ TEST_F(SnapshotFormatTest, SharedDirsRoundTripAndOlderConfigsHaveNone) {
   EXPECT_FALSE(ConfigFromJson(ConfigToJson(c)));
 }
 
+TEST_F(SnapshotFormatTest, BalloonRoundTripsAndOlderConfigsHaveNone) {
+  SnapshotConfig c = Config();
+  EXPECT_FALSE(ConfigToJson(c).contains("balloon"));
+  auto old_back = ConfigFromJson(ConfigToJson(c));
+  ASSERT_TRUE(old_back) << old_back.error().message();
+  EXPECT_FALSE(old_back->balloon);
+
+  c.virtio_types.push_back(virtio::kDeviceTypeBalloon);
+  c.balloon = SnapshotBalloon{false, true, 7};
+  auto back = ConfigFromJson(ConfigToJson(c));
+  ASSERT_TRUE(back) << back.error().message();
+  EXPECT_EQ(back->balloon, c.balloon);
+  // A balloon without its device, or the device without its options, is refused.
+  nlohmann::json no_options = ConfigToJson(c);
+  no_options.erase("balloon");
+  EXPECT_FALSE(ConfigFromJson(no_options));
+  c.virtio_types.pop_back();
+  EXPECT_FALSE(ConfigFromJson(ConfigToJson(c)));
+  nlohmann::json typo = ConfigToJson(back.value());
+  typo["balloon"]["reporting"] = true;
+  EXPECT_FALSE(ConfigFromJson(typo));
+}
+
 // --- Incremental snapshots ---
 
 class IncrementalSnapshotTest : public SnapshotFormatTest {

@@ -26,6 +26,8 @@ Result<void> CheckSnapshottable(const Vm& vm) {
     if (type == virtio::kDeviceTypeBlock) continue;
     // Shared directories: recorded by host path; the server's inode/handle tables are device state.
     if (type == virtio::kDeviceTypeFs) continue;
+    // The balloon: its options in the config, its inflated pages in its device state.
+    if (type == virtio::kDeviceTypeBalloon) continue;
     if (type != virtio::kDeviceTypeEntropy && type != virtio::kDeviceTypeVsock && type != virtio::kDeviceTypeNet) {
       return Fail("virtio device type {} cannot be snapshotted", type);
     }
@@ -41,6 +43,9 @@ SnapshotConfig ConfigOf(const Vm& vm, const TakeOptions& options) {
   for (uint32_t type : config.virtio_types) {
     if (type == virtio::kDeviceTypeEntropy) config.rng = true;
     if (type == virtio::kDeviceTypeVsock) config.vsock_cid = vm.vsock_cid();
+  }
+  if (auto balloon = vm.balloon_options()) {
+    config.balloon = SnapshotBalloon{balloon->free_page_reporting, balloon->deflate_on_oom, balloon->stats_interval_s};
   }
   for (const auto& dir : vm.shared_dirs())
     config.shared_dirs.push_back({dir.tag, dir.host_path, dir.read_only, dir.squash_root});
@@ -165,6 +170,11 @@ Result<VmConfig> RestoreVmConfig(const SnapshotConfig& config, const std::string
   vm.cmdline = config.cmdline;
   vm.rng = config.rng;
   if (config.vsock_cid) vm.vsock = VsockConfig{*config.vsock_cid};
+  if (config.balloon) {
+    vm.balloon = virtio::BalloonOptions{.free_page_reporting = config.balloon->free_page_reporting,
+                                        .deflate_on_oom = config.balloon->deflate_on_oom,
+                                        .stats_interval_s = config.balloon->stats_interval_s};
+  }
   if (!config.disks.empty()) {
     auto opened = OpenDisks(config, snapshot_path, disks);
     if (!opened) return Fail(opened.error().Wrap(fmt::format("snapshot {}", snapshot_path)));

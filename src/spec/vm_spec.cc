@@ -297,6 +297,9 @@ Result<void> ValidateSpec(const VmSpec& s, Spelling spelling) {
   if (s.balloon.mode != "off" && s.balloon.mode != "manual" && s.balloon.mode != "auto") {
     return Fail("{} '{}': expected off, manual or auto", n.balloon, s.balloon.mode);
   }
+  if (s.balloon.stats_interval_s > 3600) {
+    return Fail("balloon statistics interval {} s: at most 3600", s.balloon.stats_interval_s);
+  }
   return {};
 }
 
@@ -321,14 +324,20 @@ json SpecToJson(const VmSpec& s) {
       {"vcpus", s.vcpus},
       {"mem_mib", s.mem_mib},
       {"seccomp", s.seccomp},
-      {"balloon", {{"mode", s.balloon.mode}, {"floor", s.balloon.floor}, {"times", s.balloon.times}}},
+      {"ksm", s.ksm},
+      {"balloon",
+       {{"mode", s.balloon.mode},
+        {"floor", s.balloon.floor},
+        {"times", s.balloon.times},
+        {"free_page_reporting", s.balloon.free_page_reporting},
+        {"stats_interval_s", s.balloon.stats_interval_s}}},
   };
 }
 
 Result<VmSpec> SpecFromJson(const json& j) {
   Reader r(j, "");
   CLONE_TRY_VOID(r.Expect({"version", "name", "kernel", "kernel_sha256", "initrd", "cmdline", "rootfs", "disks", "net",
-                           "taps", "shares", "cid", "vcpus", "mem_mib", "seccomp", "balloon"}));
+                           "taps", "shares", "cid", "vcpus", "mem_mib", "seccomp", "ksm", "balloon"}));
   uint32_t version = kSpecVersion;
   CLONE_TRY_VOID(r.GetUnsigned("version", &version));
   if (version == 0 || version > kSpecVersion) {
@@ -354,11 +363,14 @@ Result<VmSpec> SpecFromJson(const json& j) {
   CLONE_TRY_VOID(r.GetUnsigned("vcpus", &s.vcpus));
   CLONE_TRY_VOID(r.GetUnsigned("mem_mib", &s.mem_mib));
   CLONE_TRY_VOID(r.Get("seccomp", &s.seccomp));
+  CLONE_TRY_VOID(r.Get("ksm", &s.ksm));
   if (auto balloon = r.Child("balloon")) {
-    CLONE_TRY_VOID(balloon->Expect({"mode", "floor", "times"}));
+    CLONE_TRY_VOID(balloon->Expect({"mode", "floor", "times", "free_page_reporting", "stats_interval_s"}));
     CLONE_TRY_VOID(balloon->Get("mode", &s.balloon.mode));
     CLONE_TRY_VOID(balloon->Get("floor", &s.balloon.floor));
     CLONE_TRY_VOID(balloon->Get("times", &s.balloon.times));
+    CLONE_TRY_VOID(balloon->Get("free_page_reporting", &s.balloon.free_page_reporting));
+    CLONE_TRY_VOID(balloon->GetUnsigned("stats_interval_s", &s.balloon.stats_interval_s));
   }
   CLONE_TRY_VOID(ValidateSpec(s, Spelling::kJson));
   return s;

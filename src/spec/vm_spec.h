@@ -72,11 +72,14 @@ struct RootfsSpec {
   bool operator==(const RootfsSpec&) const = default;
 };
 
-// The memory balloon (issue #12). Carried as given: the balloon device interprets floor and times.
+// The memory balloon (issue #12, docs/density.md). off: no device; manual: the device, free page
+// reporting and `clone balloon`; auto: manual plus the hysteresis policy (floor and times are its).
 struct BalloonSpec {
-  std::string mode = "off";  // off | manual | auto
-  std::string floor;         // e.g. "64M"
-  std::string times;         // the policy's timings, as the balloon flags spell them
+  std::string mode = "manual";      // off | manual | auto
+  std::string floor;                // e.g. "64M"
+  std::string times;                // the policy's timings, as the balloon flags spell them
+  bool free_page_reporting = true;  // pages the guest frees go back to the host
+  uint32_t stats_interval_s = 5;    // the guest's memory statistics refresh; 0: none
   bool operator==(const BalloonSpec&) const = default;
 };
 
@@ -95,6 +98,7 @@ struct VmSpec {
   uint32_t vcpus = 1;
   uint64_t mem_mib = 512;
   bool seccomp = false;
+  bool ksm = true;  // guest RAM MADV_MERGEABLE (--no-ksm: not); host KSM settings are never changed
   BalloonSpec balloon;
   bool operator==(const VmSpec&) const = default;
 };

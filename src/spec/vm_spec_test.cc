@@ -30,7 +30,8 @@ VmSpec FullSpec() {
   s.vcpus = 2;
   s.mem_mib = 256;
   s.seccomp = true;
-  s.balloon = {"auto", "64M", "10s,60s"};
+  s.ksm = false;
+  s.balloon = {"auto", "64M", "10s,60s", false, 30};
   return s;
 }
 
@@ -142,7 +143,8 @@ TEST(VmSpecJson, RoundTripsEveryField) {
   EXPECT_EQ(minimal->mem_mib, 512u);
   EXPECT_EQ(minimal->vcpus, 1u);
   EXPECT_EQ(minimal->cmdline, kDefaultCmdline);
-  EXPECT_EQ(minimal->balloon.mode, "off");
+  EXPECT_EQ(minimal->balloon.mode, "manual");
+  EXPECT_TRUE(minimal->balloon.free_page_reporting);
 }
 
 TEST(VmSpecJson, EveryBadFieldIsNamed) {

@@ -79,7 +79,8 @@ Result<std::unique_ptr<Vm>> Vm::OpenKvm(const VmConfig& config, BootTimer* timer
 
 Result<std::unique_ptr<Vm>> Vm::Create(VmConfig config, BootTimer* timer) {
   std::unique_ptr<Vm> vm = CLONE_TRY(OpenKvm(config, timer, "--vcpus"));
-  GuestMemory memory = CLONE_TRY(GuestMemory::Create(config.mem_bytes, x86::kMmioHoleStart, x86::kHighRamStart));
+  GuestMemory memory =
+      CLONE_TRY(GuestMemory::Create(config.mem_bytes, x86::kMmioHoleStart, x86::kHighRamStart, config.ksm));
   CLONE_TRY_VOID(vm->SetUpMemory(std::move(memory)));
   timer->Mark("memory");
   CLONE_TRY_VOID(vm->vm_fd_->CreateIrqchip());
@@ -152,6 +153,15 @@ Result<void> Vm::SetUpDevices(VmConfig& config) {
     auto device = CLONE_TRY(virtio::Net::Create(std::move(net.tap), net.mac, net.vhost));
     CLONE_TRY_VOID(AddVirtioDevice(std::move(device)));
   }
+  if (config.balloon) {
+    virtio::BalloonOptions options = *config.balloon;
+    // Below 1 MiB live the GDT, page tables, zero page, ACPI tables and the identity page: the guest
+    // (which reserves that MiB itself) never has a reason to give them away.
+    options.protected_below = x86::kHighMemoryStart;
+    auto balloon = CLONE_TRY(virtio::Balloon::Create(options, memory_->ram_bytes(), memory_->regions().back().end()));
+    CLONE_TRY_VOID(AddVirtioDevice(std::move(balloon)));
+    balloon_transport_ = virtio_.back().transport.get();
+  }
   for (const auto& dir : config.shared_dirs) {
     auto server = CLONE_TRY(
         fs::PassthroughFs::Create(dir.host_path, {.read_only = dir.read_only, .root_squash = dir.squash_root}));
@@ -204,6 +214,29 @@ Result<void> Vm::AddVirtioDevice(std::unique_ptr<virtio::VirtioDevice> device) {
 uint64_t Vm::vsock_cid() const {
   if (vsock_transport_ == nullptr) return 0;
   return static_cast<const virtio::Vsock&>(vsock_transport_->device()).guest_cid();
+}
+
+Result<void> Vm::SetBalloonTarget(uint64_t balloon_bytes) {
+  if (balloon_transport_ == nullptr) return Fail("this VM has no balloon (started with --balloon off)");
+  return balloon_transport_->WithDevice([balloon_bytes](virtio::VirtioDevice& device) -> Result<void> {
+    static_cast<virtio::Balloon&>(device).SetTarget(balloon_bytes / virtio::Balloon::kPageSize);
+    return {};
+  });
+}
+
+std::optional<virtio::BalloonStatus> Vm::balloon_status() const {
+  if (balloon_transport_ == nullptr) return std::nullopt;
+  virtio::BalloonStatus status;
+  [[maybe_unused]] auto r = balloon_transport_->WithDevice([&status](virtio::VirtioDevice& device) -> Result<void> {
+    status = static_cast<const virtio::Balloon&>(device).status();
+    return {};
+  });
+  return status;
+}
+
+std::optional<virtio::BalloonOptions> Vm::balloon_options() const {
+  if (balloon_transport_ == nullptr) return std::nullopt;
+  return static_cast<const virtio::Balloon&>(balloon_transport_->device()).options();
 }
 
 Result<void> Vm::LoadGuest(const VmConfig& config) {

@@ -28,6 +28,7 @@
 #include "block/image.h"
 #include "devices/bus.h"
 #include "devices/legacy/serial.h"
+#include "devices/virtio/balloon.h"
 #include "devices/virtio/mmio_transport.h"
 #include "devices/virtio/net.h"
 #include "kvm/kvm.h"
@@ -79,6 +80,7 @@ struct VmConfig {
   std::vector<uint8_t> initrd;
   std::string cmdline;
   uint64_t mem_bytes = 0;
+  Ksm ksm = Ksm::kMergeable;  // guest RAM offered to KSM (--no-ksm: not)
   uint32_t vcpus = 1;
   int console_in = 0;   // fd the serial console reads from (-1: none); Ctrl-A x on a terminal stops the VM
   int console_out = 1;  // fd guest serial output goes to (-1: none), unless console_sink is set
@@ -87,9 +89,10 @@ struct VmConfig {
   std::function<void(std::span<const uint8_t>)> console_sink;
   bool rng = true;  // virtio-rng entropy device
   std::vector<DiskConfig> disks;
-  std::optional<VsockConfig> vsock;          // virtio-vsock, when set
-  std::vector<NetConfig> nets;               // virtio-net devices
-  std::vector<SharedDirConfig> shared_dirs;  // virtio-fs devices, after every other virtio device
+  std::optional<VsockConfig> vsock;               // virtio-vsock, when set
+  std::vector<NetConfig> nets;                    // virtio-net devices
+  std::optional<virtio::BalloonOptions> balloon;  // virtio-balloon after the nets, when set
+  std::vector<SharedDirConfig> shared_dirs;       // virtio-fs devices, after every other virtio device
   // kOn: every thread confined to its role's syscalls (sandbox/seccomp.h) from Run() on.
   sandbox::SeccompMode seccomp = sandbox::SeccompMode::kOff;
 };
@@ -124,6 +127,14 @@ class Vm {
 
   // The guest's vsock CID (0 without a vsock device). Any thread.
   uint64_t vsock_cid() const;
+
+  // The memory balloon, when the VM has one (VmConfig::balloon). Any thread (the device's lock).
+  // SetBalloonTarget asks the guest to hand `balloon_bytes` (rounded down to 4 KiB pages, capped at
+  // its RAM) to the balloon; 0 deflates it completely.
+  bool has_balloon() const { return balloon_transport_ != nullptr; }
+  [[nodiscard]] Result<void> SetBalloonTarget(uint64_t balloon_bytes);
+  std::optional<virtio::BalloonStatus> balloon_status() const;
+  std::optional<virtio::BalloonOptions> balloon_options() const;
 
   // Stops every vCPU outside KVM_RUN (pending MMIO/PIO completed, so vCPU state is consistent) and
   // keeps them there until Resume(). Idempotent. Any thread but a vCPU's; fails if the vCPUs do not
@@ -255,11 +266,12 @@ class Vm {
     uint32_t gsi;
   };
   std::vector<VirtioSlot> virtio_;
-  bool dirty_tracking_ = false;                       // event-loop thread (vm_dirty.cc)
-  std::optional<SnapshotBase> snapshot_base_;         // event-loop thread
-  std::vector<DiskImage> disk_images_;                // set by SetUpDevices
-  std::vector<SharedDirConfig> shared_dirs_;          // set by SetUpDevices
-  virtio::MmioTransport* vsock_transport_ = nullptr;  // in virtio_, when there is a vsock device
+  bool dirty_tracking_ = false;                         // event-loop thread (vm_dirty.cc)
+  std::optional<SnapshotBase> snapshot_base_;           // event-loop thread
+  std::vector<DiskImage> disk_images_;                  // set by SetUpDevices
+  std::vector<SharedDirConfig> shared_dirs_;            // set by SetUpDevices
+  virtio::MmioTransport* vsock_transport_ = nullptr;    // in virtio_, when there is a vsock device
+  virtio::MmioTransport* balloon_transport_ = nullptr;  // in virtio_, when there is a balloon
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::unique_ptr<EventLoop> loop_;
   x86::BootSetup boot_setup_;

@@ -102,8 +102,8 @@ Result<std::unique_ptr<Vm>> Vm::Restore(VmConfig config, const VmState& state, c
     return Fail("the snapshot has {} vCPUs, the configuration {}", state.vcpus.size(), config.vcpus);
   }
   std::unique_ptr<Vm> vm = CLONE_TRY(OpenKvm(config, timer, "the snapshot's vCPU count"));
-  GuestMemory memory =
-      CLONE_TRY(GuestMemory::CreateFromImage(memory_image, config.mem_bytes, x86::kMmioHoleStart, x86::kHighRamStart));
+  GuestMemory memory = CLONE_TRY(GuestMemory::CreateFromImage(memory_image, config.mem_bytes, x86::kMmioHoleStart,
+                                                              x86::kHighRamStart, config.ksm));
   CLONE_TRY_VOID(vm->SetUpMemory(std::move(memory)));
   timer->Mark("memory");
   CLONE_TRY_VOID(vm->vm_fd_->CreateIrqchip());
