@@ -42,6 +42,22 @@ tl::expected<nlohmann::json, control::BodyError> JsonBody(const control::Request
 
 bool Visible(const VmRecord& record, uid_t uid) { return uid == 0 || record.owner == uid; }
 
+// Sends `body` to a VM's own control socket on a thread of its own (no request waits for another
+// VM) and answers with the VM's response as it is.
+void ForwardToVm(std::string socket, std::string method, std::string path, nlohmann::json body,
+                 std::chrono::milliseconds timeout, control::Responder responder) {
+  std::thread([socket = std::move(socket), method = std::move(method), path = std::move(path), body = std::move(body),
+               timeout, r = std::move(responder)]() mutable {
+    auto response = control::Call(socket, method, path, body, timeout);
+    if (!response) return r.RespondError(502, fmt::format("the VM's control socket: {}", response.error().message()));
+    Response forwarded;
+    forwarded.status = response->status;
+    forwarded.body = std::move(response->body);
+    forwarded.headers.emplace_back("Content-Type", "application/json");
+    r.Respond(std::move(forwarded));
+  }).detach();
+}
+
 // ?since=N from a query string; nullopt when absent.
 Result<std::optional<uint64_t>> SinceParam(const std::string& query) {
   for (size_t pos = 0; pos < query.size();) {
@@ -231,16 +247,8 @@ void Api::Proxy(Request request, Responder responder, const char* method, const 
   if (auto t = body->find("timeout_ms"); t != body->end() && t->is_number_unsigned()) {
     timeout_ms = std::min<uint64_t>(t->get<uint64_t>(), kMaxExecTimeoutMs) + 60'000;
   }
-  std::thread([socket = supervisor_.ControlSocket(record->id), method, vm_path, body = std::move(*body), timeout_ms,
-               r = std::move(responder)]() mutable {
-    auto response = control::Call(socket, method, vm_path, body, std::chrono::milliseconds(timeout_ms));
-    if (!response) return r.RespondError(502, fmt::format("the VM's control socket: {}", response.error().message()));
-    Response forwarded;
-    forwarded.status = response->status;
-    forwarded.body = std::move(response->body);
-    forwarded.headers.emplace_back("Content-Type", "application/json");
-    r.Respond(std::move(forwarded));
-  }).detach();
+  ForwardToVm(supervisor_.ControlSocket(record->id), method, vm_path, std::move(*body),
+              std::chrono::milliseconds(timeout_ms), std::move(responder));
 }
 
 void Api::SnapshotVm(Request request, Responder responder) {
@@ -254,15 +262,8 @@ void Api::SnapshotVm(Request request, Responder responder) {
     return responder.RespondError(409, fmt::format("VM '{}' is not running", record->id));
   }
   nlohmann::json vm_body = {{"name", snapshot->template_name}, {"dir", supervisor_.store().TemplatesDir()}};
-  std::thread([socket = supervisor_.ControlSocket(record->id), vm_body, r = std::move(responder)]() mutable {
-    auto response = control::Call(socket, "PUT", "/vm/snapshot", vm_body, std::chrono::minutes(10));
-    if (!response) return r.RespondError(502, fmt::format("the VM's control socket: {}", response.error().message()));
-    Response forwarded;
-    forwarded.status = response->status;
-    forwarded.body = std::move(response->body);
-    forwarded.headers.emplace_back("Content-Type", "application/json");
-    r.Respond(std::move(forwarded));
-  }).detach();
+  ForwardToVm(supervisor_.ControlSocket(record->id), "PUT", "/vm/snapshot", std::move(vm_body),
+              std::chrono::minutes(10), std::move(responder));
 }
 
 void Api::ForkTemplate(Request request, Responder responder) {
