@@ -63,6 +63,7 @@ struct Request {
   std::map<std::string, std::string> path_params;
   // The connection's peer (SO_PEERCRED at accept). Filled by Server.
   uid_t peer_uid = 0;
+  gid_t peer_gid = 0;
   pid_t peer_pid = 0;
 
   std::optional<std::string_view> Header(std::string_view name) const { return FindHeader(headers, name); }

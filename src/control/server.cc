@@ -45,6 +45,7 @@ struct Server::Connection {
   bool continue_sent = false;
   std::string refused;  // why the peer may not use the server (SO_PEERCRED): its request gets a 403
   uid_t peer_uid = 0;   // SO_PEERCRED at accept
+  gid_t peer_gid = 0;
   pid_t peer_pid = 0;
   // The request being handled: how to frame its response.
   bool keep_alive = true;
@@ -196,6 +197,7 @@ void Server::OnAccept() {
     conn->parser = RequestParser(limits_.parser);
     if (refused) conn->refused = std::move(*refused);
     conn->peer_uid = peer.uid;
+    conn->peer_gid = peer.gid;
     conn->peer_pid = peer.pid;
     Connection& ref = *conn;
     const int conn_fd = conn->fd.get();
@@ -344,6 +346,7 @@ void Server::ParseNext(Connection& conn) {
     return;
   }
   step.request.peer_uid = conn.peer_uid;
+  step.request.peer_gid = conn.peer_gid;
   step.request.peer_pid = conn.peer_pid;
   Responder responder([link = link_, id = conn.id](Completion completion) {
     auto shared = std::make_shared<Completion>(std::move(completion));

@@ -12,6 +12,7 @@
 #include "base/json.h"
 #include "base/log.h"
 #include "control/client.h"
+#include "daemon/access.h"
 #include "host/check.h"
 #include "runtime/vm_dir.h"
 
@@ -171,6 +172,9 @@ void Api::CreateVm(Request request, Responder responder) {
   if (!body) return responder.Respond(body.error().ToResponse());
   auto create = ParseCreateRequest(*body);
   if (!create) return responder.RespondError(400, create.error().message());
+  if (auto ok = CheckCallerAccess(PathsOf(create->spec), request.peer_uid, request.peer_gid); !ok) {
+    return responder.RespondError(403, ok.error().message());
+  }
   VmRecord record;
   record.id = create->spec.name.empty() ? NewVmId() : create->spec.name;
   record.spec = std::move(create->spec);
@@ -276,6 +280,9 @@ void Api::ForkTemplate(Request request, Responder responder) {
   if (!body) return responder.Respond(body.error().ToResponse());
   auto fork = ParseForkRequest(*body);
   if (!fork) return responder.RespondError(400, fork.error().message());
+  if (auto ok = CheckCallerAccess(PathsOf(fork->overrides), request.peer_uid, request.peer_gid); !ok) {
+    return responder.RespondError(403, ok.error().message());
+  }
   std::vector<std::string> ids;
   for (uint32_t i = 1; i <= fork->count; ++i) {
     const std::string& base = fork->overrides.name;

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,6 +18,7 @@
 #include "base/testing/host_tools.h"
 #include "control/client.h"
 #include "control/server.h"
+#include "daemon/access.h"
 #include "daemon/api.h"
 #include "daemon/events.h"
 #include "daemon/record.h"
@@ -693,6 +695,76 @@ TEST(DaemonConcurrencyTest, FiftyConcurrentRequestsAllGetAnAnswerAndLeaveNothing
   loop_thread.join();
   EXPECT_TRUE(fs::is_empty(state + "/vms"));
   EXPECT_TRUE(fs::is_empty(runtime + "/vms"));
+}
+
+}  // namespace
+}  // namespace clonevm::daemon
+
+namespace clonevm::daemon {
+namespace {
+
+// A root daemon opens a VM's files only for callers who could open them themselves.
+TEST(DaemonAccessTest, ACallerMayNameOnlyFilesItCouldOpenItself) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root (the check takes another uid's credentials)";
+  char tmpl[] = "/tmp/clone-access-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  std::string dir = tmpl;
+  ASSERT_EQ(::chmod(dir.c_str(), 0755), 0);
+  auto file = [&](const std::string& name, mode_t mode) {
+    std::string path = dir + "/" + name;
+    std::ofstream(path) << "x";
+    EXPECT_EQ(::chmod(path.c_str(), mode), 0);
+    return path;
+  };
+  std::string secret = file("secret", 0600);
+  std::string public_file = file("public", 0644);
+  std::string private_dir = dir + "/private";
+  ASSERT_EQ(::mkdir(private_dir.c_str(), 0700), 0);
+  const uid_t caller = 1000;
+  auto check = [&](const spec::VmSpec& spec) { return CheckCallerAccess(PathsOf(spec), caller, caller); };
+
+  spec::VmSpec vm;
+  vm.kernel = secret;
+  auto refused = check(vm);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(
+      refused.error().message(),
+      fmt::format("kernel {}: uid 1000 may not read it (the daemon opens the VM's files only for callers who may)",
+                  secret));
+  EXPECT_TRUE(CheckCallerAccess(PathsOf(vm), 0, 0));  // root may
+  vm.kernel = public_file;
+  EXPECT_TRUE(check(vm));
+  vm.kernel = dir + "/missing";  // left for the VM process to report
+  EXPECT_TRUE(check(vm));
+
+  vm.disks = {{public_file, /*read_only=*/true}};
+  EXPECT_TRUE(check(vm));
+  vm.disks = {{public_file, /*read_only=*/false}};
+  auto rw = check(vm);
+  ASSERT_FALSE(rw);
+  EXPECT_NE(rw.error().message().find("disks[0] " + public_file + ": uid 1000 may not read and write it"),
+            std::string::npos)
+      << rw.error().message();
+  vm.disks.clear();
+  vm.shares = {{private_dir, "tag", /*read_only=*/true}};
+  EXPECT_FALSE(check(vm));
+  vm.shares.clear();
+  vm.rootfs.image = public_file;  // without an overlay the image is written
+  EXPECT_FALSE(check(vm));
+  vm.rootfs.overlay = "tmpfs";
+  EXPECT_TRUE(check(vm));
+  vm.rootfs.overlay = private_dir + "/overlay.qcow2";  // a new file in a directory the caller cannot write
+  EXPECT_FALSE(check(vm));
+
+  spec::ForkOverrides fork;
+  fork.disk_rewrites = {"/recorded.img=" + secret};
+  auto rewrite = CheckCallerAccess(PathsOf(fork), caller, caller);
+  ASSERT_FALSE(rewrite);
+  EXPECT_NE(rewrite.error().message().find("disk_rewrites[0] " + secret), std::string::npos);
+  fork.disk_rewrites.clear();
+  fork.shares = {{private_dir, "tag", false}};
+  EXPECT_FALSE(CheckCallerAccess(PathsOf(fork), caller, caller));
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
