@@ -98,6 +98,12 @@ Result<void> Balloon::Activate(const DeviceContext& context) {
   return {};
 }
 
+Balloon::~Balloon() {
+  // The driver's stats buffer is held between polls: a device that goes away (the VM ends, a test
+  // tears down) owes the guest no answer for it.
+  if (stats_chain_) stats_chain_->Abandon();
+}
+
 void Balloon::Reset() {
   // A reset driver starts with an empty balloon (Linux deflates everything before it lets go), so
   // the pages it inflates next are discarded again rather than counted as repeats.

@@ -86,6 +86,8 @@ class Balloon : public VirtioDevice {
   [[nodiscard]] static Result<std::unique_ptr<Balloon>> Create(BalloonOptions options, uint64_t ram_bytes,
                                                                uint64_t ram_limit);
 
+  ~Balloon() override;
+
   uint32_t device_type() const override { return kDeviceTypeBalloon; }
   std::span<const uint16_t> queue_max_sizes() const override;
   uint64_t device_features() const override;
